@@ -1,0 +1,413 @@
+//! The server's configuration: defaults, then a config file, then environment variables
+//! (the vendor's `ANKA_*` names, overridden by ours, `VMREG_*`), then flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One layer of settings (flags, environment or file); unset fields defer to lower layers.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// A YAML file with any of these settings (snake_case names) [env: VMREG_CONFIG_FILE]
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, `host:port` or `:port` [env: VMREG_LISTEN, ANKA_LISTEN_ADDR] [default: 0.0.0.0:8089]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Directory of the embedded store (files and database) [env: VMREG_DATA_DIR, ANKA_BASE_PATH] [default: ./vmreg-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds transfers in flight get to finish on SIGTERM/SIGINT [env: VMREG_SHUTDOWN_TIMEOUT, ANKA_GRACEFUL_SHUTDOWN_TIMEOUT] [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Smallest upload part in bytes (K/M/G/KiB/MiB/GiB suffixes) [env: VMREG_PART_SIZE, ANKA_BACKEND_S3_UPLOAD_PART_SIZE] [default: 8MiB]
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub part_size: Option<u64>,
+    /// S3 bucket; setting it stores files in S3 instead of the data directory [env: VMREG_S3_BUCKET, ANKA_BACKEND_S3_BUCKET]
+    #[arg(long)]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint URL, for MinIO, Garage and other S3-compatible servers [env: VMREG_S3_ENDPOINT, AWS_ENDPOINT_URL]
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Key prefix inside the bucket [env: VMREG_S3_PREFIX]
+    #[arg(long)]
+    pub s3_prefix: Option<String>,
+    /// S3 region [env: VMREG_S3_REGION, AWS_REGION] [default: from the AWS chain, else us-east-1]
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Path-style bucket addressing (MinIO, Garage) [env: VMREG_S3_PATH_STYLE, ANKA_BACKEND_S3_USE_PATH_STYLE]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Parts of one upload sent to S3 at once [env: VMREG_S3_UPLOAD_CONCURRENCY, ANKA_BACKEND_S3_UPLOAD_CONCURRENCY] [default: 4]
+    #[arg(long)]
+    pub s3_upload_concurrency: Option<usize>,
+    /// Answer downloads with a 307 to a presigned S3 URL [env: VMREG_S3_REDIRECT]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub s3_redirect: Option<bool>,
+    /// Redis URL (`redis://`, `rediss://`); setting it keeps metadata in Redis [env: VMREG_REDIS_URL]
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so registries can share a server [env: VMREG_REDIS_PREFIX] [default: vmreg:]
+    #[arg(long)]
+    pub redis_prefix: Option<String>,
+}
+
+/// Settings for the S3 blob store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL for non-AWS servers.
+    pub endpoint: Option<String>,
+    /// Key prefix inside the bucket (empty or ending in `/`).
+    pub prefix: String,
+    /// Region; the AWS chain decides when absent.
+    pub region: Option<String>,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// Parts of one upload in flight at once.
+    pub upload_concurrency: usize,
+    /// Answer downloads with presigned redirects.
+    pub redirect: bool,
+}
+
+/// Settings for the Redis metadata store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+}
+
+/// The effective server configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `host:port` to bind.
+    pub listen: String,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Grace period on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Smallest upload part.
+    pub part_size: u64,
+    /// S3 settings when files live in S3.
+    pub s3: Option<S3Config>,
+    /// Redis settings when metadata lives in Redis.
+    pub redis: Option<RedisConfig>,
+}
+
+/// S3 refuses parts under 5 MiB (but the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Environment names of each setting, ours first (it wins over the vendor's).
+const ENV_NAMES: &[(&str, &[&str])] = &[
+    ("config", &["VMREG_CONFIG_FILE"]),
+    ("listen", &["VMREG_LISTEN", "ANKA_LISTEN_ADDR"]),
+    ("data_dir", &["VMREG_DATA_DIR", "ANKA_BASE_PATH"]),
+    ("shutdown_timeout", &["VMREG_SHUTDOWN_TIMEOUT", "ANKA_GRACEFUL_SHUTDOWN_TIMEOUT"]),
+    ("part_size", &["VMREG_PART_SIZE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE"]),
+    ("s3_bucket", &["VMREG_S3_BUCKET", "ANKA_BACKEND_S3_BUCKET"]),
+    ("s3_endpoint", &["VMREG_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+    ("s3_prefix", &["VMREG_S3_PREFIX"]),
+    ("s3_region", &["VMREG_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"]),
+    ("s3_path_style", &["VMREG_S3_PATH_STYLE", "ANKA_BACKEND_S3_USE_PATH_STYLE"]),
+    ("s3_upload_concurrency", &["VMREG_S3_UPLOAD_CONCURRENCY", "ANKA_BACKEND_S3_UPLOAD_CONCURRENCY"]),
+    ("s3_redirect", &["VMREG_S3_REDIRECT"]),
+    ("redis_url", &["VMREG_REDIS_URL"]),
+    ("redis_prefix", &["VMREG_REDIS_PREFIX"]),
+];
+
+impl ServeArgs {
+    /// Reads the layer the environment gives, through `get` (the process environment, or
+    /// a map in tests).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut layer = ServeArgs::default();
+        for (field, names) in ENV_NAMES {
+            let Some((name, value)) = names.iter().find_map(|n| get(n).filter(|v| !v.is_empty()).map(|v| (*n, v))) else {
+                continue;
+            };
+            let bad = |e: String| ConfigError(format!("{name}={value:?}: {e}"));
+            match *field {
+                "config" => layer.config = Some(value.into()),
+                "listen" => layer.listen = Some(value),
+                "data_dir" => layer.data_dir = Some(value.into()),
+                "shutdown_timeout" => layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?),
+                "part_size" => layer.part_size = Some(parse_size(&value).map_err(bad)?),
+                "s3_bucket" => layer.s3_bucket = Some(value),
+                "s3_endpoint" => layer.s3_endpoint = Some(value),
+                "s3_prefix" => layer.s3_prefix = Some(value),
+                "s3_region" => layer.s3_region = Some(value),
+                "s3_path_style" => layer.s3_path_style = Some(parse_bool(&value).map_err(bad)?),
+                "s3_upload_concurrency" => layer.s3_upload_concurrency = Some(value.parse().map_err(|e| bad(format!("{e}")))?),
+                "s3_redirect" => layer.s3_redirect = Some(parse_bool(&value).map_err(bad)?),
+                "redis_url" => layer.redis_url = Some(value),
+                "redis_prefix" => layer.redis_prefix = Some(value),
+                _ => {}
+            }
+        }
+        Ok(layer)
+    }
+
+    /// Reads a YAML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Fills every unset field from `lower`.
+    pub fn over(self, lower: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            part_size: self.part_size.or(lower.part_size),
+            s3_bucket: self.s3_bucket.or(lower.s3_bucket),
+            s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
+            s3_prefix: self.s3_prefix.or(lower.s3_prefix),
+            s3_region: self.s3_region.or(lower.s3_region),
+            s3_path_style: self.s3_path_style.or(lower.s3_path_style),
+            s3_upload_concurrency: self.s3_upload_concurrency.or(lower.s3_upload_concurrency),
+            s3_redirect: self.s3_redirect.or(lower.s3_redirect),
+            redis_url: self.redis_url.or(lower.redis_url),
+            redis_prefix: self.redis_prefix.or(lower.redis_prefix),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves flags over the environment over the config file over the defaults.
+    pub fn resolve(flags: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env_layer = ServeArgs::from_env(env)?;
+        let above_file = flags.over(env_layer);
+        let merged = match above_file.config.clone() {
+            Some(path) => above_file.over(ServeArgs::from_file(&path)?),
+            None => above_file,
+        };
+        Config::from_layer(merged)
+    }
+
+    fn from_layer(l: ServeArgs) -> Result<Config, ConfigError> {
+        let listen = normalize_listen(l.listen.as_deref().unwrap_or("0.0.0.0:8089"))?;
+        let part_size = l.part_size.unwrap_or(DEFAULT_PART_SIZE);
+        if part_size < MIN_PART_SIZE {
+            return Err(ConfigError(format!("part size {part_size} is under S3's minimum of {MIN_PART_SIZE} bytes")));
+        }
+        let s3 = match l.s3_bucket {
+            Some(bucket) => Some(S3Config {
+                bucket,
+                endpoint: l.s3_endpoint,
+                prefix: normalize_prefix(l.s3_prefix.unwrap_or_default()),
+                region: l.s3_region,
+                path_style: l.s3_path_style.unwrap_or(false),
+                upload_concurrency: l.s3_upload_concurrency.unwrap_or(4).max(1),
+                redirect: l.s3_redirect.unwrap_or(false),
+            }),
+            None => None,
+        };
+        let redis = l.redis_url.map(|url| RedisConfig { url, prefix: l.redis_prefix.unwrap_or_else(|| "vmreg:".into()) });
+        Ok(Config {
+            listen,
+            data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
+            shutdown_timeout: l.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            part_size,
+            s3,
+            redis,
+        })
+    }
+}
+
+impl std::fmt::Display for Config {
+    /// The effective configuration with secrets redacted, one setting a line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "  listen            {}", self.listen)?;
+        writeln!(f, "  shutdown_timeout  {}s", self.shutdown_timeout.as_secs_f64())?;
+        writeln!(f, "  part_size         {}", self.part_size)?;
+        match &self.s3 {
+            Some(s3) => {
+                writeln!(f, "  files             s3://{}/{}", s3.bucket, s3.prefix)?;
+                writeln!(f, "  s3_endpoint       {}", s3.endpoint.as_deref().unwrap_or("(AWS)"))?;
+                writeln!(f, "  s3_region         {}", s3.region.as_deref().unwrap_or("(AWS chain)"))?;
+                writeln!(f, "  s3_path_style     {}", s3.path_style)?;
+                writeln!(f, "  s3_concurrency    {}", s3.upload_concurrency)?;
+                writeln!(f, "  s3_redirect       {}", s3.redirect)?;
+            }
+            None => writeln!(f, "  files             {}", self.data_dir.join("blobs").display())?,
+        }
+        match &self.redis {
+            Some(r) => writeln!(f, "  metadata          {} (prefix {:?})", redact_url(&r.url), r.prefix),
+            None => writeln!(f, "  metadata          {}", self.data_dir.join("meta.redb").display()),
+        }
+    }
+}
+
+/// Hides the password of a URL such as `redis://user:secret@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.find('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    format!("{}{}:***@{}", &url[..scheme_end], user, &rest[at + 1..])
+}
+
+fn normalize_listen(listen: &str) -> Result<String, ConfigError> {
+    let full = if listen.starts_with(':') { format!("0.0.0.0{listen}") } else { listen.to_string() };
+    let port_ok = full.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(ConfigError(format!("listen address {listen:?} is not host:port or :port")));
+    }
+    Ok(full)
+}
+
+fn normalize_prefix(prefix: String) -> String {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1h` (Go-style durations as the vendor takes them).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// Parses byte sizes: `8388608`, `8M`, `8MiB`, `1G`, `512K`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let v = Option::<serde_yaml::Value>::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(serde_yaml::Value::Number(n)) => Ok(Some(Duration::from_secs_f64(n.as_f64().unwrap_or(0.0)))),
+        Some(serde_yaml::Value::String(s)) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!("invalid duration {other:?}"))),
+    }
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_yaml::Value>::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(serde_yaml::Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| serde::de::Error::custom("invalid size")),
+        Some(serde_yaml::Value::String(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!("invalid size {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_store_on_8089() {
+        let c = Config::resolve(ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8089");
+        assert_eq!(c.data_dir, PathBuf::from("./vmreg-data"));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert!(c.s3.is_none() && c.redis.is_none());
+    }
+
+    #[test]
+    fn vendor_names_work_and_ours_win() {
+        let c = Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_LISTEN_ADDR", ":9000"), ("ANKA_BASE_PATH", "/srv/a"), ("VMREG_DATA_DIR", "/srv/b"), ("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT", "30s")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_win_over_environment_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmreg.yaml");
+        std::fs::write(&file, "listen: \":7000\"\ndata_dir: /from/file\ns3_bucket: b\ns3_prefix: /p/\n").unwrap();
+        let flags = ServeArgs { listen: Some("127.0.0.1:1".into()), config: Some(file), ..Default::default() };
+        let c = Config::resolve(flags, env(&[("VMREG_DATA_DIR", "/from/env")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        let s3 = c.s3.unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("b", "p/"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::resolve(ServeArgs { listen: Some("nope".into()), ..Default::default() }, env(&[])).is_err());
+        assert!(Config::resolve(ServeArgs::default(), env(&[("ANKA_BACKEND_S3_USE_PATH_STYLE", "maybe")])).is_err());
+        assert!(Config::resolve(ServeArgs { part_size: Some(1024), ..Default::default() }, env(&[])).is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(redact_url("redis://host"), "redis://host");
+        let c = Config::resolve(ServeArgs { redis_url: Some("redis://:hunter2@h".into()), ..Default::default() }, env(&[])).unwrap();
+        assert!(!c.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn parses_sizes_and_durations() {
+        assert_eq!(parse_size("20MiB").unwrap(), 20 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("1X").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("abc").is_err());
+    }
+}

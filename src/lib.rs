@@ -1,0 +1,15 @@
+//! vmreg: a registry for macOS VM templates that speaks the Anka Registry API.
+//!
+//! One crate is both the server (`vmreg serve`) and the client (`vmreg registry …`).
+//! Layers: `api` (HTTP) → `registry` (service logic) → `meta` (metadata) + `store` (bytes).
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod meta;
+pub mod model;
+pub mod protocol;
+pub mod registry;
+pub mod store;

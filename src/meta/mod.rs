@@ -1,0 +1,97 @@
+//! The metadata store: a small key-value store with optimistic multi-key transactions.
+//!
+//! Backends only move bytes under keys; every rule (dense version numbers, reference
+//! counts, pins) lives once in `registry`, written against [`MetaTx`]. A transaction reads
+//! keys (each read is watched), buffers writes and commits them all or none: `commit`
+//! answers `false` when a key it read changed meanwhile, and the caller runs again.
+
+pub mod embedded;
+pub mod keys;
+pub mod redis;
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A failure of the metadata backend itself (not of the caller's input).
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The backend cannot be reached or answered with an error.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt metadata record {key}: {reason}")]
+    Corrupt {
+        /// The key holding the record.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Result of metadata operations.
+pub type MetaResult<T> = Result<T, MetaError>;
+
+/// A metadata backend (embedded redb or Redis).
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Starts a transaction.
+    async fn begin(&self) -> MetaResult<Box<dyn MetaTx>>;
+    /// Reads several keys outside any transaction.
+    async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>>;
+    /// The members of a set.
+    async fn members(&self, set: &str) -> MetaResult<Vec<String>>;
+    /// Answers when the backend is reachable.
+    async fn ping(&self) -> MetaResult<()>;
+    /// A short name for logs and the start-up banner.
+    fn describe(&self) -> String;
+}
+
+/// One optimistic transaction.
+#[async_trait]
+pub trait MetaTx: Send {
+    /// Reads a key; the transaction fails to commit if the key changes before then.
+    async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>>;
+    /// Buffers a write.
+    fn put(&mut self, key: &str, value: Vec<u8>);
+    /// Buffers a deletion.
+    fn delete(&mut self, key: &str);
+    /// Buffers adding a member to a set.
+    fn set_add(&mut self, set: &str, member: &str);
+    /// Buffers removing a member from a set.
+    fn set_remove(&mut self, set: &str, member: &str);
+    /// Applies every buffered change atomically; `Ok(false)` on a conflict.
+    async fn commit(self: Box<Self>) -> MetaResult<bool>;
+}
+
+/// Typed reads and writes on top of [`MetaTx`].
+#[async_trait]
+pub trait MetaTxExt {
+    /// Reads and decodes a JSON record.
+    async fn get_json<T: DeserializeOwned>(&mut self, key: &str) -> MetaResult<Option<T>>;
+    /// Encodes and buffers a JSON record.
+    fn put_json<T: Serialize + Sync>(&mut self, key: &str, value: &T);
+}
+
+#[async_trait]
+impl MetaTxExt for Box<dyn MetaTx> {
+    async fn get_json<T: DeserializeOwned>(&mut self, key: &str) -> MetaResult<Option<T>> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(bytes) => decode(key, &bytes).map(Some),
+        }
+    }
+
+    fn put_json<T: Serialize + Sync>(&mut self, key: &str, value: &T) {
+        self.put(key, encode(value));
+    }
+}
+
+/// Decodes a stored JSON record.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> MetaResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt { key: key.to_string(), reason: e.to_string() })
+}
+
+/// Encodes a record as JSON; our records always serialize.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}

@@ -1,0 +1,178 @@
+//! The transfer protocol's wire types, shared by the server's handlers and the client.
+//!
+//! Every JSON reply is wrapped in the vendor's envelope
+//! `{"status":"OK"|"FAIL","body":…,"message":…}`. Endpoints (all under `/api/v1`):
+//!
+//! | step | request | reply body |
+//! |---|---|---|
+//! | negotiate | `POST /push` [`PushRequest`] | [`PushPlan`] |
+//! | status | `GET /push/{session}` | [`PushPlan`] (with bytes received so far) |
+//! | upload | `PUT /push/{session}/files/{key}?offset=N`, raw body | [`UploadProgress`] |
+//! | commit | `POST /push/{session}/commit` [`CommitRequest`] | [`Committed`] |
+//! | abort | `DELETE /push/{session}` | null |
+//! | manifest | `GET /templates/{id or name}/manifest[?tag=T or ?version=N]` | [`Manifest`] |
+//! | download | `GET /files/{key}` with optional `Range` | the bytes (200/206/416) |
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::FileKind;
+
+/// The vendor's reply envelope.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// `OK` or `FAIL`.
+    pub status: String,
+    /// The payload; `null` on failures and on operations without one.
+    pub body: Option<T>,
+    /// Empty on success; a human message on failure.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Negotiates a push: which of these files does the registry lack?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The template id: the pushed VM's UUID, or an existing template's id (`push -v`).
+    pub id: Uuid,
+    /// The template name; used when the push creates the template.
+    pub name: String,
+    /// The new version's tag.
+    pub tag: String,
+    /// The new version's description.
+    #[serde(default)]
+    pub description: String,
+    /// The template's arch (`arm64`/`amd64`), when known; set only on a new template.
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// The VM configuration (config.yaml as JSON).
+    pub config: serde_json::Value,
+    /// Every file of the version, image layers top first.
+    pub files: Vec<PushFile>,
+}
+
+/// A file the client wants in the version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushFile {
+    /// Name in the VM library.
+    pub name: String,
+    /// What the file is.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 when already known; otherwise it is given at commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The server's answer to a negotiation: the session and what to send.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushPlan {
+    /// Upload session id; any replica serves it.
+    pub session: String,
+    /// Template id.
+    pub id: Uuid,
+    /// Template name (the existing one when pushing a new tag).
+    pub name: String,
+    /// Tag being pushed.
+    pub tag: String,
+    /// Every file of the version with what to do about it.
+    pub files: Vec<PlannedFile>,
+}
+
+/// One file of a push plan.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlannedFile {
+    /// Name in the VM library.
+    pub name: String,
+    /// The registry's key for the file (upload and download path segment).
+    pub key: String,
+    /// What the file is.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// True when the registry lacks the file and it must be uploaded.
+    pub upload: bool,
+    /// Bytes already received durably (resume from here).
+    pub received: u64,
+    /// Send the body in multiples of this many bytes (except the end of the file), or
+    /// bytes past the last whole part are discarded and must be sent again.
+    pub part_size: u64,
+    /// The stored file's digest, for files the registry already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Progress of one file's upload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadProgress {
+    /// The file's registry key.
+    pub key: String,
+    /// Bytes received durably.
+    pub received: u64,
+    /// Size declared at negotiation.
+    pub size: u64,
+    /// True once every byte arrived and the file is stored.
+    pub complete: bool,
+}
+
+/// Finishes a push.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// SHA-256 of each file (by registry key) whose digest was not given at negotiation.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// A committed version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Committed {
+    /// Template id.
+    pub id: Uuid,
+    /// Template name.
+    pub name: String,
+    /// The version's tag.
+    pub tag: String,
+    /// The version's number.
+    pub number: u32,
+}
+
+/// What a pull needs: the version's files and configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Template id.
+    pub id: Uuid,
+    /// Template name.
+    pub name: String,
+    /// Template arch.
+    pub arch: String,
+    /// Version number.
+    pub number: u32,
+    /// Version tag.
+    pub tag: String,
+    /// Version description.
+    pub description: String,
+    /// The VM configuration (config.yaml as JSON).
+    pub config: serde_json::Value,
+    /// Every file, image layers top first.
+    pub files: Vec<ManifestFile>,
+    /// Sum of the files' sizes.
+    pub size: u64,
+}
+
+/// One file of a manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Name in the VM library.
+    pub name: String,
+    /// The registry's key (download with `GET /api/v1/files/{key}`).
+    pub key: String,
+    /// What the file is.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}

@@ -1,0 +1,128 @@
+//! The blob store: file bytes, streamed in parts and out by ranges.
+//!
+//! Uploads are multipart: `begin_upload`, then `write_part` for parts 1.. (each but the
+//! last at least the store's minimum part size), then `complete_upload`, which makes the
+//! object visible under its key at once, or `abort_upload`. This is S3's model; the local
+//! filesystem store follows it so that the service above has one code path.
+
+pub mod fs;
+pub mod s3;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+/// A failure of the blob backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No object under that key.
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// The backend cannot be reached or answered with an error.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result of blob store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stream of object bytes.
+pub type ByteStream = BoxStream<'static, StoreResult<Bytes>>;
+
+/// A multipart upload in progress; kept in the metadata store so any replica can go on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadHandle {
+    /// The object key the upload will complete to.
+    pub key: String,
+    /// The backend's id for the upload (S3 upload id, or a temporary file name).
+    pub upload_id: String,
+}
+
+/// A part that was written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// 1-based part number.
+    pub number: u32,
+    /// Bytes in the part.
+    pub size: u64,
+    /// The backend's tag for the part (S3 ETag).
+    pub etag: String,
+}
+
+/// Where a download may be sent instead of streaming it through the server.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    /// A presigned URL.
+    pub url: String,
+}
+
+/// Free and total bytes of the storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Space {
+    /// Bytes free.
+    pub free: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// A byte store for files and manifests.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Starts a multipart upload to `key`.
+    async fn begin_upload(&self, key: &str) -> StoreResult<UploadHandle>;
+    /// Writes part `number` (1-based), which starts at byte `offset` of the object.
+    async fn write_part(&self, upload: &UploadHandle, number: u32, offset: u64, data: Bytes) -> StoreResult<PartInfo>;
+    /// Makes the object visible from its parts, in order.
+    async fn complete_upload(&self, upload: &UploadHandle, parts: &[PartInfo]) -> StoreResult<()>;
+    /// Discards an upload and its parts.
+    async fn abort_upload(&self, upload: &UploadHandle) -> StoreResult<()>;
+    /// Writes a small object whole (manifests, empty files).
+    async fn put(&self, key: &str, data: Bytes) -> StoreResult<()>;
+    /// Streams an object, or the byte range `start..end` of it.
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream>;
+    /// Reads a small object whole.
+    async fn read(&self, key: &str) -> StoreResult<Bytes>;
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Keys under a prefix.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>>;
+    /// A URL the client may fetch the range from directly, when the store offers one.
+    async fn presign_get(&self, _key: &str) -> StoreResult<Option<Redirect>> {
+        Ok(None)
+    }
+    /// Free and total bytes, when the store knows them.
+    async fn space(&self) -> StoreResult<Option<Space>>;
+    /// Answers when the backend is reachable.
+    async fn ping(&self) -> StoreResult<()>;
+    /// The smallest part size the store accepts (all parts but the last).
+    fn min_part_size(&self) -> u64;
+    /// A short name for logs and the start-up banner.
+    fn describe(&self) -> String;
+}
+
+/// Object keys, made in one place.
+pub mod keys {
+    use uuid::Uuid;
+
+    /// The object holding one upload of a file; unique per upload so that deleting an
+    /// unreferenced file can never remove the bytes of a newer upload of the same name.
+    pub fn blob(file_key: &str, upload: &str) -> String {
+        format!("blobs/{file_key}/{upload}")
+    }
+
+    /// Prefix of a template's manifests.
+    pub fn manifest_prefix(id: &Uuid) -> String {
+        format!("manifests/{id}/")
+    }
+
+    /// The immutable manifest of one committed version.
+    pub fn manifest(id: &Uuid, number: u32, push_id: &str) -> String {
+        format!("manifests/{id}/v{number:010}-{push_id}.json")
+    }
+
+    /// The template-level record (name, arch, creation) beside its manifests.
+    pub fn template_record(id: &Uuid) -> String {
+        format!("manifests/{id}/template.json")
+    }
+}
