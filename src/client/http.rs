@@ -1,0 +1,441 @@
+//! The HTTP side: one connection setup (TLS options) and a method per registry endpoint.
+//! Replies are unwrapped from the vendor's `{status, body, message}` envelope here so the
+//! rest of the client sees typed values or a [`ClientError`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::{ClientError, ClientResult};
+use crate::protocol::{
+    CommitRequest, Committed, Envelope, Manifest, PushPlan, PushRequest, UploadProgress,
+};
+
+/// How to reach a registry: its URL and the TLS material of the vendor's global options.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoint {
+    /// Base URL, e.g. `http://registry:8089`.
+    pub url: String,
+    /// Client certificate (PEM), possibly with its key.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) when the certificate file lacks it.
+    pub key: Option<PathBuf>,
+    /// Extra root CA certificates (PEM bundle).
+    pub cacert: Option<PathBuf>,
+    /// Skip certificate verification.
+    pub insecure: bool,
+}
+
+/// A connected registry.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// One template in the registry's listing (`GET /registry/v2/vm`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TemplateEntry {
+    /// Template id.
+    pub id: Uuid,
+    /// Template name.
+    pub name: String,
+    /// Distinct bytes of all versions.
+    #[serde(default)]
+    pub size: u64,
+    /// `arm64`, `amd64` or empty.
+    #[serde(default)]
+    pub arch: String,
+    /// Tag of the newest version, when the registry reports it.
+    #[serde(default)]
+    pub latest_tag: Option<String>,
+}
+
+/// A template with its versions (`GET /registry/v2/vm?id=`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TemplateDetail {
+    /// Template id.
+    pub id: Uuid,
+    /// Template name.
+    pub name: String,
+    /// Distinct bytes of all versions.
+    #[serde(default)]
+    pub size: u64,
+    /// `arm64`, `amd64` or empty.
+    #[serde(default)]
+    pub arch: String,
+    /// Versions, oldest first.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub versions: Vec<VersionEntry>,
+}
+
+/// One version of a template as the vendor's API lists it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct VersionEntry {
+    /// Serial number.
+    pub number: u32,
+    /// Tag.
+    pub tag: String,
+    /// Description given at push.
+    #[serde(default)]
+    pub description: String,
+    /// Bytes of the version's files.
+    #[serde(default)]
+    pub size: u64,
+    /// Image layer file names, top first.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub images: Vec<String>,
+    /// Suspend image file names.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub state_files: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Which version a request is about: a tag, a number, or the latest.
+#[derive(Clone, Debug, Default)]
+pub struct VersionSelector {
+    /// By tag.
+    pub tag: Option<String>,
+    /// By number.
+    pub number: Option<u32>,
+}
+
+impl Registry {
+    /// Builds the HTTP client with the endpoint's TLS options.
+    pub fn connect(endpoint: &Endpoint) -> ClientResult<Self> {
+        let base = endpoint.url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| ClientError::Invalid(format!("invalid registry URL {base:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::Invalid(format!(
+                "invalid registry URL {base:?}: scheme must be http or https"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("vmreg/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &endpoint.cacert {
+            let pem = read_pem(path)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ClientError::Invalid(format!(
+                    "{}: not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(path) = &endpoint.cert {
+            let mut pem = read_pem(path)?;
+            if let Some(key) = &endpoint.key {
+                pem.push(b'\n');
+                pem.extend(read_pem(key)?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ClientError::Invalid(format!(
+                    "{}: not a PEM certificate with its key: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        if endpoint.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::network("cannot set up the HTTP client", &e))?;
+        Ok(Self { base, http })
+    }
+
+    /// The registry's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    /// Sends a request and returns the response if its status is a success.
+    async fn send(&self, req: RequestBuilder) -> ClientResult<Response> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::network(&format!("cannot reach {}", self.base), &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(failure(resp).await)
+    }
+
+    /// Sends a request and unwraps the envelope's body.
+    async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> ClientResult<Option<T>> {
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::network("reading the registry's reply", &e))?;
+        let env: Envelope<T> = serde_json::from_str(&text).map_err(|e| ClientError::Registry {
+            status: status.as_u16(),
+            message: format!("unexpected reply ({e}): {}", snippet(&text)),
+        })?;
+        if env.status != "OK" {
+            return Err(ClientError::Registry {
+                status: status.as_u16(),
+                message: env.message,
+            });
+        }
+        Ok(env.body)
+    }
+
+    async fn call_body<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> ClientResult<T> {
+        self.call(req).await?.ok_or_else(|| ClientError::Registry {
+            status: 200,
+            message: format!("the reply to {what} has no body"),
+        })
+    }
+
+    /// Lists the templates.
+    pub async fn list(&self) -> ClientResult<Vec<TemplateEntry>> {
+        let list: Option<Vec<TemplateEntry>> = self
+            .call(self.request(Method::GET, "/registry/v2/vm"))
+            .await?;
+        Ok(list.unwrap_or_default())
+    }
+
+    /// One template with its versions, by id.
+    pub async fn template(&self, id: Uuid) -> ClientResult<TemplateDetail> {
+        let req = self
+            .request(Method::GET, "/registry/v2/vm")
+            .query(&[("id", id.to_string())]);
+        self.call_body(req, "a template query")
+            .await
+            .map_err(|e| not_found(e, &format!("template {id} not found")))
+    }
+
+    /// Finds a template by id or name.
+    pub async fn resolve(&self, id_or_name: &str) -> ClientResult<TemplateEntry> {
+        let list = self.list().await?;
+        let by_id = Uuid::parse_str(id_or_name).ok();
+        list.into_iter()
+            .find(|t| Some(t.id) == by_id || t.name == id_or_name)
+            .ok_or_else(|| {
+                ClientError::NotFound(format!("template {id_or_name:?} not found in the registry"))
+            })
+    }
+
+    /// Deletes a template and all its versions.
+    pub async fn delete_template(&self, id: Uuid) -> ClientResult<()> {
+        let req = self
+            .request(Method::DELETE, "/registry/vm")
+            .query(&[("id", id.to_string())]);
+        self.call::<serde_json::Value>(req).await.map(|_| ())
+    }
+
+    /// Deletes the versions after the selected one (or the latest version when none is).
+    pub async fn revert(&self, id: Uuid, version: &VersionSelector) -> ClientResult<()> {
+        let mut req = self
+            .request(Method::DELETE, "/registry/revert")
+            .query(&[("id", id.to_string())]);
+        if let Some(n) = version.number {
+            req = req.query(&[("number", n.to_string())]);
+        }
+        if let Some(tag) = &version.tag {
+            req = req.json(&serde_json::json!({ "tag": tag }));
+        }
+        self.call::<serde_json::Value>(req).await.map(|_| ())
+    }
+
+    /// Sets a template's arch.
+    pub async fn set_arch(&self, id: Uuid, arch: &str) -> ClientResult<()> {
+        let req = self
+            .request(Method::PUT, "/registry/vm/arch")
+            .json(&serde_json::json!({ "id": id, "arch": arch }));
+        self.call::<serde_json::Value>(req).await.map(|_| ())
+    }
+
+    /// The files and configuration of a version.
+    pub async fn manifest(
+        &self,
+        id_or_name: &str,
+        version: &VersionSelector,
+    ) -> ClientResult<Manifest> {
+        let path = format!("/api/v1/templates/{}/manifest", encode(id_or_name));
+        let mut req = self.request(Method::GET, &path);
+        if let Some(tag) = &version.tag {
+            req = req.query(&[("tag", tag)]);
+        } else if let Some(n) = version.number {
+            req = req.query(&[("version", n.to_string())]);
+        }
+        let what = match (&version.tag, version.number) {
+            (Some(tag), _) => format!("template {id_or_name:?} with tag {tag:?} not found"),
+            (None, Some(n)) => format!("template {id_or_name:?} version {n} not found"),
+            _ => format!("template {id_or_name:?} not found"),
+        };
+        self.call_body(req, "a manifest request")
+            .await
+            .map_err(|e| not_found(e, &what))
+    }
+
+    /// Opens a push.
+    pub async fn negotiate(&self, request: &PushRequest) -> ClientResult<PushPlan> {
+        self.call_body(
+            self.request(Method::POST, "/api/v1/push").json(request),
+            "a push",
+        )
+        .await
+    }
+
+    /// The current state of a push session; `None` when the registry no longer has it.
+    pub async fn push_status(&self, session: &str) -> ClientResult<Option<PushPlan>> {
+        let path = format!("/api/v1/push/{}", encode(session));
+        match self
+            .call_body(self.request(Method::GET, &path), "a push status")
+            .await
+        {
+            Ok(plan) => Ok(Some(plan)),
+            Err(ClientError::Registry {
+                status: 404 | 410, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads the body (`len` bytes) as the bytes of `key` from `offset` on.
+    pub async fn upload(
+        &self,
+        session: &str,
+        key: &str,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> ClientResult<UploadProgress> {
+        let path = format!("/api/v1/push/{}/files/{}", encode(session), encode(key));
+        let req = self
+            .request(Method::PUT, &path)
+            .query(&[("offset", offset.to_string())])
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.call_body(req, "an upload").await
+    }
+
+    /// Finishes a push.
+    pub async fn commit(&self, session: &str, request: &CommitRequest) -> ClientResult<Committed> {
+        let path = format!("/api/v1/push/{}/commit", encode(session));
+        self.call_body(self.request(Method::POST, &path).json(request), "a commit")
+            .await
+    }
+
+    /// Abandons a push.
+    pub async fn abort(&self, session: &str) -> ClientResult<()> {
+        let path = format!("/api/v1/push/{}", encode(session));
+        self.call::<serde_json::Value>(self.request(Method::DELETE, &path))
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts downloading bytes `start..end` of a file; redirects are followed.
+    pub async fn download(&self, key: &str, start: u64, end: u64) -> ClientResult<Response> {
+        let path = format!("/api/v1/files/{}", encode(key));
+        let req = self.request(Method::GET, &path).header(
+            reqwest::header::RANGE,
+            format!("bytes={}-{}", start, end - 1),
+        );
+        let resp = self
+            .send(req)
+            .await
+            .map_err(|e| not_found(e, &format!("file {key} not found in the registry")))?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => Ok(resp),
+            StatusCode::OK if start == 0 => Ok(resp),
+            s => Err(ClientError::Registry {
+                status: s.as_u16(),
+                message: format!("{key}: range request not honoured"),
+            }),
+        }
+    }
+}
+
+/// Turns a 404 into a not-found error with a clear message.
+fn not_found(e: ClientError, what: &str) -> ClientError {
+    match e {
+        ClientError::Registry {
+            status: 404,
+            message,
+        } if message.is_empty() => ClientError::NotFound(what.to_string()),
+        ClientError::Registry {
+            status: 404,
+            message,
+        } => ClientError::NotFound(format!("{what}: {message}")),
+        e => e,
+    }
+}
+
+async fn failure(resp: Response) -> ClientError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let message = match serde_json::from_str::<Envelope<serde_json::Value>>(&text) {
+        Ok(env) if !env.message.is_empty() => env.message,
+        _ if text.trim().is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        _ => snippet(&text),
+    };
+    match status {
+        StatusCode::CONFLICT => ClientError::Conflict(message),
+        _ => ClientError::Registry {
+            status: status.as_u16(),
+            message,
+        },
+    }
+}
+
+fn snippet(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.chars().take(200).collect()
+}
+
+fn read_pem(path: &std::path::Path) -> ClientResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| ClientError::io(path, e))
+}
+
+/// Percent-encodes one path segment (names and tags may hold `+`, spaces, `:`).
+pub fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Reads a response body chunk, failing if nothing arrives for `idle`.
+pub async fn next_chunk(resp: &mut Response, idle: Duration) -> ClientResult<Option<Bytes>> {
+    match tokio::time::timeout(idle, resp.chunk()).await {
+        Ok(Ok(chunk)) => Ok(chunk),
+        Ok(Err(e)) => Err(ClientError::network("download interrupted", &e)),
+        Err(_) => Err(ClientError::Network(format!(
+            "download stalled: no data for {} s",
+            idle.as_secs()
+        ))),
+    }
+}

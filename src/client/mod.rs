@@ -1,0 +1,36 @@
+//! The HTTP client and transfer engine used by `vmreg registry`: typed calls to every
+//! registry endpoint ([`http`]), the local VM library ([`library`]), and pushes and pulls
+//! that move only missing files, several streams at once, resumably and verified.
+
+pub mod download;
+pub mod error;
+pub mod http;
+pub mod library;
+pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod throttle;
+pub mod upload;
+
+use std::sync::Arc;
+
+pub use error::{ClientError, ClientResult};
+pub use http::{Endpoint, Registry, VersionSelector};
+pub use library::Library;
+pub use progress::{Reporter, Silent};
+pub use throttle::Throttle;
+
+/// Everything a push or pull needs: the registry, the library and how to move bytes.
+#[derive(Clone)]
+pub struct Transfer {
+    /// The registry.
+    pub registry: Registry,
+    /// The local VM library.
+    pub library: Library,
+    /// Files and byte ranges in flight at once.
+    pub concurrency: usize,
+    /// Where progress goes.
+    pub reporter: Arc<dyn Reporter>,
+    /// An optional cap on bytes per second.
+    pub throttle: Option<Arc<Throttle>>,
+}

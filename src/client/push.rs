@@ -1,0 +1,413 @@
+//! `push`: offer a local VM's files to the registry, upload those it lacks (several at
+//! once), then commit the version. A journal in the library remembers the session and the
+//! hash state, so rerunning an interrupted push continues it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::download::sha256_file;
+use super::error::{ClientError, ClientResult};
+use super::library::{write_atomic, LocalFile, LocalVm};
+use super::upload::{upload_file, UploadJob};
+use super::Transfer;
+use crate::digest::ResumableSha256;
+use crate::model::FileKind;
+use crate::protocol::{CommitRequest, PushFile, PushPlan, PushRequest};
+
+/// What to push.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    /// The new tag; a unique one is made when absent.
+    pub tag: Option<String>,
+    /// The version's description.
+    pub description: String,
+    /// Push as the next tag of this registry template (name or id) instead of the VM's own.
+    pub existing: Option<String>,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    /// Template id.
+    pub id: Uuid,
+    /// Template name.
+    pub name: String,
+    /// The pushed tag.
+    pub tag: String,
+    /// The new version's number.
+    pub number: u32,
+    /// Bytes of all the version's files.
+    pub total_size: u64,
+    /// Files of the version.
+    pub files: usize,
+    /// Files the registry lacked and that were uploaded (or completed).
+    pub uploaded: Vec<String>,
+    /// Bytes sent by this run.
+    pub bytes_sent: u64,
+    /// True when this run continued an interrupted push.
+    pub resumed: bool,
+}
+
+/// Pushes a local VM as a new version.
+pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResult<PushReport> {
+    let vm = t.library.find(vm_name)?;
+    let files = t.library.files(&vm)?;
+    let (id, name) = match &opts.existing {
+        Some(existing) => {
+            let template = t.registry.resolve(existing).await?;
+            (template.id, template.name)
+        }
+        None => (vm.uuid, vm.name.clone()),
+    };
+    let journal = Arc::new(Journal::open(t, &vm)?);
+    let (plan, resumed) = match resumable_plan(t, &journal, id, opts, &files).await? {
+        Some(plan) => (plan, true),
+        None => {
+            let tag = opts.tag.clone().unwrap_or_else(unique_tag);
+            let request = push_request(&vm, id, &name, &tag, &opts.description, &files)?;
+            let plan = t.registry.negotiate(&request).await?;
+            journal.begin(JournalState {
+                registry: t.registry.url().to_string(),
+                id,
+                tag: plan.tag.clone(),
+                session: plan.session.clone(),
+                ..JournalState::default()
+            })?;
+            (plan, false)
+        }
+    };
+    let mut jobs = Vec::new();
+    let mut digests = BTreeMap::new();
+    for (index, planned) in plan.files.iter().enumerate() {
+        let local = files
+            .iter()
+            .find(|f| f.name == planned.name && f.kind == planned.kind)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "the registry's plan names {} which the VM lacks",
+                    planned.name
+                ))
+            })?;
+        if planned.upload {
+            jobs.push(UploadJob {
+                index,
+                name: local.name.clone(),
+                key: planned.key.clone(),
+                path: local.path.clone(),
+                size: local.size,
+                part_size: planned.part_size,
+                received: planned.received,
+            });
+        } else {
+            let digest = match &planned.sha256 {
+                Some(d) => d.clone(),
+                None => hash_local(local).await?,
+            };
+            digests.insert(planned.key.clone(), digest);
+        }
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    t.reporter.start(
+        jobs.len(),
+        jobs.iter().map(|j| j.size - j.received.min(j.size)).sum(),
+    );
+    let uploaded = upload_all(t, &plan.session, &jobs, &journal, &sent).await;
+    t.reporter.finish();
+    digests.extend(uploaded?);
+    t.reporter.note("committing");
+    let committed = t
+        .registry
+        .commit(&plan.session, &CommitRequest { digests })
+        .await?;
+    journal.remove();
+    Ok(PushReport {
+        id: committed.id,
+        name: committed.name,
+        tag: committed.tag,
+        number: committed.number,
+        total_size: files.iter().map(|f| f.size).sum(),
+        files: files.len(),
+        uploaded: jobs.iter().map(|j| j.name.clone()).collect(),
+        bytes_sent: sent.load(std::sync::atomic::Ordering::SeqCst),
+        resumed,
+    })
+}
+
+/// Runs the uploads, `concurrency` at a time; returns each file's digest by key.
+async fn upload_all(
+    t: &Transfer,
+    session: &str,
+    jobs: &[UploadJob],
+    journal: &Arc<Journal>,
+    sent: &Arc<AtomicU64>,
+) -> ClientResult<BTreeMap<String, String>> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let results: Vec<(String, String)> = stream::iter(jobs.iter().cloned())
+        .map(|job| {
+            let (t, session, journal, sent) = (
+                t.clone(),
+                session.to_string(),
+                journal.clone(),
+                sent.clone(),
+            );
+            async move {
+                let handle = tokio::spawn(async move {
+                    let digest = upload_file(&t, &session, &job, &journal, &sent).await?;
+                    Ok::<_, ClientError>((job.key, digest))
+                });
+                handle.await.unwrap_or_else(|e| {
+                    Err(ClientError::Invalid(format!("upload task failed: {e}")))
+                })
+            }
+        })
+        .buffer_unordered(t.concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok(results.into_iter().collect())
+}
+
+/// The plan of the interrupted push of this VM, when one is journaled, still open at the
+/// registry and about the same files and tag.
+async fn resumable_plan(
+    t: &Transfer,
+    journal: &Journal,
+    id: Uuid,
+    opts: &PushOptions,
+    files: &[LocalFile],
+) -> ClientResult<Option<PushPlan>> {
+    let Some(state) = journal.current() else {
+        return Ok(None);
+    };
+    let same_target = state.registry == t.registry.url() && state.id == id;
+    let same_tag = opts.tag.as_ref().is_none_or(|tag| *tag == state.tag);
+    if !same_target || !same_tag {
+        return Ok(None);
+    }
+    let Some(plan) = t.registry.push_status(&state.session).await? else {
+        return Ok(None);
+    };
+    let same_files = plan.files.len() == files.len()
+        && plan.files.iter().all(|p| {
+            files
+                .iter()
+                .any(|f| f.name == p.name && f.kind == p.kind && f.size == p.size)
+        });
+    if !same_files {
+        // The VM changed since: the old session can never commit.
+        let _ = t.registry.abort(&state.session).await;
+        return Ok(None);
+    }
+    Ok(Some(plan))
+}
+
+fn push_request(
+    vm: &LocalVm,
+    id: Uuid,
+    name: &str,
+    tag: &str,
+    description: &str,
+    files: &[LocalFile],
+) -> ClientResult<PushRequest> {
+    let mut config = serde_json::to_value(&vm.config).map_err(|e| {
+        ClientError::Invalid(format!(
+            "VM {:?}: config cannot be sent as JSON: {e}",
+            vm.name
+        ))
+    })?;
+    if let Some(map) = config.as_object_mut() {
+        // The layer list is sent as files; the registry's copy is rebuilt from them.
+        map.remove("images");
+    }
+    let arch = vm
+        .config
+        .get("arch")
+        .and_then(serde_yaml::Value::as_str)
+        .map(str::to_string);
+    let mut push_files = Vec::new();
+    for f in files {
+        // The nvram's registry key is its digest, so it must be known up front; it is small.
+        let sha256 = if f.kind == FileKind::Nvram {
+            Some(sha256_file(&f.path)?)
+        } else {
+            None
+        };
+        push_files.push(PushFile {
+            name: f.name.clone(),
+            kind: f.kind,
+            size: f.size,
+            sha256,
+        });
+    }
+    Ok(PushRequest {
+        id,
+        name: name.to_string(),
+        tag: tag.to_string(),
+        description: description.to_string(),
+        arch,
+        config,
+        files: push_files,
+    })
+}
+
+async fn hash_local(file: &LocalFile) -> ClientResult<String> {
+    let path = file.path.clone();
+    tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))
+}
+
+/// A tag unique enough without `-t`: the UTC time of the push and a random suffix.
+fn unique_tag() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let suffix = Uuid::new_v4().simple().to_string();
+    format!("{}-{}", utc_stamp(secs), &suffix[..6])
+}
+
+/// `YYYYMMDDhhmmss` of epoch seconds, UTC (civil-from-days, Howard Hinnant).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// What the journal of an interrupted push holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JournalState {
+    /// The registry's URL.
+    pub registry: String,
+    /// Template id.
+    pub id: Uuid,
+    /// Tag being pushed.
+    pub tag: String,
+    /// Upload session.
+    pub session: String,
+    /// Hash states at part boundaries, per key, oldest first.
+    #[serde(default)]
+    pub checkpoints: BTreeMap<String, Vec<ResumableSha256>>,
+    /// Digests of files completely sent.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// Hash checkpoints kept per file: enough to cover what a crash can leave unacknowledged.
+const CHECKPOINTS: usize = 32;
+
+/// The journal of one VM's push, at `<lib>/.vmreg/push/<uuid>.json`.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<Option<JournalState>>,
+}
+
+impl Journal {
+    fn open(t: &Transfer, vm: &LocalVm) -> ClientResult<Self> {
+        let dir = t.library.state_dir().join("push");
+        std::fs::create_dir_all(&dir).map_err(|e| ClientError::io(&dir, e))?;
+        let path = dir.join(format!("{}.json", vm.uuid));
+        let state = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Self {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<JournalState>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn current(&self) -> Option<JournalState> {
+        self.lock().clone()
+    }
+
+    fn begin(&self, state: JournalState) -> ClientResult<()> {
+        let mut guard = self.lock();
+        *guard = Some(state);
+        self.save(&guard)
+    }
+
+    fn save(&self, state: &Option<JournalState>) -> ClientResult<()> {
+        let json = serde_json::to_vec(state)
+            .map_err(|e| ClientError::Invalid(format!("push journal: {e}")))?;
+        write_atomic(&self.path, &json)
+    }
+
+    /// Records the hash state at a part boundary of `key`.
+    pub fn checkpoint(&self, key: &str, hasher: &ResumableSha256) -> ClientResult<()> {
+        let mut guard = self.lock();
+        let Some(state) = guard.as_mut() else {
+            return Ok(());
+        };
+        let list = state.checkpoints.entry(key.to_string()).or_default();
+        list.retain(|h| h.len() < hasher.len());
+        list.push(hasher.clone());
+        if list.len() > CHECKPOINTS {
+            list.remove(0);
+        }
+        self.save(&guard)
+    }
+
+    /// The latest hash state at or before byte `upto` of `key`.
+    pub fn checkpoint_before(&self, key: &str, upto: u64) -> Option<ResumableSha256> {
+        let guard = self.lock();
+        let list = guard.as_ref()?.checkpoints.get(key)?;
+        list.iter()
+            .filter(|h| h.len() <= upto)
+            .max_by_key(|h| h.len())
+            .cloned()
+    }
+
+    /// Records a completely sent file's digest.
+    pub fn finished(&self, key: &str, digest: &str) -> ClientResult<()> {
+        let mut guard = self.lock();
+        let Some(state) = guard.as_mut() else {
+            return Ok(());
+        };
+        state.digests.insert(key.to_string(), digest.to_string());
+        // The last checkpoint (the whole file) is all a resumed run needs.
+        if let Some(list) = state.checkpoints.get_mut(key) {
+            let keep = list.len().saturating_sub(1);
+            list.drain(..keep);
+        }
+        self.save(&guard)
+    }
+
+    fn remove(&self) {
+        *self.lock() = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_utc_times() {
+        assert_eq!(utc_stamp(0), "19700101000000");
+        assert_eq!(utc_stamp(1_795_000_000), "20261118110640");
+    }
+}

@@ -1,0 +1,214 @@
+//! Uploads one file of a push: streamed from disk, hashed while read, resumed from the
+//! bytes the registry holds after any interruption.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::download::retryable;
+use super::error::{ClientError, ClientResult};
+use super::push::Journal;
+use super::Transfer;
+use crate::digest::ResumableSha256;
+
+/// Bytes read from disk per body chunk.
+const READ_CHUNK: u64 = 1 << 20;
+/// Body chunks queued between the reading thread and the connection; bounds memory.
+const QUEUE: usize = 4;
+/// Attempts without progress before giving up.
+const ATTEMPTS: u32 = 5;
+
+/// One file to upload.
+#[derive(Clone, Debug)]
+pub struct UploadJob {
+    /// Position in the transfer, for progress reports.
+    pub index: usize,
+    /// Name shown to the user.
+    pub name: String,
+    /// Registry key.
+    pub key: String,
+    /// Local path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// The registry's part size: bodies are cut at its multiples.
+    pub part_size: u64,
+    /// Bytes the registry already holds.
+    pub received: u64,
+}
+
+/// Uploads what the registry lacks of the file; returns the file's SHA-256.
+pub async fn upload_file(
+    t: &Transfer,
+    session: &str,
+    job: &UploadJob,
+    journal: &Arc<Journal>,
+    sent: &Arc<AtomicU64>,
+) -> ClientResult<String> {
+    let mut received = job.received.min(job.size);
+    let mut attempts = 0;
+    let mut sent_once = false;
+    t.reporter
+        .file_start(job.index, &job.name, job.size, received);
+    loop {
+        let hasher = resume_hasher(journal, job, received).await?;
+        // An empty file still needs one (empty) upload so that the registry stores it.
+        if received >= job.size && (job.size > 0 || sent_once) {
+            let digest = hasher.finalize_hex();
+            journal.finished(&job.key, &digest)?;
+            t.reporter.file_done(job.index);
+            return Ok(digest);
+        }
+        sent_once = true;
+        let body = body_from(t, job, received, hasher, journal.clone(), sent.clone());
+        let result = t
+            .registry
+            .upload(session, &job.key, received, job.size - received, body)
+            .await;
+        let now = match result {
+            Ok(progress) => progress.received,
+            Err(ClientError::Conflict(_)) if job.size == 0 => job.size,
+            Err(e) if retryable(&e) || matches!(e, ClientError::Conflict(_)) => {
+                t.reporter.note(&format!("{}: {e}; resuming", job.name));
+                match server_received(t, session, &job.key).await {
+                    Ok(n) => n,
+                    Err(e2) if retryable(&e2) => received,
+                    Err(e2) => return Err(e2),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if now > received {
+            attempts = 0;
+        } else {
+            attempts += 1;
+            if attempts >= ATTEMPTS {
+                return Err(ClientError::Network(format!(
+                    "{}: upload makes no progress; giving up",
+                    job.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempts))).await;
+        }
+        received = now.min(job.size);
+        t.reporter
+            .file_start(job.index, &job.name, job.size, received);
+    }
+}
+
+/// How many bytes of the file the registry holds.
+async fn server_received(t: &Transfer, session: &str, key: &str) -> ClientResult<u64> {
+    let plan = t.registry.push_status(session).await?.ok_or_else(|| {
+        ClientError::Invalid(format!(
+            "push session {session} expired at the registry; run the push again"
+        ))
+    })?;
+    plan.files
+        .iter()
+        .find(|f| f.key == key)
+        .map(|f| f.received)
+        .ok_or_else(|| {
+            ClientError::Invalid(format!("push session {session} no longer lists {key}"))
+        })
+}
+
+/// The hash state after the first `upto` bytes: from the journal's nearest checkpoint,
+/// reading forward from disk only what lies between it and `upto`.
+async fn resume_hasher(
+    journal: &Arc<Journal>,
+    job: &UploadJob,
+    upto: u64,
+) -> ClientResult<ResumableSha256> {
+    let mut hasher = journal
+        .checkpoint_before(&job.key, upto)
+        .unwrap_or_default();
+    if hasher.len() == upto {
+        return Ok(hasher);
+    }
+    let path = job.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path).map_err(|e| ClientError::io(&path, e))?;
+        file.seek(SeekFrom::Start(hasher.len()))
+            .map_err(|e| ClientError::io(&path, e))?;
+        let mut buf = vec![0u8; READ_CHUNK as usize];
+        while hasher.len() < upto {
+            let want = (upto - hasher.len()).min(READ_CHUNK) as usize;
+            file.read_exact(&mut buf[..want])
+                .map_err(|e| ClientError::io(&path, e))?;
+            hasher.update(&buf[..want]);
+        }
+        Ok(hasher)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))
+}
+
+/// A request body streaming the file from `start`, read and hashed on a blocking thread
+/// that records a hash checkpoint at every part boundary.
+fn body_from(
+    t: &Transfer,
+    job: &UploadJob,
+    start: u64,
+    mut hasher: ResumableSha256,
+    journal: Arc<Journal>,
+    sent: Arc<AtomicU64>,
+) -> reqwest::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
+    let (path, size, part, key) = (
+        job.path.clone(),
+        job.size,
+        job.part_size.max(1),
+        job.key.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut read = || -> std::io::Result<()> {
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(SeekFrom::Start(start))?;
+            let mut pos = start;
+            while pos < size {
+                let boundary = (pos / part + 1) * part;
+                let n = READ_CHUNK.min(boundary - pos).min(size - pos) as usize;
+                let mut buf = vec![0u8; n];
+                file.read_exact(&mut buf)?;
+                hasher.update(&buf);
+                pos += n as u64;
+                if pos % part == 0 || pos == size {
+                    // A failed journal write only costs re-reading on resume.
+                    let _ = journal.checkpoint(&key, &hasher);
+                }
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = read() {
+            let _ = tx.blocking_send(Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )));
+        }
+    });
+    let reporter = t.reporter.clone();
+    let throttle = t.throttle.clone();
+    let index = job.index;
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let (reporter, throttle, sent) = (reporter.clone(), throttle.clone(), sent.clone());
+        async move {
+            let item = rx.recv().await?;
+            if let Ok(bytes) = &item {
+                if let Some(throttle) = &throttle {
+                    throttle.take(bytes.len() as u64).await;
+                }
+                sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                reporter.advance(index, bytes.len() as u64);
+            }
+            Some((item, rx))
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
