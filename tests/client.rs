@@ -1,0 +1,700 @@
+//! Black-box tests of `vmreg registry …`: the real binary against a real `vmreg serve`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::Value;
+
+// ---- helpers of this file: a VM library on disk and the client as a process ----
+
+/// A scratch directory with a VM library and a remotes file.
+struct Node {
+    dir: PathBuf,
+    lib: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir =
+            std::env::temp_dir().join(format!("vmreg-client-{}", uuid::Uuid::new_v4().simple()));
+        let lib = dir.join("lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        Node { dir, lib }
+    }
+
+    /// The client command with this node's config file and library, aimed at `server`.
+    fn cmd(&self, server: &Server, args: &[&str]) -> Command {
+        let mut cmd = Command::new(common::vmreg_bin());
+        cmd.arg("registry")
+            .args(["-a", &server.url, "--lib"])
+            .arg(&self.lib)
+            .args(args)
+            .env("VMREG_CONFIG", self.dir.join("remotes.yaml"))
+            .env_remove("VMREG_LIB")
+            .env_remove("VMREG_RATE_LIMIT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, server: &Server, args: &[&str]) -> Output {
+        self.cmd(server, args).output().expect("run vmreg registry")
+    }
+
+    /// Runs with `--json`, asserts success and parses stdout.
+    fn json(&self, server: &Server, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(server, &all);
+        assert!(
+            out.status.success(),
+            "vmreg registry {args:?} failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Writes a VM: `layers` top first (the first is the hard drive), an nvram, an
+    /// optional state file.
+    fn make_vm(
+        &self,
+        uuid: &str,
+        name: &str,
+        layers: &[(&str, &[u8])],
+        state: Option<(&str, &[u8])>,
+        nvram: &[u8],
+    ) {
+        let vm_dir = self.lib.join("vm_lib").join(uuid);
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        std::fs::create_dir_all(self.lib.join("img_lib")).unwrap();
+        std::fs::create_dir_all(self.lib.join("state_lib")).unwrap();
+        for (file, bytes) in layers {
+            std::fs::write(self.lib.join("img_lib").join(file), bytes).unwrap();
+        }
+        std::fs::write(vm_dir.join("nvram"), nvram).unwrap();
+        let mut config = format!(
+            "uuid: {uuid}\nname: {name}\nram: 2G\ncpu:\n  cores: 2\nfirmware:\n  type: uefi\nnvram: true\n\
+             hard_drives:\n- controller: ablk\n  file: {}\n  pci_slot: 4\n",
+            layers[0].0
+        );
+        if layers.len() > 1 {
+            config.push_str("images:\n");
+            for (file, _) in &layers[1..] {
+                config.push_str(&format!("- {file}\n"));
+            }
+        }
+        if let Some((file, bytes)) = state {
+            std::fs::write(self.lib.join("state_lib").join(file), bytes).unwrap();
+            config.push_str(&format!("state_file: {file}\n"));
+        }
+        std::fs::write(vm_dir.join("config.yaml"), config).unwrap();
+    }
+
+    /// Every file of the library outside the client's own `.vmreg` state, with contents.
+    fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        walk(&self.lib, &self.lib, &mut out);
+        out
+    }
+
+    fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.lib.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    fn has(&self, rel: &str) -> bool {
+        self.lib.join(rel).exists()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        if rel.starts_with(".vmreg") {
+            continue;
+        }
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else {
+            out.insert(rel, std::fs::read(&path).unwrap());
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Deterministic bytes that differ per seed (compressible data would hide nothing here).
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn layer(n: u32) -> String {
+    format!("{n:032x}.ank")
+}
+
+const VM1: &str = "0f0e0d0c-0b0a-4909-8807-060504030201";
+const VM2: &str = "1f1e1d1c-1b1a-4919-8817-161514131211";
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    // SIGKILL: the client gets no chance to tidy up.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn http_get(url: &str) -> common::Reply {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(common::get(url))
+}
+
+// ---- tests ----
+
+#[test]
+fn push_then_pull_into_an_empty_library_is_byte_identical() {
+    let server = Server::start();
+    let src = Node::new();
+    let (top, base, state) = (data(1, 3_000_000), data(2, 9_000_000), data(3, 700_000));
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[(&layer(1), &top), (&layer(0), &base)],
+        Some((&layer(9), &state)),
+        b"nvram-1",
+    );
+    let total = (top.len() + base.len() + state.len() + 7) as u64;
+
+    let pushed = src.json(&server, &["push", "-t", "v1", "-d", "first tag", "vm1"]);
+    assert_eq!(pushed["name"], "vm1");
+    assert_eq!(pushed["id"], VM1);
+    assert_eq!(pushed["tag"], "v1");
+    assert_eq!(pushed["number"], 0);
+    assert_eq!(u(&pushed["files"]), 4);
+    assert_eq!(u(&pushed["total_size"]), total);
+    assert_eq!(
+        u(&pushed["bytes_sent"]),
+        total,
+        "a first push sends every byte once"
+    );
+
+    let listed = src.json(&server, &["list"]);
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "vm1")
+        .expect("vm1 listed");
+    assert_eq!(entry["latest_tag"], "v1");
+    assert_eq!(u(&entry["size"]), total);
+
+    let described = src.json(&server, &["describe", "vm1"]);
+    assert_eq!(described["versions"][0]["tag"], "v1");
+    assert_eq!(described["versions"][0]["description"], "first tag");
+    assert_eq!(u(&described["versions"][0]["size"]), total);
+
+    let dst = Node::new();
+    let size = dst.json(&server, &["check-download-size", "vm1"]);
+    assert_eq!(u(&size["download_size"]), total);
+    assert_eq!(u(&size["total_size"]), total);
+
+    let pulled = dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(pulled["tag"], "v1");
+    assert_eq!(u(&pulled["bytes_received"]), total);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+    assert_eq!(dst.read(&format!("state_lib/{}", layer(9))), state);
+    assert_eq!(dst.read(&format!("vm_lib/{VM1}/nvram")), b"nvram-1");
+    let config: serde_yaml::Value =
+        serde_yaml::from_slice(&dst.read(&format!("vm_lib/{VM1}/config.yaml"))).unwrap();
+    assert_eq!(config["name"].as_str(), Some("vm1"));
+    assert_eq!(
+        config["hard_drives"][0]["file"].as_str(),
+        Some(layer(1).as_str())
+    );
+    let images: Vec<&str> = config["images"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        images,
+        [layer(1), layer(0)],
+        "images: lists every layer, top first"
+    );
+    assert!(
+        !dst.has(".vmreg/pull")
+            || std::fs::read_dir(dst.lib.join(".vmreg/pull"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+
+    let again = dst.json(&server, &["check-download-size", "vm1"]);
+    assert_eq!(
+        u(&again["download_size"]),
+        0,
+        "everything is in the library now"
+    );
+
+    // The pulled VM can be pushed on as a new tag without sending anything.
+    let repushed = dst.json(&server, &["push", "-t", "v1-again", "vm1"]);
+    assert_eq!(u(&repushed["bytes_sent"]), 0);
+    assert_eq!(repushed["number"], 1);
+}
+
+#[test]
+fn a_second_tag_adding_one_layer_moves_only_that_layer() {
+    let server = Server::start();
+    let src = Node::new();
+    let base = data(10, 6_000_000);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &base)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+
+    let top = data(11, 2_500_000);
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[(&layer(1), &top), (&layer(0), &base)],
+        None,
+        b"nv",
+    );
+    let pushed = src.json(&server, &["push", "-t", "v2", "vm1"]);
+    assert_eq!(names(&pushed["uploaded"]), [layer(1)]);
+    assert_eq!(
+        u(&pushed["bytes_sent"]),
+        top.len() as u64,
+        "only the new layer is uploaded"
+    );
+
+    let size = dst.json(&server, &["check-download-size", "-t", "v2", "vm1"]);
+    assert_eq!(u(&size["download_size"]), top.len() as u64);
+    let pulled = dst.json(&server, &["pull", "-t", "v2", "vm1"]);
+    assert_eq!(names(&pulled["downloaded"]), [layer(1)]);
+    assert_eq!(
+        u(&pulled["bytes_received"]),
+        top.len() as u64,
+        "only the new layer is downloaded"
+    );
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+}
+
+#[test]
+fn pull_with_shrink_removes_exactly_the_other_tags_files() {
+    let server = Server::start();
+    let src = Node::new();
+    let (base, top, state) = (data(20, 1_000_000), data(21, 1_000_000), data(22, 300_000));
+    src.make_vm(VM1, "vm1", &[(&layer(0), &base)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[(&layer(1), &top), (&layer(0), &base)],
+        Some((&layer(2), &state)),
+        b"nv",
+    );
+    src.json(&server, &["push", "-t", "v2", "vm1"]);
+
+    let dst = Node::new();
+    // Another local VM uses a layer of its own, and a stray file nobody references.
+    dst.make_vm(VM2, "other", &[(&layer(7), b"other layer")], None, b"x");
+    std::fs::write(dst.lib.join("img_lib/stray.ank"), b"stray").unwrap();
+    dst.json(&server, &["pull", "-t", "v2", "vm1"]);
+    assert!(
+        dst.has(&format!("img_lib/{}", layer(1))) && dst.has(&format!("state_lib/{}", layer(2)))
+    );
+
+    let pulled = dst.json(&server, &["pull", "-s", "-t", "v1", "vm1"]);
+    let mut removed = names(&pulled["removed"]);
+    removed.sort();
+    assert_eq!(removed, [layer(1), layer(2)]);
+    assert!(!dst.has(&format!("img_lib/{}", layer(1))));
+    assert!(!dst.has(&format!("state_lib/{}", layer(2))));
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+    assert!(
+        dst.has(&format!("img_lib/{}", layer(7))),
+        "another VM's layer stays"
+    );
+    assert!(
+        dst.has("img_lib/stray.ank"),
+        "files of no tag of this template stay"
+    );
+}
+
+#[test]
+fn push_v_adds_an_independent_vm_as_the_next_tag_of_an_existing_template() {
+    let server = Server::start();
+    let src = Node::new();
+    src.make_vm(VM1, "vm1", &[(&layer(0), &data(30, 500_000))], None, b"one");
+    src.json(&server, &["push", "-t", "t1", "vm1"]);
+    let vm2_layer = data(31, 800_000);
+    src.make_vm(VM2, "vm2", &[(&layer(5), &vm2_layer)], None, b"two");
+    let pushed = src.json(&server, &["push", "-v", "vm1", "-t", "t2", "vm2"]);
+    assert_eq!(pushed["id"], VM1);
+    assert_eq!(pushed["name"], "vm1");
+    assert_eq!(pushed["number"], 1);
+
+    let described = src.json(&server, &["describe", "vm1"]);
+    let tags: Vec<&str> = described["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["t1", "t2"]);
+    let listed = src.json(&server, &["list"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != "vm2"),
+        "no template vm2: {listed}"
+    );
+
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(5))), vm2_layer);
+    assert_eq!(dst.read(&format!("vm_lib/{VM1}/nvram")), b"two");
+    let config: serde_yaml::Value =
+        serde_yaml::from_slice(&dst.read(&format!("vm_lib/{VM1}/config.yaml"))).unwrap();
+    assert_eq!(config["name"].as_str(), Some("vm1"));
+    assert_eq!(config["uuid"].as_str(), Some(VM1));
+}
+
+#[test]
+fn a_pull_killed_mid_file_resumes_without_refetching_what_arrived() {
+    let server = Server::start();
+    let src = Node::new();
+    let big = data(40, 48 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+
+    let dst = Node::new();
+    let mut child = dst
+        .cmd(
+            &server,
+            &[
+                "--json",
+                "--limit-rate",
+                "8M",
+                "--concurrency",
+                "2",
+                "pull",
+                "vm1",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pull_dir = dst.lib.join(".vmreg/pull");
+    let sidecar_progress = || -> u64 {
+        let Ok(entries) = std::fs::read_dir(&pull_dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| {
+                v["done"]
+                    .as_array()
+                    .map(|d| d.iter().map(u).sum())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    wait_for("16 MiB on disk", Duration::from_secs(60), || {
+        sidecar_progress() >= 16 << 20
+    });
+    kill9(&mut child);
+    let before = dst.snapshot();
+    assert!(
+        !before.contains_key(&format!("img_lib/{}", layer(0))),
+        "nothing is put in place before it is verified"
+    );
+
+    let pulled = dst.json(&server, &["pull", "vm1"]);
+    let received = u(&pulled["bytes_received"]);
+    assert!(
+        received < big.len() as u64 - (12 << 20),
+        "the rerun fetched {received} bytes again"
+    );
+    assert!(received > 0);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+}
+
+#[test]
+fn a_push_killed_mid_file_resumes_without_resending_what_arrived() {
+    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let src = Node::new();
+    let big = data(50, 48 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let mut child = src
+        .cmd(
+            &server,
+            &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = src.lib.join(format!(".vmreg/push/{VM1}.json"));
+    let received = || -> u64 {
+        let Some(session) = std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["session"].as_str().map(str::to_string))
+        else {
+            return 0;
+        };
+        let reply = http_get(&server.at(&format!("/api/v1/push/{session}")));
+        reply.json["body"]["files"]
+            .as_array()
+            .map(|f| f.iter().map(|f| u(&f["received"])).sum())
+            .unwrap_or(0)
+    };
+    wait_for("16 MiB at the registry", Duration::from_secs(60), || {
+        received() >= 16 << 20
+    });
+    kill9(&mut child);
+
+    let pushed = src.json(&server, &["push", "-t", "v1", "vm1"]);
+    assert_eq!(pushed["resumed"], true);
+    let sent = u(&pushed["bytes_sent"]);
+    assert!(
+        sent <= big.len() as u64 - (15 << 20),
+        "the rerun sent {sent} bytes again"
+    );
+    assert!(
+        !src.lib.join(format!(".vmreg/push/{VM1}.json")).exists(),
+        "the journal is gone after commit"
+    );
+
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+}
+
+#[test]
+fn a_corrupted_stored_file_fails_the_pull_cleanly() {
+    if common::s3_backend() {
+        return; // the blob is reached through the embedded store's directory
+    }
+    let server = Server::start();
+    let src = Node::new();
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[
+            (&layer(1), &data(60, 2_000_000)),
+            (&layer(0), &data(61, 3_000_000)),
+        ],
+        None,
+        b"nv",
+    );
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    let blob_dir = server.ns.dir.join("data/objects/blobs").join(layer(0));
+    let blob = std::fs::read_dir(&blob_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[1_234_567] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let dst = Node::new();
+    dst.make_vm(VM2, "other", &[(&layer(7), b"keep me")], None, b"x");
+    let before = dst.snapshot();
+    let out = dst.run(&server, &["pull", "vm1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&layer(0)) && err.contains("checksum"),
+        "stderr names the file: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(dst.snapshot(), before, "the library is unchanged");
+}
+
+#[test]
+fn missing_templates_tags_and_vms_exit_with_code_3() {
+    let server = Server::start();
+    let node = Node::new();
+    node.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
+    node.json(&server, &["push", "-t", "v1", "vm1"]);
+    for args in [
+        &["pull", "nope"][..],
+        &["pull", "-t", "nope", "vm1"],
+        &["describe", "nope"],
+        &["check-download-size", "-t", "nope", "vm1"],
+        &["push", "no-such-local-vm"],
+        &["delete-template", "nope"],
+        &["revert", "-t", "nope", "vm1"],
+    ] {
+        let out = node.run(&server, args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let dup = node.run(&server, &["push", "-t", "v1", "vm1"]);
+    assert_eq!(
+        dup.status.code(),
+        Some(1),
+        "an existing tag is a conflict: {}",
+        stderr(&dup)
+    );
+    assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
+
+    let mut unreachable = Command::new(common::vmreg_bin());
+    unreachable
+        .args(["registry", "-a", "http://127.0.0.1:1", "list"])
+        .env("VMREG_CONFIG", node.dir.join("r.yaml"));
+    let out = unreachable.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_local_vm_with_the_same_name_and_another_uuid_is_a_conflict() {
+    let server = Server::start();
+    let src = Node::new();
+    src.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    let dst = Node::new();
+    dst.make_vm(VM2, "vm1", &[(&layer(3), b"mine")], None, b"nv");
+    let before = dst.snapshot();
+    let out = dst.run(&server, &["pull", "vm1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("conflict"), "{}", stderr(&out));
+    assert_eq!(dst.snapshot(), before);
+}
+
+#[test]
+fn revert_set_arch_and_delete_template_reach_the_api() {
+    let server = Server::start();
+    let node = Node::new();
+    node.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
+    for tag in ["a", "b", "c"] {
+        node.json(&server, &["push", "-t", tag, "vm1"]);
+    }
+    let arch = node.json(&server, &["set-arch", "vm1", "arm64"]);
+    assert_eq!(arch["arch"], "arm64");
+    let listed = node.json(&server, &["list"]);
+    assert_eq!(listed[0]["arch"], "arm64");
+
+    let reverted = node.json(&server, &["revert", "vm1"]);
+    assert_eq!(names(&reverted["tags"]), ["a", "b"]);
+    let reverted = node.json(&server, &["revert", "-t", "a", "vm1"]);
+    assert_eq!(names(&reverted["tags"]), ["a"]);
+
+    let deleted = node.json(&server, &["delete-template", VM1]);
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(node.json(&server, &["list"]), Value::Array(vec![]));
+}
+
+#[test]
+fn remotes_are_added_set_listed_and_deleted() {
+    let server = Server::start();
+    let node = Node::new();
+    let remote = |args: &[&str]| -> Value {
+        let out = Command::new(common::vmreg_bin())
+            .args(["registry", "--json"])
+            .args(args)
+            .env("VMREG_CONFIG", node.dir.join("remotes.yaml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(remote(&["add", "main", &server.url])["current"], true);
+    assert_eq!(
+        remote(&["add", "spare", "http://127.0.0.1:1"])["name"],
+        "spare"
+    );
+    let repos = remote(&["list-repos"]);
+    let current: Vec<&str> = repos
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["current"] == true)
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, ["spare"], "the last added is current");
+    assert_eq!(remote(&["set", "main"])["url"], server.url.as_str());
+    // With the current remote, no -a is needed.
+    assert_eq!(remote(&["list"]), Value::Array(vec![]));
+    assert_eq!(remote(&["-r", "main", "list"]), Value::Array(vec![]));
+    assert_eq!(remote(&["delete", "spare"])["deleted"], true);
+    assert_eq!(remote(&["list-repos"]).as_array().unwrap().len(), 1);
+
+    let out = Command::new(common::vmreg_bin())
+        .args(["registry", "-r", "spare", "list"])
+        .env("VMREG_CONFIG", node.dir.join("remotes.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown remote"), "{}", stderr(&out));
+}
