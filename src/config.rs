@@ -116,14 +116,39 @@ const ENV_NAMES: &[(&str, &[&str])] = &[
     ("config", &["VMREG_CONFIG_FILE"]),
     ("listen", &["VMREG_LISTEN", "ANKA_LISTEN_ADDR"]),
     ("data_dir", &["VMREG_DATA_DIR", "ANKA_BASE_PATH"]),
-    ("shutdown_timeout", &["VMREG_SHUTDOWN_TIMEOUT", "ANKA_GRACEFUL_SHUTDOWN_TIMEOUT"]),
-    ("part_size", &["VMREG_PART_SIZE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE"]),
+    (
+        "shutdown_timeout",
+        &["VMREG_SHUTDOWN_TIMEOUT", "ANKA_GRACEFUL_SHUTDOWN_TIMEOUT"],
+    ),
+    (
+        "part_size",
+        &["VMREG_PART_SIZE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE"],
+    ),
     ("s3_bucket", &["VMREG_S3_BUCKET", "ANKA_BACKEND_S3_BUCKET"]),
-    ("s3_endpoint", &["VMREG_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+    (
+        "s3_endpoint",
+        &[
+            "VMREG_S3_ENDPOINT",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL",
+        ],
+    ),
     ("s3_prefix", &["VMREG_S3_PREFIX"]),
-    ("s3_region", &["VMREG_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"]),
-    ("s3_path_style", &["VMREG_S3_PATH_STYLE", "ANKA_BACKEND_S3_USE_PATH_STYLE"]),
-    ("s3_upload_concurrency", &["VMREG_S3_UPLOAD_CONCURRENCY", "ANKA_BACKEND_S3_UPLOAD_CONCURRENCY"]),
+    (
+        "s3_region",
+        &["VMREG_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+    ),
+    (
+        "s3_path_style",
+        &["VMREG_S3_PATH_STYLE", "ANKA_BACKEND_S3_USE_PATH_STYLE"],
+    ),
+    (
+        "s3_upload_concurrency",
+        &[
+            "VMREG_S3_UPLOAD_CONCURRENCY",
+            "ANKA_BACKEND_S3_UPLOAD_CONCURRENCY",
+        ],
+    ),
     ("s3_redirect", &["VMREG_S3_REDIRECT"]),
     ("redis_url", &["VMREG_REDIS_URL"]),
     ("redis_prefix", &["VMREG_REDIS_PREFIX"]),
@@ -135,7 +160,10 @@ impl ServeArgs {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut layer = ServeArgs::default();
         for (field, names) in ENV_NAMES {
-            let Some((name, value)) = names.iter().find_map(|n| get(n).filter(|v| !v.is_empty()).map(|v| (*n, v))) else {
+            let Some((name, value)) = names
+                .iter()
+                .find_map(|n| get(n).filter(|v| !v.is_empty()).map(|v| (*n, v)))
+            else {
                 continue;
             };
             let bad = |e: String| ConfigError(format!("{name}={value:?}: {e}"));
@@ -143,14 +171,19 @@ impl ServeArgs {
                 "config" => layer.config = Some(value.into()),
                 "listen" => layer.listen = Some(value),
                 "data_dir" => layer.data_dir = Some(value.into()),
-                "shutdown_timeout" => layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?),
+                "shutdown_timeout" => {
+                    layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?)
+                }
                 "part_size" => layer.part_size = Some(parse_size(&value).map_err(bad)?),
                 "s3_bucket" => layer.s3_bucket = Some(value),
                 "s3_endpoint" => layer.s3_endpoint = Some(value),
                 "s3_prefix" => layer.s3_prefix = Some(value),
                 "s3_region" => layer.s3_region = Some(value),
                 "s3_path_style" => layer.s3_path_style = Some(parse_bool(&value).map_err(bad)?),
-                "s3_upload_concurrency" => layer.s3_upload_concurrency = Some(value.parse().map_err(|e| bad(format!("{e}")))?),
+                "s3_upload_concurrency" => {
+                    layer.s3_upload_concurrency =
+                        Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
                 "s3_redirect" => layer.s3_redirect = Some(parse_bool(&value).map_err(bad)?),
                 "redis_url" => layer.redis_url = Some(value),
                 "redis_prefix" => layer.redis_prefix = Some(value),
@@ -162,7 +195,8 @@ impl ServeArgs {
 
     /// Reads a YAML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         serde_yaml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
@@ -189,7 +223,10 @@ impl ServeArgs {
 
 impl Config {
     /// Resolves flags over the environment over the config file over the defaults.
-    pub fn resolve(flags: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn resolve(
+        flags: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let env_layer = ServeArgs::from_env(env)?;
         let above_file = flags.over(env_layer);
         let merged = match above_file.config.clone() {
@@ -203,7 +240,9 @@ impl Config {
         let listen = normalize_listen(l.listen.as_deref().unwrap_or("0.0.0.0:8089"))?;
         let part_size = l.part_size.unwrap_or(DEFAULT_PART_SIZE);
         if part_size < MIN_PART_SIZE {
-            return Err(ConfigError(format!("part size {part_size} is under S3's minimum of {MIN_PART_SIZE} bytes")));
+            return Err(ConfigError(format!(
+                "part size {part_size} is under S3's minimum of {MIN_PART_SIZE} bytes"
+            )));
         }
         let s3 = match l.s3_bucket {
             Some(bucket) => Some(S3Config {
@@ -217,7 +256,10 @@ impl Config {
             }),
             None => None,
         };
-        let redis = l.redis_url.map(|url| RedisConfig { url, prefix: l.redis_prefix.unwrap_or_else(|| "vmreg:".into()) });
+        let redis = l.redis_url.map(|url| RedisConfig {
+            url,
+            prefix: l.redis_prefix.unwrap_or_else(|| "vmreg:".into()),
+        });
         Ok(Config {
             listen,
             data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
@@ -233,41 +275,78 @@ impl std::fmt::Display for Config {
     /// The effective configuration with secrets redacted, one setting a line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "  listen            {}", self.listen)?;
-        writeln!(f, "  shutdown_timeout  {}s", self.shutdown_timeout.as_secs_f64())?;
+        writeln!(
+            f,
+            "  shutdown_timeout  {}s",
+            self.shutdown_timeout.as_secs_f64()
+        )?;
         writeln!(f, "  part_size         {}", self.part_size)?;
         match &self.s3 {
             Some(s3) => {
                 writeln!(f, "  files             s3://{}/{}", s3.bucket, s3.prefix)?;
-                writeln!(f, "  s3_endpoint       {}", s3.endpoint.as_deref().unwrap_or("(AWS)"))?;
-                writeln!(f, "  s3_region         {}", s3.region.as_deref().unwrap_or("(AWS chain)"))?;
+                writeln!(
+                    f,
+                    "  s3_endpoint       {}",
+                    s3.endpoint.as_deref().unwrap_or("(AWS)")
+                )?;
+                writeln!(
+                    f,
+                    "  s3_region         {}",
+                    s3.region.as_deref().unwrap_or("(AWS chain)")
+                )?;
                 writeln!(f, "  s3_path_style     {}", s3.path_style)?;
                 writeln!(f, "  s3_concurrency    {}", s3.upload_concurrency)?;
                 writeln!(f, "  s3_redirect       {}", s3.redirect)?;
             }
-            None => writeln!(f, "  files             {}", self.data_dir.join("blobs").display())?,
+            None => writeln!(
+                f,
+                "  files             {}",
+                self.data_dir.join("objects").display()
+            )?,
         }
         match &self.redis {
-            Some(r) => writeln!(f, "  metadata          {} (prefix {:?})", redact_url(&r.url), r.prefix),
-            None => writeln!(f, "  metadata          {}", self.data_dir.join("meta.redb").display()),
+            Some(r) => writeln!(
+                f,
+                "  metadata          {} (prefix {:?})",
+                redact_url(&r.url),
+                r.prefix
+            ),
+            None => writeln!(
+                f,
+                "  metadata          {}",
+                self.data_dir.join("meta.redb").display()
+            ),
         }
     }
 }
 
 /// Hides the password of a URL such as `redis://user:secret@host`.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
     let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else { return url.to_string() };
+    let Some(at) = rest.find('@') else {
+        return url.to_string();
+    };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or("");
     format!("{}{}:***@{}", &url[..scheme_end], user, &rest[at + 1..])
 }
 
 fn normalize_listen(listen: &str) -> Result<String, ConfigError> {
-    let full = if listen.starts_with(':') { format!("0.0.0.0{listen}") } else { listen.to_string() };
-    let port_ok = full.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let full = if listen.starts_with(':') {
+        format!("0.0.0.0{listen}")
+    } else {
+        listen.to_string()
+    };
+    let port_ok = full
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
     if !port_ok {
-        return Err(ConfigError(format!("listen address {listen:?} is not host:port or :port")));
+        return Err(ConfigError(format!(
+            "listen address {listen:?} is not host:port or :port"
+        )));
     }
     Ok(full)
 }
@@ -284,7 +363,9 @@ fn normalize_prefix(prefix: String) -> String {
 /// Parses `10`, `10s`, `500ms`, `2m`, `1h` (Go-style durations as the vendor takes them).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
@@ -310,7 +391,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("invalid size unit in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -325,9 +407,15 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     let v = Option::<serde_yaml::Value>::deserialize(d)?;
     match v {
         None => Ok(None),
-        Some(serde_yaml::Value::Number(n)) => Ok(Some(Duration::from_secs_f64(n.as_f64().unwrap_or(0.0)))),
-        Some(serde_yaml::Value::String(s)) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
-        Some(other) => Err(serde::de::Error::custom(format!("invalid duration {other:?}"))),
+        Some(serde_yaml::Value::Number(n)) => {
+            Ok(Some(Duration::from_secs_f64(n.as_f64().unwrap_or(0.0))))
+        }
+        Some(serde_yaml::Value::String(s)) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "invalid duration {other:?}"
+        ))),
     }
 }
 
@@ -335,8 +423,13 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
     let v = Option::<serde_yaml::Value>::deserialize(d)?;
     match v {
         None => Ok(None),
-        Some(serde_yaml::Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| serde::de::Error::custom("invalid size")),
-        Some(serde_yaml::Value::String(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(serde_yaml::Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("invalid size")),
+        Some(serde_yaml::Value::String(s)) => {
+            parse_size(&s).map(Some).map_err(serde::de::Error::custom)
+        }
         Some(other) => Err(serde::de::Error::custom(format!("invalid size {other:?}"))),
     }
 }
@@ -347,7 +440,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -364,7 +460,12 @@ mod tests {
     fn vendor_names_work_and_ours_win() {
         let c = Config::resolve(
             ServeArgs::default(),
-            env(&[("ANKA_LISTEN_ADDR", ":9000"), ("ANKA_BASE_PATH", "/srv/a"), ("VMREG_DATA_DIR", "/srv/b"), ("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT", "30s")]),
+            env(&[
+                ("ANKA_LISTEN_ADDR", ":9000"),
+                ("ANKA_BASE_PATH", "/srv/a"),
+                ("VMREG_DATA_DIR", "/srv/b"),
+                ("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT", "30s"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
@@ -376,8 +477,16 @@ mod tests {
     fn flags_win_over_environment_and_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vmreg.yaml");
-        std::fs::write(&file, "listen: \":7000\"\ndata_dir: /from/file\ns3_bucket: b\ns3_prefix: /p/\n").unwrap();
-        let flags = ServeArgs { listen: Some("127.0.0.1:1".into()), config: Some(file), ..Default::default() };
+        std::fs::write(
+            &file,
+            "listen: \":7000\"\ndata_dir: /from/file\ns3_bucket: b\ns3_prefix: /p/\n",
+        )
+        .unwrap();
+        let flags = ServeArgs {
+            listen: Some("127.0.0.1:1".into()),
+            config: Some(file),
+            ..Default::default()
+        };
         let c = Config::resolve(flags, env(&[("VMREG_DATA_DIR", "/from/env")])).unwrap();
         assert_eq!(c.listen, "127.0.0.1:1");
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
@@ -387,17 +496,45 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        assert!(Config::resolve(ServeArgs { listen: Some("nope".into()), ..Default::default() }, env(&[])).is_err());
-        assert!(Config::resolve(ServeArgs::default(), env(&[("ANKA_BACKEND_S3_USE_PATH_STYLE", "maybe")])).is_err());
-        assert!(Config::resolve(ServeArgs { part_size: Some(1024), ..Default::default() }, env(&[])).is_err());
+        assert!(Config::resolve(
+            ServeArgs {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+            env(&[])
+        )
+        .is_err());
+        assert!(Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_BACKEND_S3_USE_PATH_STYLE", "maybe")])
+        )
+        .is_err());
+        assert!(Config::resolve(
+            ServeArgs {
+                part_size: Some(1024),
+                ..Default::default()
+            },
+            env(&[])
+        )
+        .is_err());
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(
+            redact_url("redis://:hunter2@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
         assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
         assert_eq!(redact_url("redis://host"), "redis://host");
-        let c = Config::resolve(ServeArgs { redis_url: Some("redis://:hunter2@h".into()), ..Default::default() }, env(&[])).unwrap();
+        let c = Config::resolve(
+            ServeArgs {
+                redis_url: Some("redis://:hunter2@h".into()),
+                ..Default::default()
+            },
+            env(&[]),
+        )
+        .unwrap();
         assert!(!c.to_string().contains("hunter2"));
     }
 

@@ -31,7 +31,11 @@ impl Default for ResumableSha256 {
 impl ResumableSha256 {
     /// A hasher over the empty input.
     pub fn new() -> Self {
-        Self { state: INITIAL_STATE, len: 0, tail: Vec::with_capacity(BLOCK) }
+        Self {
+            state: INITIAL_STATE,
+            len: 0,
+            tail: Vec::with_capacity(BLOCK),
+        }
     }
 
     /// Number of bytes hashed so far.
@@ -99,7 +103,11 @@ fn compress(state: &mut [u32; 8], data: &[u8]) {
     let mut buf: Vec<GenericArray<u8, U64>> = Vec::with_capacity(BATCH.min(data.len() / BLOCK));
     for group in data.chunks(BLOCK * BATCH) {
         buf.clear();
-        buf.extend(group.chunks_exact(BLOCK).map(|b| *GenericArray::from_slice(b)));
+        buf.extend(
+            group
+                .chunks_exact(BLOCK)
+                .map(|b| *GenericArray::from_slice(b)),
+        );
         sha2::compress256(state, &buf);
     }
 }
@@ -130,7 +138,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// True when `s` looks like a lowercase hex SHA-256 digest.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -152,7 +162,11 @@ mod tests {
                 let mut h = ResumableSha256::new();
                 h.update(&input[..split]);
                 h.update(&input[split..]);
-                assert_eq!(h.finalize_hex(), reference(input), "len {len} split {split}");
+                assert_eq!(
+                    h.finalize_hex(),
+                    reference(input),
+                    "len {len} split {split}"
+                );
             }
         }
     }
@@ -171,7 +185,10 @@ mod tests {
 
     #[test]
     fn rejects_an_oversized_tail() {
-        let bad = format!(r#"{{"state":[0,0,0,0,0,0,0,0],"len":0,"tail":"{}"}}"#, "00".repeat(64));
+        let bad = format!(
+            r#"{{"state":[0,0,0,0,0,0,0,0],"len":0,"tail":"{}"}}"#,
+            "00".repeat(64)
+        );
         assert!(serde_json::from_str::<ResumableSha256>(&bad).is_err());
     }
 

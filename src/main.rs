@@ -36,7 +36,9 @@ fn main() {
     let code = match cli.command {
         Command::Serve(args) => with_config(args, vmreg::api::server::run),
         Command::Registry(args) => vmreg::cli::run(args),
-        Command::Admin { command: AdminCommand::Reindex(args) } => with_config(args, vmreg::registry::reindex::run_cli),
+        Command::Admin {
+            command: AdminCommand::Reindex(args),
+        } => with_config(args, vmreg::registry::reindex::run_cli),
     };
     std::process::exit(code);
 }

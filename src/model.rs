@@ -76,7 +76,11 @@ impl Version {
 
     /// File names of the given kind, in pushed order.
     pub fn names_of(&self, kind: FileKind) -> Vec<String> {
-        self.files.iter().filter(|f| f.kind == kind).map(|f| f.name.clone()).collect()
+        self.files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| f.name.clone())
+            .collect()
     }
 
     /// The distinct registry keys the version references.
@@ -182,7 +186,9 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), Invalid> {
         return Err(Invalid(format!("{what} is longer than {max} bytes")));
     }
     if value.chars().any(char::is_control) {
-        return Err(Invalid(format!("{what} must not contain control characters")));
+        return Err(Invalid(format!(
+            "{what} must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -209,7 +215,9 @@ pub fn validate_tag(tag: &str) -> Result<(), Invalid> {
 pub fn validate_file_name(name: &str) -> Result<(), Invalid> {
     check_text("file name", name, MAX_NAME)?;
     if name.contains(['/', '\\']) || name == "." || name == ".." || name.starts_with('.') {
-        return Err(Invalid(format!("invalid file name {name:?}: must be a plain file name")));
+        return Err(Invalid(format!(
+            "invalid file name {name:?}: must be a plain file name"
+        )));
     }
     Ok(())
 }
@@ -218,10 +226,15 @@ pub fn validate_file_name(name: &str) -> Result<(), Invalid> {
 pub fn validate_file(file: &FileRef) -> Result<(), Invalid> {
     validate_file_name(&file.name)?;
     if file.kind != FileKind::Nvram && file.name.starts_with(NVRAM_KEY_PREFIX) {
-        return Err(Invalid(format!("layer names must not start with {NVRAM_KEY_PREFIX:?}")));
+        return Err(Invalid(format!(
+            "layer names must not start with {NVRAM_KEY_PREFIX:?}"
+        )));
     }
     if !crate::digest::is_sha256_hex(&file.sha256) && !file.sha256.is_empty() {
-        return Err(Invalid(format!("sha256 of {} is not 64 lowercase hex digits", file.name)));
+        return Err(Invalid(format!(
+            "sha256 of {} is not 64 lowercase hex digits",
+            file.name
+        )));
     }
     Ok(())
 }
@@ -230,13 +243,18 @@ pub fn validate_file(file: &FileRef) -> Result<(), Invalid> {
 pub fn validate_arch(arch: &str) -> Result<(), Invalid> {
     match arch {
         "arm64" | "amd64" => Ok(()),
-        other => Err(Invalid(format!("invalid arch {other:?}: must be \"arm64\" or \"amd64\""))),
+        other => Err(Invalid(format!(
+            "invalid arch {other:?}: must be \"arm64\" or \"amd64\""
+        ))),
     }
 }
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -244,7 +262,12 @@ mod tests {
     use super::*;
 
     fn file(name: &str, kind: FileKind, size: u64) -> FileRef {
-        FileRef { name: name.into(), kind, size, sha256: format!("{:064x}", size) }
+        FileRef {
+            name: name.into(),
+            kind,
+            size,
+            sha256: format!("{:064x}", size),
+        }
     }
 
     fn version(number: u32, files: Vec<FileRef>) -> Version {
@@ -270,7 +293,14 @@ mod tests {
             last_push: 0,
             versions: vec![
                 version(0, vec![base.clone(), file("nvram", FileKind::Nvram, 5)]),
-                version(1, vec![file("b.ank", FileKind::Image, 10), base, file("nvram", FileKind::Nvram, 5)]),
+                version(
+                    1,
+                    vec![
+                        file("b.ank", FileKind::Image, 10),
+                        base,
+                        file("nvram", FileKind::Nvram, 5),
+                    ],
+                ),
             ],
         };
         assert_eq!(t.versions[1].size(), 115);

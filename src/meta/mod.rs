@@ -88,7 +88,10 @@ impl MetaTxExt for Box<dyn MetaTx> {
 
 /// Decodes a stored JSON record.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> MetaResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Encodes a record as JSON; our records always serialize.

@@ -72,7 +72,13 @@ pub trait BlobStore: Send + Sync {
     /// Starts a multipart upload to `key`.
     async fn begin_upload(&self, key: &str) -> StoreResult<UploadHandle>;
     /// Writes part `number` (1-based), which starts at byte `offset` of the object.
-    async fn write_part(&self, upload: &UploadHandle, number: u32, offset: u64, data: Bytes) -> StoreResult<PartInfo>;
+    async fn write_part(
+        &self,
+        upload: &UploadHandle,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<PartInfo>;
     /// Makes the object visible from its parts, in order.
     async fn complete_upload(&self, upload: &UploadHandle, parts: &[PartInfo]) -> StoreResult<()>;
     /// Discards an upload and its parts.

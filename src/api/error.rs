@@ -1,0 +1,107 @@
+//! One error type for every handler: a status and the vendor's `FAIL` envelope.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::meta::MetaError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+/// An error reply.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// For 416: the size to name in `Content-Range: bytes */size`.
+    size: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            size: None,
+        }
+    }
+
+    /// A 404 with a message.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            size: None,
+        }
+    }
+
+    /// A 503 with a message.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            size: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match &e {
+            RegistryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Conflict(_) => StatusCode::CONFLICT,
+            RegistryError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            RegistryError::Meta(MetaError::Unavailable(_))
+            | RegistryError::Store(StoreError::Unavailable(_))
+            | RegistryError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            RegistryError::Meta(MetaError::Corrupt { .. })
+            | RegistryError::Store(StoreError::NotFound(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match status {
+            // Backend details go to the log, not to clients.
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(error = %e, "request failed");
+                match status {
+                    StatusCode::SERVICE_UNAVAILABLE if matches!(e, RegistryError::Busy) => {
+                        e.to_string()
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        "storage backend unavailable; retry later".to_string()
+                    }
+                    _ => "internal error".to_string(),
+                }
+            }
+            _ => e.to_string(),
+        };
+        let size = match e {
+            RegistryError::RangeNotSatisfiable { size } => Some(size),
+            _ => None,
+        };
+        Self {
+            status,
+            message,
+            size,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut reply = HttpResponse::build(self.status);
+        if let Some(size) = self.size {
+            reply.insert_header(("Content-Range", format!("bytes */{size}")));
+        }
+        reply.json(serde_json::json!({ "status": "FAIL", "body": null, "message": self.message }))
+    }
+}

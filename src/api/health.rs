@@ -1,0 +1,138 @@
+//! Status, probes, disk, the HTML index and the OpenAPI document.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{ok, ApiError, AppState};
+
+/// `GET /registry/status`.
+pub async fn status() -> HttpResponse {
+    ok(json!({ "status": "Running", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /livez`: the process answers.
+pub async fn livez() -> HttpResponse {
+    ok("alive")
+}
+
+/// `GET /readyz`: ready only when both stores answer.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match state.registry.ready().await {
+        Ok(()) => Ok(ok("ready")),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            Err(ApiError::unavailable(
+                "not ready: a storage backend is unavailable",
+            ))
+        }
+    }
+}
+
+/// `GET /registry/disk`: free and total bytes of the storage.
+pub async fn disk(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let space = match state
+        .registry
+        .blobs()
+        .space()
+        .await
+        .map_err(crate::registry::RegistryError::from)?
+    {
+        Some(space) => space,
+        None => {
+            let dir = state.data_dir.clone();
+            let probe = if dir.exists() {
+                dir
+            } else {
+                std::path::PathBuf::from(".")
+            };
+            crate::store::fs::disk_space(&probe).map_err(crate::registry::RegistryError::from)?
+        }
+    };
+    Ok(ok(space))
+}
+
+/// `GET /openapi.json`: the whole API, including the transfer protocol.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /`: a small HTML page listing the templates, their tags and sizes.
+pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut rows = String::new();
+    for listed in state.registry.list().await? {
+        let tags = match state.registry.get(&listed.summary.id).await {
+            Ok(t) => t
+                .versions
+                .iter()
+                .map(|v| format!("{} ({})", escape(&v.tag), human(v.size())))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(_) => String::new(),
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&listed.summary.name),
+            listed.summary.id,
+            escape(&listed.summary.arch),
+            human(listed.summary.size),
+            tags
+        ));
+    }
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vmreg</title>\
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}}</style></head>\
+<body><h1>vmreg</h1><p>VM templates in this registry (API: <a href=\"/openapi.json\">/openapi.json</a>).</p>\
+<table><tr><th>Template</th><th>ID</th><th>Arch</th><th>Size</th><th>Tags</th></tr>\n{rows}</table></body></html>\n"
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Sizes for people: `21.0 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_html_and_formats_sizes() {
+        assert_eq!(
+            escape("<a href=\"x\">&"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;"
+        );
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn openapi_is_valid_json_with_paths() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["paths"].as_object().unwrap().len() >= 15);
+    }
+}

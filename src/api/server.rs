@@ -1,0 +1,75 @@
+//! `vmreg serve`: open the stores, bind, print the effective configuration, serve until
+//! SIGTERM/SIGINT, then let transfers in flight finish within the grace period.
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+
+use super::{configure, AppState};
+use crate::config::Config;
+use crate::registry::{backends, Registry};
+
+/// Upload sessions untouched for a week are aborted, as distribution does after 168 h.
+const STALE_SESSION_SECS: u64 = 7 * 24 * 3600;
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs the server; returns the process exit code.
+pub fn run(config: Config) -> i32 {
+    init_tracing();
+    let result = actix_web::rt::System::new().block_on(serve(config));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmreg: {e}");
+            1
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let (meta, blobs) = backends::open(&config).await?;
+    let concurrency = config
+        .s3
+        .as_ref()
+        .map(|s| s.upload_concurrency)
+        .unwrap_or(2);
+    let registry = Registry::new(meta, blobs, config.part_size, concurrency);
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!(
+        "vmreg {} listening on http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    print!("{config}");
+    let state = web::Data::new(AppState {
+        registry: registry.clone(),
+        data_dir: config.data_dir.clone(),
+    });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .listen(listener)
+        .map_err(|e| e.to_string())?
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+        .run();
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(PURGE_EVERY).await;
+            match registry.purge_stale_sessions(STALE_SESSION_SECS).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "aborted stale upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "could not purge stale upload sessions"),
+            }
+        }
+    });
+    server.await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,128 @@
+//! The transfer protocol (`/api/v1`): negotiate, upload, commit, abort, manifest, download.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::params::{byte_range, json_body, number, query, required_json};
+use super::{ok, ApiError, AppState};
+use crate::protocol::{CommitRequest, PushRequest};
+use crate::registry::RegistryError;
+
+/// `POST /api/v1/push`.
+pub async fn negotiate(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let req: PushRequest = required_json(payload).await?;
+    Ok(ok(state.registry.negotiate(req).await?))
+}
+
+/// `GET /api/v1/push/{session}`.
+pub async fn status(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(ok(state.registry.push_status(&path).await?))
+}
+
+/// `PUT /api/v1/push/{session}/files/{key}?offset=N`, the raw bytes as the body.
+pub async fn upload(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (session, key) = path.into_inner();
+    let offset = match query(&req)?.get("offset") {
+        Some(o) => o.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("offset must be a byte count, got {o:?}"))
+        })?,
+        None => 0,
+    };
+    Ok(ok(state
+        .registry
+        .upload(&session, &key, offset, payload)
+        .await?))
+}
+
+/// `POST /api/v1/push/{session}/commit`.
+pub async fn commit(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let req: CommitRequest = json_body(payload).await?.unwrap_or_default();
+    Ok(ok(state.registry.commit(&path, req).await?))
+}
+
+/// `DELETE /api/v1/push/{session}`.
+pub async fn abort(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.registry.abort(&path).await?;
+    Ok(ok(Value::Null))
+}
+
+/// `GET /api/v1/templates/{id or name}/manifest[?tag=|?version=]`.
+pub async fn manifest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query(&req)?;
+    let version = number("version", q.get("version").map(String::as_str))?;
+    Ok(ok(state
+        .registry
+        .manifest(&path, q.get("tag").map(String::as_str), version)
+        .await?))
+}
+
+/// `GET /api/v1/files/{key}`: the bytes, whole (200), by `Range` (206), or a 307 to a
+/// presigned URL when the store redirects.
+pub async fn download(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = state.registry.file(&path).await?;
+    if let Some(redirect) = state.registry.redirect_for(&record).await? {
+        return Ok(HttpResponse::TemporaryRedirect()
+            .insert_header((header::LOCATION, redirect.url))
+            .insert_header(("X-Checksum-Sha256", record.sha256.clone()))
+            .finish());
+    }
+    let range_header = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|h| h.to_str().ok());
+    let range = byte_range(range_header, record.size)
+        .map_err(|()| RegistryError::RangeNotSatisfiable { size: record.size })?;
+    let mut reply = match range {
+        Some((start, end)) => {
+            let mut r = HttpResponse::PartialContent();
+            r.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{}", end - 1, record.size),
+            ));
+            r
+        }
+        None => HttpResponse::Ok(),
+    };
+    reply
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, format!("\"{}\"", record.sha256)))
+        .insert_header(("X-Checksum-Sha256", record.sha256.clone()))
+        .content_type("application/octet-stream");
+    let len = range.map(|(s, e)| e - s).unwrap_or(record.size);
+    if req.method() == actix_web::http::Method::HEAD {
+        // The server sends no body for HEAD but keeps the sized body's Content-Length.
+        let nothing =
+            futures_util::stream::empty::<Result<bytes::Bytes, crate::store::StoreError>>();
+        return Ok(reply.body(SizedStream::new(len, Box::pin(nothing))));
+    }
+    let stream = state.registry.read_file(&record, range).await?;
+    Ok(reply.body(SizedStream::new(len, stream)))
+}

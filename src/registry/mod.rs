@@ -1,0 +1,134 @@
+//! The service layer: every registry operation, with no HTTP types.
+//!
+//! Each operation that changes metadata runs as one optimistic transaction (see
+//! [`crate::meta`]) and touches the blob store only before (uploads) or after (deleting
+//! objects nothing references, writing manifests) it commits, so a crash at any point
+//! leaves no version pointing at missing bytes.
+
+pub mod backends;
+mod gc;
+pub mod pull;
+pub mod push;
+pub mod reindex;
+pub mod templates;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::meta::{MetaError, MetaStore, MetaTx};
+use crate::model::Invalid;
+use crate::store::{BlobStore, StoreError};
+
+/// Why an operation failed; the API maps each kind to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request is malformed or invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A template, version, file or session does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the registry's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A byte range outside the file.
+    #[error("requested range not satisfiable for a file of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The file's size.
+        size: u64,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too many concurrent changes to the same records; the client may retry.
+    #[error("the registry is busy with concurrent changes to the same template; retry")]
+    Busy,
+}
+
+impl From<Invalid> for RegistryError {
+    fn from(e: Invalid) -> Self {
+        RegistryError::BadRequest(e.0)
+    }
+}
+
+/// Result of registry operations.
+pub type RegistryResult<T> = Result<T, RegistryError>;
+
+/// The registry: metadata plus bytes.
+#[derive(Clone)]
+pub struct Registry {
+    meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
+    part_size: u64,
+    upload_concurrency: usize,
+}
+
+impl Registry {
+    /// A registry over the given stores; uploads use parts of at least `part_size` bytes,
+    /// `upload_concurrency` of them in flight per file.
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+        part_size: u64,
+        upload_concurrency: usize,
+    ) -> Self {
+        let part_size = part_size.max(blobs.min_part_size());
+        Self {
+            meta,
+            blobs,
+            part_size,
+            upload_concurrency: upload_concurrency.max(1),
+        }
+    }
+
+    /// The metadata store.
+    pub fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    /// Answers when both stores are reachable.
+    pub async fn ready(&self) -> RegistryResult<()> {
+        self.meta.ping().await?;
+        self.blobs.ping().await?;
+        Ok(())
+    }
+
+    /// The part size for a file: large enough that any file fits in S3's 10,000 parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        const MAX_PARTS: u64 = 10_000;
+        const MIB: u64 = 1 << 20;
+        let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        needed.max(self.part_size)
+    }
+}
+
+const MAX_ATTEMPTS: u32 = 200;
+
+/// Runs `op` in a metadata transaction until it commits without a conflict.
+pub(crate) async fn transact<T>(
+    meta: &dyn MetaStore,
+    mut op: impl AsyncFnMut(&mut Box<dyn MetaTx>) -> RegistryResult<T>,
+) -> RegistryResult<T> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let mut tx = meta.begin().await?;
+        let out = op(&mut tx).await?;
+        if tx.commit().await? {
+            return Ok(out);
+        }
+        // Spread the retries of racing writers so they stop colliding.
+        let jitter = uuid::Uuid::new_v4().as_u128() % 8;
+        tokio::time::sleep(Duration::from_millis(
+            u64::from(attempt.min(20)) * 2 + jitter as u64,
+        ))
+        .await;
+    }
+    Err(RegistryError::Busy)
+}

@@ -1,0 +1,83 @@
+//! Pulling a version: its manifest, and its files by range.
+
+use super::templates::find_version;
+use super::{Registry, RegistryError, RegistryResult};
+use crate::meta::{decode, keys};
+use crate::model::FileRecord;
+use crate::protocol::{Manifest, ManifestFile};
+use crate::store::{ByteStream, Redirect};
+
+impl Registry {
+    /// The manifest of a version (latest by default) of a template named by id or name;
+    /// records the pull.
+    pub async fn manifest(
+        &self,
+        id_or_name: &str,
+        tag: Option<&str>,
+        number: Option<u32>,
+    ) -> RegistryResult<Manifest> {
+        let template = self.resolve(id_or_name).await?;
+        let version = find_version(&template, tag, number)?;
+        let manifest = Manifest {
+            id: template.id,
+            name: template.name.clone(),
+            arch: template.arch.clone(),
+            number: version.number,
+            tag: version.tag.clone(),
+            description: version.description.clone(),
+            config: version.config.clone(),
+            files: version
+                .files
+                .iter()
+                .map(|f| ManifestFile {
+                    name: f.name.clone(),
+                    key: f.key(),
+                    kind: f.kind,
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+            size: version.size(),
+        };
+        if let Err(e) = self.touch_pull(&template.id).await {
+            tracing::warn!(template = %template.id, error = %e, "could not record the pull");
+        }
+        Ok(manifest)
+    }
+
+    /// The record of a stored file.
+    pub async fn file(&self, key: &str) -> RegistryResult<FileRecord> {
+        crate::model::validate_file_name(key)?;
+        let record_key = keys::file(key);
+        let found = self
+            .meta
+            .get_many(std::slice::from_ref(&record_key))
+            .await?
+            .into_iter()
+            .next()
+            .flatten();
+        match found {
+            Some(bytes) => Ok(decode(&record_key, &bytes)?),
+            None => Err(RegistryError::NotFound(format!("file {key} not found"))),
+        }
+    }
+
+    /// Streams a stored file, or the bytes `start..end` of it.
+    pub async fn read_file(
+        &self,
+        record: &FileRecord,
+        range: Option<(u64, u64)>,
+    ) -> RegistryResult<ByteStream> {
+        if let Some((start, end)) = range {
+            if start >= end || end > record.size {
+                return Err(RegistryError::RangeNotSatisfiable { size: record.size });
+            }
+        }
+        Ok(self.blobs.get(&record.object, range).await?)
+    }
+
+    /// A presigned URL for the file, when the blob store redirects downloads.
+    pub async fn redirect_for(&self, record: &FileRecord) -> RegistryResult<Option<Redirect>> {
+        Ok(self.blobs.presign_get(&record.object).await?)
+    }
+}

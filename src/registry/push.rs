@@ -1,0 +1,803 @@
+//! Pushing a version: negotiate, upload (streamed, resumable, hashed as it arrives),
+//! commit (verify, then append atomically), abort.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt::Display;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::gc::{delete_objects, release, Release};
+use super::templates::write_template;
+use super::{transact, Registry, RegistryError, RegistryResult};
+use crate::digest::{is_sha256_hex, ResumableSha256};
+use crate::meta::{decode, keys, MetaTxExt};
+use crate::model::{self, FileKind, FileRecord, FileRef, StoredManifest, Template, Version};
+use crate::protocol::{
+    CommitRequest, Committed, PlannedFile, PushPlan, PushRequest, UploadProgress,
+};
+use crate::store::{keys as object_keys, PartInfo, UploadHandle};
+
+const MAX_DESCRIPTION: usize = 4096;
+const MAX_FILES: usize = 1000;
+
+/// An open push, stored so that any replica can serve its next step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadSession {
+    /// Session id.
+    pub id: String,
+    /// Template id.
+    pub template: Uuid,
+    /// Template name.
+    pub name: String,
+    /// Tag to create.
+    pub tag: String,
+    /// Description of the version.
+    pub description: String,
+    /// Arch for a new template.
+    pub arch: Option<String>,
+    /// VM configuration.
+    pub config: serde_json::Value,
+    /// Every file of the version.
+    pub files: Vec<SessionFile>,
+    /// Epoch seconds of the negotiation.
+    pub created: u64,
+}
+
+/// One file of an open push.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionFile {
+    /// Name in the VM library.
+    pub name: String,
+    /// What the file is.
+    pub kind: FileKind,
+    /// Declared size.
+    pub size: u64,
+    /// Declared digest, when given at negotiation.
+    pub sha256: Option<String>,
+    /// Registry key.
+    pub key: String,
+    /// True when the file must be uploaded; false when it was pinned as present.
+    pub upload: bool,
+    /// Part size for the upload.
+    pub part_size: u64,
+}
+
+/// How far one file's upload got; saved after every durable part.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UploadState {
+    /// The multipart upload, once started.
+    pub handle: Option<UploadHandle>,
+    /// Durable parts, contiguous from the start.
+    pub parts: Vec<PartInfo>,
+    /// Bytes in `parts`.
+    pub received: u64,
+    /// SHA-256 state over the received bytes.
+    pub hasher: ResumableSha256,
+    /// The final digest, once complete.
+    pub sha256: Option<String>,
+}
+
+impl UploadState {
+    fn complete(&self) -> bool {
+        self.sha256.is_some()
+    }
+}
+
+fn session_not_found(id: &str) -> RegistryError {
+    RegistryError::NotFound(format!(
+        "upload session {id} not found (committed, aborted or expired)"
+    ))
+}
+
+fn validate_request(req: &PushRequest) -> RegistryResult<()> {
+    model::validate_template_name(&req.name)?;
+    model::validate_tag(&req.tag)?;
+    if req.description.len() > MAX_DESCRIPTION {
+        return Err(RegistryError::BadRequest(format!(
+            "description is longer than {MAX_DESCRIPTION} bytes"
+        )));
+    }
+    if let Some(arch) = &req.arch {
+        if !arch.is_empty() {
+            model::validate_arch(arch)?;
+        }
+    }
+    if !req.config.is_object() {
+        return Err(RegistryError::BadRequest(
+            "config must be a JSON object (the VM's config.yaml)".into(),
+        ));
+    }
+    if req.files.is_empty() || req.files.len() > MAX_FILES {
+        return Err(RegistryError::BadRequest(format!(
+            "a version has 1 to {MAX_FILES} files"
+        )));
+    }
+    let mut names = HashSet::new();
+    let mut nvrams = 0;
+    for f in &req.files {
+        let as_ref = FileRef {
+            name: f.name.clone(),
+            kind: f.kind,
+            size: f.size,
+            sha256: f.sha256.clone().unwrap_or_default(),
+        };
+        model::validate_file(&as_ref)?;
+        if !names.insert(f.name.as_str()) {
+            return Err(RegistryError::BadRequest(format!(
+                "file {} is listed twice",
+                f.name
+            )));
+        }
+        if f.kind == FileKind::Nvram {
+            nvrams += 1;
+            if f.sha256.is_none() {
+                return Err(RegistryError::BadRequest(
+                    "the nvram file needs its sha256 at negotiation".into(),
+                ));
+            }
+        }
+    }
+    if nvrams > 1 {
+        return Err(RegistryError::BadRequest(
+            "a version has at most one nvram file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a new template whose name another template owns.
+async fn check_name_free(
+    tx: &mut Box<dyn crate::meta::MetaTx>,
+    name: &str,
+    id: &Uuid,
+) -> RegistryResult<()> {
+    match tx.get_json::<Uuid>(&keys::template_name(name)).await? {
+        Some(owner) if owner != *id => Err(RegistryError::Conflict(format!(
+            "template {name:?} already exists with uuid {owner}: registry uuid ({owner}) doesn't match ({id})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl Registry {
+    /// Negotiates a push: pins the files the registry has and opens an upload session for
+    /// the rest.
+    pub async fn negotiate(&self, req: PushRequest) -> RegistryResult<PushPlan> {
+        validate_request(&req)?;
+        let session_id = Uuid::new_v4().simple().to_string();
+        let session = transact(self.meta(), async |tx| {
+            let name = match tx.get_json::<Template>(&keys::template(&req.id)).await? {
+                Some(t) => {
+                    if t.versions.iter().any(|v| v.tag == req.tag) {
+                        return Err(RegistryError::Conflict(format!("tag {:?} already exists in template {}", req.tag, t.name)));
+                    }
+                    t.name
+                }
+                None => {
+                    check_name_free(tx, &req.name, &req.id).await?;
+                    req.name.clone()
+                }
+            };
+            let mut files = Vec::with_capacity(req.files.len());
+            for f in &req.files {
+                let key = model::file_key(&f.name, f.kind, f.sha256.as_deref().unwrap_or(""));
+                let record_key = keys::file(&key);
+                let present = match tx.get_json::<FileRecord>(&record_key).await? {
+                    Some(mut record) => {
+                        let differs = record.size != f.size || f.sha256.as_ref().is_some_and(|d| *d != record.sha256);
+                        if differs {
+                            return Err(RegistryError::Conflict(format!(
+                                "file {} already exists in the registry with a different size or digest",
+                                f.name
+                            )));
+                        }
+                        record.pins.push(session_id.clone());
+                        tx.put_json(&record_key, &record);
+                        Some(record.sha256)
+                    }
+                    None => None,
+                };
+                files.push(SessionFile {
+                    name: f.name.clone(),
+                    kind: f.kind,
+                    size: f.size,
+                    sha256: f.sha256.clone().or(present.clone()),
+                    key,
+                    upload: present.is_none(),
+                    part_size: self.part_size_for(f.size),
+                });
+            }
+            let session = UploadSession {
+                id: session_id.clone(),
+                template: req.id,
+                name,
+                tag: req.tag.clone(),
+                description: req.description.clone(),
+                arch: req.arch.clone().filter(|a| !a.is_empty()),
+                config: req.config.clone(),
+                files,
+                created: model::now(),
+            };
+            tx.put_json(&keys::session(&session_id), &session);
+            tx.set_add(keys::SESSIONS, &session_id);
+            Ok(session)
+        })
+        .await?;
+        Ok(plan(&session, &BTreeMap::new()))
+    }
+
+    async fn load_session(&self, id: &str) -> RegistryResult<UploadSession> {
+        if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.is_empty() || id.len() > 64 {
+            return Err(RegistryError::BadRequest(format!(
+                "invalid upload session id {id:?}"
+            )));
+        }
+        let key = keys::session(id);
+        let found = self
+            .meta
+            .get_many(std::slice::from_ref(&key))
+            .await?
+            .into_iter()
+            .next()
+            .flatten();
+        match found {
+            Some(bytes) => Ok(decode(&key, &bytes)?),
+            None => Err(session_not_found(id)),
+        }
+    }
+
+    async fn load_states(
+        &self,
+        session: &UploadSession,
+    ) -> RegistryResult<BTreeMap<String, UploadState>> {
+        let uploads: Vec<&SessionFile> = session.files.iter().filter(|f| f.upload).collect();
+        let wanted: Vec<String> = uploads
+            .iter()
+            .map(|f| keys::upload(&session.id, &f.key))
+            .collect();
+        let values = self.meta.get_many(&wanted).await?;
+        let mut out = BTreeMap::new();
+        for ((file, name), value) in uploads.iter().zip(&wanted).zip(values) {
+            let state = match value {
+                Some(bytes) => decode(name, &bytes)?,
+                None => UploadState::default(),
+            };
+            out.insert(file.key.clone(), state);
+        }
+        Ok(out)
+    }
+
+    /// The session's plan with the bytes received so far.
+    pub async fn push_status(&self, session_id: &str) -> RegistryResult<PushPlan> {
+        let session = self.load_session(session_id).await?;
+        let states = self.load_states(&session).await?;
+        Ok(plan(&session, &states))
+    }
+
+    /// Saves a file's upload state if nobody else moved it since `expected` was read.
+    async fn save_state(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        state: &UploadState,
+    ) -> RegistryResult<()> {
+        transact(self.meta(), async |tx| {
+            let current = tx.get_json::<UploadState>(key).await?.map(|s| s.received);
+            if current != expected {
+                return Err(RegistryError::Conflict(
+                    "another upload of this file is running; ask for its status and resume".into(),
+                ));
+            }
+            tx.put_json(key, state);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Receives bytes of one file from `offset` on. Parts are written as they fill, several
+    /// in flight; each durable part is recorded so a cut connection loses at most the
+    /// parts in flight. Bytes past the last whole part of a body that stops short of the
+    /// file's end are discarded.
+    pub async fn upload<S, E>(
+        &self,
+        session_id: &str,
+        key: &str,
+        offset: u64,
+        mut body: S,
+    ) -> RegistryResult<UploadProgress>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let session = self.load_session(session_id).await?;
+        let file = session.files.iter().find(|f| f.key == key).ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "file {key} is not part of upload session {session_id}"
+            ))
+        })?;
+        if !file.upload {
+            return Err(RegistryError::Conflict(format!(
+                "file {key} is already in the registry; it needs no upload"
+            )));
+        }
+        let state_key = keys::upload(&session.id, key);
+        let mut state = self
+            .load_states(&session)
+            .await?
+            .remove(key)
+            .unwrap_or_default();
+        let stored = self.meta.get_many(std::slice::from_ref(&state_key)).await?[0].is_some();
+        let progress = |s: &UploadState| UploadProgress {
+            key: key.to_string(),
+            received: s.received,
+            size: file.size,
+            complete: s.complete(),
+        };
+        if state.complete() {
+            return match offset == file.size {
+                true => Ok(progress(&state)),
+                false => Err(RegistryError::Conflict(format!(
+                    "file {key} is already complete"
+                ))),
+            };
+        }
+        if offset != state.received {
+            return Err(RegistryError::Conflict(format!(
+                "upload of {key} is at byte {}, not {offset}; resume from there",
+                state.received
+            )));
+        }
+        let object = object_keys::blob(key, &session.id);
+        if file.size == 0 {
+            self.blobs.put(&object, Bytes::new()).await?;
+            state.handle = Some(UploadHandle {
+                key: object,
+                upload_id: String::new(),
+            });
+            return self
+                .finish_upload(file, &state_key, Some(0), state)
+                .await
+                .map(|s| progress(&s));
+        }
+        let handle = match state.handle.clone() {
+            Some(h) => h,
+            None => {
+                let h = self.blobs.begin_upload(&object).await?;
+                state.handle = Some(h.clone());
+                if let Err(e) = self
+                    .save_state(&state_key, stored.then_some(0), &state)
+                    .await
+                {
+                    let _ = self.blobs.abort_upload(&h).await;
+                    return Err(e);
+                }
+                h
+            }
+        };
+
+        let part_size = file.part_size as usize;
+        let mut buffer = BytesMut::with_capacity(part_size);
+        let mut hasher = state.hasher.clone();
+        let mut next_number = state.parts.len() as u32 + 1;
+        let mut next_offset = state.received;
+        let mut in_flight = VecDeque::new();
+        let mut body_ended = false;
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    tracing::info!(session = session_id, key, error = %e, "upload body cut short");
+                    break;
+                }
+                None => {
+                    body_ended = true;
+                    break;
+                }
+            };
+            if next_offset + (buffer.len() + chunk.len()) as u64 > file.size {
+                self.drain(&mut in_flight, &state_key, &mut state).await?;
+                return Err(RegistryError::BadRequest(format!(
+                    "body runs past the {} bytes declared for {key}",
+                    file.size
+                )));
+            }
+            buffer.extend_from_slice(&chunk);
+            while buffer.len() >= part_size {
+                let part = buffer.split_to(part_size).freeze();
+                self.dispatch(
+                    &handle,
+                    &mut hasher,
+                    &mut next_number,
+                    &mut next_offset,
+                    part,
+                    &mut in_flight,
+                );
+                while in_flight.len() >= self.upload_concurrency {
+                    self.land_one(&mut in_flight, &state_key, &mut state)
+                        .await?;
+                }
+            }
+        }
+        if body_ended && !buffer.is_empty() && next_offset + buffer.len() as u64 == file.size {
+            let part = buffer.split().freeze();
+            self.dispatch(
+                &handle,
+                &mut hasher,
+                &mut next_number,
+                &mut next_offset,
+                part,
+                &mut in_flight,
+            );
+        }
+        self.drain(&mut in_flight, &state_key, &mut state).await?;
+        if state.received == file.size {
+            let expected = Some(state.received);
+            state = self
+                .finish_upload(file, &state_key, expected, state)
+                .await?;
+        }
+        Ok(progress(&state))
+    }
+
+    fn dispatch(
+        &self,
+        handle: &UploadHandle,
+        hasher: &mut ResumableSha256,
+        number: &mut u32,
+        offset: &mut u64,
+        part: Bytes,
+        in_flight: &mut VecDeque<InFlight>,
+    ) {
+        hasher.update(&part);
+        let blobs = self.blobs.clone();
+        let handle = handle.clone();
+        let (n, off) = (*number, *offset);
+        *number += 1;
+        *offset += part.len() as u64;
+        let task = tokio::spawn(async move { blobs.write_part(&handle, n, off, part).await });
+        in_flight.push_back(InFlight {
+            task,
+            hasher: hasher.clone(),
+        });
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    async fn land_one(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        state_key: &str,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        let Some(next) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = next.task.await.map_err(|e| {
+            RegistryError::Store(crate::store::StoreError::Unavailable(e.to_string()))
+        })??;
+        let expected = Some(state.received);
+        state.received += part.size;
+        state.parts.push(part);
+        state.hasher = next.hasher;
+        self.save_state(state_key, expected, state).await
+    }
+
+    async fn drain(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        state_key: &str,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        while !in_flight.is_empty() {
+            self.land_one(in_flight, state_key, state).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a fully received file against its declared digest and makes it an object.
+    async fn finish_upload(
+        &self,
+        file: &SessionFile,
+        state_key: &str,
+        expected: Option<u64>,
+        mut state: UploadState,
+    ) -> RegistryResult<UploadState> {
+        let digest = state.hasher.finalize_hex();
+        let Some(handle) = state.handle.clone() else {
+            return Err(RegistryError::Conflict(format!(
+                "upload of {} was never started",
+                file.key
+            )));
+        };
+        if let Some(declared) = &file.sha256 {
+            if *declared != digest {
+                // Start the file over: the bytes are not the ones declared.
+                if file.size > 0 {
+                    let _ = self.blobs.abort_upload(&handle).await;
+                }
+                transact(self.meta(), async |tx| {
+                    tx.delete(state_key);
+                    Ok(())
+                })
+                .await?;
+                return Err(RegistryError::BadRequest(format!(
+                    "SHA-256 mismatch for {}: declared {declared}, received {digest}; upload it again",
+                    file.name
+                )));
+            }
+        }
+        if file.size > 0 {
+            self.blobs.complete_upload(&handle, &state.parts).await?;
+        }
+        state.sha256 = Some(digest);
+        self.save_state(state_key, expected.filter(|_| file.size > 0), &state)
+            .await?;
+        Ok(state)
+    }
+
+    /// Verifies every file and appends the version with the next number, atomically.
+    pub async fn commit(&self, session_id: &str, req: CommitRequest) -> RegistryResult<Committed> {
+        let session = self.load_session(session_id).await?;
+        let states = self.load_states(&session).await?;
+        let mut files = Vec::with_capacity(session.files.len());
+        for f in &session.files {
+            let claimed = req.digests.get(&f.key).or(f.sha256.as_ref());
+            let Some(claimed) = claimed.filter(|d| is_sha256_hex(d)) else {
+                return Err(RegistryError::BadRequest(format!(
+                    "no valid sha256 given for {}",
+                    f.name
+                )));
+            };
+            if f.upload {
+                let state = &states[&f.key];
+                let Some(actual) = &state.sha256 else {
+                    return Err(RegistryError::Conflict(format!(
+                        "file {} is incomplete: {} of {} bytes received",
+                        f.name, state.received, f.size
+                    )));
+                };
+                if actual != claimed {
+                    return Err(RegistryError::Conflict(format!("SHA-256 mismatch for {}: client says {claimed}, registry received {actual}", f.name)));
+                }
+            }
+            files.push(FileRef {
+                name: f.name.clone(),
+                kind: f.kind,
+                size: f.size,
+                sha256: claimed.clone(),
+            });
+        }
+        let mut config = session.config.clone();
+        let (template, version, objects, garbage) = transact(self.meta(), async |tx| {
+            if tx.get(&keys::session(session_id)).await?.is_none() {
+                return Err(session_not_found(session_id));
+            }
+            let now = model::now();
+            let mut template = match tx
+                .get_json::<Template>(&keys::template(&session.template))
+                .await?
+            {
+                Some(t) => t,
+                None => {
+                    check_name_free(tx, &session.name, &session.template).await?;
+                    Template {
+                        id: session.template,
+                        name: session.name.clone(),
+                        arch: session.arch.clone().unwrap_or_default(),
+                        created: now,
+                        last_push: now,
+                        versions: Vec::new(),
+                    }
+                }
+            };
+            if template.versions.iter().any(|v| v.tag == session.tag) {
+                return Err(RegistryError::Conflict(format!(
+                    "tag {:?} already exists in template {}",
+                    session.tag, template.name
+                )));
+            }
+            let mut objects = BTreeMap::new();
+            let mut garbage = Vec::new();
+            for (f, file) in session.files.iter().zip(&files) {
+                let record_key = keys::file(&f.key);
+                let existing = tx.get_json::<FileRecord>(&record_key).await?;
+                let record = match (f.upload, existing) {
+                    (true, Some(mut record)) => {
+                        // Someone committed the same file first; keep theirs, drop ours.
+                        if record.size != file.size || record.sha256 != file.sha256 {
+                            return Err(RegistryError::Conflict(format!(
+                                "file {} was stored meanwhile with different content",
+                                f.name
+                            )));
+                        }
+                        garbage.push(object_keys::blob(&f.key, &session.id));
+                        record.refs += 1;
+                        record
+                    }
+                    (true, None) => FileRecord {
+                        key: f.key.clone(),
+                        size: file.size,
+                        sha256: file.sha256.clone(),
+                        object: object_keys::blob(&f.key, &session.id),
+                        refs: 1,
+                        pins: Vec::new(),
+                    },
+                    (false, Some(mut record)) => {
+                        if record.sha256 != file.sha256 {
+                            return Err(RegistryError::Conflict(format!(
+                                "SHA-256 mismatch for {}: the registry's copy differs",
+                                f.name
+                            )));
+                        }
+                        record.pins.retain(|p| p != session_id);
+                        record.refs += 1;
+                        record
+                    }
+                    (false, None) => {
+                        return Err(RegistryError::Conflict(format!(
+                            "file {} left the registry during the push; push again",
+                            f.name
+                        )));
+                    }
+                };
+                objects.insert(f.key.clone(), record.object.clone());
+                tx.put_json(&record_key, &record);
+                tx.delete(&keys::upload(session_id, &f.key));
+            }
+            if let Some(map) = config.as_object_mut() {
+                map.insert(
+                    "uuid".into(),
+                    serde_json::Value::String(template.id.to_string()),
+                );
+                map.insert(
+                    "name".into(),
+                    serde_json::Value::String(template.name.clone()),
+                );
+            }
+            let version = Version {
+                number: template.versions.len() as u32,
+                tag: session.tag.clone(),
+                description: session.description.clone(),
+                files: files.clone(),
+                config: config.clone(),
+                created: now,
+                push_id: session.id.clone(),
+            };
+            template.versions.push(version.clone());
+            template.last_push = now;
+            write_template(tx, &template);
+            tx.delete(&keys::session(session_id));
+            tx.set_remove(keys::SESSIONS, session_id);
+            Ok((template, version, objects, garbage))
+        })
+        .await?;
+        delete_objects(self.blobs(), &garbage).await;
+        self.write_manifest(&template, &version, objects).await;
+        Ok(Committed {
+            id: template.id,
+            name: template.name,
+            tag: version.tag,
+            number: version.number,
+        })
+    }
+
+    async fn write_manifest(
+        &self,
+        template: &Template,
+        version: &Version,
+        objects: BTreeMap<String, String>,
+    ) {
+        if version.number == 0 {
+            self.write_template_record(template).await;
+        }
+        let manifest = StoredManifest {
+            id: template.id,
+            name: template.name.clone(),
+            version: version.clone(),
+            objects,
+        };
+        let key = object_keys::manifest(&template.id, version.number, &version.push_id);
+        if let Err(e) = self
+            .blobs
+            .put(&key, crate::meta::encode(&manifest).into())
+            .await
+        {
+            tracing::error!(template = %template.id, number = version.number, error = %e, "could not write the version manifest");
+        }
+    }
+
+    /// Ends a session without a version: unpins its files and discards its uploads.
+    pub async fn abort(&self, session_id: &str) -> RegistryResult<()> {
+        let session = self.load_session(session_id).await?;
+        let states = self.load_states(&session).await?;
+        let objects = transact(self.meta(), async |tx| {
+            if tx.get(&keys::session(session_id)).await?.is_none() {
+                return Err(session_not_found(session_id));
+            }
+            let mut objects = Vec::new();
+            for f in session.files.iter().filter(|f| !f.upload) {
+                objects.extend(release(tx, &f.key, Release::Unpin(session_id)).await?);
+            }
+            for f in session.files.iter().filter(|f| f.upload) {
+                tx.delete(&keys::upload(session_id, &f.key));
+            }
+            tx.delete(&keys::session(session_id));
+            tx.set_remove(keys::SESSIONS, session_id);
+            Ok(objects)
+        })
+        .await?;
+        for state in states.values() {
+            if let Some(handle) = &state.handle {
+                let _ = match state.complete() {
+                    true => self.blobs.delete(&handle.key).await,
+                    false => self.blobs.abort_upload(handle).await,
+                };
+            }
+        }
+        delete_objects(self.blobs(), &objects).await;
+        Ok(())
+    }
+
+    /// Aborts sessions older than `max_age_secs`; returns how many.
+    pub async fn purge_stale_sessions(&self, max_age_secs: u64) -> RegistryResult<usize> {
+        let cutoff = model::now().saturating_sub(max_age_secs);
+        let mut purged = 0;
+        for id in self.meta.members(keys::SESSIONS).await? {
+            match self.load_session(&id).await {
+                Ok(s) if s.created < cutoff => {
+                    self.abort(&id).await?;
+                    purged += 1;
+                }
+                Err(RegistryError::NotFound(_)) => {
+                    // A member without a session: clear the stale membership.
+                    transact(self.meta(), async |tx| {
+                        tx.set_remove(keys::SESSIONS, &id);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(purged)
+    }
+}
+
+struct InFlight {
+    task: tokio::task::JoinHandle<crate::store::StoreResult<PartInfo>>,
+    hasher: ResumableSha256,
+}
+
+fn plan(session: &UploadSession, states: &BTreeMap<String, UploadState>) -> PushPlan {
+    PushPlan {
+        session: session.id.clone(),
+        id: session.template,
+        name: session.name.clone(),
+        tag: session.tag.clone(),
+        files: session
+            .files
+            .iter()
+            .map(|f| {
+                let state = states.get(&f.key);
+                PlannedFile {
+                    name: f.name.clone(),
+                    key: f.key.clone(),
+                    kind: f.kind,
+                    size: f.size,
+                    upload: f.upload,
+                    received: match f.upload {
+                        true => state.map(|s| s.received).unwrap_or(0),
+                        false => f.size,
+                    },
+                    part_size: f.part_size,
+                    sha256: match f.upload {
+                        true => state.and_then(|s| s.sha256.clone()),
+                        false => f.sha256.clone(),
+                    },
+                }
+            })
+            .collect(),
+    }
+}

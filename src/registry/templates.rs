@@ -1,0 +1,271 @@
+//! Reading and changing templates: list, get, delete, revert, arch, configuration.
+
+use uuid::Uuid;
+
+use super::gc::{delete_objects, release, Release};
+use super::{transact, Registry, RegistryError, RegistryResult};
+use crate::meta::{decode, keys, MetaTx, MetaTxExt};
+use crate::model::{self, StoredTemplate, Template, TemplateSummary};
+use crate::store::keys as object_keys;
+
+/// A template in a listing, with its latest pull.
+#[derive(Clone, Debug)]
+pub struct ListedTemplate {
+    /// The summary record.
+    pub summary: TemplateSummary,
+    /// Epoch seconds of the latest pull; 0 when never pulled.
+    pub last_pull: u64,
+}
+
+/// Which versions a revert keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevertTarget {
+    /// Delete the latest version only.
+    Latest,
+    /// Keep versions up to and including this tag.
+    Tag(String),
+    /// Keep versions up to and including this number.
+    Number(u32),
+}
+
+/// Parses a template id given by a client.
+pub fn parse_id(id: &str) -> RegistryResult<Uuid> {
+    Uuid::parse_str(id.trim()).map_err(|_| {
+        RegistryError::BadRequest(format!("invalid template id {id:?}: expected a UUID"))
+    })
+}
+
+fn not_found(id: &Uuid) -> RegistryError {
+    RegistryError::NotFound(format!("template {id} not found"))
+}
+
+impl Registry {
+    /// Every template's summary, sorted by name.
+    pub async fn list(&self) -> RegistryResult<Vec<ListedTemplate>> {
+        let mut ids: Vec<Uuid> = self
+            .meta
+            .members(keys::TEMPLATES)
+            .await?
+            .iter()
+            .filter_map(|m| Uuid::parse_str(m).ok())
+            .collect();
+        ids.sort();
+        let mut wanted = Vec::with_capacity(ids.len() * 2);
+        for id in &ids {
+            wanted.push(keys::summary(id));
+            wanted.push(keys::last_pull(id));
+        }
+        let values = self.meta.get_many(&wanted).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (pair, names) in values.chunks(2).zip(wanted.chunks(2)) {
+            // A member whose summary is gone is a template deleted between the two reads.
+            let Some(bytes) = &pair[0] else { continue };
+            let summary: TemplateSummary = decode(&names[0], bytes)?;
+            let last_pull = match &pair[1] {
+                Some(b) => decode(&names[1], b)?,
+                None => 0,
+            };
+            out.push(ListedTemplate { summary, last_pull });
+        }
+        out.sort_by(|a, b| a.summary.name.cmp(&b.summary.name));
+        Ok(out)
+    }
+
+    /// A template with all its versions.
+    pub async fn get(&self, id: &Uuid) -> RegistryResult<Template> {
+        let key = keys::template(id);
+        let values = self.meta.get_many(std::slice::from_ref(&key)).await?;
+        match values.into_iter().next().flatten() {
+            Some(bytes) => Ok(decode(&key, &bytes)?),
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// A template by id or, failing that, by name.
+    pub async fn resolve(&self, id_or_name: &str) -> RegistryResult<Template> {
+        if let Ok(id) = Uuid::parse_str(id_or_name) {
+            return self.get(&id).await;
+        }
+        let key = keys::template_name(id_or_name);
+        let values = self.meta.get_many(std::slice::from_ref(&key)).await?;
+        match values.into_iter().next().flatten() {
+            Some(bytes) => self.get(&decode::<Uuid>(&key, &bytes)?).await,
+            None => Err(RegistryError::NotFound(format!(
+                "template {id_or_name:?} not found"
+            ))),
+        }
+    }
+
+    /// The configuration of a version (latest by default).
+    pub async fn vm_info(
+        &self,
+        id: &Uuid,
+        tag: Option<&str>,
+        number: Option<u32>,
+    ) -> RegistryResult<serde_json::Value> {
+        let template = self.get(id).await?;
+        let version = find_version(&template, tag, number)?;
+        Ok(version.config.clone())
+    }
+
+    /// Deletes a template and every version.
+    pub async fn delete_template(&self, id: &Uuid) -> RegistryResult<()> {
+        self.truncate(id, |_| Ok(0)).await
+    }
+
+    /// Deletes the latest version, or every version after the target. Reverting the only
+    /// version away deletes the template.
+    pub async fn revert(&self, id: &Uuid, target: RevertTarget) -> RegistryResult<()> {
+        self.truncate(id, |t| match &target {
+            RevertTarget::Latest => Ok(t.versions.len().saturating_sub(1)),
+            RevertTarget::Tag(tag) => t
+                .versions
+                .iter()
+                .position(|v| &v.tag == tag)
+                .map(|i| i + 1)
+                .ok_or_else(|| {
+                    RegistryError::NotFound(format!("tag {tag:?} not found in template {}", t.name))
+                }),
+            RevertTarget::Number(n) => match (*n as usize) < t.versions.len() {
+                true => Ok(*n as usize + 1),
+                false => Err(RegistryError::NotFound(format!(
+                    "version {n} not found in template {}",
+                    t.name
+                ))),
+            },
+        })
+        .await
+    }
+
+    /// Keeps the first `keep(template)` versions and removes the rest, releasing their
+    /// files; removes the template when none remain.
+    async fn truncate(
+        &self,
+        id: &Uuid,
+        keep: impl Fn(&Template) -> RegistryResult<usize>,
+    ) -> RegistryResult<()> {
+        let (removed, objects) = transact(self.meta(), async |tx| {
+            let Some(mut template) = tx.get_json::<Template>(&keys::template(id)).await? else {
+                return Err(not_found(id));
+            };
+            let kept = keep(&template)?;
+            let removed = template
+                .versions
+                .split_off(kept.min(template.versions.len()));
+            let mut objects = Vec::new();
+            for version in &removed {
+                for key in version.keys() {
+                    objects.extend(release(tx, &key, Release::Unref).await?);
+                }
+            }
+            if template.versions.is_empty() {
+                remove_template_records(tx, &template);
+            } else {
+                write_template(tx, &template);
+            }
+            Ok(((template.versions.is_empty(), removed), objects))
+        })
+        .await?;
+        let (gone, removed) = removed;
+        delete_objects(self.blobs(), &objects).await;
+        let manifests: Vec<String> = if gone {
+            self.blobs
+                .list(&object_keys::manifest_prefix(id))
+                .await
+                .unwrap_or_default()
+        } else {
+            removed
+                .iter()
+                .map(|v| object_keys::manifest(id, v.number, &v.push_id))
+                .collect()
+        };
+        delete_objects(self.blobs(), &manifests).await;
+        Ok(())
+    }
+
+    /// Sets a template's arch (`arm64` or `amd64`).
+    pub async fn set_arch(&self, id: &Uuid, arch: &str) -> RegistryResult<()> {
+        model::validate_arch(arch)?;
+        let template = transact(self.meta(), async |tx| {
+            let Some(mut template) = tx.get_json::<Template>(&keys::template(id)).await? else {
+                return Err(not_found(id));
+            };
+            template.arch = arch.to_string();
+            write_template(tx, &template);
+            Ok(template)
+        })
+        .await?;
+        self.write_template_record(&template).await;
+        Ok(())
+    }
+
+    /// Records that a template was pulled now.
+    pub async fn touch_pull(&self, id: &Uuid) -> RegistryResult<()> {
+        let now = model::now();
+        transact(self.meta(), async |tx| {
+            tx.put_json(&keys::last_pull(id), &now);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the template-level record beside the manifests, for reindexing.
+    pub(crate) async fn write_template_record(&self, template: &Template) {
+        let record = StoredTemplate {
+            id: template.id,
+            name: template.name.clone(),
+            arch: template.arch.clone(),
+            created: template.created,
+        };
+        let bytes = crate::meta::encode(&record);
+        if let Err(e) = self
+            .blobs
+            .put(&object_keys::template_record(&template.id), bytes.into())
+            .await
+        {
+            tracing::warn!(template = %template.id, error = %e, "could not write the template record");
+        }
+    }
+}
+
+/// The version named by tag or number, latest when neither is given.
+pub fn find_version<'a>(
+    template: &'a Template,
+    tag: Option<&str>,
+    number: Option<u32>,
+) -> RegistryResult<&'a model::Version> {
+    template
+        .find_version(tag, number)
+        .ok_or_else(|| match (tag, number) {
+            (Some(tag), _) => RegistryError::NotFound(format!(
+                "tag {tag:?} not found in template {}",
+                template.name
+            )),
+            (None, Some(n)) => RegistryError::NotFound(format!(
+                "version {n} not found in template {}",
+                template.name
+            )),
+            (None, None) => {
+                RegistryError::NotFound(format!("template {} has no versions", template.name))
+            }
+        })
+}
+
+/// Writes a template and its listing summary.
+pub(crate) fn write_template(tx: &mut Box<dyn MetaTx>, template: &Template) {
+    tx.put_json(&keys::template(&template.id), template);
+    tx.put_json(
+        &keys::summary(&template.id),
+        &TemplateSummary::from(template),
+    );
+    tx.put_json(&keys::template_name(&template.name), &template.id);
+    tx.set_add(keys::TEMPLATES, &template.id.to_string());
+}
+
+fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
+    tx.delete(&keys::template(&template.id));
+    tx.delete(&keys::summary(&template.id));
+    tx.delete(&keys::template_name(&template.name));
+    tx.delete(&keys::last_pull(&template.id));
+    tx.set_remove(keys::TEMPLATES, &template.id.to_string());
+}

@@ -1,0 +1,414 @@
+//! Shared harness of the black-box tests: start the real `vmreg` binary on a free port,
+//! on the backend the environment selects, and talk to it over HTTP.
+//!
+//! `VMREG_TEST_BACKEND=s3` runs every server on S3 (Garage) + Redis, from
+//! `VMREG_TEST_REDIS_URL`, `VMREG_TEST_S3_ENDPOINT`, `VMREG_TEST_S3_BUCKET`,
+//! `VMREG_TEST_S3_REGION` and the `AWS_*` credentials (`scripts/test.sh` sets them);
+//! anything else runs on the embedded default. Each server gets its own Redis key prefix
+//! and S3 prefix unless it is started as a replica of another.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn vmreg_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmreg")
+}
+
+/// True when the tests run against S3 + Redis.
+pub fn s3_backend() -> bool {
+    std::env::var("VMREG_TEST_BACKEND").is_ok_and(|b| b == "s3")
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("VMREG_TEST_BACKEND=s3 needs {name}; run the suite through scripts/test.sh")
+    })
+}
+
+/// Where a server keeps its state: its own directory, and with S3 + Redis the prefixes
+/// that replicas share.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    /// Data directory (embedded backend) and log directory.
+    pub dir: PathBuf,
+    /// Redis key prefix and S3 key prefix (S3 backend).
+    pub prefix: String,
+}
+
+impl Namespace {
+    /// A fresh, empty namespace.
+    pub fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vmreg-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self { dir, prefix }
+    }
+
+    /// The `vmreg serve`/`admin` flags selecting this namespace's stores.
+    pub fn store_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.dir.join("data").display().to_string(),
+        ];
+        if s3_backend() {
+            args.extend([
+                "--redis-url".into(),
+                required_env("VMREG_TEST_REDIS_URL"),
+                "--redis-prefix".into(),
+                format!("{}:", self.prefix),
+                "--s3-bucket".into(),
+                required_env("VMREG_TEST_S3_BUCKET"),
+                "--s3-endpoint".into(),
+                required_env("VMREG_TEST_S3_ENDPOINT"),
+                "--s3-region".into(),
+                std::env::var("VMREG_TEST_S3_REGION").unwrap_or_else(|_| "garage".into()),
+                "--s3-path-style".into(),
+                "--s3-prefix".into(),
+                self.prefix.clone(),
+            ]);
+        }
+        args
+    }
+}
+
+/// A running `vmreg serve`.
+pub struct Server {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its namespace.
+    pub ns: Namespace,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// A server with a fresh namespace.
+    pub fn start() -> Server {
+        Server::start_in(Namespace::new(), &[])
+    }
+
+    /// A server with a fresh namespace and extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_in(Namespace::new(), extra)
+    }
+
+    /// A server on the given namespace (a replica when another server uses it too).
+    pub fn start_in(ns: Namespace, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let log = ns
+            .dir
+            .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
+        let (child, url) = spawn(&ns, &extra, "127.0.0.1:0", &log);
+        Server {
+            url,
+            ns,
+            extra,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Another server process on the same stores.
+    pub fn replica(&self) -> Server {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Server::start_in(self.ns.clone(), &extra)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process and starts it again on the same port and stores.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = spawn(&self.ns, &self.extra, &listen, &self.log);
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A full URL for `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(ns: &Namespace, extra: &[String], listen: &str, log: &Path) -> (Child, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(vmreg_bin())
+            .arg("serve")
+            .args(["--listen", listen])
+            .args(ns.store_args())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start vmreg serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        match url {
+            Some(url) => return (child, url),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // A restart on the same port can race the old socket's release.
+                if Instant::now() > deadline {
+                    panic!(
+                        "vmreg serve did not start; log:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// An HTTP reply: status and parsed JSON (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body.
+    pub json: Value,
+}
+
+impl Reply {
+    /// The envelope's body after asserting `OK`.
+    pub fn ok_body(&self) -> &Value {
+        assert_eq!(self.status, 200, "expected 200, got {self:?}");
+        assert_eq!(self.json["status"], "OK", "{self:?}");
+        assert_eq!(self.json["message"], "", "{self:?}");
+        &self.json["body"]
+    }
+
+    /// Asserts a `FAIL` envelope with `status`.
+    pub fn assert_fail(&self, status: u16) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.json["status"], "FAIL", "{self:?}");
+        assert!(
+            self.json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "a FAIL needs a message: {self:?}"
+        );
+    }
+}
+
+/// Sends a request and parses the reply.
+pub async fn call(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> Reply {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url);
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    Reply {
+        status,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// GET.
+pub async fn get(url: &str) -> Reply {
+    call(reqwest::Method::GET, url, None).await
+}
+
+/// A request with a JSON body.
+pub async fn send_json(method: reqwest::Method, url: &str, body: &Value) -> Reply {
+    call(method, url, Some(serde_json::to_vec(body).unwrap())).await
+}
+
+/// A file to push: name, kind, bytes.
+pub struct TestFile {
+    /// Name in the VM library.
+    pub name: String,
+    /// `image`, `state` or `nvram`.
+    pub kind: &'static str,
+    /// Content.
+    pub data: Vec<u8>,
+}
+
+impl TestFile {
+    /// A file with deterministic pseudo-random content.
+    pub fn new(name: &str, kind: &'static str, size: usize, seed: u64) -> TestFile {
+        TestFile {
+            name: name.into(),
+            kind,
+            data: pseudo_random(size, seed),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of the content.
+    pub fn sha256(&self) -> String {
+        sha256_hex(&self.data)
+    }
+}
+
+/// Deterministic bytes.
+pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A VM config object for a template.
+pub fn config(id: &str, name: &str, images: &[&TestFile]) -> Value {
+    let top = images.first().map(|f| f.name.clone()).unwrap_or_default();
+    serde_json::json!({
+        "uuid": id, "name": name, "ram": "2G", "cpu": {"cores": 2}, "firmware": {"type": "uefi"},
+        "nvram": true, "state_file": "", "version": 1,
+        "hard_drives": [{"controller": "ablk", "file": top, "pci_slot": 4}],
+        "network_cards": [{"mode": "shared", "pci_slot": 28, "mac_address": "56:45:45:3c:db:02", "port_forwarding_rules": []}],
+        "display": {"frame_buffer": {"height": 768, "width": 1024, "pci_slot": 29, "vnc_ip": "0.0.0.0"}},
+        "usb": {"pci_slot": 7, "host": 0, "tablet": 1}
+    })
+}
+
+/// The negotiation request for a version.
+pub fn push_request(id: &str, name: &str, tag: &str, files: &[&TestFile]) -> Value {
+    let images: Vec<&TestFile> = files
+        .iter()
+        .copied()
+        .filter(|f| f.kind == "image")
+        .collect();
+    serde_json::json!({
+        "id": id, "name": name, "tag": tag, "description": format!("{tag} description"),
+        "config": config(id, name, &images),
+        "files": files.iter().map(|f| serde_json::json!({"name": f.name, "kind": f.kind, "size": f.data.len(), "sha256": f.sha256()})).collect::<Vec<_>>()
+    })
+}
+
+/// Negotiates, uploads what the registry lacks, commits; returns the commit body.
+pub async fn push(server: &Server, id: &str, name: &str, tag: &str, files: &[&TestFile]) -> Value {
+    let reply = try_push(server, id, name, tag, files).await;
+    reply.ok_body().clone()
+}
+
+/// Like [`push`] but returns the first failing reply, or the commit reply.
+pub async fn try_push(
+    server: &Server,
+    id: &str,
+    name: &str,
+    tag: &str,
+    files: &[&TestFile],
+) -> Reply {
+    let plan = send_json(
+        reqwest::Method::POST,
+        &server.at("/api/v1/push"),
+        &push_request(id, name, tag, files),
+    )
+    .await;
+    if plan.status != 200 {
+        return plan;
+    }
+    let plan = plan.json["body"].clone();
+    let session = plan["session"].as_str().unwrap().to_string();
+    for planned in plan["files"].as_array().unwrap() {
+        if !planned["upload"].as_bool().unwrap() {
+            continue;
+        }
+        let file = files.iter().find(|f| f.name == planned["name"]).unwrap();
+        let key = planned["key"].as_str().unwrap();
+        let url = server.at(&format!(
+            "/api/v1/push/{session}/files/{}?offset=0",
+            encode_path(key)
+        ));
+        let reply = call(reqwest::Method::PUT, &url, Some(file.data.clone())).await;
+        if reply.status != 200 {
+            return reply;
+        }
+    }
+    call(
+        reqwest::Method::POST,
+        &server.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+}
+
+/// Percent-encodes one path segment.
+pub fn encode_path(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Percent-encodes a query value (`+` becomes `%2B`).
+pub fn encode_query(s: &str) -> String {
+    encode_path(s)
+}
+
+/// Downloads a whole file by key.
+pub async fn download(server: &Server, key: &str) -> Vec<u8> {
+    let resp = reqwest::get(server.at(&format!("/api/v1/files/{}", encode_path(key))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.bytes().await.unwrap().to_vec()
+}
+
+/// A random template id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,1140 @@
+//! Black-box tests of `vmreg serve`: every endpoint, its JSON shape, its errors, the
+//! transfer protocol and the invariants, against the real binary.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn obj_keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut k: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+    k.sort();
+    k
+}
+
+/// A template with three tags sharing a base layer, as in the vendor's example.
+struct Fixture {
+    id: String,
+    name: String,
+    base: TestFile,
+    top: TestFile,
+    nvram: TestFile,
+}
+
+impl Fixture {
+    async fn push(server: &Server) -> Fixture {
+        let f = Fixture {
+            id: new_id(),
+            name: format!("12.4-{}", &new_id()[..8]),
+            base: TestFile::new(
+                &format!("{}.ank", &new_id().replace('-', "")),
+                "image",
+                300_000,
+                1,
+            ),
+            top: TestFile::new(
+                &format!("{}.ank", &new_id().replace('-', "")),
+                "image",
+                70_000,
+                2,
+            ),
+            nvram: TestFile::new("nvram", "nvram", 4096, 3),
+        };
+        push(server, &f.id, &f.name, "vanilla", &[&f.base, &f.nvram]).await;
+        push(
+            server,
+            &f.id,
+            &f.name,
+            "vanilla+port-forward-22",
+            &[&f.base, &f.nvram],
+        )
+        .await;
+        push(
+            server,
+            &f.id,
+            &f.name,
+            "vanilla+port-forward-22+brew-git",
+            &[&f.top, &f.base, &f.nvram],
+        )
+        .await;
+        f
+    }
+
+    fn v2_size(&self) -> u64 {
+        (self.base.data.len() + self.nvram.data.len()) as u64
+    }
+
+    fn v3_size(&self) -> u64 {
+        (self.top.data.len() + self.base.data.len() + self.nvram.data.len()) as u64
+    }
+}
+
+#[tokio::test]
+async fn status_probes_and_disk() {
+    let s = Server::start();
+    let status = get(&s.at("/registry/status")).await;
+    let body = status.ok_body();
+    assert_eq!(body["status"], "Running");
+    assert!(body["version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert_eq!(
+        obj_keys(&status.json),
+        sorted(&["status", "body", "message"])
+    );
+
+    get(&s.at("/livez")).await.ok_body();
+    get(&s.at("/readyz")).await.ok_body();
+
+    let disk = get(&s.at("/registry/disk")).await;
+    let d = disk.ok_body();
+    assert_eq!(obj_keys(d), sorted(&["free", "total"]));
+    assert!(d["total"].as_u64().unwrap() >= d["free"].as_u64().unwrap());
+    assert!(d["total"].as_u64().unwrap() > 0);
+
+    get(&s.at("/no/such/route")).await.assert_fail(404);
+}
+
+#[tokio::test]
+async fn list_and_get_have_the_vendor_shapes() {
+    let s = Server::start();
+    assert_eq!(get(&s.at("/registry/vm")).await.ok_body(), &json!([]));
+    let f = Fixture::push(&s).await;
+
+    let v1 = get(&s.at("/registry/vm")).await;
+    assert_eq!(v1.ok_body(), &json!([{ f.id.clone(): f.name.clone() }]));
+
+    let v2 = get(&s.at("/registry/v2/vm")).await;
+    let list = v2.ok_body().as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let t = &list[0];
+    for field in [
+        "id",
+        "name",
+        "size",
+        "arch",
+        "creation_date",
+        "last_push",
+        "last_pull",
+    ] {
+        assert!(t.get(field).is_some(), "v2 list lacks {field}: {t}");
+    }
+    assert_eq!(t["id"], f.id.as_str());
+    assert_eq!(t["name"], f.name.as_str());
+    assert_eq!(
+        t["size"],
+        f.v3_size(),
+        "a shared layer counts once in the template size"
+    );
+    assert_eq!(t["last_pull"], 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(t["creation_date"].as_u64().unwrap().abs_diff(now) < 120);
+    assert!(t["last_push"].as_u64().unwrap() >= t["creation_date"].as_u64().unwrap());
+
+    for path in ["/registry/vm", "/registry/v2/vm"] {
+        let one = get(&s.at(&format!("{path}?id={}", f.id))).await;
+        let body = one.ok_body();
+        assert_eq!(body["id"], f.id.as_str());
+        assert_eq!(body["name"], f.name.as_str());
+        assert_eq!(body["size"], f.v3_size());
+        assert_eq!(body["arch"], "");
+        let versions = body["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 3);
+        let expected_tags = [
+            "vanilla",
+            "vanilla+port-forward-22",
+            "vanilla+port-forward-22+brew-git",
+        ];
+        for (i, v) in versions.iter().enumerate() {
+            assert_eq!(
+                obj_keys(v),
+                sorted(&[
+                    "number",
+                    "tag",
+                    "config_file",
+                    "nvram",
+                    "images",
+                    "state_files",
+                    "description",
+                    "state_file",
+                    "size",
+                    "arch"
+                ])
+            );
+            assert_eq!(v["number"], i);
+            assert_eq!(v["tag"], expected_tags[i]);
+            assert_eq!(v["config_file"], format!("{}.yaml", f.id));
+            assert_eq!(v["nvram"], "nvram");
+            assert_eq!(v["state_files"], json!([]));
+            assert_eq!(v["state_file"], "");
+            assert_eq!(
+                v["description"],
+                format!("{} description", expected_tags[i])
+            );
+        }
+        assert_eq!(versions[0]["images"], json!([f.base.name]));
+        assert_eq!(versions[0]["size"], f.v2_size());
+        assert_eq!(
+            versions[2]["images"],
+            json!([f.top.name, f.base.name]),
+            "layers top first"
+        );
+        assert_eq!(versions[2]["size"], f.v3_size());
+    }
+}
+
+#[tokio::test]
+async fn vm_info_returns_the_configuration() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let latest = get(&s.at(&format!("/registry/vm/info?id={}", f.id))).await;
+    let cfg = latest.ok_body();
+    assert_eq!(cfg["uuid"], f.id.as_str());
+    assert_eq!(cfg["name"], f.name.as_str());
+    assert_eq!(cfg["hard_drives"][0]["file"], f.top.name.as_str());
+    assert_eq!(cfg["cpu"]["cores"], 2);
+    for field in [
+        "ram",
+        "hard_drives",
+        "usb",
+        "uuid",
+        "network_cards",
+        "firmware",
+        "state_file",
+        "nvram",
+        "version",
+        "cpu",
+        "display",
+        "name",
+    ] {
+        assert!(cfg.get(field).is_some(), "vm/info lacks {field}");
+    }
+    let by_tag = get(&s.at(&format!("/registry/vm/info?id={}&tag=vanilla", f.id))).await;
+    assert_eq!(
+        by_tag.ok_body()["hard_drives"][0]["file"],
+        f.base.name.as_str()
+    );
+    let by_number = get(&s.at(&format!("/registry/vm/info?id={}&version=2", f.id))).await;
+    assert_eq!(
+        by_number.ok_body()["hard_drives"][0]["file"],
+        f.top.name.as_str()
+    );
+
+    get(&s.at(&format!("/registry/vm/info?id={}&tag=nope", f.id)))
+        .await
+        .assert_fail(404);
+    get(&s.at(&format!("/registry/vm/info?id={}&version=9", f.id)))
+        .await
+        .assert_fail(404);
+    get(&s.at(&format!("/registry/vm/info?id={}&version=x", f.id)))
+        .await
+        .assert_fail(400);
+    get(&s.at(&format!("/registry/vm/info?id={}", new_id())))
+        .await
+        .assert_fail(404);
+    get(&s.at("/registry/vm/info?id=not-a-uuid"))
+        .await
+        .assert_fail(400);
+    get(&s.at("/registry/vm/info")).await.assert_fail(400);
+}
+
+#[tokio::test]
+async fn arch_accepts_only_arm64_or_amd64() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let url = s.at("/registry/vm/arch");
+    send_json(Method::PUT, &url, &json!({"id": f.id, "arch": "arm64"}))
+        .await
+        .ok_body();
+    assert_eq!(
+        get(&s.at(&format!("/registry/vm?id={}", f.id)))
+            .await
+            .ok_body()["arch"],
+        "arm64"
+    );
+    assert_eq!(
+        get(&s.at("/registry/v2/vm")).await.ok_body()[0]["arch"],
+        "arm64"
+    );
+
+    send_json(Method::PUT, &url, &json!({"id": f.id, "arch": "x86"}))
+        .await
+        .assert_fail(400);
+    send_json(Method::PUT, &url, &json!({"id": new_id(), "arch": "amd64"}))
+        .await
+        .assert_fail(404);
+    send_json(Method::PUT, &url, &json!({"arch": "amd64"}))
+        .await
+        .assert_fail(400);
+    call(Method::PUT, &url, Some(b"{not json".to_vec()))
+        .await
+        .assert_fail(400);
+    call(Method::PUT, &url, None).await.assert_fail(400);
+    assert_eq!(
+        get(&s.at(&format!("/registry/vm?id={}", f.id)))
+            .await
+            .ok_body()["arch"],
+        "arm64",
+        "failed requests change nothing"
+    );
+}
+
+async fn tags(s: &Server, id: &str) -> Vec<String> {
+    let body = get(&s.at(&format!("/registry/vm?id={id}"))).await;
+    body.ok_body()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tag"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn revert_in_all_its_forms() {
+    let s = Server::start();
+    let delete = |url: String, body: Option<Value>| async move {
+        call(
+            Method::DELETE,
+            &url,
+            body.map(|b| serde_json::to_vec(&b).unwrap()),
+        )
+        .await
+    };
+
+    // Latest.
+    let f = Fixture::push(&s).await;
+    delete(s.at(&format!("/registry/revert?id={}", f.id)), None)
+        .await
+        .ok_body();
+    assert_eq!(
+        tags(&s, &f.id).await,
+        ["vanilla", "vanilla+port-forward-22"]
+    );
+    assert_eq!(
+        get(&s.at(&format!("/registry/vm?id={}", f.id)))
+            .await
+            .ok_body()["size"],
+        f.v2_size(),
+        "the top layer left with its tag"
+    );
+
+    // Tag with '+' in the query, literal and encoded.
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!(
+            "/registry/revert?id={}&tag=vanilla+port-forward-22",
+            f.id
+        )),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(
+        tags(&s, &f.id).await,
+        ["vanilla", "vanilla+port-forward-22"]
+    );
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!(
+            "/registry/revert?id={}&tag={}",
+            f.id,
+            encode_query("vanilla+port-forward-22")
+        )),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(
+        tags(&s, &f.id).await,
+        ["vanilla", "vanilla+port-forward-22"]
+    );
+
+    // Tag in the JSON body.
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!("/registry/revert?id={}", f.id)),
+        Some(json!({"tag": "vanilla"})),
+    )
+    .await
+    .ok_body();
+    assert_eq!(tags(&s, &f.id).await, ["vanilla"]);
+
+    // number= and version=.
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!("/registry/revert?id={}&number=1", f.id)),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(
+        tags(&s, &f.id).await,
+        ["vanilla", "vanilla+port-forward-22"]
+    );
+    delete(
+        s.at(&format!("/registry/revert?id={}&version=0", f.id)),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(tags(&s, &f.id).await, ["vanilla"]);
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!("/registry/revert?id={}", f.id)),
+        Some(json!({"number": 0})),
+    )
+    .await
+    .ok_body();
+    assert_eq!(tags(&s, &f.id).await, ["vanilla"]);
+
+    // Errors change nothing.
+    let f = Fixture::push(&s).await;
+    delete(
+        s.at(&format!("/registry/revert?id={}&tag=nope", f.id)),
+        None,
+    )
+    .await
+    .assert_fail(404);
+    delete(
+        s.at(&format!("/registry/revert?id={}&number=7", f.id)),
+        None,
+    )
+    .await
+    .assert_fail(404);
+    delete(
+        s.at(&format!("/registry/revert?id={}&number=-1", f.id)),
+        None,
+    )
+    .await
+    .assert_fail(400);
+    delete(
+        s.at(&format!("/registry/revert?id={}", f.id)),
+        Some(json!("x")),
+    )
+    .await
+    .assert_fail(400);
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/revert?id={}", f.id)),
+        Some(b"{oops".to_vec()),
+    )
+    .await
+    .assert_fail(400);
+    delete(s.at(&format!("/registry/revert?id={}", new_id())), None)
+        .await
+        .assert_fail(404);
+    delete(s.at("/registry/revert"), None)
+        .await
+        .assert_fail(400);
+    assert_eq!(tags(&s, &f.id).await.len(), 3);
+
+    // Reverting the last version away removes the template.
+    delete(
+        s.at(&format!("/registry/revert?id={}&number=0", f.id)),
+        None,
+    )
+    .await
+    .ok_body();
+    delete(s.at(&format!("/registry/revert?id={}", f.id)), None)
+        .await
+        .ok_body();
+    get(&s.at(&format!("/registry/vm?id={}", f.id)))
+        .await
+        .assert_fail(404);
+}
+
+#[tokio::test]
+async fn delete_removes_the_template_and_only_its_own_files() {
+    let s = Server::start();
+    let a = Fixture::push(&s).await;
+    // A second template shares the first one's base layer by name.
+    let other = new_id();
+    let other_top = TestFile::new("other-top.ank", "image", 1000, 9);
+    push(&s, &other, "other", "t", &[&other_top, &a.base]).await;
+
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/vm?id={}", a.id)),
+        None,
+    )
+    .await
+    .ok_body();
+    get(&s.at(&format!("/registry/vm?id={}", a.id)))
+        .await
+        .assert_fail(404);
+    assert_eq!(
+        get(&s.at("/registry/vm")).await.ok_body(),
+        &json!([{ other.clone(): "other" }])
+    );
+    assert_eq!(
+        download(&s, &a.base.name).await,
+        a.base.data,
+        "a layer another template uses survives"
+    );
+    let gone = get(&s.at(&format!("/api/v1/files/{}", a.top.name))).await;
+    gone.assert_fail(404);
+
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/vm?id={}", a.id)),
+        None,
+    )
+    .await
+    .assert_fail(404);
+    call(Method::DELETE, &s.at("/registry/vm?id=zzz"), None)
+        .await
+        .assert_fail(400);
+    call(Method::DELETE, &s.at("/registry/vm"), None)
+        .await
+        .assert_fail(400);
+}
+
+#[tokio::test]
+async fn index_page_and_openapi_cover_everything() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let page = reqwest::get(s.at("/")).await.unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&f.name)
+            && html.contains("vanilla+port-forward-22+brew-git")
+            && html.contains(&f.id)
+    );
+
+    let doc = get(&s.at("/openapi.json")).await.json;
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/registry/status", &["get"][..]),
+        ("/registry/vm", &["get", "delete"]),
+        ("/registry/v2/vm", &["get"]),
+        ("/registry/vm/info", &["get"]),
+        ("/registry/revert", &["delete"]),
+        ("/registry/vm/arch", &["put"]),
+        ("/registry/disk", &["get"]),
+        ("/livez", &["get"]),
+        ("/readyz", &["get"]),
+        ("/", &["get"]),
+        ("/api/v1/push", &["post"]),
+        ("/api/v1/push/{session}", &["get", "delete"]),
+        ("/api/v1/push/{session}/files/{key}", &["put"]),
+        ("/api/v1/push/{session}/commit", &["post"]),
+        ("/api/v1/templates/{template}/manifest", &["get"]),
+        ("/api/v1/files/{key}", &["get", "head"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*m)).is_some(),
+                "openapi lacks {m} {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn pull_manifest_and_ranged_downloads() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let m = get(&s.at(&format!(
+        "/api/v1/templates/{}/manifest?tag={}",
+        f.id,
+        encode_query("vanilla+port-forward-22+brew-git")
+    )))
+    .await;
+    let body = m.ok_body();
+    assert_eq!(body["number"], 2);
+    assert_eq!(body["size"], f.v3_size());
+    let files = body["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3);
+    for (file, want) in files.iter().zip([&f.top, &f.base, &f.nvram]) {
+        assert_eq!(file["name"], want.name.as_str());
+        assert_eq!(file["size"], want.data.len());
+        assert_eq!(file["sha256"], want.sha256());
+        assert_eq!(download(&s, file["key"].as_str().unwrap()).await, want.data);
+    }
+    let by_name = get(&s.at(&format!(
+        "/api/v1/templates/{}/manifest?version=0",
+        encode_path(&f.name)
+    )))
+    .await;
+    assert_eq!(by_name.ok_body()["tag"], "vanilla");
+    assert!(
+        get(&s.at("/registry/v2/vm")).await.ok_body()[0]["last_pull"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "a pull is recorded"
+    );
+
+    let url = s.at(&format!("/api/v1/files/{}", f.base.name));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-199/{}", f.base.data.len())
+    );
+    assert_eq!(r.bytes().await.unwrap(), f.base.data[100..200]);
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=299990-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap(), f.base.data[299_990..]);
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=300000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */300000");
+    let r = client.head(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-length"], "300000");
+    assert_eq!(
+        r.headers()["x-checksum-sha256"].to_str().unwrap(),
+        f.base.sha256()
+    );
+
+    get(&s.at(&format!("/api/v1/templates/{}/manifest?tag=nope", f.id)))
+        .await
+        .assert_fail(404);
+    get(&s.at("/api/v1/templates/no-such-template/manifest"))
+        .await
+        .assert_fail(404);
+    get(&s.at("/api/v1/files/nope.ank")).await.assert_fail(404);
+    get(&s.at("/api/v1/files/..")).await.assert_fail(404);
+    get(&s.at("/api/v1/files/a%2F..%2F..%2Fmeta.redb"))
+        .await
+        .assert_fail(400);
+}
+
+#[tokio::test]
+async fn push_dedupes_layers_and_rejects_conflicts() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    // A new tag on the same base: only the new layer is requested.
+    let extra = TestFile::new("extra.ank", "image", 5000, 42);
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&f.id, &f.name, "next", &[&extra, &f.base, &f.nvram]),
+    )
+    .await;
+    let body = plan.ok_body();
+    let uploads: Vec<&str> = body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["upload"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(uploads, ["extra.ank"]);
+    call(
+        Method::DELETE,
+        &s.at(&format!(
+            "/api/v1/push/{}",
+            body["session"].as_str().unwrap()
+        )),
+        None,
+    )
+    .await
+    .ok_body();
+
+    // Same name, other content: a conflict, never an overwrite.
+    let impostor = TestFile::new(&f.base.name, "image", 300_000, 77);
+    try_push(&s, &new_id(), "impostor", "t", &[&impostor])
+        .await
+        .assert_fail(409);
+    assert_eq!(download(&s, &f.base.name).await, f.base.data);
+
+    // Existing tag; existing name under another uuid.
+    try_push(&s, &f.id, &f.name, "vanilla", &[&f.base])
+        .await
+        .assert_fail(409);
+    let r = try_push(&s, &new_id(), &f.name, "t", &[&extra]).await;
+    r.assert_fail(409);
+    assert!(r.json["message"]
+        .as_str()
+        .unwrap()
+        .contains("doesn't match"));
+    assert_eq!(
+        tags(&s, &f.id).await.len(),
+        3,
+        "rejected pushes change nothing"
+    );
+}
+
+#[tokio::test]
+async fn bad_negotiations_get_400_and_change_nothing() {
+    let s = Server::start();
+    let url = s.at("/api/v1/push");
+    let ok_file = TestFile::new("a.ank", "image", 10, 1);
+    let base = push_request(&new_id(), "t", "v", &[&ok_file]);
+    let with = |path: &str, value: Value| {
+        let mut req = base.clone();
+        let mut target = &mut req;
+        let parts: Vec<&str> = path.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            target = match p.parse::<usize>() {
+                Ok(i) => &mut target[i],
+                Err(_) => &mut target[*p],
+            };
+        }
+        target[parts[parts.len() - 1]] = value;
+        req
+    };
+    for bad in [
+        with("files.0.name", json!("../etc/passwd")),
+        with("files.0.name", json!("a/b.ank")),
+        with("files.0.name", json!("..")),
+        with("files.0.kind", json!("weird")),
+        with("files.0.sha256", json!("nothex")),
+        with("files", json!([])),
+        with("name", json!("")),
+        with("name", json!("a/b")),
+        with("tag", json!("")),
+        with("tag", json!("x\ny")),
+        with("id", json!("not-a-uuid")),
+        with("arch", json!("sparc")),
+        with("config", json!("yaml")),
+    ] {
+        send_json(Method::POST, &url, &bad).await.assert_fail(400);
+    }
+    call(Method::POST, &url, Some(b"{\"id\":".to_vec()))
+        .await
+        .assert_fail(400);
+    call(Method::POST, &url, None).await.assert_fail(400);
+    let huge = vec![b' '; 2 << 20];
+    call(Method::POST, &url, Some(huge)).await.assert_fail(400);
+    assert_eq!(get(&s.at("/registry/vm")).await.ok_body(), &json!([]));
+}
+
+#[tokio::test]
+async fn uploads_resume_and_commits_verify() {
+    let s = Server::start();
+    let id = new_id();
+    let big = TestFile::new("big.ank", "image", 20 * 1024 * 1024 + 123, 5);
+    let small = TestFile::new("small.ank", "image", 1000, 6);
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&id, "resumable", "t1", &[&big, &small]),
+    )
+    .await;
+    let plan = plan.ok_body().clone();
+    let session = plan["session"].as_str().unwrap().to_string();
+    let part = plan["files"][0]["part_size"].as_u64().unwrap() as usize;
+    assert!(part >= 5 << 20);
+    let put_url = |key: &str, offset: usize| {
+        s.at(&format!(
+            "/api/v1/push/{session}/files/{key}?offset={offset}"
+        ))
+    };
+
+    // Commit with a file missing is rejected.
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .assert_fail(409);
+
+    // A body that stops after one and a half parts keeps exactly one part.
+    let sent = call(
+        Method::PUT,
+        &put_url("big.ank", 0),
+        Some(big.data[..part + part / 2].to_vec()),
+    )
+    .await;
+    assert_eq!(sent.ok_body()["received"], part);
+    assert_eq!(sent.ok_body()["complete"], false);
+
+    // A connection cut mid-body: the durable parts survive.
+    let cut_at = 2 * part + 1000;
+    {
+        let addr = s.url.trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::Write;
+        let head = format!(
+            "PUT /api/v1/push/{session}/files/big.ank?offset={part} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            big.data.len() - part
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&big.data[part..cut_at]).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut received = 0;
+    for _ in 0..50 {
+        let status = get(&s.at(&format!("/api/v1/push/{session}"))).await;
+        received = status.ok_body()["files"][0]["received"].as_u64().unwrap() as usize;
+        if received == 2 * part {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        received,
+        2 * part,
+        "the whole part before the cut is durable, the partial one is not"
+    );
+
+    // The wrong offset is refused with the right one in the message.
+    let wrong = call(Method::PUT, &put_url("big.ank", 0), Some(big.data.clone())).await;
+    wrong.assert_fail(409);
+    assert!(wrong.json["message"]
+        .as_str()
+        .unwrap()
+        .contains(&received.to_string()));
+
+    // Resume from there.
+    let done = call(
+        Method::PUT,
+        &put_url("big.ank", received),
+        Some(big.data[received..].to_vec()),
+    )
+    .await;
+    assert_eq!(done.ok_body()["complete"], true);
+    assert_eq!(done.ok_body()["received"], big.data.len());
+
+    // Unknown file, file not in the plan, traversal in the key.
+    call(Method::PUT, &put_url("other.ank", 0), Some(vec![1]))
+        .await
+        .assert_fail(404);
+    call(Method::PUT, &put_url("%2E%2E", 0), Some(vec![1]))
+        .await
+        .assert_fail(404);
+    // Too long a body.
+    call(Method::PUT, &put_url("small.ank", 0), Some(vec![0; 2000]))
+        .await
+        .assert_fail(400);
+    // Wrong content: rejected at the end, and the upload starts over.
+    let mut corrupt = small.data.clone();
+    corrupt[10] ^= 1;
+    call(Method::PUT, &put_url("small.ank", 0), Some(corrupt))
+        .await
+        .assert_fail(400);
+    assert_eq!(
+        get(&s.at(&format!("/api/v1/push/{session}")))
+            .await
+            .ok_body()["files"][1]["received"],
+        0
+    );
+    call(
+        Method::PUT,
+        &put_url("small.ank", 0),
+        Some(small.data.clone()),
+    )
+    .await
+    .ok_body();
+
+    let committed = call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await;
+    assert_eq!(committed.ok_body()["number"], 0);
+    assert_eq!(download(&s, "big.ank").await, big.data);
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .assert_fail(404);
+}
+
+#[tokio::test]
+async fn commit_with_a_wrong_client_digest_is_rejected() {
+    let s = Server::start();
+    let id = new_id();
+    let a = TestFile::new("a.ank", "image", 1000, 1);
+    let mut req = push_request(&id, "digests", "t", &[&a]);
+    req["files"][0].as_object_mut().unwrap().remove("sha256");
+    let plan = send_json(Method::POST, &s.at("/api/v1/push"), &req).await;
+    let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+    call(
+        Method::PUT,
+        &s.at(&format!("/api/v1/push/{session}/files/a.ank?offset=0")),
+        Some(a.data.clone()),
+    )
+    .await
+    .ok_body();
+    let commit_url = s.at(&format!("/api/v1/push/{session}/commit"));
+    call(Method::POST, &commit_url, None).await.assert_fail(400);
+    send_json(
+        Method::POST,
+        &commit_url,
+        &json!({"digests": {"a.ank": "0".repeat(64)}}),
+    )
+    .await
+    .assert_fail(409);
+    get(&s.at(&format!("/registry/vm?id={id}")))
+        .await
+        .assert_fail(404);
+    send_json(
+        Method::POST,
+        &commit_url,
+        &json!({"digests": {"a.ank": a.sha256()}}),
+    )
+    .await
+    .ok_body();
+    assert_eq!(tags(&s, &id).await, ["t"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_get_dense_unique_numbers() {
+    let s = Server::start();
+    let id = new_id();
+    let base = TestFile::new("base.ank", "image", 10_000, 1);
+    push(&s, &id, "dense", "t0", &[&base]).await;
+    let url = s.url.clone();
+    let mut tasks = Vec::new();
+    for i in 1..=10 {
+        let (id, url) = (id.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let server_url = url;
+            let layer = TestFile::new(&format!("layer-{i}.ank"), "image", 2000 + i, i as u64);
+            let base = TestFile::new("base.ank", "image", 10_000, 1);
+            let plan = send_json(
+                Method::POST,
+                &format!("{server_url}/api/v1/push"),
+                &push_request(&id, "dense", &format!("t{i}"), &[&layer, &base]),
+            )
+            .await;
+            let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+            call(
+                Method::PUT,
+                &format!("{server_url}/api/v1/push/{session}/files/layer-{i}.ank?offset=0"),
+                Some(layer.data.clone()),
+            )
+            .await
+            .ok_body();
+            let done = call(
+                Method::POST,
+                &format!("{server_url}/api/v1/push/{session}/commit"),
+                None,
+            )
+            .await;
+            done.ok_body()["number"].as_u64().unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for t in tasks {
+        numbers.push(t.await.unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, (1..=10).collect::<Vec<u64>>());
+    let body = get(&s.at(&format!("/registry/vm?id={id}"))).await;
+    let versions = body.ok_body()["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 11);
+    for (i, v) in versions.iter().enumerate() {
+        assert_eq!(v["number"], i);
+    }
+}
+
+#[tokio::test]
+async fn a_revert_racing_a_push_never_leaves_a_dangling_file() {
+    let s = Server::start();
+    let id = new_id();
+    let base = TestFile::new("base.ank", "image", 50_000, 1);
+    let top = TestFile::new("top.ank", "image", 5_000, 2);
+    push(&s, &id, "race", "v0", &[&base]).await;
+    push(&s, &id, "race", "v1", &[&top, &base]).await;
+
+    // A second template negotiates top.ank as "already there"...
+    let other = new_id();
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&other, "race-2", "x", &[&top]),
+    )
+    .await;
+    let plan = plan.ok_body().clone();
+    assert_eq!(plan["files"][0]["upload"], false);
+    // ...then the only version using it is reverted away...
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/revert?id={id}")),
+        None,
+    )
+    .await
+    .ok_body();
+    // ...and the pinned file must still be there when the push commits.
+    call(
+        Method::POST,
+        &s.at(&format!(
+            "/api/v1/push/{}/commit",
+            plan["session"].as_str().unwrap()
+        )),
+        None,
+    )
+    .await
+    .ok_body();
+    let m = get(&s.at(&format!("/api/v1/templates/{other}/manifest"))).await;
+    assert_eq!(
+        download(&s, m.ok_body()["files"][0]["key"].as_str().unwrap()).await,
+        top.data
+    );
+
+    // Aborting a session that pinned an otherwise unreferenced file frees it.
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&new_id(), "race-3", "x", &[&top]),
+    )
+    .await;
+    let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/vm?id={other}")),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(
+        download(&s, "top.ank").await,
+        top.data,
+        "still pinned by the open session"
+    );
+    call(
+        Method::DELETE,
+        &s.at(&format!("/api/v1/push/{session}")),
+        None,
+    )
+    .await
+    .ok_body();
+    get(&s.at("/api/v1/files/top.ank")).await.assert_fail(404);
+    call(
+        Method::DELETE,
+        &s.at(&format!("/api/v1/push/{session}")),
+        None,
+    )
+    .await
+    .assert_fail(404);
+}
+
+#[tokio::test]
+async fn nothing_is_visible_before_commit() {
+    let s = Server::start();
+    let id = new_id();
+    let a = TestFile::new("a.ank", "image", 1000, 1);
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&id, "invisible", "t", &[&a]),
+    )
+    .await;
+    let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+    call(
+        Method::PUT,
+        &s.at(&format!("/api/v1/push/{session}/files/a.ank?offset=0")),
+        Some(a.data.clone()),
+    )
+    .await
+    .ok_body();
+    assert_eq!(get(&s.at("/registry/vm")).await.ok_body(), &json!([]));
+    get(&s.at(&format!("/registry/vm?id={id}")))
+        .await
+        .assert_fail(404);
+    get(&s.at("/api/v1/files/a.ank")).await.assert_fail(404);
+    get(&s.at(&format!("/api/v1/templates/{id}/manifest")))
+        .await
+        .assert_fail(404);
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let mut s = Server::start();
+    let f = Fixture::push(&s).await;
+    s.restart();
+    assert_eq!(tags(&s, &f.id).await.len(), 3);
+    assert_eq!(download(&s, &f.top.name).await, f.top.data);
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_while_2_gib_streams_in_and_out() {
+    use futures_util::StreamExt;
+    const SIZE: u64 = 2 << 30;
+    const CHUNK: usize = 1 << 20;
+    let s = Server::start();
+    let id = new_id();
+    let chunk = pseudo_random(CHUNK, 11);
+    let mut hasher = vmreg::digest::ResumableSha256::new();
+    for _ in 0..SIZE / CHUNK as u64 {
+        hasher.update(&chunk);
+    }
+    let digest = hasher.finalize_hex();
+    let req = json!({"id": id, "name": "huge", "tag": "t", "config": {}, "files": [{"name": "huge.ank", "kind": "image", "size": SIZE, "sha256": digest}]});
+    let plan = send_json(Method::POST, &s.at("/api/v1/push"), &req).await;
+    let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+    let body = futures_util::stream::iter(0..SIZE / CHUNK as u64)
+        .map(move |_| Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.clone())));
+    let resp = reqwest::Client::new()
+        .put(s.at(&format!("/api/v1/push/{session}/files/huge.ank?offset=0")))
+        .header("Content-Length", SIZE)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .ok_body();
+
+    let mut download = reqwest::get(s.at("/api/v1/files/huge.ank"))
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut check = vmreg::digest::ResumableSha256::new();
+    while let Some(part) = download.next().await {
+        check.update(&part.unwrap());
+    }
+    assert_eq!(check.len(), SIZE);
+    assert_eq!(check.finalize_hex(), digest);
+    let peak = peak_rss(s.pid());
+    println!("server peak RSS after 2 GiB in and out: {} MiB", peak >> 20);
+    assert!(
+        peak < 160 << 20,
+        "server peak RSS {} MiB is not bounded",
+        peak >> 20
+    );
+}
