@@ -1,0 +1,440 @@
+//! Metadata in Redis, shared by every replica.
+//!
+//! Transactions are optimistic and need no server-side state between calls: a read records
+//! the SHA-1 of the value it saw (or that the key was absent), writes are buffered, and
+//! `commit` sends one Lua script that re-checks every read key and applies the writes only
+//! if none changed. A script runs atomically, so two replicas racing to append a version
+//! cannot both win. WATCH is not used because it belongs to a connection, and the one
+//! multiplexed connection is shared by every request of the process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{MetaError, MetaResult, MetaStore, MetaTx};
+use crate::config::{redact_url, RedisConfig};
+
+/// How long one connection attempt may take; an outage must answer 503 within seconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may wait for its reply.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys per MGET, so a listing of many templates does not build one huge reply.
+const MGET_CHUNK: usize = 512;
+
+/// Checks every read key, then applies the writes; answers 1, or 0 on a conflict.
+///
+/// KEYS: the `n` read keys, then one key per operation. ARGV: `n`, the `n` expected SHA-1s
+/// (empty for "absent"), then the operations: `S value` (SET), `D` (DEL), `A member`
+/// (SADD), `R member` (SREM).
+const COMMIT_LUA: &str = r"
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  local want = ARGV[1 + i]
+  if want == '' then
+    if v then return 0 end
+  elseif (not v) or redis.sha1hex(v) ~= want then
+    return 0
+  end
+end
+local a = n + 2
+local k = n + 1
+while a <= #ARGV do
+  local op = ARGV[a]
+  if op == 'S' then
+    redis.call('SET', KEYS[k], ARGV[a + 1]); a = a + 2
+  elseif op == 'D' then
+    redis.call('DEL', KEYS[k]); a = a + 1
+  elseif op == 'A' then
+    redis.call('SADD', KEYS[k], ARGV[a + 1]); a = a + 2
+  elseif op == 'R' then
+    redis.call('SREM', KEYS[k], ARGV[a + 1]); a = a + 2
+  else
+    return redis.error_reply('vmreg commit: unknown operation ' .. tostring(op))
+  end
+  k = k + 1
+end
+return 1
+";
+
+/// Metadata kept in Redis under a key prefix.
+pub struct RedisMeta {
+    conn: ConnectionManager,
+    prefix: String,
+    commit: Script,
+    url: String,
+}
+
+fn unavailable(e: redis::RedisError) -> MetaError {
+    MetaError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisMeta {
+    /// Connects to the server in `config`; fails when it cannot be reached now, so a wrong
+    /// URL is reported at start-up rather than as 503s later.
+    pub async fn connect(config: &RedisConfig) -> MetaResult<Self> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            MetaError::Unavailable(format!("redis URL {}: {e}", redact_url(&config.url)))
+        })?;
+        // One quick retry per reconnection: requests made while Redis is down wait for the
+        // reconnection future, so long backoffs would turn a 503 into a hung request. The
+        // manager starts a new reconnection on the next I/O error, so it recovers by itself.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
+        let meta = Self {
+            conn,
+            prefix: config.prefix.clone(),
+            commit: Script::new(COMMIT_LUA),
+            url: redact_url(&config.url),
+        };
+        meta.ping().await?;
+        Ok(meta)
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl MetaStore for RedisMeta {
+    async fn begin(&self) -> MetaResult<Box<dyn MetaTx>> {
+        Ok(Box::new(RedisTx {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+            commit: self.commit.clone(),
+            reads: Vec::new(),
+            seen: HashMap::new(),
+            ops: Vec::new(),
+        }))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(MGET_CHUNK) {
+            let full: Vec<String> = chunk.iter().map(|k| self.key(k)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&full)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            out.extend(values);
+        }
+        Ok(out)
+    }
+
+    async fn members(&self, set: &str) -> MetaResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        conn.smembers(self.key(set)).await.map_err(unavailable)
+    }
+
+    async fn ping(&self) -> MetaResult<()> {
+        let mut conn = self.conn.clone();
+        let reply: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(MetaError::Unavailable(format!(
+                "redis answered PING with {reply:?}"
+            )))
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {} (prefix {:?})", self.url, self.prefix)
+    }
+}
+
+enum Op {
+    Set(Vec<u8>),
+    Del,
+    SetAdd(String),
+    SetRemove(String),
+}
+
+/// The SHA-1 the commit script compares with, or empty for "absent".
+fn fingerprint(value: Option<&[u8]>) -> String {
+    match value {
+        None => String::new(),
+        Some(v) => sha1_smol::Sha1::from(v).digest().to_string(),
+    }
+}
+
+struct RedisTx {
+    conn: ConnectionManager,
+    prefix: String,
+    commit: Script,
+    /// Read keys (prefixed) and the fingerprint seen, in read order.
+    reads: Vec<(String, String)>,
+    /// What the transaction sees for a key: its first read, then its own writes.
+    seen: HashMap<String, Option<Vec<u8>>>,
+    /// Buffered writes on prefixed keys, in order.
+    ops: Vec<(String, Op)>,
+}
+
+#[async_trait]
+impl MetaTx for RedisTx {
+    async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>> {
+        let full = format!("{}{key}", self.prefix);
+        if let Some(v) = self.seen.get(&full) {
+            return Ok(v.clone());
+        }
+        let value: Option<Vec<u8>> = self.conn.get(&full).await.map_err(unavailable)?;
+        self.reads
+            .push((full.clone(), fingerprint(value.as_deref())));
+        self.seen.insert(full, value.clone());
+        Ok(value)
+    }
+
+    fn put(&mut self, key: &str, value: Vec<u8>) {
+        let full = format!("{}{key}", self.prefix);
+        self.seen.insert(full.clone(), Some(value.clone()));
+        self.ops.push((full, Op::Set(value)));
+    }
+
+    fn delete(&mut self, key: &str) {
+        let full = format!("{}{key}", self.prefix);
+        self.seen.insert(full.clone(), None);
+        self.ops.push((full, Op::Del));
+    }
+
+    fn set_add(&mut self, set: &str, member: &str) {
+        self.ops.push((
+            format!("{}{set}", self.prefix),
+            Op::SetAdd(member.to_string()),
+        ));
+    }
+
+    fn set_remove(&mut self, set: &str, member: &str) {
+        self.ops.push((
+            format!("{}{set}", self.prefix),
+            Op::SetRemove(member.to_string()),
+        ));
+    }
+
+    async fn commit(self: Box<Self>) -> MetaResult<bool> {
+        let RedisTx {
+            mut conn,
+            commit,
+            reads,
+            ops,
+            ..
+        } = *self;
+        if ops.is_empty() {
+            // Nothing to apply: a read-only transaction saw a consistent enough view.
+            return Ok(true);
+        }
+        let mut inv = commit.prepare_invoke();
+        inv.arg(reads.len());
+        for (key, print) in &reads {
+            inv.key(key);
+            inv.arg(print);
+        }
+        for (key, op) in &ops {
+            inv.key(key);
+            match op {
+                Op::Set(v) => inv.arg("S").arg(v.as_slice()),
+                Op::Del => inv.arg("D"),
+                Op::SetAdd(m) => inv.arg("A").arg(m),
+                Op::SetRemove(m) => inv.arg("R").arg(m),
+            };
+        }
+        let applied: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(applied == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! These run against a real Redis when `VMREG_TEST_REDIS_URL` is set
+    //! (`scripts/test-services.sh` starts one) and are skipped otherwise.
+
+    use super::*;
+
+    async fn store() -> Option<RedisMeta> {
+        let url = std::env::var("VMREG_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let prefix = format!("vmreg-unit-{}:", uuid::Uuid::new_v4());
+        match RedisMeta::connect(&RedisConfig { url, prefix }).await {
+            Ok(m) => Some(m),
+            Err(e) => panic!("VMREG_TEST_REDIS_URL is set but Redis is not reachable: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_atomically_and_reads_own_writes() {
+        let Some(meta) = store().await else {
+            eprintln!("skipped: VMREG_TEST_REDIS_URL is not set");
+            return;
+        };
+        let mut tx = meta.begin().await.unwrap();
+        assert_eq!(tx.get("a").await.unwrap(), None);
+        tx.put("a", b"1".to_vec());
+        tx.set_add("s", "x");
+        tx.set_add("s", "y");
+        assert_eq!(
+            tx.get("a").await.unwrap(),
+            Some(b"1".to_vec()),
+            "a transaction reads its own writes"
+        );
+        drop(tx);
+        assert_eq!(
+            meta.get_many(&["a".into()]).await.unwrap(),
+            vec![None],
+            "a dropped transaction changes nothing"
+        );
+
+        let mut tx = meta.begin().await.unwrap();
+        assert_eq!(tx.get("a").await.unwrap(), None);
+        tx.put("a", b"1".to_vec());
+        tx.set_add("s", "x");
+        tx.set_add("s", "y");
+        assert!(tx.commit().await.unwrap());
+        assert_eq!(
+            meta.get_many(&["a".into(), "b".into()]).await.unwrap(),
+            vec![Some(b"1".to_vec()), None]
+        );
+        let mut members = meta.members("s").await.unwrap();
+        members.sort();
+        assert_eq!(members, vec!["x", "y"]);
+
+        let mut tx = meta.begin().await.unwrap();
+        tx.delete("a");
+        tx.set_remove("s", "x");
+        assert!(tx.commit().await.unwrap());
+        assert_eq!(meta.get_many(&["a".into()]).await.unwrap(), vec![None]);
+        assert_eq!(meta.members("s").await.unwrap(), vec!["y"]);
+        meta.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_changed_read_key_fails_the_commit() {
+        let Some(meta) = store().await else {
+            eprintln!("skipped: VMREG_TEST_REDIS_URL is not set");
+            return;
+        };
+        let mut seed = meta.begin().await.unwrap();
+        seed.put("n", b"0".to_vec());
+        assert!(seed.commit().await.unwrap());
+
+        // Two transactions read the same counter; only the first to commit may win.
+        let mut a = meta.begin().await.unwrap();
+        let mut b = meta.begin().await.unwrap();
+        assert_eq!(a.get("n").await.unwrap(), Some(b"0".to_vec()));
+        assert_eq!(b.get("n").await.unwrap(), Some(b"0".to_vec()));
+        a.put("n", b"1".to_vec());
+        a.set_add("winners", "a");
+        b.put("n", b"1".to_vec());
+        b.set_add("winners", "b");
+        assert!(a.commit().await.unwrap());
+        assert!(!b.commit().await.unwrap(), "b read n before a changed it");
+        assert_eq!(
+            meta.members("winners").await.unwrap(),
+            vec!["a"],
+            "a failed commit applies nothing"
+        );
+
+        // Absence is checked too: two creators of the same key cannot both succeed.
+        let mut c = meta.begin().await.unwrap();
+        let mut d = meta.begin().await.unwrap();
+        assert_eq!(c.get("fresh").await.unwrap(), None);
+        assert_eq!(d.get("fresh").await.unwrap(), None);
+        c.put("fresh", b"c".to_vec());
+        d.put("fresh", b"d".to_vec());
+        assert!(c.commit().await.unwrap());
+        assert!(!d.commit().await.unwrap());
+        assert_eq!(
+            meta.get_many(&["fresh".into()]).await.unwrap(),
+            vec![Some(b"c".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_lose_nothing() {
+        let Some(meta) = store().await else {
+            eprintln!("skipped: VMREG_TEST_REDIS_URL is not set");
+            return;
+        };
+        let meta = std::sync::Arc::new(meta);
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let meta = meta.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let mut tx = meta.begin().await.unwrap();
+                    let n: u64 = tx
+                        .get("counter")
+                        .await
+                        .unwrap()
+                        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+                        .unwrap_or(0);
+                    tx.put("counter", (n + 1).to_string().into_bytes());
+                    if tx.commit().await.unwrap() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            meta.get_many(&["counter".into()]).await.unwrap(),
+            vec![Some(b"20".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn get_many_spans_chunks_and_keeps_order() {
+        let Some(meta) = store().await else {
+            eprintln!("skipped: VMREG_TEST_REDIS_URL is not set");
+            return;
+        };
+        let keys: Vec<String> = (0..(MGET_CHUNK * 2 + 7)).map(|i| format!("k{i}")).collect();
+        let mut tx = meta.begin().await.unwrap();
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            tx.put(k, i.to_string().into_bytes());
+        }
+        assert!(tx.commit().await.unwrap());
+        let values = meta.get_many(&keys).await.unwrap();
+        assert_eq!(values.len(), keys.len());
+        for (i, v) in values.iter().enumerate() {
+            let want = (i % 3 == 0).then(|| i.to_string().into_bytes());
+            assert_eq!(v, &want, "key {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable_quickly() {
+        // A port nothing listens on: connect must fail fast, not hang.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let started = std::time::Instant::now();
+        let result = RedisMeta::connect(&RedisConfig {
+            url: format!("redis://127.0.0.1:{port}"),
+            prefix: "x:".into(),
+        })
+        .await;
+        assert!(matches!(result, Err(MetaError::Unavailable(_))));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -1,0 +1,684 @@
+//! `vmreg admin reindex`: rebuilds the metadata index from the manifests in the blob store.
+//!
+//! The bucket is the durable truth: every committed version wrote an immutable manifest
+//! (`manifests/<id>/v<number>-<push>.json`) and every template a record beside them
+//! (`manifests/<id>/template.json`). From these alone the templates, their summaries, the
+//! name index and the file records with their reference counts are written again, so a
+//! lost or flushed Redis costs nothing but this command's run time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures_util::{StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::meta::{self, MetaStore};
+use crate::model::{
+    FileRecord, StoredManifest, StoredTemplate, Template, TemplateSummary, Version,
+};
+use crate::store::BlobStore;
+
+/// Manifests read at once.
+const READ_CONCURRENCY: usize = 16;
+/// Records written per transaction.
+const WRITE_BATCH: usize = 256;
+
+/// What a reindex found and wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// Templates written.
+    pub templates: usize,
+    /// Versions written, over all templates.
+    pub versions: usize,
+    /// File records written.
+    pub files: usize,
+    /// Things that could not be taken as they were (each also kept out of the index or
+    /// repaired as described).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for ReindexReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reindexed {} templates, {} versions, {} files ({} warnings)",
+            self.templates,
+            self.versions,
+            self.files,
+            self.warnings.len()
+        )
+    }
+}
+
+/// Rebuilds the metadata index from the blob store's manifests; returns the exit code.
+pub fn run_cli(config: Config) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmreg admin reindex: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let (meta, blobs) = match crate::registry::backends::open(&config).await {
+            Ok(stores) => stores,
+            Err(e) => {
+                eprintln!("vmreg admin reindex: {e}");
+                return 1;
+            }
+        };
+        match reindex(meta.as_ref(), blobs.as_ref()).await {
+            Ok(report) => {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{report}");
+                0
+            }
+            Err(e) => {
+                eprintln!("vmreg admin reindex: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// One template as found in the bucket.
+#[derive(Default)]
+struct Found {
+    record: Option<StoredTemplate>,
+    manifests: Vec<StoredManifest>,
+}
+
+/// Reads every manifest and writes the metadata they describe.
+pub async fn reindex(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<ReindexReport, String> {
+    let mut report = ReindexReport::default();
+    let keys = blobs
+        .list("manifests/")
+        .await
+        .map_err(|e| format!("listing manifests: {e}"))?;
+
+    let read = futures_util::stream::iter(keys.into_iter().filter(|k| k.ends_with(".json")))
+        .map(|key| async move {
+            let bytes = blobs
+                .read(&key)
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?;
+            Ok::<_, String>((key, bytes))
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    let mut found: BTreeMap<Uuid, Found> = BTreeMap::new();
+    for (key, bytes) in read {
+        if key.ends_with("/template.json") {
+            match serde_json::from_slice::<StoredTemplate>(&bytes) {
+                Ok(t) => {
+                    let id = t.id;
+                    found.entry(id).or_default().record = Some(t);
+                }
+                Err(e) => report
+                    .warnings
+                    .push(format!("{key}: not a template record ({e}); skipped")),
+            }
+        } else {
+            match serde_json::from_slice::<StoredManifest>(&bytes) {
+                Ok(m) => {
+                    let id = m.id;
+                    found.entry(id).or_default().manifests.push(m);
+                }
+                Err(e) => report
+                    .warnings
+                    .push(format!("{key}: not a manifest ({e}); skipped")),
+            }
+        }
+    }
+
+    let mut templates: Vec<Template> = Vec::new();
+    let mut files: HashMap<String, (u64, FileRecord)> = HashMap::new();
+    for (id, f) in found {
+        let Some((template, manifests)) = assemble(id, f, &mut report) else {
+            continue;
+        };
+        for m in &manifests {
+            for key in m.version.keys() {
+                let Some(file) = m.version.files.iter().find(|f| f.key() == key) else {
+                    continue;
+                };
+                let Some(object) = m.objects.get(&key) else {
+                    report.warnings.push(format!(
+                        "template {id} version {} names file {key} without its object; the file is not indexed",
+                        m.version.number
+                    ));
+                    continue;
+                };
+                let entry = files.entry(key.clone()).or_insert_with(|| {
+                    (
+                        0,
+                        FileRecord {
+                            key: key.clone(),
+                            size: 0,
+                            sha256: String::new(),
+                            object: String::new(),
+                            refs: 0,
+                            pins: Vec::new(),
+                        },
+                    )
+                });
+                // A file re-uploaded after it was deleted lives in a newer object: the
+                // newest version that names the file says where its bytes are.
+                if entry.1.object.is_empty() || m.version.created >= entry.0 {
+                    entry.0 = m.version.created;
+                    entry.1.size = file.size;
+                    entry.1.sha256 = file.sha256.clone();
+                    entry.1.object = object.clone();
+                }
+                entry.1.refs += 1;
+            }
+        }
+        templates.push(template);
+    }
+    let owners = name_owners(&templates, &mut report);
+    let files: Vec<FileRecord> = files.into_values().map(|(_, r)| r).collect();
+    write(meta, &templates, &owners, files, &mut report).await?;
+    Ok(report)
+}
+
+/// Orders a template's manifests into dense versions; `None` when it has none.
+fn assemble(
+    id: Uuid,
+    found: Found,
+    report: &mut ReindexReport,
+) -> Option<(Template, Vec<StoredManifest>)> {
+    let Found { record, manifests } = found;
+    if manifests.is_empty() {
+        if record.is_some() {
+            report.warnings.push(format!(
+                "template {id} has a record but no versions; skipped"
+            ));
+        }
+        return None;
+    }
+    // Two manifests with one number: a revert removed a version and a later push reused
+    // its number, but the old manifest survived. The newer commit is the live one.
+    let mut by_number: BTreeMap<u32, StoredManifest> = BTreeMap::new();
+    for m in manifests {
+        let number = m.version.number;
+        match by_number.get(&number) {
+            Some(kept)
+                if (kept.version.created, &kept.version.push_id)
+                    >= (m.version.created, &m.version.push_id) =>
+            {
+                report.warnings.push(format!(
+                    "template {id}: version {number} of push {} is superseded; skipped",
+                    m.version.push_id
+                ));
+            }
+            Some(kept) => {
+                report.warnings.push(format!(
+                    "template {id}: version {number} of push {} is superseded; skipped",
+                    kept.version.push_id
+                ));
+                by_number.insert(number, m);
+            }
+            None => {
+                by_number.insert(number, m);
+            }
+        }
+    }
+    let mut manifests: Vec<StoredManifest> = by_number.into_values().collect();
+    for (i, m) in manifests.iter_mut().enumerate() {
+        let dense = i as u32;
+        if m.version.number != dense {
+            report.warnings.push(format!(
+                "template {id}: version {} renumbered {dense} to keep numbers dense",
+                m.version.number
+            ));
+            m.version.number = dense;
+        }
+    }
+    let versions: Vec<Version> = manifests.iter().map(|m| m.version.clone()).collect();
+    let newest_name = manifests
+        .iter()
+        .max_by_key(|m| m.version.created)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let first = versions.iter().map(|v| v.created).min().unwrap_or(0);
+    let last = versions.iter().map(|v| v.created).max().unwrap_or(0);
+    let (name, arch, created) = match record {
+        Some(r) => (r.name, r.arch, r.created),
+        None => {
+            report.warnings.push(format!(
+                "template {id} has no template record; name and creation taken from its manifests"
+            ));
+            (newest_name, String::new(), first)
+        }
+    };
+    let template = Template {
+        id,
+        name,
+        arch,
+        created,
+        last_push: last.max(created),
+        versions,
+    };
+    Some((template, manifests))
+}
+
+/// The id each name belongs to. Names are unique in a live registry; should two templates
+/// in the bucket claim one (a template deleted and recreated while a manifest survived),
+/// the most recently pushed keeps it.
+fn name_owners(templates: &[Template], report: &mut ReindexReport) -> HashMap<String, Uuid> {
+    let mut owners: HashMap<String, (u64, Uuid)> = HashMap::new();
+    for t in templates {
+        match owners.get(&t.name) {
+            Some((last, other)) if *last >= t.last_push => {
+                report.warnings.push(format!(
+                    "name {:?} is claimed by {other} and {}; {other} keeps it",
+                    t.name, t.id
+                ));
+            }
+            Some((_, other)) => {
+                report.warnings.push(format!(
+                    "name {:?} is claimed by {other} and {}; {} keeps it",
+                    t.name, t.id, t.id
+                ));
+                owners.insert(t.name.clone(), (t.last_push, t.id));
+            }
+            None => {
+                owners.insert(t.name.clone(), (t.last_push, t.id));
+            }
+        }
+    }
+    owners
+        .into_iter()
+        .map(|(name, (_, id))| (name, id))
+        .collect()
+}
+
+/// One buffered write of the rebuild.
+enum Write {
+    Put(String, Vec<u8>),
+    Add(String),
+}
+
+async fn write(
+    meta: &dyn MetaStore,
+    templates: &[Template],
+    owners: &HashMap<String, Uuid>,
+    mut files: Vec<FileRecord>,
+    report: &mut ReindexReport,
+) -> Result<(), String> {
+    // Pins belong to uploads in flight; keep any the index still has rather than let a
+    // running push lose its protection.
+    let keys: Vec<String> = files.iter().map(|f| meta::keys::file(&f.key)).collect();
+    let existing = meta
+        .get_many(&keys)
+        .await
+        .map_err(|e| format!("reading file records: {e}"))?;
+    for (file, old) in files.iter_mut().zip(existing) {
+        if let Some(old) =
+            old.and_then(|b| meta::decode::<FileRecord>(&meta::keys::file(&file.key), &b).ok())
+        {
+            file.pins = old.pins;
+        }
+    }
+
+    let mut writes: Vec<Write> = Vec::new();
+    for t in templates {
+        writes.push(Write::Put(meta::keys::template(&t.id), meta::encode(t)));
+        writes.push(Write::Put(
+            meta::keys::summary(&t.id),
+            meta::encode(&TemplateSummary::from(t)),
+        ));
+        if owners.get(&t.name) == Some(&t.id) {
+            writes.push(Write::Put(
+                meta::keys::template_name(&t.name),
+                meta::encode(&t.id.to_string()),
+            ));
+        }
+        writes.push(Write::Add(t.id.to_string()));
+    }
+    for f in &files {
+        writes.push(Write::Put(meta::keys::file(&f.key), meta::encode(f)));
+    }
+    for batch in writes.chunks(WRITE_BATCH) {
+        // The batch reads nothing, so it cannot conflict; the loop only guards a backend
+        // that would report one anyway.
+        let mut committed = false;
+        for _ in 0..5 {
+            let mut tx = meta
+                .begin()
+                .await
+                .map_err(|e| format!("writing the index: {e}"))?;
+            for w in batch {
+                match w {
+                    Write::Put(key, value) => tx.put(key, value.clone()),
+                    Write::Add(member) => tx.set_add(meta::keys::TEMPLATES, member),
+                }
+            }
+            if tx
+                .commit()
+                .await
+                .map_err(|e| format!("writing the index: {e}"))?
+            {
+                committed = true;
+                break;
+            }
+        }
+        if !committed {
+            return Err("writing the index: the metadata store kept reporting conflicts".into());
+        }
+    }
+    report.templates = templates.len();
+    report.versions = templates.iter().map(|t| t.versions.len()).sum();
+    report.files = files.len();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::meta::embedded::EmbeddedMeta;
+    use crate::model::{FileKind, FileRef};
+    use crate::store::{ByteStream, PartInfo, Space, StoreError, StoreResult, UploadHandle};
+
+    /// Just enough of a blob store to hold manifests: reindex only lists and reads.
+    #[derive(Default)]
+    struct Objects(Mutex<BTreeMap<String, Bytes>>);
+
+    #[async_trait]
+    impl BlobStore for Objects {
+        async fn begin_upload(&self, _key: &str) -> StoreResult<UploadHandle> {
+            Err(StoreError::Unavailable("unused".into()))
+        }
+        async fn write_part(
+            &self,
+            _u: &UploadHandle,
+            _n: u32,
+            _o: u64,
+            _d: Bytes,
+        ) -> StoreResult<PartInfo> {
+            Err(StoreError::Unavailable("unused".into()))
+        }
+        async fn complete_upload(&self, _u: &UploadHandle, _p: &[PartInfo]) -> StoreResult<()> {
+            Err(StoreError::Unavailable("unused".into()))
+        }
+        async fn abort_upload(&self, _u: &UploadHandle) -> StoreResult<()> {
+            Ok(())
+        }
+        async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
+            self.0.lock().unwrap().insert(key.to_string(), data);
+            Ok(())
+        }
+        async fn get(&self, _key: &str, _range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
+            Err(StoreError::Unavailable("unused".into()))
+        }
+        async fn read(&self, key: &str) -> StoreResult<Bytes> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(key.to_string()))
+        }
+        async fn delete(&self, key: &str) -> StoreResult<()> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+        async fn space(&self) -> StoreResult<Option<Space>> {
+            Ok(None)
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            Ok(())
+        }
+        fn min_part_size(&self) -> u64 {
+            5 << 20
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    fn file(name: &str, kind: FileKind, size: u64) -> FileRef {
+        FileRef {
+            name: name.into(),
+            kind,
+            size,
+            sha256: format!("{size:064x}"),
+        }
+    }
+
+    async fn put_version(
+        blobs: &Objects,
+        id: Uuid,
+        name: &str,
+        number: u32,
+        tag: &str,
+        created: u64,
+        files: Vec<FileRef>,
+    ) {
+        let push_id = format!("push-{tag}-{created}");
+        let objects = files
+            .iter()
+            .map(|f| (f.key(), crate::store::keys::blob(&f.key(), &push_id)))
+            .collect();
+        let version = Version {
+            number,
+            tag: tag.into(),
+            description: format!("about {tag}"),
+            files,
+            config: serde_json::json!({"name": name}),
+            created,
+            push_id: push_id.clone(),
+        };
+        let m = StoredManifest {
+            id,
+            name: name.into(),
+            version,
+            objects,
+        };
+        blobs
+            .put(
+                &crate::store::keys::manifest(&id, number, &push_id),
+                meta::encode(&m).into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn put_template(blobs: &Objects, id: Uuid, name: &str, arch: &str, created: u64) {
+        let t = StoredTemplate {
+            id,
+            name: name.into(),
+            arch: arch.into(),
+            created,
+        };
+        blobs
+            .put(
+                &crate::store::keys::template_record(&id),
+                meta::encode(&t).into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(meta: &dyn MetaStore, key: String) -> Option<T> {
+        let v = meta
+            .get_many(std::slice::from_ref(&key))
+            .await
+            .unwrap()
+            .pop()
+            .flatten()?;
+        Some(meta::decode(&key, &v).unwrap())
+    }
+
+    #[tokio::test]
+    async fn rebuilds_templates_names_summaries_and_file_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = Objects::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let base = file("base.ank", FileKind::Image, 100);
+        put_template(&blobs, a, "alpha", "arm64", 10).await;
+        put_version(
+            &blobs,
+            a,
+            "alpha",
+            0,
+            "v1",
+            10,
+            vec![base.clone(), file("nvram", FileKind::Nvram, 1)],
+        )
+        .await;
+        // A reverted v2 whose manifest survived, then the live v2 reusing number 1.
+        put_version(
+            &blobs,
+            a,
+            "alpha",
+            1,
+            "old",
+            20,
+            vec![file("gone.ank", FileKind::Image, 7), base.clone()],
+        )
+        .await;
+        put_version(
+            &blobs,
+            a,
+            "alpha",
+            1,
+            "v2",
+            30,
+            vec![file("top.ank", FileKind::Image, 5), base.clone()],
+        )
+        .await;
+        put_template(&blobs, b, "beta", "", 40).await;
+        put_version(&blobs, b, "beta", 0, "only", 40, vec![base.clone()]).await;
+
+        let report = reindex(&meta, &blobs).await.unwrap();
+        assert_eq!(
+            (report.templates, report.versions, report.files),
+            (2, 3, 3),
+            "{report:?}"
+        );
+
+        let mut ids = meta.members(meta::keys::TEMPLATES).await.unwrap();
+        ids.sort();
+        let mut want = vec![a.to_string(), b.to_string()];
+        want.sort();
+        assert_eq!(ids, want);
+
+        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        assert_eq!(alpha.name, "alpha");
+        assert_eq!(alpha.arch, "arm64");
+        assert_eq!(alpha.created, 10);
+        assert_eq!(alpha.last_push, 30);
+        let tags: Vec<(u32, &str)> = alpha
+            .versions
+            .iter()
+            .map(|v| (v.number, v.tag.as_str()))
+            .collect();
+        assert_eq!(
+            tags,
+            vec![(0, "v1"), (1, "v2")],
+            "the newer manifest of number 1 wins"
+        );
+        assert_eq!(alpha.versions[1].description, "about v2");
+
+        let summary: TemplateSummary = get(&meta, meta::keys::summary(&a)).await.unwrap();
+        assert_eq!(summary, TemplateSummary::from(&alpha));
+        let owner: String = get(&meta, meta::keys::template_name("beta")).await.unwrap();
+        assert_eq!(owner, b.to_string());
+
+        let shared: FileRecord = get(&meta, meta::keys::file("base.ank")).await.unwrap();
+        assert_eq!(
+            shared.refs, 3,
+            "two tags of alpha and one of beta use the base layer"
+        );
+        assert_eq!(shared.size, 100);
+        let top: FileRecord = get(&meta, meta::keys::file("top.ank")).await.unwrap();
+        assert_eq!(
+            (top.refs, top.object.as_str()),
+            (
+                1,
+                crate::store::keys::blob("top.ank", "push-v2-30").as_str()
+            )
+        );
+        assert!(
+            get::<FileRecord>(&meta, meta::keys::file("gone.ank"))
+                .await
+                .is_none(),
+            "superseded versions reference nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn gaps_are_closed_and_records_without_versions_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = Objects::default();
+        let (a, empty) = (Uuid::new_v4(), Uuid::new_v4());
+        put_template(&blobs, a, "alpha", "amd64", 1).await;
+        put_version(
+            &blobs,
+            a,
+            "alpha",
+            0,
+            "v0",
+            1,
+            vec![file("x.ank", FileKind::Image, 1)],
+        )
+        .await;
+        put_version(
+            &blobs,
+            a,
+            "alpha",
+            2,
+            "v2",
+            3,
+            vec![file("x.ank", FileKind::Image, 1)],
+        )
+        .await;
+        put_template(&blobs, empty, "empty", "", 1).await;
+        blobs
+            .put("manifests/garbage/v1.json", Bytes::from_static(b"not json"))
+            .await
+            .unwrap();
+
+        let report = reindex(&meta, &blobs).await.unwrap();
+        assert_eq!((report.templates, report.versions, report.files), (1, 2, 1));
+        assert!(report.warnings.len() >= 3, "{:?}", report.warnings);
+        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        assert_eq!(
+            alpha.versions.iter().map(|v| v.number).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(get::<String>(&meta, meta::keys::template_name("empty"))
+            .await
+            .is_none());
+        assert_eq!(
+            meta.members(meta::keys::TEMPLATES).await.unwrap(),
+            vec![a.to_string()]
+        );
+    }
+}
