@@ -184,7 +184,7 @@ async fn resumable_plan(
         return Ok(None);
     };
     let same_target = state.registry == t.registry.url() && state.id == id;
-    let same_tag = opts.tag.as_ref().is_none_or(|tag| *tag == state.tag);
+    let same_tag = opts.tag.as_ref().map_or(true, |tag| *tag == state.tag);
     if !same_target || !same_tag {
         return Ok(None);
     }
