@@ -698,3 +698,90 @@ fn remotes_are_added_set_listed_and_deleted() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unknown remote"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_registry_restart_mid_transfer_is_survived_without_starting_over() {
+    let mut server = Server::start_with(&["--part-size", "5MiB"]);
+    let src = Node::new();
+    let big = data(70, 40 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let journal = src.lib.join(format!(".vmreg/push/{VM1}.json"));
+    let child = src
+        .cmd(
+            &server,
+            &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the push to start", Duration::from_secs(30), || {
+        journal.exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the push rode out the restart: {}",
+        stderr(&out)
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = u(&pushed["bytes_sent"]);
+    assert!(
+        sent < big.len() as u64 + (12 << 20),
+        "sent {sent}: the upload started over"
+    );
+
+    let dst = Node::new();
+    let pull_dir = dst.lib.join(".vmreg/pull");
+    let child = dst
+        .cmd(&server, &["--json", "--limit-rate", "8M", "pull", "vm1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the pull to start", Duration::from_secs(30), || {
+        pull_dir.exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the pull rode out the restart: {}",
+        stderr(&out)
+    );
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let received = u(&pulled["bytes_received"]);
+    assert!(
+        received < big.len() as u64 + (8 << 20),
+        "received {received}: the download started over"
+    );
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+}
+
+#[test]
+fn tls_problems_are_one_line_errors() {
+    let server = Server::start();
+    let node = Node::new();
+    let https = server.url.replace("http://", "https://");
+    let out = Command::new(common::vmreg_bin())
+        .args(["registry", "-a", &https, "list"])
+        .env("VMREG_CONFIG", node.dir.join("r.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+
+    let out = Command::new(common::vmreg_bin())
+        .args(["registry", "-a", &server.url, "--cacert"])
+        .arg(node.dir.join("missing.pem"))
+        .arg("list")
+        .env("VMREG_CONFIG", node.dir.join("r.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.pem"), "{}", stderr(&out));
+}

@@ -34,8 +34,8 @@ pub struct GlobalArgs {
     #[arg(
         short = 'c',
         long = "cert",
-        short_alias = 'i',
-        alias = "pem",
+        visible_short_alias = 'i',
+        visible_alias = "pem",
         global = true,
         value_name = "PATH"
     )]
@@ -46,7 +46,7 @@ pub struct GlobalArgs {
     /// Path to a CA root certificate
     #[arg(
         long = "cacert",
-        alias = "root-cert",
+        visible_alias = "root-cert",
         global = true,
         value_name = "PATH"
     )]
