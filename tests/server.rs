@@ -1138,3 +1138,76 @@ async fn memory_stays_bounded_while_2_gib_streams_in_and_out() {
         peak >> 20
     );
 }
+
+#[tokio::test]
+async fn huge_headers_are_refused_with_a_fail_envelope() {
+    let s = Server::start();
+    let resp = reqwest::Client::new()
+        .get(s.at("/registry/status"))
+        .header("X-Big", "a".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 431);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "FAIL");
+    get(&s.at("/registry/status")).await.ok_body();
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_upload_in_flight_finish() {
+    use futures_util::StreamExt;
+    let mut s = Server::start_with(&["--shutdown-timeout", "20"]);
+    let id = new_id();
+    let file = TestFile::new("slow.ank", "image", 4 << 20, 3);
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(&id, "slow", "t", &[&file]),
+    )
+    .await;
+    let session = plan.ok_body()["session"].as_str().unwrap().to_string();
+    let chunks: Vec<bytes::Bytes> = file
+        .data
+        .chunks(256 << 10)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    // 16 chunks, 150 ms apart: the body takes over two seconds.
+    let body = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        Ok::<_, std::io::Error>(c)
+    });
+    let url = s.at(&format!("/api/v1/push/{session}/files/slow.ank?offset=0"));
+    let upload = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .put(url)
+            .header("Content-Length", 4 << 20)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let pid = s.pid() as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        reqwest::get(s.at("/livez")).await.is_err(),
+        "no new connections after SIGTERM"
+    );
+    let (status, body) = upload.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["body"]["complete"], true);
+    // The state is durable: a restarted server commits the push.
+    s.restart();
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .ok_body();
+    assert_eq!(download(&s, "slow.ank").await, file.data);
+}

@@ -35,6 +35,15 @@ impl ApiError {
         }
     }
 
+    /// A 431 with a message.
+    pub fn header_too_large(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            message: message.into(),
+            size: None,
+        }
+    }
+
     /// A 503 with a message.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, HttpServer, ResponseError};
 
-use super::{configure, AppState};
+use super::{configure, ApiError, AppState};
 use crate::config::Config;
 use crate::registry::{backends, Registry};
 
@@ -56,11 +58,16 @@ async fn serve(config: Config) -> Result<(), String> {
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
     });
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-        .listen(listener)
-        .map_err(|e| e.to_string())?
-        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(reject_huge_headers)
+            .configure(configure)
+    })
+    .listen(listener)
+    .map_err(|e| e.to_string())?
+    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+    .run();
     actix_web::rt::spawn(async move {
         loop {
             tokio::time::sleep(PURGE_EVERY).await;
@@ -72,4 +79,33 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     });
     server.await.map_err(|e| e.to_string())
+}
+
+/// Headers past this many bytes in all are refused.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses requests with oversized headers with a `FAIL` 431 before any handler runs.
+fn reject_huge_headers<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> futures_util::future::LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        let reply = ApiError::header_too_large(format!(
+            "request headers are larger than {MAX_HEADER_BYTES} bytes"
+        ))
+        .error_response();
+        return Box::pin(async move { Ok(req.into_response(reply)) });
+    }
+    let fut = srv.call(req);
+    Box::pin(async move { fut.await.map(ServiceResponse::map_into_boxed_body) })
 }
