@@ -324,12 +324,17 @@ impl Registry {
             )));
         }
         let state_key = keys::upload(&session.id, key);
-        let mut state = self
-            .load_states(&session)
+        let stored = self
+            .meta
+            .get_many(std::slice::from_ref(&state_key))
             .await?
-            .remove(key)
-            .unwrap_or_default();
-        let stored = self.meta.get_many(std::slice::from_ref(&state_key)).await?[0].is_some();
+            .pop()
+            .flatten();
+        let mut state: UploadState = match &stored {
+            Some(bytes) => decode(&state_key, bytes)?,
+            None => UploadState::default(),
+        };
+        let stored = stored.is_some();
         let progress = |s: &UploadState| UploadProgress {
             key: key.to_string(),
             received: s.received,
@@ -551,7 +556,9 @@ impl Registry {
                 )));
             };
             if f.upload {
-                let state = &states[&f.key];
+                let Some(state) = states.get(&f.key) else {
+                    return Err(session_not_found(session_id));
+                };
                 let Some(actual) = &state.sha256 else {
                     return Err(RegistryError::Conflict(format!(
                         "file {} is incomplete: {} of {} bytes received",
