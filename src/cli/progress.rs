@@ -41,7 +41,7 @@ impl Reporter for Bars {
     fn start(&self, files: usize, bytes: u64) {
         let bar = self.multi.add(ProgressBar::new(bytes));
         bar.set_style(Self::style(
-            "{prefix:>12} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            "{prefix:>20} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
         ));
         bar.set_prefix(format!("{files} file(s)"));
         *self.overall.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
@@ -52,9 +52,13 @@ impl Reporter for Bars {
         let bar = files.entry(index).or_insert_with(|| {
             let bar = self.multi.insert_from_back(1, ProgressBar::new(size));
             bar.set_style(Self::style(
-                "{prefix:>12} [{bar:30}] {binary_bytes}/{binary_total_bytes} {wide_msg}",
+                "{prefix:>20} [{bar:30}] {binary_bytes}/{binary_total_bytes} {wide_msg}",
             ));
-            let short: String = name.chars().take(12).collect();
+            let short: String = if name.chars().count() > 20 {
+                name.chars().take(19).chain(std::iter::once('…')).collect()
+            } else {
+                name.to_string()
+            };
             bar.set_prefix(short);
             bar
         });

@@ -96,6 +96,8 @@ struct Slot {
     file: std::fs::File,
     state: Mutex<PartState>,
     chunks_left: AtomicUsize,
+    /// Whether the reporter has been told the file started (when its first range does).
+    announced: AtomicBool,
 }
 
 impl Slot {
@@ -127,11 +129,11 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
     let mut queue = VecDeque::new();
     let mut slots = Vec::new();
     let mut to_verify = Vec::new();
+    let mut remaining = 0;
     for w in wanted {
         let slot = Arc::new(open_slot(&dir, w)?);
         let state = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        t.reporter
-            .file_start(w.index, &w.name, w.size, state.bytes_done());
+        remaining += w.size - state.bytes_done();
         let pending: Vec<usize> = (0..state.done.len())
             .filter(|&c| !state.complete(c))
             .collect();
@@ -147,6 +149,7 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
         }
         slots.push(slot);
     }
+    t.reporter.start(wanted.len(), remaining);
     let shared = Arc::new(Shared {
         queue: Mutex::new(queue),
         failed: AtomicBool::new(false),
@@ -234,6 +237,7 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
         file,
         state: Mutex::new(state),
         chunks_left: AtomicUsize::new(0),
+        announced: AtomicBool::new(false),
     };
     slot.save()?;
     Ok(slot)
@@ -263,6 +267,7 @@ async fn worker(t: &Transfer, shared: &Shared) -> ClientResult<()> {
         else {
             return Ok(());
         };
+        announce(t, &job.slot);
         if let Err(e) = fetch_chunk(t, shared, &job).await {
             shared.failed.store(true, Ordering::SeqCst);
             return Err(e);
@@ -389,9 +394,21 @@ async fn write(slot: &Arc<Slot>, pos: u64, data: bytes::Bytes) -> ClientResult<u
     .unwrap_or_else(|e| Err(ClientError::Invalid(format!("write task failed: {e}"))))
 }
 
+/// Tells the reporter about a file once, when work on it begins.
+fn announce(t: &Transfer, slot: &Slot) {
+    if !slot.announced.swap(true, Ordering::SeqCst) {
+        let done = slot
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes_done();
+        t.reporter
+            .file_start(slot.wanted.index, &slot.wanted.name, slot.wanted.size, done);
+    }
+}
+
 /// Checks a complete staged file against its digest; a mismatch discards it.
 async fn verify(t: &Transfer, slot: &Arc<Slot>) -> ClientResult<()> {
-    t.reporter.note(&format!("verifying {}", slot.wanted.name));
     let path = slot.part.clone();
     let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
         .await

@@ -84,8 +84,6 @@ pub async fn pull(
             sha256: p.file.sha256.clone(),
         })
         .collect();
-    t.reporter
-        .start(wanted.len(), wanted.iter().map(|w| w.size).sum());
     let staged = fetch_all(t, &wanted).await;
     t.reporter.finish();
     let staged = staged?;
