@@ -98,6 +98,12 @@ async fn status_probes_and_disk() {
     assert!(d["total"].as_u64().unwrap() > 0);
 
     get(&s.at("/no/such/route")).await.assert_fail(404);
+    call(Method::POST, &s.at("/registry/status"), None)
+        .await
+        .assert_fail(405);
+    call(Method::PATCH, &s.at("/registry/vm"), None)
+        .await
+        .assert_fail(405);
 }
 
 #[tokio::test]

@@ -35,6 +35,15 @@ impl ApiError {
         }
     }
 
+    /// A 405: the path exists, the method does not.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed on this endpoint".into(),
+            size: None,
+        }
+    }
+
     /// A 431 with a message.
     pub fn header_too_large(message: impl Into<String>) -> Self {
         Self {

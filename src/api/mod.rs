@@ -27,47 +27,45 @@ pub struct AppState {
 
 /// Every route of the server.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(health::index))
-        .route("/livez", web::get().to(health::livez))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/openapi.json", web::get().to(health::openapi))
-        .route("/registry/status", web::get().to(health::status))
-        .route("/registry/disk", web::get().to(health::disk))
+    cfg.service(resource("/").get(health::index))
+        .service(resource("/livez").get(health::livez))
+        .service(resource("/readyz").get(health::readyz))
+        .service(resource("/openapi.json").get(health::openapi))
+        .service(resource("/registry/status").get(health::status))
+        .service(resource("/registry/disk").get(health::disk))
         .service(
-            web::resource("/registry/vm")
+            resource("/registry/vm")
                 .get(vendor::list_v1)
                 .delete(vendor::delete_template),
         )
-        .route("/registry/v2/vm", web::get().to(vendor::list_v2))
-        .route("/registry/vm/info", web::get().to(vendor::vm_info))
-        .route("/registry/vm/arch", web::put().to(vendor::set_arch))
-        .route("/registry/revert", web::delete().to(vendor::revert))
-        .route("/api/v1/push", web::post().to(transfer::negotiate))
+        .service(resource("/registry/v2/vm").get(vendor::list_v2))
+        .service(resource("/registry/vm/info").get(vendor::vm_info))
+        .service(resource("/registry/vm/arch").put(vendor::set_arch))
+        .service(resource("/registry/revert").delete(vendor::revert))
+        .service(resource("/api/v1/push").post(transfer::negotiate))
         .service(
-            web::resource("/api/v1/push/{session}")
+            resource("/api/v1/push/{session}")
                 .get(transfer::status)
                 .delete(transfer::abort),
         )
-        .route(
-            "/api/v1/push/{session}/files/{key}",
-            web::put().to(transfer::upload),
-        )
-        .route(
-            "/api/v1/push/{session}/commit",
-            web::post().to(transfer::commit),
-        )
-        .route(
-            "/api/v1/templates/{template}/manifest",
-            web::get().to(transfer::manifest),
-        )
+        .service(resource("/api/v1/push/{session}/files/{key}").put(transfer::upload))
+        .service(resource("/api/v1/push/{session}/commit").post(transfer::commit))
+        .service(resource("/api/v1/templates/{template}/manifest").get(transfer::manifest))
         .service(
-            web::resource("/api/v1/files/{key}")
+            resource("/api/v1/files/{key}")
                 .get(transfer::download)
                 .head(transfer::download),
         )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::not_found("no such endpoint"))
         }));
+}
+
+/// A route whose other methods get a `FAIL` 405 rather than an empty reply.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::method_not_allowed())
+    }))
 }
 
 /// `{"status":"OK","body":…,"message":""}`.
