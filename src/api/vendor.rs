@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::params::{json_body, number, query, required_json};
 use super::{ok, ApiError, AppState};
 use crate::model::{FileKind, Template, Version};
-use crate::registry::templates::{parse_id, RevertTarget};
+use crate::registry::templates::{parse_id, ListedTemplate, RevertTarget};
 
 /// A version as `GET /registry/vm?id=` shows it.
 #[derive(Serialize)]
@@ -68,20 +68,30 @@ fn required_id(req: &HttpRequest) -> Result<uuid::Uuid, ApiError> {
     id_param(req)?.ok_or_else(|| ApiError::bad_request("query parameter id is required"))
 }
 
+/// One template with `?id=`, else the list with each entry shaped by `row`.
+async fn template_or_list(
+    state: &AppState,
+    req: &HttpRequest,
+    row: impl Fn(&ListedTemplate) -> Value,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(id) = id_param(req)? {
+        return Ok(ok(template_view(&state.registry.get(&id).await?)));
+    }
+    let list = state.registry.list().await?;
+    Ok(ok(list.iter().map(row).collect::<Vec<Value>>()))
+}
+
 /// `GET /registry/vm`: `[{"<uuid>":"<name>"}]`, or one template with `?id=`.
 pub async fn list_v1(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(id) = id_param(&req)? {
-        return Ok(ok(template_view(&state.registry.get(&id).await?)));
-    }
-    let list = state.registry.list().await?;
-    let body: Vec<Value> = list
-        .iter()
-        .map(|t| json!({ t.summary.id.to_string(): t.summary.name }))
-        .collect();
-    Ok(ok(body))
+    template_or_list(
+        &state,
+        &req,
+        |t| json!({ t.summary.id.to_string(): t.summary.name }),
+    )
+    .await
 }
 
 /// `GET /registry/v2/vm`: `[{id,name,size,arch,creation_date,last_push,last_pull}]`
@@ -90,22 +100,15 @@ pub async fn list_v2(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(id) = id_param(&req)? {
-        return Ok(ok(template_view(&state.registry.get(&id).await?)));
-    }
-    let list = state.registry.list().await?;
-    let body: Vec<Value> = list
-        .iter()
-        .map(|t| {
-            let s = &t.summary;
-            json!({
-                "id": s.id, "name": s.name, "size": s.size, "arch": s.arch,
-                "creation_date": s.created, "last_push": s.last_push, "last_pull": t.last_pull,
-                "latest_tag": s.latest_tag, "versions": s.versions,
-            })
+    template_or_list(&state, &req, |t| {
+        let s = &t.summary;
+        json!({
+            "id": s.id, "name": s.name, "size": s.size, "arch": s.arch,
+            "creation_date": s.created, "last_push": s.last_push, "last_pull": t.last_pull,
+            "latest_tag": s.latest_tag, "versions": s.versions,
         })
-        .collect();
-    Ok(ok(body))
+    })
+    .await
 }
 
 /// `DELETE /registry/vm?id=`: the template and all its tags.

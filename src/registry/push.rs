@@ -1,7 +1,7 @@
 //! Pushing a version: negotiate, upload (streamed, resumable, hashed as it arrives),
 //! commit (verify, then append atomically), abort.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
 
 use bytes::{Bytes, BytesMut};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::gc::{delete_objects, release, Release};
+use super::parts::PartPump;
 use super::templates::write_template;
 use super::{transact, Registry, RegistryError, RegistryResult};
 use crate::digest::{is_sha256_hex, ResumableSha256};
@@ -278,7 +279,7 @@ impl Registry {
     }
 
     /// Saves a file's upload state if nobody else moved it since `expected` was read.
-    async fn save_state(
+    pub(crate) async fn save_state(
         &self,
         key: &str,
         expected: Option<u64>,
@@ -385,10 +386,7 @@ impl Registry {
 
         let part_size = file.part_size as usize;
         let mut buffer = BytesMut::with_capacity(part_size);
-        let mut hasher = state.hasher.clone();
-        let mut next_number = state.parts.len() as u32 + 1;
-        let mut next_offset = state.received;
-        let mut in_flight = VecDeque::new();
+        let mut pump = PartPump::new(self, handle, &state_key, &state);
         let mut body_ended = false;
         loop {
             let chunk = match body.next().await {
@@ -402,8 +400,8 @@ impl Registry {
                     break;
                 }
             };
-            if next_offset + (buffer.len() + chunk.len()) as u64 > file.size {
-                self.drain(&mut in_flight, &state_key, &mut state).await?;
+            if pump.next_offset() + (buffer.len() + chunk.len()) as u64 > file.size {
+                pump.drain(&mut state).await?;
                 return Err(RegistryError::BadRequest(format!(
                     "body runs past the {} bytes declared for {key}",
                     file.size
@@ -411,33 +409,15 @@ impl Registry {
             }
             buffer.extend_from_slice(&chunk);
             while buffer.len() >= part_size {
-                let part = buffer.split_to(part_size).freeze();
-                self.dispatch(
-                    &handle,
-                    &mut hasher,
-                    &mut next_number,
-                    &mut next_offset,
-                    part,
-                    &mut in_flight,
-                );
-                while in_flight.len() >= self.upload_concurrency {
-                    self.land_one(&mut in_flight, &state_key, &mut state)
-                        .await?;
-                }
+                pump.send(buffer.split_to(part_size).freeze(), &mut state)
+                    .await?;
             }
         }
-        if body_ended && !buffer.is_empty() && next_offset + buffer.len() as u64 == file.size {
-            let part = buffer.split().freeze();
-            self.dispatch(
-                &handle,
-                &mut hasher,
-                &mut next_number,
-                &mut next_offset,
-                part,
-                &mut in_flight,
-            );
+        if body_ended && !buffer.is_empty() && pump.next_offset() + buffer.len() as u64 == file.size
+        {
+            pump.send(buffer.split().freeze(), &mut state).await?;
         }
-        self.drain(&mut in_flight, &state_key, &mut state).await?;
+        pump.drain(&mut state).await?;
         if state.received == file.size {
             let expected = Some(state.received);
             state = self
@@ -445,60 +425,6 @@ impl Registry {
                 .await?;
         }
         Ok(progress(&state))
-    }
-
-    fn dispatch(
-        &self,
-        handle: &UploadHandle,
-        hasher: &mut ResumableSha256,
-        number: &mut u32,
-        offset: &mut u64,
-        part: Bytes,
-        in_flight: &mut VecDeque<InFlight>,
-    ) {
-        hasher.update(&part);
-        let blobs = self.blobs.clone();
-        let handle = handle.clone();
-        let (n, off) = (*number, *offset);
-        *number += 1;
-        *offset += part.len() as u64;
-        let task = tokio::spawn(async move { blobs.write_part(&handle, n, off, part).await });
-        in_flight.push_back(InFlight {
-            task,
-            hasher: hasher.clone(),
-        });
-    }
-
-    /// Waits for the oldest part in flight and records it.
-    async fn land_one(
-        &self,
-        in_flight: &mut VecDeque<InFlight>,
-        state_key: &str,
-        state: &mut UploadState,
-    ) -> RegistryResult<()> {
-        let Some(next) = in_flight.pop_front() else {
-            return Ok(());
-        };
-        let part = next.task.await.map_err(|e| {
-            RegistryError::Store(crate::store::StoreError::Unavailable(e.to_string()))
-        })??;
-        let expected = Some(state.received);
-        state.received += part.size;
-        state.parts.push(part);
-        state.hasher = next.hasher;
-        self.save_state(state_key, expected, state).await
-    }
-
-    async fn drain(
-        &self,
-        in_flight: &mut VecDeque<InFlight>,
-        state_key: &str,
-        state: &mut UploadState,
-    ) -> RegistryResult<()> {
-        while !in_flight.is_empty() {
-            self.land_one(in_flight, state_key, state).await?;
-        }
-        Ok(())
     }
 
     /// Checks a fully received file against its declared digest and makes it an object.
@@ -770,11 +696,6 @@ impl Registry {
         }
         Ok(purged)
     }
-}
-
-struct InFlight {
-    task: tokio::task::JoinHandle<crate::store::StoreResult<PartInfo>>,
-    hasher: ResumableSha256,
 }
 
 fn plan(session: &UploadSession, states: &BTreeMap<String, UploadState>) -> PushPlan {
