@@ -729,3 +729,132 @@ fn plan(session: &UploadSession, states: &BTreeMap<String, UploadState>) -> Push
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::embedded::EmbeddedMeta;
+    use crate::protocol::PushFile;
+    use crate::store::fs::FsStore;
+
+    fn registry(dir: &std::path::Path) -> Registry {
+        let meta = Arc::new(EmbeddedMeta::open(&dir.join("meta.redb")).unwrap());
+        let blobs = Arc::new(FsStore::open(dir, 5 << 20).unwrap());
+        Registry::new(meta, blobs, 5 << 20, 2)
+    }
+
+    fn request(id: Uuid, tag: &str, files: &[(&str, &[u8])]) -> PushRequest {
+        PushRequest {
+            id,
+            name: format!("t-{id}"),
+            tag: tag.into(),
+            description: String::new(),
+            arch: None,
+            config: serde_json::json!({}),
+            files: files
+                .iter()
+                .map(|(name, data)| PushFile {
+                    name: name.to_string(),
+                    kind: FileKind::Image,
+                    size: data.len() as u64,
+                    sha256: Some(crate::digest::sha256_hex(data)),
+                })
+                .collect(),
+        }
+    }
+
+    async fn push(r: &Registry, req: PushRequest, files: &[(&str, &[u8])]) -> PushPlan {
+        let plan = r.negotiate(req).await.unwrap();
+        for (name, data) in files {
+            if plan.files.iter().any(|f| f.name == *name && f.upload) {
+                let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                    Bytes::copy_from_slice(data),
+                )]);
+                r.upload(&plan.session, name, 0, body).await.unwrap();
+            }
+        }
+        plan
+    }
+
+    fn objects(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.join("objects/blobs")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn purging_stale_sessions_frees_their_uploads_but_never_a_referenced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let base: &[u8] = b"base layer";
+        let committed = Uuid::new_v4();
+        let plan = push(
+            &r,
+            request(committed, "v0", &[("base.ank", base)]),
+            &[("base.ank", base)],
+        )
+        .await;
+        r.commit(&plan.session, CommitRequest::default())
+            .await
+            .unwrap();
+
+        // A stale push pinned base.ank and uploaded new.ank without committing.
+        let new: &[u8] = b"new layer";
+        let stale = push(
+            &r,
+            request(Uuid::new_v4(), "x", &[("base.ank", base), ("new.ank", new)]),
+            &[("new.ank", new)],
+        )
+        .await;
+        assert!(stale
+            .files
+            .iter()
+            .any(|f| f.name == "base.ank" && !f.upload));
+        assert_eq!(
+            objects(dir.path()).len(),
+            2,
+            "base.ank and the uploaded new.ank"
+        );
+
+        assert_eq!(
+            r.purge_stale_sessions(3600).await.unwrap(),
+            0,
+            "a fresh session is kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(r.purge_stale_sessions(0).await.unwrap(), 1);
+
+        let left = objects(dir.path());
+        assert_eq!(left.len(), 1, "the abandoned upload is gone: {left:?}");
+        assert!(left[0].contains("base.ank"));
+        let record = r.file("base.ank").await.unwrap();
+        assert_eq!((record.refs, record.pins.len()), (1, 0));
+        assert!(matches!(
+            r.commit(&stale.session, CommitRequest::default()).await,
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn part_sizes_fit_five_terabytes_in_ten_thousand_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        assert_eq!(r.part_size_for(1 << 30), 5 << 20);
+        let five_tb = 5_000_000_000_000u64;
+        let part = r.part_size_for(five_tb);
+        assert!(five_tb.div_ceil(part) <= 10_000);
+        assert_eq!(part % (1 << 20), 0);
+    }
+}
