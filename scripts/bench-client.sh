@@ -65,7 +65,7 @@ now() { date +%s.%N; }
 mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/(t1-t0)/1e6:.0f}')" "$1" "$2" "$3"; }
 
 start_server() {
-    rm -rf "$WORK/data"
+    rm -rf "$WORK/data" "$WORK/server.out"
     "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" >"$WORK/server.out" 2>"$WORK/server.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do

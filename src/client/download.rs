@@ -98,10 +98,14 @@ struct Slot {
     chunks_left: AtomicUsize,
     /// Whether the reporter has been told the file started (when its first range does).
     announced: AtomicBool,
+    saving: Mutex<()>,
 }
 
 impl Slot {
     fn save(&self) -> ClientResult<()> {
+        // Streams of one file save in turn, so a later snapshot is never overwritten by
+        // an earlier one.
+        let _turn = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let json = serde_json::to_vec(&state)
             .map_err(|e| ClientError::Invalid(format!("sidecar: {e}")))?;
@@ -238,6 +242,7 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
         state: Mutex::new(state),
         chunks_left: AtomicUsize::new(0),
         announced: AtomicBool::new(false),
+        saving: Mutex::new(()),
     };
     slot.save()?;
     Ok(slot)

@@ -239,7 +239,12 @@ pub fn referenced(config: &Mapping, kind: FileKind) -> Vec<String> {
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half of it.
 pub fn write_atomic(path: &Path, data: &[u8]) -> ClientResult<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Unique per call: two writers of one path must not share (and steal) a temporary.
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}-{seq}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, data).map_err(|e| ClientError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ClientError::io(path, e))
 }
