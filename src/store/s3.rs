@@ -1,0 +1,666 @@
+//! Files in an S3-compatible bucket (AWS S3, MinIO, Garage).
+//!
+//! Bytes are never buffered beyond what the caller hands over: a part goes out as the
+//! `Bytes` it came in, and downloads are the SDK's body stream passed through chunk by
+//! chunk. Every call has a deadline so an unreachable S3 turns into a 503 in seconds.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{BlobStore, ByteStream, PartInfo, Redirect, StoreError, StoreResult, UploadHandle};
+use crate::config::S3Config;
+
+/// One TCP/TLS connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Calls that move no bulk data (head, list, create, complete, abort, delete, small puts).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The readiness probe: fail fast, the probe runs again soon.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A download stream that yields nothing for this long is treated as a dead S3.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest throughput a part upload is given time for (bytes per second), on top of
+/// [`CALL_TIMEOUT`]; parts can be hundreds of MiB for very large files.
+const MIN_UPLOAD_RATE: u64 = 2 * 1024 * 1024;
+/// How long a presigned download URL stays valid.
+const PRESIGN_TTL: Duration = Duration::from_secs(20 * 60);
+
+/// Files kept in an S3-compatible bucket.
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    redirect: bool,
+    min_part_size: u64,
+    endpoint: String,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("s3 {what}: {e}"))
+}
+
+/// Maps an SDK error: a missing object is `NotFound`, everything else `Unavailable`.
+fn sdk_error<E>(what: &str, key: &str, e: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let missing = match &e {
+        SdkError::ServiceError(se) => {
+            matches!(e.code(), Some("NoSuchKey") | Some("NotFound"))
+                || (se.raw().status().as_u16() == 404
+                    && !matches!(e.code(), Some("NoSuchBucket") | Some("NoSuchUpload")))
+        }
+        _ => false,
+    };
+    if missing {
+        StoreError::NotFound(key.to_string())
+    } else {
+        unavailable(&format!("{what} {key}"), DisplayErrorContext(&e))
+    }
+}
+
+/// Runs an SDK call under a deadline.
+async fn deadline<T>(
+    what: &str,
+    key: &str,
+    limit: Duration,
+    f: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "s3 {what} {key}: no answer within {}s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+impl S3Store {
+    /// Connects with the AWS credential chain and the settings in `config`.
+    pub async fn connect(config: &S3Config, min_part_size: u64) -> StoreResult<Self> {
+        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else(Region::new("us-east-1"));
+        // No SDK-wide attempt timeout: a part upload may rightly take long; each call gets
+        // its own deadline below instead.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build();
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .timeout_config(timeouts)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_max_backoff(Duration::from_secs(2)),
+            )
+            .load()
+            .await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.path_style)
+            // Integrity is proven end to end by the registry's SHA-256 of every file; the
+            // SDK's extra CRC per request would only cost CPU, and some S3-compatible
+            // servers reject the trailing-checksum encoding it uses.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let client = Client::from_conf(builder.build());
+        let endpoint = config.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
+        Ok(Self {
+            client,
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            redirect: config.redirect,
+            min_part_size,
+            endpoint,
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// After a `NoSuchUpload` at completion: another replica (or an earlier attempt whose
+    /// reply was lost) may have completed it already. The object then exists with the
+    /// expected size.
+    async fn already_completed(&self, key: &str, size: u64) -> StoreResult<bool> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send();
+        match deadline("head", key, CALL_TIMEOUT, async {
+            head.await.map_err(|e| sdk_error("head", key, e))
+        })
+        .await
+        {
+            Ok(out) => Ok(out.content_length().and_then(|l| u64::try_from(l).ok()) == Some(size)),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Turns the SDK's body into our stream, with an idle deadline per chunk.
+fn body_stream(key: String, body: SdkByteStream) -> ByteStream {
+    futures_util::stream::try_unfold((key, body), |(key, mut body)| async move {
+        match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "s3 get {key}: stalled for {}s",
+                BODY_IDLE_TIMEOUT.as_secs()
+            ))),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(chunk))) => Ok(Some((chunk, (key, body)))),
+            Ok(Some(Err(e))) => Err(unavailable(&format!("get {key}"), e)),
+        }
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    async fn begin_upload(&self, key: &str) -> StoreResult<UploadHandle> {
+        let call = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send();
+        let out = deadline("create multipart upload", key, CALL_TIMEOUT, async {
+            call.await
+                .map_err(|e| sdk_error("create multipart upload", key, e))
+        })
+        .await?;
+        let upload_id = out.upload_id().ok_or_else(|| {
+            StoreError::Unavailable(format!("s3 create multipart upload {key}: no upload id"))
+        })?;
+        Ok(UploadHandle {
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+        })
+    }
+
+    async fn write_part(
+        &self,
+        upload: &UploadHandle,
+        number: u32,
+        _offset: u64,
+        data: Bytes,
+    ) -> StoreResult<PartInfo> {
+        let key = upload.key.as_str();
+        let size = data.len() as u64;
+        let part_number = i32::try_from(number)
+            .map_err(|_| unavailable(&format!("upload part {key}"), "part number too large"))?;
+        let length = i64::try_from(size)
+            .map_err(|_| unavailable(&format!("upload part {key}"), "part too large"))?;
+        // The payload is not signed: SigV4 would hash every byte once more, on top of the
+        // registry's own SHA-256 that already proves the content; TLS protects the transfer.
+        let call = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .upload_id(&upload.upload_id)
+            .part_number(part_number)
+            .content_length(length)
+            .body(SdkByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
+            .send();
+        let limit = CALL_TIMEOUT + Duration::from_secs(size / MIN_UPLOAD_RATE);
+        let out = deadline("upload part", key, limit, async {
+            call.await.map_err(|e| sdk_error("upload part", key, e))
+        })
+        .await?;
+        let etag = out
+            .e_tag()
+            .ok_or_else(|| unavailable(&format!("upload part {key}"), "no ETag in the reply"))?;
+        Ok(PartInfo {
+            number,
+            size,
+            etag: etag.to_string(),
+        })
+    }
+
+    async fn complete_upload(&self, upload: &UploadHandle, parts: &[PartInfo]) -> StoreResult<()> {
+        let key = upload.key.as_str();
+        if parts.is_empty() {
+            // S3 refuses to complete an upload of no parts; an empty file is a plain put.
+            self.abort_upload(upload).await?;
+            return self.put(key, Bytes::new()).await;
+        }
+        let mut completed = Vec::with_capacity(parts.len());
+        for p in parts {
+            let number = i32::try_from(p.number)
+                .map_err(|_| unavailable(&format!("complete {key}"), "part number too large"))?;
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(&p.etag)
+                    .build(),
+            );
+        }
+        let call = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .upload_id(&upload.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send();
+        // Completing assembles the object server-side; large objects take a while.
+        let limit = CALL_TIMEOUT * 8;
+        let result = deadline("complete multipart upload", key, limit, async {
+            call.await.map_err(|e| match e.code() {
+                Some("NoSuchUpload") => StoreError::NotFound(key.to_string()),
+                _ => sdk_error("complete multipart upload", key, e),
+            })
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => {
+                let size = parts.iter().map(|p| p.size).sum();
+                if self.already_completed(key, size).await? {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "s3 complete multipart upload {key}: the upload is gone"
+                    )))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn abort_upload(&self, upload: &UploadHandle) -> StoreResult<()> {
+        let key = upload.key.as_str();
+        let call = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .upload_id(&upload.upload_id)
+            .send();
+        deadline("abort multipart upload", key, CALL_TIMEOUT, async {
+            match call.await {
+                Ok(_) => Ok(()),
+                // Aborting twice, or after completion, leaves nothing to clean up.
+                Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+                Err(e) => match sdk_error("abort multipart upload", key, e) {
+                    StoreError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        let limit = CALL_TIMEOUT + Duration::from_secs(data.len() as u64 / MIN_UPLOAD_RATE);
+        let call = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(SdkByteStream::from(data))
+            .send();
+        deadline("put", key, limit, async {
+            call.await.map(|_| ()).map_err(|e| sdk_error("put", key, e))
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key));
+        if let Some((start, end)) = range {
+            if end <= start {
+                return Ok(futures_util::stream::empty().boxed());
+            }
+            req = req.range(format!("bytes={start}-{}", end - 1));
+        }
+        let call = req.send();
+        let out = deadline("get", key, CALL_TIMEOUT, async {
+            call.await.map_err(|e| sdk_error("get", key, e))
+        })
+        .await?;
+        Ok(body_stream(key.to_string(), out.body))
+    }
+
+    async fn read(&self, key: &str) -> StoreResult<Bytes> {
+        let call = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send();
+        deadline("read", key, CALL_TIMEOUT, async {
+            let out = call.await.map_err(|e| sdk_error("read", key, e))?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| unavailable(&format!("read {key}"), e))?;
+            Ok(body.into_bytes())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let call = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send();
+        deadline("delete", key, CALL_TIMEOUT, async {
+            match call.await {
+                Ok(_) => Ok(()),
+                Err(e) => match sdk_error("delete", key, e) {
+                    StoreError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        let full_prefix = self.full(prefix);
+        loop {
+            let call = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.take())
+                .send();
+            let out = deadline("list", prefix, CALL_TIMEOUT, async {
+                call.await.map_err(|e| sdk_error("list", prefix, e))
+            })
+            .await?;
+            for object in out.contents() {
+                if let Some(k) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix(self.prefix.as_str()))
+                {
+                    keys.push(k.to_string());
+                }
+            }
+            match out.next_continuation_token() {
+                Some(next) if out.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn presign_get(&self, key: &str) -> StoreResult<Option<Redirect>> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        let presigning =
+            PresigningConfig::expires_in(PRESIGN_TTL).map_err(|e| unavailable("presign", e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .presigned(presigning)
+            .await
+            .map_err(|e| sdk_error("presign", key, e))?;
+        Ok(Some(Redirect {
+            url: request.uri().to_string(),
+        }))
+    }
+
+    async fn space(&self) -> StoreResult<Option<super::Space>> {
+        Ok(None)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let call = self.client.head_bucket().bucket(&self.bucket).send();
+        deadline("head bucket", &self.bucket, PING_TIMEOUT, async {
+            call.await.map(|_| ()).map_err(|e| {
+                unavailable(
+                    &format!("head bucket {}", self.bucket),
+                    DisplayErrorContext(&e),
+                )
+            })
+        })
+        .await
+    }
+
+    fn min_part_size(&self) -> u64 {
+        self.min_part_size
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! These run against a real S3 (Garage from `scripts/test-services.sh`) when
+    //! `VMREG_TEST_S3_ENDPOINT` and `VMREG_TEST_S3_BUCKET` are set, and are skipped otherwise.
+
+    use super::*;
+    use crate::store::BlobStore;
+
+    async fn store(redirect: bool) -> Option<S3Store> {
+        let endpoint = std::env::var("VMREG_TEST_S3_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        let bucket = std::env::var("VMREG_TEST_S3_BUCKET")
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        let config = S3Config {
+            bucket,
+            endpoint: Some(endpoint),
+            prefix: format!("unit-{}/", uuid::Uuid::new_v4()),
+            region: std::env::var("VMREG_TEST_S3_REGION").ok(),
+            path_style: true,
+            upload_concurrency: 4,
+            redirect,
+        };
+        Some(
+            S3Store::connect(&config, 5 * 1024 * 1024)
+                .await
+                .expect("S3 test settings are set but the store does not connect"),
+        )
+    }
+
+    async fn collect(stream: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stream = stream;
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.expect("chunk"));
+        }
+        out
+    }
+
+    fn pattern(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn multipart_round_trip_with_ranges() {
+        let Some(s3) = store(false).await else {
+            eprintln!("skipped: VMREG_TEST_S3_ENDPOINT is not set");
+            return;
+        };
+        s3.ping().await.unwrap();
+        let a = pattern(5 * 1024 * 1024, 1);
+        let b = pattern(1000, 2);
+        let up = s3.begin_upload("blobs/x.ank/u1").await.unwrap();
+        // Parts may finish out of order; completion orders them by number.
+        let p2 = s3
+            .write_part(&up, 2, a.len() as u64, b.clone())
+            .await
+            .unwrap();
+        let p1 = s3.write_part(&up, 1, 0, a.clone()).await.unwrap();
+        assert_eq!(p1.size, a.len() as u64);
+        s3.complete_upload(&up, &[p1.clone(), p2.clone()])
+            .await
+            .unwrap();
+        // A second completion (a replica retrying after a lost reply) succeeds too.
+        s3.complete_upload(&up, &[p1, p2]).await.unwrap();
+
+        let whole = collect(s3.get("blobs/x.ank/u1", None).await.unwrap()).await;
+        assert_eq!(whole.len(), a.len() + b.len());
+        assert_eq!(&whole[..a.len()], &a[..]);
+        assert_eq!(&whole[a.len()..], &b[..]);
+        let mid = collect(
+            s3.get("blobs/x.ank/u1", Some((10, 5_242_890)))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(&mid[..], &whole[10..5_242_890]);
+
+        s3.put("manifests/m.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(&s3.read("manifests/m.json").await.unwrap()[..], b"{}");
+        let mut listed = s3.list("").await.unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec!["blobs/x.ank/u1".to_string(), "manifests/m.json".to_string()],
+            "keys come back without the prefix"
+        );
+        assert_eq!(
+            s3.list("manifests/").await.unwrap(),
+            vec!["manifests/m.json".to_string()]
+        );
+
+        s3.delete("blobs/x.ank/u1").await.unwrap();
+        s3.delete("blobs/x.ank/u1").await.unwrap();
+        assert!(matches!(
+            s3.get("blobs/x.ank/u1", None).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s3.read("nope").await,
+            Err(StoreError::NotFound(_))
+        ));
+        s3.delete("manifests/m.json").await.unwrap();
+        assert!(
+            s3.presign_get("anything").await.unwrap().is_none(),
+            "no redirects unless configured"
+        );
+    }
+
+    #[tokio::test]
+    async fn list_paginates_past_one_page() {
+        let Some(s3) = store(false).await else {
+            eprintln!("skipped: VMREG_TEST_S3_ENDPOINT is not set");
+            return;
+        };
+        // ListObjectsV2 answers at most 1000 keys a page.
+        let n = 1005;
+        let puts = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let s3 = &s3;
+                async move {
+                    s3.put(&format!("many/{i:05}"), Bytes::from_static(b"x"))
+                        .await
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(puts.iter().all(|r| r.is_ok()));
+        let listed = s3.list("many/").await.unwrap();
+        assert_eq!(listed.len(), n);
+        for k in listed {
+            s3.delete(&k).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn aborted_and_empty_uploads() {
+        let Some(s3) = store(true).await else {
+            eprintln!("skipped: VMREG_TEST_S3_ENDPOINT is not set");
+            return;
+        };
+        let up = s3.begin_upload("blobs/a/u").await.unwrap();
+        s3.write_part(&up, 1, 0, pattern(100, 3)).await.unwrap();
+        s3.abort_upload(&up).await.unwrap();
+        s3.abort_upload(&up).await.unwrap();
+        assert!(matches!(
+            s3.read("blobs/a/u").await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let empty = s3.begin_upload("blobs/e/u").await.unwrap();
+        s3.complete_upload(&empty, &[]).await.unwrap();
+        assert!(s3.read("blobs/e/u").await.unwrap().is_empty());
+
+        let redirect = s3
+            .presign_get("blobs/e/u")
+            .await
+            .unwrap()
+            .expect("redirect configured");
+        assert!(redirect.url.contains("X-Amz-Signature"), "{}", redirect.url);
+        s3.delete("blobs/e/u").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable_quickly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let config = S3Config {
+            bucket: "b".into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            prefix: String::new(),
+            region: Some("garage".into()),
+            path_style: true,
+            upload_concurrency: 1,
+            redirect: false,
+        };
+        let s3 = S3Store::connect(&config, 5 << 20).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(s3.ping().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s3.read("k").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
