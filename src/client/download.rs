@@ -1,6 +1,10 @@
 //! Fetches files into the library's staging area: several files and several byte ranges of
 //! a big file at once, resumable, every file verified before the caller may use it.
 //!
+//! A follower per file hashes the bytes in order as soon as they are written (from the page
+//! cache, while the download goes on), so verifying costs no second pass at the end; its
+//! state is saved in the sidecar too.
+//!
 //! Each file is staged as `.vmreg/pull/k-<key>.part` with a sidecar `k-<key>.json` that
 //! records how many bytes of each chunk are written, so a rerun after a crash or a cut
 //! connection fetches only what is missing.
@@ -9,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use super::error::{ClientError, ClientResult};
 use super::http::next_chunk;
 use super::library::write_atomic;
 use super::Transfer;
+use crate::digest::ResumableSha256;
 
 /// A file to fetch.
 #[derive(Clone, Debug)]
@@ -43,6 +48,8 @@ const WRITE_BUF: usize = 1 << 20;
 const SAVE_EVERY: u64 = 16 << 20;
 /// A download stream with no data for this long is retried.
 const IDLE: Duration = Duration::from_secs(60);
+/// Bytes the follower hashes per blocking call.
+const HASH_STEP: u64 = 16 << 20;
 /// Attempts on one range without any progress before giving up.
 const ATTEMPTS: u32 = 5;
 
@@ -59,6 +66,9 @@ struct PartState {
     chunk: u64,
     /// Bytes written at the start of each chunk.
     done: Vec<u64>,
+    /// The hash of the file's first bytes, as far as the follower got.
+    #[serde(default)]
+    hashed: ResumableSha256,
 }
 
 impl PartState {
@@ -70,6 +80,7 @@ impl PartState {
             sha256: sha256.to_string(),
             chunk,
             done: vec![0; count],
+            hashed: ResumableSha256::new(),
         }
     }
 
@@ -81,6 +92,17 @@ impl PartState {
     fn complete(&self, chunk: usize) -> bool {
         let (start, end) = self.bounds(chunk);
         start + self.done[chunk] >= end
+    }
+
+    /// Length of the prefix of the file that is completely written.
+    fn contiguous(&self) -> u64 {
+        for c in 0..self.done.len() {
+            let (start, end) = self.bounds(c);
+            if start + self.done[c] < end {
+                return start + self.done[c];
+            }
+        }
+        self.size
     }
 
     fn bytes_done(&self) -> u64 {
@@ -95,7 +117,8 @@ struct Slot {
     sidecar: PathBuf,
     file: std::fs::File,
     state: Mutex<PartState>,
-    chunks_left: AtomicUsize,
+    /// Woken whenever more bytes are written, for the follower.
+    written: tokio::sync::Notify,
     /// Whether the reporter has been told the file started (when its first range does).
     announced: AtomicBool,
     saving: Mutex<()>,
@@ -132,7 +155,6 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
     std::fs::create_dir_all(&dir).map_err(|e| ClientError::io(&dir, e))?;
     let mut queue = VecDeque::new();
     let mut slots = Vec::new();
-    let mut to_verify = Vec::new();
     let mut remaining = 0;
     for w in wanted {
         let slot = Arc::new(open_slot(&dir, w)?);
@@ -141,10 +163,6 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
         let pending: Vec<usize> = (0..state.done.len())
             .filter(|&c| !state.complete(c))
             .collect();
-        slot.chunks_left.store(pending.len(), Ordering::SeqCst);
-        if pending.is_empty() {
-            to_verify.push(slot.clone());
-        }
         for chunk in pending {
             queue.push_back(Job {
                 slot: slot.clone(),
@@ -164,9 +182,11 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
         let (t, shared) = (t.clone(), shared.clone());
         workers.push(tokio::spawn(async move { worker(&t, &shared).await }));
     }
-    for slot in to_verify {
-        let t = t.clone();
-        workers.push(tokio::spawn(async move { verify(&t, &slot).await }));
+    for slot in &slots {
+        let (t, shared, slot) = (t.clone(), shared.clone(), slot.clone());
+        workers.push(tokio::spawn(
+            async move { follow(&t, &shared, &slot).await },
+        ));
     }
     let mut first_error = None;
     for w in workers {
@@ -240,7 +260,7 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
         sidecar,
         file,
         state: Mutex::new(state),
-        chunks_left: AtomicUsize::new(0),
+        written: tokio::sync::Notify::new(),
         announced: AtomicBool::new(false),
         saving: Mutex::new(()),
     };
@@ -257,6 +277,7 @@ fn valid(s: &PartState) -> bool {
             let (start, end) = s.bounds(c);
             s.done[c] <= end - start
         })
+        && s.hashed.len() <= s.contiguous()
 }
 
 async fn worker(t: &Transfer, shared: &Shared) -> ClientResult<()> {
@@ -276,11 +297,6 @@ async fn worker(t: &Transfer, shared: &Shared) -> ClientResult<()> {
         if let Err(e) = fetch_chunk(t, shared, &job).await {
             shared.failed.store(true, Ordering::SeqCst);
             return Err(e);
-        }
-        if job.slot.chunks_left.fetch_sub(1, Ordering::SeqCst) == 1
-            && !shared.failed.load(Ordering::SeqCst)
-        {
-            verify(t, &job.slot).await?;
         }
     }
 }
@@ -363,6 +379,7 @@ async fn stream_range(
             pos += n;
             unsaved += n;
             slot.state.lock().unwrap_or_else(|p| p.into_inner()).done[job.chunk] += n;
+            slot.written.notify_one();
             if unsaved >= SAVE_EVERY {
                 slot.save()?;
                 unsaved = 0;
@@ -376,6 +393,7 @@ async fn stream_range(
         let n = write(slot, pos, buf.split().freeze()).await?;
         pos += n;
         slot.state.lock().unwrap_or_else(|p| p.into_inner()).done[job.chunk] += n;
+        slot.written.notify_one();
     }
     slot.save()?;
     if pos < end && !shared.failed.load(Ordering::SeqCst) {
@@ -412,13 +430,51 @@ fn announce(t: &Transfer, slot: &Slot) {
     }
 }
 
-/// Checks a complete staged file against its digest; a mismatch discards it.
-async fn verify(t: &Transfer, slot: &Arc<Slot>) -> ClientResult<()> {
-    let path = slot.part.clone();
-    let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
+/// Hashes the staged file in order as its prefix gets written (reading back what was
+/// just written, from the page cache), then checks the digest; a mismatch discards the
+/// staged file.
+async fn follow(t: &Transfer, shared: &Shared, slot: &Arc<Slot>) -> ClientResult<()> {
+    let size = slot.wanted.size;
+    let mut hasher = slot
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .hashed
+        .clone();
+    while hasher.len() < size {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ready = slot
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contiguous();
+        if ready <= hasher.len() {
+            // Each write wakes the follower; the timeout only bounds a missed wake-up.
+            let _ = tokio::time::timeout(Duration::from_millis(200), slot.written.notified()).await;
+            continue;
+        }
+        let upto = ready.min(hasher.len() + HASH_STEP);
+        let s = slot.clone();
+        hasher = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; WRITE_BUF];
+            while hasher.len() < upto {
+                let n = (upto - hasher.len()).min(WRITE_BUF as u64) as usize;
+                s.file
+                    .read_exact_at(&mut buf[..n], hasher.len())
+                    .map_err(|e| ClientError::io(&s.part, e))?;
+                hasher.update(&buf[..n]);
+            }
+            Ok(hasher)
+        })
         .await
         .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))?;
+        slot.state.lock().unwrap_or_else(|p| p.into_inner()).hashed = hasher.clone();
+    }
+    let actual = hasher.finalize_hex();
     if actual != slot.wanted.sha256 {
+        shared.failed.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_file(&slot.part);
         let _ = std::fs::remove_file(&slot.sidecar);
         return Err(ClientError::Checksum {
@@ -427,6 +483,7 @@ async fn verify(t: &Transfer, slot: &Arc<Slot>) -> ClientResult<()> {
             actual,
         });
     }
+    slot.save()?;
     t.reporter.file_done(slot.wanted.index);
     Ok(())
 }

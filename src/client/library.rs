@@ -248,3 +248,59 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> ClientResult<()> {
     std::fs::write(&tmp, data).map_err(|e| ClientError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ClientError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("vmreg-atomic-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    (0..200).all(|_| write_atomic(&path, format!("{i}").as_bytes()).is_ok())
+                })
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporaries left behind"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_vm_lists_its_layers_top_first_then_state_then_nvram() {
+        let lib = Library::new(
+            std::env::temp_dir().join(format!("vmreg-lib-{}", Uuid::new_v4().simple())),
+        );
+        let uuid = Uuid::new_v4();
+        let config = format!(
+            "uuid: {uuid}\nname: a\nhard_drives:\n- file: top.ank\nimages:\n- top.ank\n- base.ank\nstate_file: s.ank\n"
+        );
+        std::fs::create_dir_all(lib.vm_dir(uuid)).unwrap();
+        std::fs::create_dir_all(lib.root().join("img_lib")).unwrap();
+        std::fs::create_dir_all(lib.root().join("state_lib")).unwrap();
+        std::fs::write(lib.vm_dir(uuid).join("config.yaml"), config).unwrap();
+        std::fs::write(lib.vm_dir(uuid).join("nvram"), b"n").unwrap();
+        for f in ["img_lib/top.ank", "img_lib/base.ank", "state_lib/s.ank"] {
+            std::fs::write(lib.root().join(f), b"x").unwrap();
+        }
+        let vm = lib.find("a").unwrap();
+        let names: Vec<String> = lib
+            .files(&vm)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["top.ank", "base.ank", "s.ank", "nvram"]);
+        assert!(lib.find("b").is_err());
+        let _ = std::fs::remove_dir_all(lib.root());
+    }
+}
