@@ -407,10 +407,16 @@ impl Registry {
                     file.size
                 )));
             }
-            buffer.extend_from_slice(&chunk);
-            while buffer.len() >= part_size {
-                pump.send(buffer.split_to(part_size).freeze(), &mut state)
-                    .await?;
+            // Fill one part-sized buffer at a time and hand it over whole, so each part
+            // is allocated once, at its final size.
+            let mut chunk = chunk;
+            while !chunk.is_empty() {
+                let take = (part_size - buffer.len()).min(chunk.len());
+                buffer.extend_from_slice(&chunk.split_to(take));
+                if buffer.len() == part_size {
+                    let full = std::mem::replace(&mut buffer, BytesMut::with_capacity(part_size));
+                    pump.send(full.freeze(), &mut state).await?;
+                }
             }
         }
         if body_ended && !buffer.is_empty() && pump.next_offset() + buffer.len() as u64 == file.size
