@@ -1139,7 +1139,7 @@ async fn memory_stays_bounded_while_2_gib_streams_in_and_out() {
     let peak = peak_rss(s.pid());
     println!("server peak RSS after 2 GiB in and out: {} MiB", peak >> 20);
     assert!(
-        peak < 160 << 20,
+        peak < 100 << 20,
         "server peak RSS {} MiB is not bounded",
         peak >> 20
     );
