@@ -28,6 +28,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_size: Option<u64>,
+    /// Where files live: `disk` (the data directory) or `s3`; by default `s3` when a bucket is set [env: VMREG_BACKEND, ANKA_BACKEND_TYPE]
+    #[arg(long, value_parser = ["disk", "s3"])]
+    pub backend: Option<String>,
     /// S3 bucket; setting it stores files in S3 instead of the data directory [env: VMREG_S3_BUCKET, ANKA_BACKEND_S3_BUCKET]
     #[arg(long)]
     pub s3_bucket: Option<String>,
@@ -124,6 +127,7 @@ const ENV_NAMES: &[(&str, &[&str])] = &[
         "part_size",
         &["VMREG_PART_SIZE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE"],
     ),
+    ("backend", &["VMREG_BACKEND", "ANKA_BACKEND_TYPE"]),
     ("s3_bucket", &["VMREG_S3_BUCKET", "ANKA_BACKEND_S3_BUCKET"]),
     (
         "s3_endpoint",
@@ -175,6 +179,7 @@ impl ServeArgs {
                     layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?)
                 }
                 "part_size" => layer.part_size = Some(parse_size(&value).map_err(bad)?),
+                "backend" => layer.backend = Some(value.to_ascii_lowercase()),
                 "s3_bucket" => layer.s3_bucket = Some(value),
                 "s3_endpoint" => layer.s3_endpoint = Some(value),
                 "s3_prefix" => layer.s3_prefix = Some(value),
@@ -208,6 +213,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(lower.data_dir),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
             part_size: self.part_size.or(lower.part_size),
+            backend: self.backend.or(lower.backend),
             s3_bucket: self.s3_bucket.or(lower.s3_bucket),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
             s3_prefix: self.s3_prefix.or(lower.s3_prefix),
@@ -244,7 +250,20 @@ impl Config {
                 "part size {part_size} is under S3's minimum of {MIN_PART_SIZE} bytes"
             )));
         }
-        let s3 = match l.s3_bucket {
+        let bucket = match (l.backend.as_deref(), l.s3_bucket) {
+            (Some("disk"), _) => None,
+            (Some("s3") | None, bucket @ Some(_)) => bucket,
+            (Some("s3"), None) => {
+                return Err(ConfigError(
+                    "backend s3 needs an S3 bucket (--s3-bucket)".into(),
+                ))
+            }
+            (None, None) => None,
+            (Some(other), _) => {
+                return Err(ConfigError(format!("backend {other:?} is not disk or s3")))
+            }
+        };
+        let s3 = match bucket {
             Some(bucket) => Some(S3Config {
                 bucket,
                 endpoint: l.s3_endpoint,
@@ -492,6 +511,29 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         let s3 = c.s3.unwrap();
         assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("b", "p/"));
+    }
+
+    #[test]
+    fn the_vendors_backend_type_chooses_the_file_store() {
+        let bucket = ("ANKA_BACKEND_S3_BUCKET", "b");
+        let c = Config::resolve(
+            ServeArgs::default(),
+            env(&[bucket, ("ANKA_BACKEND_TYPE", "disk")]),
+        )
+        .unwrap();
+        assert!(c.s3.is_none());
+        let c = Config::resolve(
+            ServeArgs::default(),
+            env(&[bucket, ("ANKA_BACKEND_TYPE", "s3")]),
+        )
+        .unwrap();
+        assert_eq!(c.s3.unwrap().bucket, "b");
+        assert!(
+            Config::resolve(ServeArgs::default(), env(&[("ANKA_BACKEND_TYPE", "s3")])).is_err()
+        );
+        assert!(
+            Config::resolve(ServeArgs::default(), env(&[("ANKA_BACKEND_TYPE", "tape")])).is_err()
+        );
     }
 
     #[test]
