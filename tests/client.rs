@@ -785,3 +785,40 @@ fn tls_problems_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("missing.pem"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_push_whose_commit_is_refused_forgets_its_session() {
+    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let a = Node::new();
+    let big = data(80, 24 << 20);
+    a.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let journal = a.lib.join(format!(".vmreg/push/{VM1}.json"));
+    let mut child = a
+        .cmd(&server, &["--limit-rate", "4M", "push", "-t", "t", "vm1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the push to start", Duration::from_secs(30), || {
+        journal.exists()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    kill9(&mut child);
+
+    // Meanwhile the same VM is pushed with that tag from another node.
+    let b = Node::new();
+    b.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    b.json(&server, &["push", "-t", "t", "vm1"]);
+
+    let out = a.run(&server, &["push", "-t", "t", "vm1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(!journal.exists(), "a refused session is not resumed again");
+    let pushed = a.json(&server, &["push", "-t", "t2", "vm1"]);
+    assert_eq!(pushed["resumed"], false);
+    assert_eq!(
+        u(&pushed["bytes_sent"]),
+        0,
+        "the layer is in the registry already"
+    );
+}

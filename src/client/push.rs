@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::download::sha256_file;
+use super::download::{retryable, sha256_file};
 use super::error::{ClientError, ClientResult};
 use super::library::{write_atomic, LocalFile, LocalVm};
 use super::upload::{upload_file, UploadJob};
@@ -120,10 +120,21 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
     t.reporter.finish();
     digests.extend(uploaded?);
     t.reporter.note("committing");
-    let committed = t
+    let committed = match t
         .registry
         .commit(&plan.session, &CommitRequest { digests })
-        .await?;
+        .await
+    {
+        Ok(committed) => committed,
+        Err(e) if !retryable(&e) => {
+            // Refused (a file changed while it was sent, the tag was taken meanwhile):
+            // this session can never commit, so a rerun must start afresh.
+            let _ = t.registry.abort(&plan.session).await;
+            journal.remove();
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     journal.remove();
     Ok(PushReport {
         id: committed.id,
