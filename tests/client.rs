@@ -826,3 +826,50 @@ fn a_push_whose_commit_is_refused_forgets_its_session() {
         "the layer is in the registry already"
     );
 }
+
+/// Runs the command to its end; returns its exit status and the peak resident memory of
+/// the program (`VmHWM`, which belongs to the executed image, unlike `ru_maxrss`, which
+/// inherits the spawning test's high-water mark).
+fn run_measuring_memory(mut cmd: Command) -> (std::process::ExitStatus, u64) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak_kib * 1024);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn memory_stays_bounded_whatever_the_file_size() {
+    let server = Server::start();
+    let src = Node::new();
+    let big = data(90, 320 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let (status, push_peak) = run_measuring_memory(src.cmd(&server, &["push", "-t", "v1", "vm1"]));
+    assert!(status.success());
+    let dst = Node::new();
+    let (status, pull_peak) = run_measuring_memory(dst.cmd(&server, &["pull", "vm1"]));
+    assert!(status.success());
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))).len(), big.len());
+    for (what, peak) in [("push", push_peak), ("pull", pull_peak)] {
+        assert!(
+            peak < 72 << 20,
+            "{what} of a 320 MiB file peaked at {} MiB",
+            peak >> 20
+        );
+    }
+}
