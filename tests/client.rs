@@ -873,3 +873,41 @@ fn memory_stays_bounded_whatever_the_file_size() {
         );
     }
 }
+
+#[test]
+fn pulls_follow_redirects_to_presigned_urls_and_still_verify() {
+    // On S3 the registry answers downloads with a 307 to a presigned URL; on the embedded
+    // store it streams them itself, and this is a plain pull of ranges.
+    let server = if common::s3_backend() {
+        Server::start_with(&["--s3-redirect"])
+    } else {
+        Server::start()
+    };
+    let src = Node::new();
+    let big = data(100, 20 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    if common::s3_backend() {
+        let status = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
+                client
+                    .get(server.at(&format!("/api/v1/files/{}", layer(0))))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            });
+        assert_eq!(status.as_u16(), 307, "the registry redirects downloads");
+    }
+    let dst = Node::new();
+    let pulled = dst.json(&server, &["--concurrency", "3", "pull", "vm1"]);
+    assert_eq!(u(&pulled["bytes_received"]), big.len() as u64 + 2);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+}
