@@ -876,3 +876,59 @@ async fn an_s3_outage_answers_503_and_heals_without_a_restart() {
     );
     server.assert_same_process();
 }
+
+// ---------------------------------------------------------------------------------------
+// Listing scale: the vendor caches its list for 30 s because it is slow; ours must not need to.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_ten_thousand_templates_is_fast() {
+    if !services_ready("listing_ten_thousand_templates_is_fast") {
+        return;
+    }
+    use vmreg::meta::{keys, MetaStore};
+    let ns = Namespace::new();
+    let meta = vmreg::meta::redis::RedisMeta::connect(&vmreg::config::RedisConfig {
+        url: env("VMREG_TEST_REDIS_URL"),
+        prefix: format!("{}:", ns.prefix),
+    })
+    .await
+    .expect("redis");
+    // Seeded straight into the index: pushing 10,000 templates would test pushes instead.
+    let n = 10_000;
+    for batch in (0..n).collect::<Vec<usize>>().chunks(1000) {
+        let mut tx = meta.begin().await.expect("begin");
+        for i in batch {
+            let id = uuid::Uuid::new_v4();
+            let summary = vmreg::model::TemplateSummary {
+                id,
+                name: format!("template-{i:05}"),
+                size: *i as u64,
+                arch: "arm64".into(),
+                created: 1,
+                last_push: 2,
+                latest_tag: "t".into(),
+                versions: 1,
+            };
+            tx.put(&keys::summary(&id), vmreg::meta::encode(&summary));
+            tx.set_add(keys::TEMPLATES, &id.to_string());
+        }
+        assert!(tx.commit().await.expect("commit"));
+    }
+    let server = Server::start_in(ns, &[]);
+    get(&server.at("/registry/v2/vm")).await.ok_body();
+    let started = Instant::now();
+    let list = get(&server.at("/registry/v2/vm")).await;
+    let took = started.elapsed();
+    let items = list.ok_body().as_array().expect("a list").clone();
+    assert_eq!(items.len(), n);
+    assert_eq!(items[0]["name"], "template-00000");
+    assert_eq!(
+        items[n - 1]["name"],
+        format!("template-{:05}", n - 1).as_str()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "listing {n} templates took {took:?}"
+    );
+    eprintln!("listing {n} templates took {took:?}");
+}
