@@ -101,6 +101,9 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// How long an API call (or the headers of a download) may take.
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Which version a request is about: a tag, a number, or the latest.
 #[derive(Clone, Debug, Default)]
 pub struct VersionSelector {
@@ -166,7 +169,13 @@ impl Registry {
         &self.base
     }
 
+    /// An API call: small bodies both ways, so a hung registry fails it in bounded time.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.stream_request(method, path).timeout(API_TIMEOUT)
+    }
+
+    /// A transfer of file bytes: no total deadline (callers watch for stalls instead).
+    fn stream_request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http.request(method, format!("{}{}", self.base, path))
     }
 
@@ -331,7 +340,7 @@ impl Registry {
     ) -> ClientResult<UploadProgress> {
         let path = format!("/api/v1/push/{}/files/{}", encode(session), encode(key));
         let req = self
-            .request(Method::PUT, &path)
+            .stream_request(Method::PUT, &path)
             .query(&[("offset", offset.to_string())])
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -357,14 +366,19 @@ impl Registry {
     /// Starts downloading bytes `start..end` of a file; redirects are followed.
     pub async fn download(&self, key: &str, start: u64, end: u64) -> ClientResult<Response> {
         let path = format!("/api/v1/files/{}", encode(key));
-        let req = self.request(Method::GET, &path).header(
+        let req = self.stream_request(Method::GET, &path).header(
             reqwest::header::RANGE,
             format!("bytes={}-{}", start, end - 1),
         );
-        let resp = self
-            .send(req)
-            .await
-            .map_err(|e| not_found(e, &format!("file {key} not found in the registry")))?;
+        let resp = match tokio::time::timeout(API_TIMEOUT, self.send(req)).await {
+            Ok(resp) => resp,
+            Err(_) => Err(ClientError::Network(format!(
+                "{key}: no answer from {} within {} s",
+                self.base,
+                API_TIMEOUT.as_secs()
+            ))),
+        }
+        .map_err(|e| not_found(e, &format!("file {key} not found in the registry")))?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => Ok(resp),
             StatusCode::OK if start == 0 => Ok(resp),

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -19,6 +19,9 @@ use crate::digest::ResumableSha256;
 const READ_CHUNK: u64 = 1 << 20;
 /// Body chunks queued between the reading thread and the connection; bounds memory.
 const QUEUE: usize = 4;
+/// An upload with no byte sent and no answer for this long is cut and resumed. Generous:
+/// after the last byte the registry still stores the parts in flight.
+const STALL: Duration = Duration::from_secs(300);
 /// Attempts without progress before giving up.
 const ATTEMPTS: u32 = 5;
 
@@ -64,11 +67,27 @@ pub async fn upload_file(
             return Ok(digest);
         }
         sent_once = true;
-        let body = body_from(t, job, received, hasher, journal.clone(), sent.clone());
-        let result = t
+        let activity = Arc::new(Activity::new());
+        let body = body_from(
+            t,
+            job,
+            received,
+            hasher,
+            journal.clone(),
+            sent.clone(),
+            activity.clone(),
+        );
+        let upload = t
             .registry
-            .upload(session, &job.key, received, job.size - received, body)
-            .await;
+            .upload(session, &job.key, received, job.size - received, body);
+        let result = tokio::select! {
+            result = upload => result,
+            () = activity.stalled(STALL) => Err(ClientError::Network(format!(
+                "{}: upload stalled for {} s",
+                job.name,
+                STALL.as_secs()
+            ))),
+        };
         let now = match result {
             Ok(progress) => progress.received,
             Err(ClientError::Conflict(_)) if job.size == 0 => job.size,
@@ -156,6 +175,7 @@ fn body_from(
     mut hasher: ResumableSha256,
     journal: Arc<Journal>,
     sent: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 ) -> reqwest::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
     let (path, size, part, key) = (
@@ -197,7 +217,12 @@ fn body_from(
     let throttle = t.throttle.clone();
     let index = job.index;
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
-        let (reporter, throttle, sent) = (reporter.clone(), throttle.clone(), sent.clone());
+        let (reporter, throttle, sent, activity) = (
+            reporter.clone(),
+            throttle.clone(),
+            sent.clone(),
+            activity.clone(),
+        );
         async move {
             let item = rx.recv().await?;
             if let Ok(bytes) = &item {
@@ -205,10 +230,45 @@ fn body_from(
                     throttle.take(bytes.len() as u64).await;
                 }
                 sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                activity.touch();
                 reporter.advance(index, bytes.len() as u64);
             }
             Some((item, rx))
         }
     });
     reqwest::Body::wrap_stream(stream)
+}
+
+/// When an upload last moved a byte.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has moved for `idle`.
+    async fn stalled(&self, idle: Duration) {
+        loop {
+            let quiet = self
+                .start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
 }
