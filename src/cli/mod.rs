@@ -23,6 +23,7 @@ pub struct RegistryArgs {
 
 /// The vendor's global options, and ours.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Set the registry name (instead of the current one)
     #[arg(short = 'r', long = "remote", global = true)]
