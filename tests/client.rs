@@ -788,6 +788,19 @@ fn tls_problems_are_one_line_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("missing.pem"), "{}", stderr(&out));
+
+    let bad = node.dir.join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let out = Command::new(common::vmreg_bin())
+        .args(["registry", "-a", &server.url, "-c"])
+        .arg(&bad)
+        .arg("list")
+        .env("VMREG_CONFIG", node.dir.join("r.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.pem"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
 }
 
 #[test]
