@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -548,12 +548,21 @@ async fn reindex_rebuilds_a_flushed_redis_from_the_bucket() {
 // ---------------------------------------------------------------------------------------
 // Outages: a TCP proxy between vmreg and a dependency that the test can cut and restore.
 
-/// Forwards connections to `target` while up; when cut, drops every open connection and
-/// closes new ones at once, as a dead server or network would.
+/// What the proxy does with traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Forwards.
+    Up,
+    /// Drops every connection at once, as a dead server with a live host does.
+    Down,
+    /// Holds connections open and forwards nothing, as a hung server or a partition does.
+    Frozen,
+}
+
+/// A TCP proxy between vmreg and a dependency, which the test can cut, freeze and restore.
 struct Proxy {
     addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: tokio::sync::watch::Sender<u64>,
+    link: tokio::sync::watch::Sender<Link>,
 }
 
 impl Proxy {
@@ -562,37 +571,44 @@ impl Proxy {
             .await
             .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (flag, cuts) = (up.clone(), cut.clone());
+        let (link, _) = tokio::sync::watch::channel(Link::Up);
+        let links = link.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !flag.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
+                let mut rx = links.subscribe();
+                let now = *rx.borrow_and_update();
+                match now {
+                    Link::Down => continue,
+                    Link::Frozen => {
+                        // Accepted, never answered, until the link changes.
+                        tokio::spawn(async move {
+                            let _ = rx.changed().await;
+                            drop(inbound);
+                        });
+                        continue;
+                    }
+                    Link::Up => {}
                 }
-                let mut cut_rx = cuts.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = rx.changed() => {}
+                    }
+                    if *rx.borrow_and_update() == Link::Frozen {
+                        // Keep both ends open and silent until the link changes again.
+                        let _ = rx.changed().await;
                     }
                 });
             }
         });
-        Proxy { addr, up, cut }
+        Proxy { addr, link }
     }
 
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    fn set(&self, link: Link) {
+        self.link.send_replace(link);
     }
 }
 
@@ -733,8 +749,9 @@ async fn assert_unavailable(what: &str, reply: impl std::future::Future<Output =
     let took = started.elapsed();
     assert_eq!(reply.status, 503, "{what}: {reply:?}");
     reply.assert_fail(503);
+    eprintln!("{what}: 503 after {took:?}");
     assert!(
-        took < Duration::from_secs(15),
+        took < Duration::from_secs(10),
         "{what} took {took:?}: an outage must answer fast"
     );
 }
@@ -755,9 +772,19 @@ async fn wait_ready(base: &str, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_answers_503_and_heals_without_a_restart() {
-    if !services_ready("a_redis_outage_answers_503_and_heals_without_a_restart") {
-        return;
+    if services_ready("a_redis_outage_answers_503_and_heals_without_a_restart") {
+        redis_outage(Link::Down).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_answers_503_and_heals_without_a_restart() {
+    if services_ready("a_hung_redis_answers_503_and_heals_without_a_restart") {
+        redis_outage(Link::Frozen).await;
+    }
+}
+
+async fn redis_outage(mode: Link) {
     let proxy = Proxy::start(socket_of(&env("VMREG_TEST_REDIS_URL"))).await;
     let mut server = Direct::start(
         &format!("redis://{}", proxy.addr),
@@ -772,7 +799,7 @@ async fn a_redis_outage_answers_503_and_heals_without_a_restart() {
         .await
         .ok_body();
 
-    proxy.cut();
+    proxy.set(mode);
     assert_unavailable("readyz", get(&server.at("/readyz"))).await;
     assert_unavailable("list", get(&server.at("/registry/v2/vm"))).await;
     assert_unavailable("get", get(&server.at(&format!("/registry/vm?id={id}")))).await;
@@ -784,7 +811,7 @@ async fn a_redis_outage_answers_503_and_heals_without_a_restart() {
     .await;
     get(&server.at("/livez")).await.ok_body();
 
-    proxy.restore();
+    proxy.set(Link::Up);
     wait_ready(&base, Duration::from_secs(30)).await;
     let after = image(10_000, 24);
     assert_eq!(
@@ -813,9 +840,19 @@ async fn a_redis_outage_answers_503_and_heals_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_s3_outage_answers_503_and_heals_without_a_restart() {
-    if !services_ready("an_s3_outage_answers_503_and_heals_without_a_restart") {
-        return;
+    if services_ready("an_s3_outage_answers_503_and_heals_without_a_restart") {
+        s3_outage(Link::Down).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_s3_answers_503_and_heals_without_a_restart() {
+    if services_ready("a_hung_s3_answers_503_and_heals_without_a_restart") {
+        s3_outage(Link::Frozen).await;
+    }
+}
+
+async fn s3_outage(mode: Link) {
     let proxy = Proxy::start(socket_of(&env("VMREG_TEST_S3_ENDPOINT"))).await;
     let mut server = Direct::start(
         &env("VMREG_TEST_REDIS_URL"),
@@ -831,7 +868,7 @@ async fn an_s3_outage_answers_503_and_heals_without_a_restart() {
         .ok_body();
     let key = layer.name.clone();
 
-    proxy.cut();
+    proxy.set(mode);
     assert_unavailable("readyz", get(&server.at("/readyz"))).await;
     assert_unavailable(
         "download",
@@ -849,7 +886,7 @@ async fn an_s3_outage_answers_503_and_heals_without_a_restart() {
         .await
         .ok_body();
 
-    proxy.restore();
+    proxy.set(Link::Up);
     wait_ready(&base, Duration::from_secs(30)).await;
     let (digest, len) = download_digest(&base, &key).await;
     assert_eq!((digest, len), (layer.sha256(), layer.data.len() as u64));

@@ -26,8 +26,13 @@ use crate::config::S3Config;
 
 /// One TCP/TLS connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Calls that move no bulk data (head, list, create, complete, abort, delete, small puts).
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Calls that move no bulk data (head, list, create, abort, delete, the start of a get):
+/// a healthy S3 answers these in well under a second, and a hung one must become a 503
+/// while the client still waits.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Completing assembles the object server-side, which takes minutes for the largest files
+/// (S3 keeps the connection alive meanwhile).
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The readiness probe: fail fast, the probe runs again soon.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// A download stream that yields nothing for this long is treated as a dead S3.
@@ -268,9 +273,7 @@ impl BlobStore for S3Store {
                     .build(),
             )
             .send();
-        // Completing assembles the object server-side; large objects take a while.
-        let limit = CALL_TIMEOUT * 8;
-        let result = deadline("complete multipart upload", key, limit, async {
+        let result = deadline("complete multipart upload", key, COMPLETE_TIMEOUT, async {
             call.await.map_err(|e| match e.code() {
                 Some("NoSuchUpload") => StoreError::NotFound(key.to_string()),
                 _ => sdk_error("complete multipart upload", key, e),
