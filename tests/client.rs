@@ -485,9 +485,18 @@ fn a_pull_killed_mid_file_resumes_without_refetching_what_arrived() {
         !before.contains_key(&format!("img_lib/{}", layer(0))),
         "nothing is put in place before it is verified"
     );
+    let left = u(&dst.json(&server, &["check-download-size", "vm1"])["download_size"]);
+    assert!(
+        left <= big.len() as u64 - (16 << 20) + 2,
+        "staged bytes count as downloaded: {left}"
+    );
 
     let pulled = dst.json(&server, &["pull", "vm1"]);
     let received = u(&pulled["bytes_received"]);
+    assert!(
+        received <= left + 2,
+        "the pull fetched {received}, more than the {left} it said it lacked"
+    );
     assert!(
         received < big.len() as u64 - (12 << 20),
         "the rerun fetched {received} bytes again"

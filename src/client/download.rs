@@ -226,25 +226,9 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
             w.name
         )));
     }
-    // Keys are one path segment at the registry; encoding keeps them one here too.
-    let stem = format!("k-{}", super::http::encode(&w.key));
-    let part = dir.join(format!("{stem}.part"));
-    let sidecar = dir.join(format!("{stem}.json"));
-    let part_len = std::fs::metadata(&part).map(|m| m.len()).ok();
-    let saved = std::fs::read(&sidecar)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<PartState>(&b).ok());
-    let state = match saved {
-        Some(s)
-            if s.size == w.size
-                && s.sha256 == w.sha256
-                && part_len == Some(w.size)
-                && valid(&s) =>
-        {
-            s
-        }
-        _ => PartState::fresh(w.size, &w.sha256),
-    };
+    let (part, sidecar) = staging_paths(dir, &w.key);
+    let state =
+        saved_state(&part, &sidecar, w).unwrap_or_else(|| PartState::fresh(w.size, &w.sha256));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -266,6 +250,35 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
     };
     slot.save()?;
     Ok(slot)
+}
+
+/// The staged file and sidecar of a registry key.
+fn staging_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
+    // Keys are one path segment at the registry; encoding keeps them one here too.
+    let stem = format!("k-{}", super::http::encode(key));
+    (
+        dir.join(format!("{stem}.part")),
+        dir.join(format!("{stem}.json")),
+    )
+}
+
+/// The progress an earlier run saved for this file, if it still applies.
+fn saved_state(part: &Path, sidecar: &Path, w: &Wanted) -> Option<PartState> {
+    let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
+    let saved: PartState = serde_json::from_slice(&std::fs::read(sidecar).ok()?).ok()?;
+    let applies = saved.size == w.size
+        && saved.sha256 == w.sha256
+        && part_len == Some(w.size)
+        && valid(&saved);
+    applies.then_some(saved)
+}
+
+/// Bytes of the file that an interrupted pull already staged in the library.
+pub fn staged_bytes(library: &super::Library, w: &Wanted) -> u64 {
+    let (part, sidecar) = staging_paths(&library.state_dir().join("pull"), &w.key);
+    saved_state(&part, &sidecar, w)
+        .map(|s| s.bytes_done())
+        .unwrap_or(0)
 }
 
 /// A sidecar that matches the chunking rule and whose counts stay within their chunks.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_yaml::{Mapping, Value};
 use uuid::Uuid;
 
-use super::download::{fetch_all, sha256_file, Wanted};
+use super::download::{fetch_all, sha256_file, staged_bytes, Wanted};
 use super::error::{ClientError, ClientResult};
 use super::library::{Library, LocalVm};
 use super::{Transfer, VersionSelector};
@@ -49,7 +49,7 @@ pub struct DownloadSize {
     pub tag: String,
     /// Version number.
     pub number: u32,
-    /// Bytes the library lacks.
+    /// Bytes the library lacks, less what an interrupted pull already staged.
     pub download_size: u64,
     /// Bytes of all the version's files.
     pub total_size: u64,
@@ -76,13 +76,7 @@ pub async fn pull(
         .iter()
         .enumerate()
         .filter(|(_, p)| !p.present)
-        .map(|(index, p)| Wanted {
-            index,
-            name: p.file.name.clone(),
-            key: p.file.key.clone(),
-            size: p.file.size,
-            sha256: p.file.sha256.clone(),
-        })
+        .map(|(index, p)| to_wanted(index, p))
         .collect();
     let staged = fetch_all(t, &wanted).await;
     t.reporter.finish();
@@ -131,10 +125,20 @@ pub async fn download_size(
         download_size: placed
             .iter()
             .filter(|p| !p.present)
-            .map(|p| p.file.size)
+            .map(|p| p.file.size - staged_bytes(&t.library, &to_wanted(0, p)))
             .sum(),
         total_size: placed.iter().map(|p| p.file.size).sum(),
     })
+}
+
+fn to_wanted(index: usize, p: &Placed) -> Wanted {
+    Wanted {
+        index,
+        name: p.file.name.clone(),
+        key: p.file.key.clone(),
+        size: p.file.size,
+        sha256: p.file.sha256.clone(),
+    }
 }
 
 /// Where each file goes and whether the library already has it. Layers are shared by name
