@@ -50,8 +50,9 @@ const SAVE_EVERY: u64 = 16 << 20;
 const IDLE: Duration = Duration::from_secs(60);
 /// Bytes the follower hashes per blocking call.
 const HASH_STEP: u64 = 16 << 20;
-/// Attempts on one range without any progress before giving up.
-const ATTEMPTS: u32 = 5;
+/// Attempts on one range without any progress before giving up; with the growing pauses
+/// between them this rides out about 14 s of a registry restarting.
+const ATTEMPTS: u32 = 8;
 
 /// Chunk size: big files get up to 64 chunks so that ranges run in parallel, but no chunk
 /// is smaller than 8 MiB (per-request overhead) or bigger than 256 MiB (refetch on crash).

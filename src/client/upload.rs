@@ -22,8 +22,8 @@ const QUEUE: usize = 4;
 /// An upload with no byte sent and no answer for this long is cut and resumed. Generous:
 /// after the last byte the registry still stores the parts in flight.
 const STALL: Duration = Duration::from_secs(300);
-/// Attempts without progress before giving up.
-const ATTEMPTS: u32 = 5;
+/// Attempts without progress before giving up (about 14 s of pauses in all).
+const ATTEMPTS: u32 = 8;
 
 /// One file to upload.
 #[derive(Clone, Debug)]
