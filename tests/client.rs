@@ -933,3 +933,33 @@ fn pulls_follow_redirects_to_presigned_urls_and_still_verify() {
     assert_eq!(u(&pulled["bytes_received"]), big.len() as u64 + 2);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
 }
+
+#[test]
+fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
+    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let src = Node::new();
+    let first = data(110, 24 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &first)], None, b"nv");
+    let mut child = src
+        .cmd(&server, &["--limit-rate", "8M", "push", "-t", "v1", "vm1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("10 MiB at the registry", Duration::from_secs(60), || {
+        durable_at_registry(&server, &src) >= 10 << 20
+    });
+    kill9(&mut child);
+
+    // Same name and size, other bytes: resuming would splice two contents together.
+    std::thread::sleep(Duration::from_millis(20));
+    let second = data(111, 24 << 20);
+    std::fs::write(src.lib.join("img_lib").join(layer(0)), &second).unwrap();
+    let pushed = src.json(&server, &["push", "-t", "v1", "vm1"]);
+    assert_eq!(pushed["resumed"], false);
+    assert_eq!(u(&pushed["bytes_sent"]), second.len() as u64 + 2);
+
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), second);
+}

@@ -40,6 +40,8 @@ pub struct LocalFile {
     pub path: PathBuf,
     /// Its size in bytes.
     pub size: u64,
+    /// Its modification time (nanoseconds since the epoch; 0 when unknown).
+    pub modified: u64,
 }
 
 impl Library {
@@ -173,11 +175,18 @@ impl Library {
                 path.display()
             ))
         })?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Ok(LocalFile {
             name,
             kind,
             path,
             size: meta.len(),
+            modified,
         })
     }
 

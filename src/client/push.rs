@@ -76,6 +76,7 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
                 id,
                 tag: plan.tag.clone(),
                 session: plan.session.clone(),
+                files: fingerprint(&files),
                 ..JournalState::default()
             })?;
             (plan, false)
@@ -202,7 +203,9 @@ async fn resumable_plan(
     let Some(plan) = t.registry.push_status(&state.session).await? else {
         return Ok(None);
     };
-    let same_files = plan.files.len() == files.len()
+    // A file touched since the push began may hold other bytes than those sent.
+    let same_files = state.files == fingerprint(files)
+        && plan.files.len() == files.len()
         && plan.files.iter().all(|p| {
             files
                 .iter()
@@ -214,6 +217,14 @@ async fn resumable_plan(
         return Ok(None);
     }
     Ok(Some(plan))
+}
+
+/// Size and modification time of each file, by name.
+fn fingerprint(files: &[LocalFile]) -> BTreeMap<String, (u64, u64)> {
+    files
+        .iter()
+        .map(|f| (f.name.clone(), (f.size, f.modified)))
+        .collect()
 }
 
 fn push_request(
@@ -320,6 +331,9 @@ pub struct JournalState {
     /// Digests of files completely sent.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
+    /// Size and modification time of each local file when the push began.
+    #[serde(default)]
+    pub files: BTreeMap<String, (u64, u64)>,
 }
 
 /// Hash checkpoints kept per file: enough to cover what a crash can leave unacknowledged.
