@@ -94,8 +94,16 @@ async fn deadline<T>(
 }
 
 impl S3Store {
-    /// Connects with the AWS credential chain and the settings in `config`.
+    /// Connects with the AWS credential chain and the settings in `config`; fails when the
+    /// bucket cannot be reached now, so a wrong endpoint, bucket or credential is reported
+    /// at start-up rather than as 503s later.
     pub async fn connect(config: &S3Config, min_part_size: u64) -> StoreResult<Self> {
+        let store = Self::build(config, min_part_size).await;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    async fn build(config: &S3Config, min_part_size: u64) -> Self {
         let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
             .or_default_provider()
             .or_else(Region::new("us-east-1"));
@@ -126,14 +134,14 @@ impl S3Store {
         }
         let client = Client::from_conf(builder.build());
         let endpoint = config.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
-        Ok(Self {
+        Self {
             client,
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),
             redirect: config.redirect,
             min_part_size,
             endpoint,
-        })
+        }
     }
 
     fn full(&self, key: &str) -> String {
@@ -653,8 +661,13 @@ mod tests {
             upload_concurrency: 1,
             redirect: false,
         };
-        let s3 = S3Store::connect(&config, 5 << 20).await.unwrap();
         let started = std::time::Instant::now();
+        assert!(matches!(
+            S3Store::connect(&config, 5 << 20).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        // A store whose S3 goes away after start-up answers the same way.
+        let s3 = S3Store::build(&config, 5 << 20).await;
         assert!(matches!(s3.ping().await, Err(StoreError::Unavailable(_))));
         assert!(matches!(
             s3.read("k").await,
