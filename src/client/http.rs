@@ -243,8 +243,24 @@ impl Registry {
 
     /// Finds a template by id or name.
     pub async fn resolve(&self, id_or_name: &str) -> ClientResult<TemplateEntry> {
-        let list = self.list().await?;
         let by_id = Uuid::parse_str(id_or_name).ok();
+        if let Some(id) = by_id {
+            // One small request instead of the whole listing; a miss may still be a name.
+            match self.template(id).await {
+                Ok(t) => {
+                    return Ok(TemplateEntry {
+                        id: t.id,
+                        name: t.name,
+                        size: t.size,
+                        arch: t.arch,
+                        latest_tag: t.versions.last().map(|v| v.tag.clone()),
+                    })
+                }
+                Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let list = self.list().await?;
         list.into_iter()
             .find(|t| Some(t.id) == by_id || t.name == id_or_name)
             .ok_or_else(|| {
