@@ -963,3 +963,185 @@ fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
     dst.json(&server, &["pull", "vm1"]);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), second);
 }
+
+/// Runs openssl with `args` in `dir`; false when openssl is not installed.
+fn openssl(dir: &Path, args: &[&str]) -> bool {
+    match Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "openssl {args:?} failed");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
+fn make_pki(dir: &Path) -> bool {
+    let ca = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1",
+    ];
+    if !openssl(dir, &[&ca[..], &["-subj", "/CN=vmreg-test-ca"]].concat()) {
+        return false;
+    }
+    for (name, usage, san) in [
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("{san}basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=node1",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+            ]
+            .into_iter()
+            .chain(["-days", "1", "-extfile", &ext])
+            .collect::<Vec<_>>(),
+        );
+    }
+    true
+}
+
+/// An `openssl s_server` that demands a client certificate and answers any request with
+/// an HTML page (not the registry: enough to prove the TLS handshake).
+struct TlsServer {
+    child: Child,
+    url: String,
+}
+
+impl TlsServer {
+    fn start(dir: &Path) -> TlsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-www",
+                "-quiet",
+            ])
+            .args([
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+                "-Verify",
+                "1",
+                "-CAfile",
+                "ca.pem",
+            ])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("openssl s_server", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsServer {
+            child,
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+#[test]
+fn tls_options_verify_the_registry_and_present_the_node_certificate() {
+    let node = Node::new();
+    if !make_pki(&node.dir) {
+        eprintln!("openssl is not installed; skipping");
+        return;
+    }
+    let tls = TlsServer::start(&node.dir);
+    let list = |extra: &[&str]| -> String {
+        let out = Command::new(common::vmreg_bin())
+            .args(["registry", "-a", &tls.url])
+            .args(extra)
+            .arg("list")
+            .current_dir(&node.dir)
+            .env("VMREG_CONFIG", node.dir.join("r.yaml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "s_server is no registry");
+        stderr(&out)
+    };
+    // The handshake got through when the error is about the (HTML) reply.
+    let handshake_ok = |err: &str| err.contains("unexpected reply");
+
+    let err = list(&[]);
+    assert!(
+        err.contains("UnknownIssuer"),
+        "an unknown CA is refused: {err}"
+    );
+    let err = list(&["--cacert", "ca.pem", "-c", "client.pem", "-k", "client.key"]);
+    assert!(handshake_ok(&err), "trusted CA and node certificate: {err}");
+    let err = list(&["--root-cert", "ca.pem"]);
+    assert!(
+        !handshake_ok(&err),
+        "no node certificate, no handshake: {err}"
+    );
+    let err = list(&["--insecure", "--pem", "client.pem", "--key", "client.key"]);
+    assert!(handshake_ok(&err), "--insecure skips verification: {err}");
+
+    // A PEM holding both the certificate and its key needs no -k.
+    let both = [
+        std::fs::read(node.dir.join("client.pem")).unwrap(),
+        std::fs::read(node.dir.join("client.key")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(node.dir.join("both.pem"), both).unwrap();
+    let err = list(&["--cacert", "ca.pem", "-i", "both.pem"]);
+    assert!(handshake_ok(&err), "certificate and key in one file: {err}");
+}
