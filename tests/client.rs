@@ -12,6 +12,40 @@ use serde_json::Value;
 
 // ---- helpers of this file: a VM library on disk and the client as a process ----
 
+/// A `vmreg serve` whose data directory goes when the test ends (templates of hundreds of
+/// MiB would otherwise pile up in the temporary directory).
+struct Registry(Server);
+
+impl Registry {
+    fn start() -> Registry {
+        Registry(Server::start())
+    }
+
+    fn start_with(extra: &[&str]) -> Registry {
+        Registry(Server::start_with(extra))
+    }
+}
+
+impl std::ops::Deref for Registry {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Registry {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.0.kill();
+        let _ = std::fs::remove_dir_all(&self.0.ns.dir);
+    }
+}
+
 /// A scratch directory with a VM library and a remotes file.
 struct Node {
     dir: PathBuf,
@@ -219,7 +253,7 @@ fn http_get(url: &str) -> common::Reply {
 
 #[test]
 fn push_then_pull_into_an_empty_library_is_byte_identical() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     let (top, base, state) = (data(1, 3_000_000), data(2, 9_000_000), data(3, 700_000));
     src.make_vm(
@@ -312,7 +346,7 @@ fn push_then_pull_into_an_empty_library_is_byte_identical() {
 
 #[test]
 fn a_second_tag_adding_one_layer_moves_only_that_layer() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     let base = data(10, 6_000_000);
     src.make_vm(VM1, "vm1", &[(&layer(0), &base)], None, b"nv");
@@ -351,7 +385,7 @@ fn a_second_tag_adding_one_layer_moves_only_that_layer() {
 
 #[test]
 fn pull_with_shrink_removes_exactly_the_other_tags_files() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     let (base, top, state) = (data(20, 1_000_000), data(21, 1_000_000), data(22, 300_000));
     src.make_vm(VM1, "vm1", &[(&layer(0), &base)], None, b"nv");
@@ -393,7 +427,7 @@ fn pull_with_shrink_removes_exactly_the_other_tags_files() {
 
 #[test]
 fn push_v_adds_an_independent_vm_as_the_next_tag_of_an_existing_template() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     src.make_vm(VM1, "vm1", &[(&layer(0), &data(30, 500_000))], None, b"one");
     src.json(&server, &["push", "-t", "t1", "vm1"]);
@@ -434,7 +468,7 @@ fn push_v_adds_an_independent_vm_as_the_next_tag_of_an_existing_template() {
 
 #[test]
 fn a_pull_killed_mid_file_resumes_without_refetching_what_arrived() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     let big = data(40, 48 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
@@ -507,7 +541,7 @@ fn a_pull_killed_mid_file_resumes_without_refetching_what_arrived() {
 
 #[test]
 fn a_push_killed_mid_file_resumes_without_resending_what_arrived() {
-    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let server = Registry::start_with(&["--part-size", "5MiB"]);
     let src = Node::new();
     let big = data(50, 48 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
@@ -547,7 +581,7 @@ fn a_corrupted_stored_file_fails_the_pull_cleanly() {
     if common::s3_backend() {
         return; // the blob is reached through the embedded store's directory
     }
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     src.make_vm(
         VM1,
@@ -588,7 +622,7 @@ fn a_corrupted_stored_file_fails_the_pull_cleanly() {
 
 #[test]
 fn missing_templates_tags_and_vms_exit_with_code_3() {
-    let server = Server::start();
+    let server = Registry::start();
     let node = Node::new();
     node.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
     node.json(&server, &["push", "-t", "v1", "vm1"]);
@@ -630,7 +664,7 @@ fn missing_templates_tags_and_vms_exit_with_code_3() {
 
 #[test]
 fn a_local_vm_with_the_same_name_and_another_uuid_is_a_conflict() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     src.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
     src.json(&server, &["push", "-t", "v1", "vm1"]);
@@ -645,7 +679,7 @@ fn a_local_vm_with_the_same_name_and_another_uuid_is_a_conflict() {
 
 #[test]
 fn revert_set_arch_and_delete_template_reach_the_api() {
-    let server = Server::start();
+    let server = Registry::start();
     let node = Node::new();
     node.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
     for tag in ["a", "b", "c"] {
@@ -668,7 +702,7 @@ fn revert_set_arch_and_delete_template_reach_the_api() {
 
 #[test]
 fn remotes_are_added_set_listed_and_deleted() {
-    let server = Server::start();
+    let server = Registry::start();
     let node = Node::new();
     let remote = |args: &[&str]| -> Value {
         let out = Command::new(common::vmreg_bin())
@@ -712,7 +746,7 @@ fn remotes_are_added_set_listed_and_deleted() {
 
 #[test]
 fn a_registry_restart_mid_transfer_is_survived_without_starting_over() {
-    let mut server = Server::start_with(&["--part-size", "5MiB"]);
+    let mut server = Registry::start_with(&["--part-size", "5MiB"]);
     let src = Node::new();
     let big = data(70, 64 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
@@ -776,7 +810,7 @@ fn a_registry_restart_mid_transfer_is_survived_without_starting_over() {
 
 #[test]
 fn tls_problems_are_one_line_errors() {
-    let server = Server::start();
+    let server = Registry::start();
     let node = Node::new();
     let https = server.url.replace("http://", "https://");
     let out = Command::new(common::vmreg_bin())
@@ -814,7 +848,7 @@ fn tls_problems_are_one_line_errors() {
 
 #[test]
 fn a_push_whose_commit_is_refused_forgets_its_session() {
-    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let server = Registry::start_with(&["--part-size", "5MiB"]);
     let a = Node::new();
     let big = data(80, 24 << 20);
     a.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
@@ -877,7 +911,7 @@ fn run_measuring_memory(mut cmd: Command) -> (std::process::ExitStatus, u64) {
 
 #[test]
 fn memory_stays_bounded_whatever_the_file_size() {
-    let server = Server::start();
+    let server = Registry::start();
     let src = Node::new();
     let big = data(90, 320 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
@@ -901,9 +935,9 @@ fn pulls_follow_redirects_to_presigned_urls_and_still_verify() {
     // On S3 the registry answers downloads with a 307 to a presigned URL; on the embedded
     // store it streams them itself, and this is a plain pull of ranges.
     let server = if common::s3_backend() {
-        Server::start_with(&["--s3-redirect"])
+        Registry::start_with(&["--s3-redirect"])
     } else {
-        Server::start()
+        Registry::start()
     };
     let src = Node::new();
     let big = data(100, 20 << 20);
@@ -936,7 +970,7 @@ fn pulls_follow_redirects_to_presigned_urls_and_still_verify() {
 
 #[test]
 fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
-    let server = Server::start_with(&["--part-size", "5MiB"]);
+    let server = Registry::start_with(&["--part-size", "5MiB"]);
     let src = Node::new();
     let first = data(110, 24 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &first)], None, b"nv");
