@@ -362,7 +362,7 @@ fn a_second_tag_adding_one_layer_moves_only_that_layer() {
         None,
         b"nv",
     );
-    let pushed = src.json(&server, &["push", "-t", "v2", "vm1"]);
+    let pushed = src.json(&server, &["push", "-t", "v1+port-forward-22", "vm1"]);
     assert_eq!(names(&pushed["uploaded"]), [layer(1)]);
     assert_eq!(
         u(&pushed["bytes_sent"]),
@@ -370,9 +370,14 @@ fn a_second_tag_adding_one_layer_moves_only_that_layer() {
         "only the new layer is uploaded"
     );
 
-    let size = dst.json(&server, &["check-download-size", "-t", "v2", "vm1"]);
+    let size = dst.json(
+        &server,
+        &["check-download-size", "-t", "v1+port-forward-22", "vm1"],
+    );
     assert_eq!(u(&size["download_size"]), top.len() as u64);
-    let pulled = dst.json(&server, &["pull", "-t", "v2", "vm1"]);
+    // A `+` in a tag is a tag character, not a space (a bug the vendor once had).
+    let pulled = dst.json(&server, &["pull", "-t", "v1+port-forward-22", "vm1"]);
+    assert_eq!(pulled["tag"], "v1+port-forward-22");
     assert_eq!(names(&pulled["downloaded"]), [layer(1)]);
     assert_eq!(
         u(&pulled["bytes_received"]),
