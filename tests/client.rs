@@ -690,6 +690,12 @@ fn revert_set_arch_and_delete_template_reach_the_api() {
     for tag in ["a", "b", "c"] {
         node.json(&server, &["push", "-t", tag, "vm1"]);
     }
+    let config = node.json(&server, &["info", "-t", "b", "vm1"]);
+    assert_eq!(config["name"], "vm1");
+    assert_eq!(config["hard_drives"][0]["file"], layer(0));
+    let missing = node.run(&server, &["info", "-t", "nope", "vm1"]);
+    assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+
     let arch = node.json(&server, &["set-arch", "vm1", "arm64"]);
     assert_eq!(arch["arch"], "arm64");
     let listed = node.json(&server, &["list"]);

@@ -46,6 +46,7 @@ pub async fn dispatch(args: RegistryArgs) -> ClientResult<()> {
         Command::Revert { tag, number, vm } => {
             revert(g, &vm, VersionSelector { tag, number }).await
         }
+        Command::Info { tag, vm } => info(g, &vm, tag).await,
         Command::SetArch { vm, arch } => set_arch(g, &vm, &arch).await,
     }
 }
@@ -362,5 +363,20 @@ async fn set_arch(g: &GlobalArgs, vm: &str, arch: &str) -> ClientResult<()> {
     if !g.quiet {
         println!("set arch of {} to {arch}", entry.name);
     }
+    Ok(())
+}
+
+async fn info(g: &GlobalArgs, vm: &str, tag: Option<String>) -> ClientResult<()> {
+    let reg = registry(g)?;
+    let entry = reg.resolve(vm).await?;
+    let config = reg
+        .vm_info(entry.id, &VersionSelector { tag, number: None })
+        .await?;
+    if g.json {
+        return output::json(&config);
+    }
+    let text = serde_yaml::to_string(&config)
+        .map_err(|e| ClientError::Invalid(format!("cannot print the configuration: {e}")))?;
+    print!("{text}");
     Ok(())
 }

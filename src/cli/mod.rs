@@ -155,6 +155,14 @@ pub enum Command {
         /// Template name or id
         vm: String,
     },
+    /// Show the VM configuration of a template's tag (latest by default)
+    Info {
+        /// Tag (default: latest)
+        #[arg(short = 't', long)]
+        tag: Option<String>,
+        /// Template name or id
+        vm: String,
+    },
     /// Set a template's architecture
     SetArch {
         /// Template name or id

@@ -298,6 +298,25 @@ impl Registry {
         self.call::<serde_json::Value>(req).await.map(|_| ())
     }
 
+    /// The VM configuration of a version (`GET /registry/vm/info`).
+    pub async fn vm_info(
+        &self,
+        id: Uuid,
+        version: &VersionSelector,
+    ) -> ClientResult<serde_json::Value> {
+        let mut req = self
+            .request(Method::GET, "/registry/vm/info")
+            .query(&[("id", id.to_string())]);
+        if let Some(tag) = &version.tag {
+            req = req.query(&[("tag", tag)]);
+        } else if let Some(n) = version.number {
+            req = req.query(&[("version", n.to_string())]);
+        }
+        self.call_body(req, "a configuration request")
+            .await
+            .map_err(|e| not_found(e, &format!("template {id} has no such version")))
+    }
+
     /// The files and configuration of a version.
     pub async fn manifest(
         &self,
