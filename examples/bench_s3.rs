@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Settings (environment): `BENCH_SIZE` (bytes, default 1 GiB), `BENCH_RUNS` (default 3),
-//! `BENCH_PART_SIZE` (default 8 MiB), `BENCH_CONCURRENCY` (default 4), `VMREG_BIN` (default:
+//! `BENCH_PART_SIZE` (default 8 MiB), `BENCH_CONCURRENCY` (default 4), `BENCH_PAUSE` (seconds
+//! between transfers, default 5), `VMREG_BIN` (default:
 //! the `vmreg` beside this example's directory). The services come from the variables
 //! `scripts/test-services.sh` exports.
 
@@ -138,6 +139,27 @@ impl Server {
                 Err("vmreg serve did not start".into())
             }
         }
+    }
+
+    /// User plus system CPU time the server used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return 0.0;
+        };
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 / hz
     }
 
     fn peak_rss_kib(&self) -> Option<u64> {
@@ -344,6 +366,14 @@ async fn direct_pull(
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Throughputs of one run, MiB/s.
+struct Run {
+    vp: f64,
+    dp: f64,
+    vg: f64,
+    dg: f64,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -355,6 +385,9 @@ async fn main() -> Result<(), Error> {
     let runs = env_u64("BENCH_RUNS", 3).max(1);
     let part_size = env_u64("BENCH_PART_SIZE", 8 << 20);
     let concurrency = env_u64("BENCH_CONCURRENCY", 4).max(1);
+    // Garage keeps working after a transfer (block references, deletions); without a pause
+    // whichever side goes next pays for it.
+    let pause = Duration::from_secs(env_u64("BENCH_PAUSE", 5));
     let chunks = size.div_ceil(CHUNK as u64);
     let size = chunks * CHUNK as u64;
     let bin = match std::env::var("VMREG_BIN") {
@@ -381,87 +414,92 @@ async fn main() -> Result<(), Error> {
         part_size / (1 << 20)
     );
 
-    let (mut vp, mut vg, mut dp, mut dg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mibs = size as f64 / MIB;
+    let mut rows: Vec<Run> = Vec::new();
     for run in 0..runs {
+        // Each run is direct, vmreg, vmreg, direct (push, then pull the same way): every
+        // side goes first and last once, which cancels what one transfer leaves the next
+        // (Garage's background work, cache state) and any drift of a shared machine.
         let content = Content::new(run + 1);
         let digest = content.sha256(chunks);
-        let direct_key = format!("{prefix}-direct/{run}");
-        // Alternate the order so neither side always meets a warmer cache.
-        let (t_dp, (t_vp, key)) = if run % 2 == 0 {
-            let d = direct_push(
-                &s3,
-                &bucket,
-                &direct_key,
-                &content,
-                chunks,
-                part_size,
-                concurrency as usize,
-            )
-            .await?;
-            (
-                d,
-                vmreg_push(&http, &server.url, &content, chunks, &digest).await?,
-            )
-        } else {
-            let v = vmreg_push(&http, &server.url, &content, chunks, &digest).await?;
-            (
-                direct_push(
+        let keys = [
+            format!("{prefix}-direct/{run}a"),
+            format!("{prefix}-direct/{run}b"),
+        ];
+        let mut pushed = Vec::new();
+        let (mut t_dp, mut t_vp, mut t_dg, mut t_vg, mut cpu_push, mut cpu_pull) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for step in 0..4 {
+            tokio::time::sleep(pause).await;
+            if step == 0 || step == 3 {
+                let key = &keys[usize::from(step == 3)];
+                t_dp += direct_push(
                     &s3,
                     &bucket,
-                    &direct_key,
+                    key,
                     &content,
                     chunks,
                     part_size,
                     concurrency as usize,
                 )
-                .await?,
-                v,
-            )
+                .await?;
+            } else {
+                let cpu = server.cpu_seconds();
+                let (t, key) = vmreg_push(&http, &server.url, &content, chunks, &digest).await?;
+                cpu_push += server.cpu_seconds() - cpu;
+                t_vp += t;
+                pushed.push(key);
+            }
+        }
+        for step in 0..4 {
+            tokio::time::sleep(pause).await;
+            if step == 0 || step == 3 {
+                t_dg += direct_pull(&s3, &bucket, &keys[usize::from(step == 3)], size).await?;
+            } else {
+                let cpu = server.cpu_seconds();
+                t_vg += vmreg_pull(&http, &server.url, &pushed[step - 1], size).await?;
+                cpu_pull += server.cpu_seconds() - cpu;
+            }
+        }
+        let row = Run {
+            vp: 2.0 * mibs / t_vp,
+            dp: 2.0 * mibs / t_dp,
+            vg: 2.0 * mibs / t_vg,
+            dg: 2.0 * mibs / t_dg,
         };
-        let rss_after_push = server.peak_rss_kib().unwrap_or(0);
-        let (t_dg, t_vg) = if run % 2 == 0 {
-            (
-                direct_pull(&s3, &bucket, &direct_key, size).await?,
-                vmreg_pull(&http, &server.url, &key, size).await?,
-            )
-        } else {
-            let v = vmreg_pull(&http, &server.url, &key, size).await?;
-            (direct_pull(&s3, &bucket, &direct_key, size).await?, v)
-        };
-        let mibs = size as f64 / MIB;
         println!(
-            "run {}: push vmreg {:.0} MiB/s, direct {:.0} MiB/s | pull vmreg {:.0} MiB/s, direct {:.0} MiB/s | server peak RSS after push {:.1} MiB, after pull {}",
+            "run {}: push vmreg {:.0} MiB/s, direct {:.0} MiB/s (ratio {:.2}) | pull vmreg {:.0} MiB/s, direct {:.0} MiB/s (ratio {:.2}) | server CPU per GiB {:.1} s push, {:.1} s pull | peak RSS {}",
             run + 1,
-            mibs / t_vp,
-            mibs / t_dp,
-            mibs / t_vg,
-            mibs / t_dg,
-            rss_after_push as f64 / 1024.0,
+            row.vp,
+            row.dp,
+            row.vp / row.dp,
+            row.vg,
+            row.dg,
+            row.vg / row.dg,
+            cpu_push / 2.0 / (size as f64 / (1u64 << 30) as f64),
+            cpu_pull / 2.0 / (size as f64 / (1u64 << 30) as f64),
             server.peak_rss_kib().map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_default()
         );
-        vp.push(mibs / t_vp);
-        dp.push(mibs / t_dp);
-        vg.push(mibs / t_vg);
-        dg.push(mibs / t_dg);
-        let _ = s3
-            .delete_object()
-            .bucket(&bucket)
-            .key(&direct_key)
-            .send()
-            .await;
+        rows.push(row);
+        for key in &keys {
+            let _ = s3.delete_object().bucket(&bucket).key(key).send().await;
+        }
     }
-    let (vp, dp, vg, dg) = (median(vp), median(dp), median(vg), median(dg));
+    let med = |f: fn(&Run) -> f64| median(rows.iter().map(f).collect());
+    let (vp, dp, vg, dg) = (med(|r| r.vp), med(|r| r.dp), med(|r| r.vg), med(|r| r.dg));
     let rss = server
         .peak_rss_kib()
         .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
         .unwrap_or_else(|| "unknown".into());
     println!(
-        "median push: vmreg {vp:.0} MiB/s, direct {dp:.0} MiB/s, ratio {:.2}",
-        vp / dp
+        "median push: vmreg {vp:.0} MiB/s, direct {dp:.0} MiB/s, ratio of medians {:.2}, median of run ratios {:.2}",
+        vp / dp,
+        med(|r| r.vp / r.dp)
     );
     println!(
-        "median pull: vmreg {vg:.0} MiB/s, direct {dg:.0} MiB/s, ratio {:.2}",
-        vg / dg
+        "median pull: vmreg {vg:.0} MiB/s, direct {dg:.0} MiB/s, ratio of medians {:.2}, median of run ratios {:.2}",
+        vg / dg,
+        med(|r| r.vg / r.dg)
     );
     println!("server peak RSS (VmHWM): {rss}");
     Ok(())

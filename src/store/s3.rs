@@ -12,7 +12,9 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
@@ -128,6 +130,9 @@ impl S3Store {
             // SDK's extra CRC per request would only cost CPU, and some S3-compatible
             // servers reject the trailing-checksum encoding it uses.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            // Stalls are caught by the per-call deadlines and the body idle timeout; the
+            // SDK's throughput watch would add a timer and bookkeeping to every chunk.
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
