@@ -2,15 +2,10 @@
 //! a big file at once, resumable, every file verified before the caller may use it.
 //!
 //! A follower per file hashes the bytes in order as soon as they are written (from the page
-//! cache, while the download goes on), so verifying costs no second pass at the end; its
-//! state is saved in the sidecar too.
-//!
-//! Each file is staged as `.vmreg/pull/k-<key>.part` with a sidecar `k-<key>.json` that
-//! records how many bytes of each chunk are written, so a rerun after a crash or a cut
-//! connection fetches only what is missing.
+//! cache, while the download goes on), so verifying costs no second pass at the end. Files
+//! and their progress live in the staging area ([`super::staging`]).
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,14 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::error::{ClientError, ClientResult};
 use super::http::next_chunk;
 use super::library::write_atomic;
+use super::staging::{saved_state, staging_paths, PartState};
 use super::Transfer;
-use crate::digest::ResumableSha256;
 
 /// A file to fetch.
 #[derive(Clone, Debug)]
@@ -53,63 +46,6 @@ const HASH_STEP: u64 = 16 << 20;
 /// Attempts on one range without any progress before giving up; with the growing pauses
 /// between them this rides out about 14 s of a registry restarting.
 const ATTEMPTS: u32 = 8;
-
-/// Chunk size: big files get up to 64 chunks so that ranges run in parallel, but no chunk
-/// is smaller than 8 MiB (per-request overhead) or bigger than 256 MiB (refetch on crash).
-fn chunk_size(size: u64) -> u64 {
-    (size / 64).clamp(8 << 20, 256 << 20)
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct PartState {
-    size: u64,
-    sha256: String,
-    chunk: u64,
-    /// Bytes written at the start of each chunk.
-    done: Vec<u64>,
-    /// The hash of the file's first bytes, as far as the follower got.
-    #[serde(default)]
-    hashed: ResumableSha256,
-}
-
-impl PartState {
-    fn fresh(size: u64, sha256: &str) -> Self {
-        let chunk = chunk_size(size);
-        let count = size.div_ceil(chunk).max(1) as usize;
-        Self {
-            size,
-            sha256: sha256.to_string(),
-            chunk,
-            done: vec![0; count],
-            hashed: ResumableSha256::new(),
-        }
-    }
-
-    fn bounds(&self, chunk: usize) -> (u64, u64) {
-        let start = chunk as u64 * self.chunk;
-        (start, (start + self.chunk).min(self.size))
-    }
-
-    fn complete(&self, chunk: usize) -> bool {
-        let (start, end) = self.bounds(chunk);
-        start + self.done[chunk] >= end
-    }
-
-    /// Length of the prefix of the file that is completely written.
-    fn contiguous(&self) -> u64 {
-        for c in 0..self.done.len() {
-            let (start, end) = self.bounds(c);
-            if start + self.done[c] < end {
-                return start + self.done[c];
-            }
-        }
-        self.size
-    }
-
-    fn bytes_done(&self) -> u64 {
-        self.done.iter().sum()
-    }
-}
 
 /// One file being fetched, shared by the streams working on it.
 struct Slot {
@@ -228,8 +164,8 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
         )));
     }
     let (part, sidecar) = staging_paths(dir, &w.key);
-    let state =
-        saved_state(&part, &sidecar, w).unwrap_or_else(|| PartState::fresh(w.size, &w.sha256));
+    let state = saved_state(&part, &sidecar, w.size, &w.sha256)
+        .unwrap_or_else(|| PartState::fresh(w.size, &w.sha256));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -251,47 +187,6 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
     };
     slot.save()?;
     Ok(slot)
-}
-
-/// The staged file and sidecar of a registry key.
-fn staging_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
-    // Keys are one path segment at the registry; encoding keeps them one here too.
-    let stem = format!("k-{}", super::http::encode(key));
-    (
-        dir.join(format!("{stem}.part")),
-        dir.join(format!("{stem}.json")),
-    )
-}
-
-/// The progress an earlier run saved for this file, if it still applies.
-fn saved_state(part: &Path, sidecar: &Path, w: &Wanted) -> Option<PartState> {
-    let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
-    let saved: PartState = serde_json::from_slice(&std::fs::read(sidecar).ok()?).ok()?;
-    let applies = saved.size == w.size
-        && saved.sha256 == w.sha256
-        && part_len == Some(w.size)
-        && valid(&saved);
-    applies.then_some(saved)
-}
-
-/// Bytes of the file that an interrupted pull already staged in the library.
-pub fn staged_bytes(library: &super::Library, w: &Wanted) -> u64 {
-    let (part, sidecar) = staging_paths(&library.state_dir().join("pull"), &w.key);
-    saved_state(&part, &sidecar, w)
-        .map(|s| s.bytes_done())
-        .unwrap_or(0)
-}
-
-/// A sidecar that matches the chunking rule and whose counts stay within their chunks.
-fn valid(s: &PartState) -> bool {
-    let fresh = PartState::fresh(s.size, &s.sha256);
-    s.chunk == fresh.chunk
-        && s.done.len() == fresh.done.len()
-        && (0..s.done.len()).all(|c| {
-            let (start, end) = s.bounds(c);
-            s.done[c] <= end - start
-        })
-        && s.hashed.len() <= s.contiguous()
 }
 
 async fn worker(t: &Transfer, shared: &Shared) -> ClientResult<()> {
@@ -332,7 +227,7 @@ async fn fetch_chunk(t: &Transfer, shared: &Shared, job: &Job) -> ClientResult<(
         }
         match stream_range(t, shared, job, start, end).await {
             Ok(()) => {}
-            Err(e) if retryable(&e) && !shared.failed.load(Ordering::SeqCst) => {
+            Err(e) if e.is_transient() && !shared.failed.load(Ordering::SeqCst) => {
                 let after = job
                     .slot
                     .state
@@ -349,15 +244,6 @@ async fn fetch_chunk(t: &Transfer, shared: &Shared, job: &Job) -> ClientResult<(
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Network failures and server-side errors may pass; a 4xx or a local error will not.
-pub fn retryable(e: &ClientError) -> bool {
-    match e {
-        ClientError::Network(_) => true,
-        ClientError::Registry { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-        _ => false,
     }
 }
 
@@ -500,43 +386,4 @@ async fn follow(t: &Transfer, shared: &Shared, slot: &Arc<Slot>) -> ClientResult
     slot.save()?;
     t.reporter.file_done(slot.wanted.index);
     Ok(())
-}
-
-/// SHA-256 of a file as lowercase hex, read in bounded buffers.
-pub fn sha256_file(path: &Path) -> ClientResult<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; WRITE_BUF];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| ClientError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_the_file() {
-        for size in [0u64, 1, 8 << 20, (8 << 20) + 1, 3 << 30] {
-            let s = PartState::fresh(size, "x");
-            let covered: u64 = (0..s.done.len())
-                .map(|c| s.bounds(c).1 - s.bounds(c).0)
-                .sum();
-            assert_eq!(covered, size, "size {size}");
-            assert!(valid(&s));
-        }
-    }
-
-    #[test]
-    fn rejects_a_sidecar_with_counts_past_their_chunk() {
-        let mut s = PartState::fresh(20 << 20, "x");
-        s.done[0] = s.chunk + 1;
-        assert!(!valid(&s));
-    }
 }

@@ -60,6 +60,18 @@ impl ClientError {
         }
     }
 
+    /// True for failures that may pass when retried: the network, and server-side errors.
+    /// A 4xx or a local error will not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Network(_) => true,
+            ClientError::Registry { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ClientError::Io {

@@ -5,10 +5,12 @@
 pub mod download;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod library;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod staging;
 pub mod throttle;
 pub mod upload;
 

@@ -8,9 +8,10 @@ use serde::Serialize;
 use serde_yaml::{Mapping, Value};
 use uuid::Uuid;
 
-use super::download::{fetch_all, sha256_file, staged_bytes, Wanted};
+use super::download::{fetch_all, Wanted};
 use super::error::{ClientError, ClientResult};
 use super::library::{Library, LocalVm};
+use super::staging::{sha256_file, staged_bytes};
 use super::{Transfer, VersionSelector};
 use crate::model::{validate_file_name, FileKind};
 use crate::protocol::{Manifest, ManifestFile};
@@ -125,7 +126,9 @@ pub async fn download_size(
         download_size: placed
             .iter()
             .filter(|p| !p.present)
-            .map(|p| p.file.size - staged_bytes(&t.library, &to_wanted(0, p)))
+            .map(|p| {
+                p.file.size - staged_bytes(&t.library, &p.file.key, p.file.size, &p.file.sha256)
+            })
             .sum(),
         total_size: placed.iter().map(|p| p.file.size).sum(),
     })

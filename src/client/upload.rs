@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::download::retryable;
 use super::error::{ClientError, ClientResult};
-use super::push::Journal;
+use super::journal::Journal;
 use super::Transfer;
 use crate::digest::ResumableSha256;
 
@@ -91,11 +90,11 @@ pub async fn upload_file(
         let now = match result {
             Ok(progress) => progress.received,
             Err(ClientError::Conflict(_)) if job.size == 0 => job.size,
-            Err(e) if retryable(&e) || matches!(e, ClientError::Conflict(_)) => {
+            Err(e) if e.is_transient() || matches!(e, ClientError::Conflict(_)) => {
                 t.reporter.note(&format!("{}: {e}; resuming", job.name));
                 match server_received(t, session, &job.key).await {
                     Ok(n) => n,
-                    Err(e2) if retryable(&e2) => received,
+                    Err(e2) if e2.is_transient() => received,
                     Err(e2) => return Err(e2),
                 }
             }
