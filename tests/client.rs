@@ -983,7 +983,7 @@ fn pulls_follow_redirects_to_presigned_urls_and_still_verify() {
 fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
     let server = Registry::start_with(&["--part-size", "5MiB"]);
     let src = Node::new();
-    let first = data(110, 24 << 20);
+    let first = data(110, 48 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &first)], None, b"nv");
     let mut child = src
         .cmd(&server, &["--limit-rate", "8M", "push", "-t", "v1", "vm1"])
@@ -998,7 +998,7 @@ fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
 
     // Same name and size, other bytes: resuming would splice two contents together.
     std::thread::sleep(Duration::from_millis(20));
-    let second = data(111, 24 << 20);
+    let second = data(111, 48 << 20);
     std::fs::write(src.lib.join("img_lib").join(layer(0)), &second).unwrap();
     let pushed = src.json(&server, &["push", "-t", "v1", "vm1"]);
     assert_eq!(pushed["resumed"], false);
