@@ -70,7 +70,11 @@ impl<'a> PartPump<'a> {
             task,
             hasher: self.hasher.clone(),
         });
-        while self.in_flight.len() >= self.registry.upload_concurrency {
+        // Record parts as soon as they are durable, not only when the queue is full: a
+        // replica that dies loses only the parts still in flight.
+        while self.in_flight.len() >= self.registry.upload_concurrency
+            || self.in_flight.front().is_some_and(|p| p.task.is_finished())
+        {
             self.land_one(state).await?;
         }
         Ok(())

@@ -32,13 +32,24 @@ fn required_env(name: &str) -> String {
 }
 
 /// Where a server keeps its state: its own directory, and with S3 + Redis the prefixes
-/// that replicas share.
+/// that replicas share. The directory goes when the last clone of the namespace does.
 #[derive(Clone, Debug)]
 pub struct Namespace {
     /// Data directory (embedded backend) and log directory.
     pub dir: PathBuf,
     /// Redis key prefix and S3 key prefix (S3 backend).
     pub prefix: String,
+    _cleanup: std::sync::Arc<RemoveOnDrop>,
+}
+
+/// Removes a directory when dropped: the tests write gigabytes.
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Namespace {
@@ -48,7 +59,11 @@ impl Namespace {
             std::env::temp_dir().join(format!("vmreg-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        Self { dir, prefix }
+        Self {
+            _cleanup: std::sync::Arc::new(RemoveOnDrop(dir.clone())),
+            dir,
+            prefix,
+        }
     }
 
     /// The `vmreg serve`/`admin` flags selecting this namespace's stores.
