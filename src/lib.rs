@@ -13,3 +13,4 @@ pub mod model;
 pub mod protocol;
 pub mod registry;
 pub mod store;
+pub mod units;

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{ok, ApiError, AppState};
+use crate::units::human_size;
 
 /// `GET /registry/status`.
 pub async fn status() -> HttpResponse {
@@ -69,7 +70,7 @@ pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             Ok(t) => t
                 .versions
                 .iter()
-                .map(|v| format!("{} ({})", escape(&v.tag), human(v.size())))
+                .map(|v| format!("{} ({})", escape(&v.tag), human_size(v.size())))
                 .collect::<Vec<_>>()
                 .join(", "),
             Err(_) => String::new(),
@@ -79,7 +80,7 @@ pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             escape(&listed.summary.name),
             listed.summary.id,
             escape(&listed.summary.arch),
-            human(listed.summary.size),
+            human_size(listed.summary.size),
             tags
         ));
     }
@@ -101,33 +102,16 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Sizes for people: `21.0 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn escapes_html_and_formats_sizes() {
+    fn escapes_html() {
         assert_eq!(
             escape("<a href=\"x\">&"),
             "&lt;a href=&quot;x&quot;&gt;&amp;"
         );
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(3 << 30), "3.0 GiB");
     }
 
     #[test]

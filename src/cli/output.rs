@@ -12,21 +12,7 @@ pub fn json<T: Serialize>(value: &T) -> ClientResult<()> {
     Ok(())
 }
 
-/// Bytes with a binary unit, e.g. `18.6 GiB`.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::units::human_size as size;
 
 /// Prints rows as left-aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -47,14 +33,5 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row.clone());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(super::size(512), "512 B");
-        assert_eq!(super::size(3 << 29), "1.5 GiB");
     }
 }
