@@ -5,6 +5,8 @@
 //! keys (each read is watched), buffers writes and commits them all or none: `commit`
 //! answers `false` when a key it read changed meanwhile, and the caller runs again.
 
+#[cfg(test)]
+mod contract;
 pub mod embedded;
 pub mod keys;
 pub mod redis;
