@@ -101,13 +101,13 @@ vmreg_services_install() {
 
 vmreg_services_stop() {
     if [ -n "${_VMREG_GARAGE_PID:-}" ]; then
-        kill "$_VMREG_GARAGE_PID" 2>/dev/null
-        wait "$_VMREG_GARAGE_PID" 2>/dev/null
+        kill "$_VMREG_GARAGE_PID" 2>/dev/null || true
+        wait "$_VMREG_GARAGE_PID" 2>/dev/null || true
         _VMREG_GARAGE_PID=""
     fi
     if [ -n "${_VMREG_REDIS_PID:-}" ]; then
-        kill "$_VMREG_REDIS_PID" 2>/dev/null
-        wait "$_VMREG_REDIS_PID" 2>/dev/null
+        kill "$_VMREG_REDIS_PID" 2>/dev/null || true
+        wait "$_VMREG_REDIS_PID" 2>/dev/null || true
         _VMREG_REDIS_PID=""
     fi
     if [ -n "${_VMREG_SERVICES_DIR:-}" ] && [ -d "$_VMREG_SERVICES_DIR" ]; then
