@@ -65,6 +65,7 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     part_size: u64,
     upload_concurrency: usize,
+    part_buffers: Arc<parts::BufferPool>,
 }
 
 impl Registry {
@@ -82,6 +83,7 @@ impl Registry {
             blobs,
             part_size,
             upload_concurrency: upload_concurrency.max(1),
+            part_buffers: Arc::default(),
         }
     }
 

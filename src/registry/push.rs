@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -385,8 +385,8 @@ impl Registry {
         };
 
         let part_size = file.part_size as usize;
-        let mut buffer = BytesMut::with_capacity(part_size);
-        let mut pump = PartPump::new(self, handle, &state_key, &state);
+        let mut pump = PartPump::new(self, handle, &state_key, &state, part_size);
+        let mut buffer = pump.buffer();
         let mut body_ended = false;
         loop {
             let chunk = match body.next().await {
@@ -414,7 +414,7 @@ impl Registry {
                 let take = (part_size - buffer.len()).min(chunk.len());
                 buffer.extend_from_slice(&chunk.split_to(take));
                 if buffer.len() == part_size {
-                    let full = std::mem::replace(&mut buffer, BytesMut::with_capacity(part_size));
+                    let full = std::mem::replace(&mut buffer, pump.buffer());
                     pump.send(full.freeze(), &mut state).await?;
                 }
             }
