@@ -3,9 +3,10 @@
 //! numbers, `vmreg admin reindex` rebuilds a flushed Redis, and outages of Redis or S3
 //! answer 503 and heal by themselves.
 //!
-//! These need the real services (`scripts/test-services.sh`) and the S3 backend
-//! (`VMREG_TEST_BACKEND=s3`, as `scripts/test.sh` sets in its second pass); otherwise each
-//! test prints why it is skipped and passes.
+//! These apply only to the S3 backend and need the real services, so every test here is
+//! `#[ignore]`d: a plain `cargo test` counts them as ignored. `scripts/test.sh` runs them in
+//! its S3 pass with `--include-ignored`, and a test run without Redis and S3 configured
+//! (`VMREG_TEST_BACKEND=s3` and the variables of `scripts/test-services.sh`) fails.
 
 mod common;
 
@@ -22,20 +23,6 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Digest;
-
-/// True when the real services are there; otherwise prints why the test is skipped.
-fn services_ready(test: &str) -> bool {
-    let redis = std::env::var("VMREG_TEST_REDIS_URL").is_ok_and(|v| !v.is_empty());
-    if !redis {
-        eprintln!("{test}: skipped: VMREG_TEST_REDIS_URL is not set (run through scripts/test.sh or scripts/test-services.sh)");
-        return false;
-    }
-    if !s3_backend() {
-        eprintln!("{test}: skipped: replicas need the S3 backend; run with VMREG_TEST_BACKEND=s3");
-        return false;
-    }
-    true
-}
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
@@ -124,10 +111,9 @@ fn image(size: usize, seed: u64) -> TestFile {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn push_through_one_replica_pull_through_another() {
-    if !services_ready("push_through_one_replica_pull_through_another") {
-        return;
-    }
+    require_s3_services();
     let a = Server::start();
     let b = a.replica();
     let c = a.replica();
@@ -173,10 +159,9 @@ async fn push_through_one_replica_pull_through_another() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn concurrent_tags_through_replicas_get_dense_numbers() {
-    if !services_ready("concurrent_tags_through_replicas_get_dense_numbers") {
-        return;
-    }
+    require_s3_services();
     let a = Server::start();
     let replicas = [a.replica(), a.replica()];
     let servers: Vec<&Server> = std::iter::once(&a).chain(replicas.iter()).collect();
@@ -300,12 +285,9 @@ async fn session_file(server: &Server, session: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn a_killed_replica_s_upload_is_finished_by_another_with_only_the_missing_bytes() {
-    if !services_ready(
-        "a_killed_replica_s_upload_is_finished_by_another_with_only_the_missing_bytes",
-    ) {
-        return;
-    }
+    require_s3_services();
     let mut a = Server::start();
     let b = a.replica();
     let big = Arc::new(BigFile::new());
@@ -439,10 +421,9 @@ async fn flush_redis_prefix(prefix: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn reindex_rebuilds_a_flushed_redis_from_the_bucket() {
-    if !services_ready("reindex_rebuilds_a_flushed_redis_from_the_bucket") {
-        return;
-    }
+    require_s3_services();
     let s = Server::start();
     let base = image(200_000, 11);
     let top = image(60_000, 12);
@@ -771,17 +752,17 @@ async fn wait_ready(base: &str, within: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn a_redis_outage_answers_503_and_heals_without_a_restart() {
-    if services_ready("a_redis_outage_answers_503_and_heals_without_a_restart") {
-        redis_outage(Link::Down).await;
-    }
+    require_s3_services();
+    redis_outage(Link::Down).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn a_hung_redis_answers_503_and_heals_without_a_restart() {
-    if services_ready("a_hung_redis_answers_503_and_heals_without_a_restart") {
-        redis_outage(Link::Frozen).await;
-    }
+    require_s3_services();
+    redis_outage(Link::Frozen).await;
 }
 
 async fn redis_outage(mode: Link) {
@@ -839,17 +820,17 @@ async fn redis_outage(mode: Link) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn an_s3_outage_answers_503_and_heals_without_a_restart() {
-    if services_ready("an_s3_outage_answers_503_and_heals_without_a_restart") {
-        s3_outage(Link::Down).await;
-    }
+    require_s3_services();
+    s3_outage(Link::Down).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn a_hung_s3_answers_503_and_heals_without_a_restart() {
-    if services_ready("a_hung_s3_answers_503_and_heals_without_a_restart") {
-        s3_outage(Link::Frozen).await;
-    }
+    require_s3_services();
+    s3_outage(Link::Frozen).await;
 }
 
 async fn s3_outage(mode: Link) {
@@ -918,10 +899,9 @@ async fn s3_outage(mode: Link) {
 // Listing scale: the vendor caches its list for 30 s because it is slow; ours must not need to.
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn listing_ten_thousand_templates_is_fast() {
-    if !services_ready("listing_ten_thousand_templates_is_fast") {
-        return;
-    }
+    require_s3_services();
     use vmreg::meta::{keys, MetaStore};
     let ns = Namespace::new();
     let meta = vmreg::meta::redis::RedisMeta::connect(&vmreg::config::RedisConfig {

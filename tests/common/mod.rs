@@ -25,6 +25,30 @@ pub fn s3_backend() -> bool {
     std::env::var("VMREG_TEST_BACKEND").is_ok_and(|b| b == "s3")
 }
 
+/// True under CI (`CI` set to anything but empty, `0` or `false`): there every service a
+/// test needs must be present, and a missing one fails the test instead of skipping it.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// Fails the calling test unless S3 (Garage) and Redis are configured. Tests that need them
+/// are `#[ignore]`d, so a plain `cargo test` counts them as ignored rather than passing
+/// them; whoever runs them (`--include-ignored`, as `scripts/test.sh` does on the S3
+/// pass) gets a failure, never a silent pass, when the services are missing.
+pub fn require_s3_services() {
+    assert!(
+        s3_backend(),
+        "this test runs only on S3 + Redis: set VMREG_TEST_BACKEND=s3 (scripts/test.sh does)"
+    );
+    for name in [
+        "VMREG_TEST_REDIS_URL",
+        "VMREG_TEST_S3_ENDPOINT",
+        "VMREG_TEST_S3_BUCKET",
+    ] {
+        required_env(name);
+    }
+}
+
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("VMREG_TEST_BACKEND=s3 needs {name}; run the suite through scripts/test.sh")
@@ -39,6 +63,8 @@ pub struct Namespace {
     pub dir: PathBuf,
     /// Redis key prefix and S3 key prefix (S3 backend).
     pub prefix: String,
+    /// Always the embedded store, whatever `VMREG_TEST_BACKEND` says.
+    embedded: bool,
     _cleanup: std::sync::Arc<RemoveOnDrop>,
 }
 
@@ -63,6 +89,16 @@ impl Namespace {
             _cleanup: std::sync::Arc::new(RemoveOnDrop(dir.clone())),
             dir,
             prefix,
+            embedded: false,
+        }
+    }
+
+    /// A fresh namespace on the embedded store on every pass, for tests that reach into
+    /// the store's directory.
+    pub fn embedded() -> Self {
+        Self {
+            embedded: true,
+            ..Self::new()
         }
     }
 
@@ -72,7 +108,7 @@ impl Namespace {
             "--data-dir".to_string(),
             self.dir.join("data").display().to_string(),
         ];
-        if s3_backend() {
+        if s3_backend() && !self.embedded {
             args.extend([
                 "--redis-url".into(),
                 required_env("VMREG_TEST_REDIS_URL"),
