@@ -115,7 +115,7 @@ const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub struct ConfigError(pub String);
 
 /// Environment names of each setting, ours first (it wins over the vendor's).
-const ENV_NAMES: &[(&str, &[&str])] = &[
+pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("config", &["VMREG_CONFIG_FILE"]),
     ("listen", &["VMREG_LISTEN", "ANKA_LISTEN_ADDR"]),
     ("data_dir", &["VMREG_DATA_DIR", "ANKA_BASE_PATH"]),
@@ -379,22 +379,43 @@ fn normalize_prefix(prefix: String) -> String {
     }
 }
 
-/// Parses `10`, `10s`, `500ms`, `2m`, `1h` (Go-style durations as the vendor takes them).
+/// Parses a duration the way the vendor's Go server does (`1m30s`, `2h45m`, `500ms`,
+/// `1.5h`, `300us`: numbers each followed by `ns`, `us`/`µs`, `ms`, `s`, `m` or `h`), and
+/// also a bare number of seconds (`10`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    let text = s.trim();
+    let invalid = || format!("invalid duration {text:?} (examples: 10s, 1m30s, 500ms, 2h)");
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| invalid());
+    }
+    let mut rest = text;
+    let mut total = 0.0_f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let n: f64 = num.parse().map_err(|_| invalid())?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        total += n * scale;
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
 /// Parses byte sizes: `8388608`, `8M`, `8MiB`, `1G`, `512K`.
@@ -426,9 +447,11 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     let v = Option::<serde_yaml::Value>::deserialize(d)?;
     match v {
         None => Ok(None),
-        Some(serde_yaml::Value::Number(n)) => {
-            Ok(Some(Duration::from_secs_f64(n.as_f64().unwrap_or(0.0))))
-        }
+        Some(serde_yaml::Value::Number(n)) => n
+            .as_f64()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {n}"))),
         Some(serde_yaml::Value::String(s)) => parse_duration(&s)
             .map(Some)
             .map_err(serde::de::Error::custom),
@@ -588,5 +611,30 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn parses_go_style_durations() {
+        let secs = |s: &str| parse_duration(s).unwrap().as_secs_f64();
+        assert_eq!(secs("1m30s"), 90.0);
+        assert_eq!(secs("2h45m"), 9900.0);
+        assert_eq!(secs("1h"), 3600.0);
+        assert_eq!(secs("1.5h"), 5400.0);
+        assert_eq!(secs("10"), 10.0);
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("300us").unwrap(), Duration::from_micros(300));
+        assert_eq!(
+            parse_duration("1s500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        for bad in ["", "1x", "m", "1m30", "-5s", "1..5s", "s1"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let c = Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT", "1m30s")]),
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(90));
     }
 }

@@ -14,3 +14,4 @@ pub mod protocol;
 pub mod registry;
 pub mod store;
 pub mod units;
+pub mod vendor_env;

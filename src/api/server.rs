@@ -18,6 +18,10 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Runs the server; returns the process exit code.
 pub fn run(config: Config) -> i32 {
     init_tracing();
+    let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
+    for warning in crate::vendor_env::warnings(names) {
+        tracing::warn!("{warning}");
+    }
     let result = actix_web::rt::System::new().block_on(serve(config));
     match result {
         Ok(()) => 0,
