@@ -99,7 +99,8 @@ pub struct Template {
     pub id: Uuid,
     /// Unique name.
     pub name: String,
-    /// `arm64`, `amd64` or empty when unknown.
+    /// `arm64` or `amd64`; empty in records written before arch was derived at push
+    /// (see [`Template::effective_arch`]).
     pub arch: String,
     /// Epoch seconds of the first push.
     pub created: u64,
@@ -122,6 +123,16 @@ impl Template {
     /// The newest version.
     pub fn latest(&self) -> Option<&Version> {
         self.versions.last()
+    }
+
+    /// The arch to show: the one set or pushed, else the one the latest configuration
+    /// tells (see [`arch_of_config`]); never empty.
+    pub fn effective_arch(&self) -> String {
+        if !self.arch.is_empty() {
+            return self.arch.clone();
+        }
+        let config = self.latest().map(|v| &v.config);
+        arch_of_config(config.unwrap_or(&serde_json::Value::Null)).to_string()
     }
 
     /// Finds a version by tag or number; the latest when both are absent.
@@ -154,6 +165,20 @@ pub struct TemplateSummary {
     pub latest_tag: String,
     /// Number of versions.
     pub versions: u32,
+    /// Every version, small; `None` in records written before listings carried them.
+    #[serde(default)]
+    pub version_list: Option<Vec<VersionSummary>>,
+}
+
+/// A version as a listing row shows it: the seed's Version keys that need no file list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSummary {
+    /// Serial number.
+    pub number: u32,
+    /// Tag.
+    pub tag: String,
+    /// Bytes of the version's files.
+    pub size: u64,
 }
 
 impl From<&Template> for TemplateSummary {
@@ -162,11 +187,21 @@ impl From<&Template> for TemplateSummary {
             id: t.id,
             name: t.name.clone(),
             size: t.size(),
-            arch: t.arch.clone(),
+            arch: t.effective_arch(),
             created: t.created,
             last_push: t.last_push,
             latest_tag: t.latest().map(|v| v.tag.clone()).unwrap_or_default(),
             versions: t.versions.len() as u32,
+            version_list: Some(
+                t.versions
+                    .iter()
+                    .map(|v| VersionSummary {
+                        number: v.number,
+                        tag: v.tag.clone(),
+                        size: v.size(),
+                    })
+                    .collect(),
+            ),
         }
     }
 }
@@ -246,6 +281,37 @@ pub fn validate_arch(arch: &str) -> Result<(), Invalid> {
         other => Err(Invalid(format!(
             "invalid arch {other:?}: must be \"arm64\" or \"amd64\""
         ))),
+    }
+}
+
+/// The arch a VM configuration tells: an explicit `arch` (top level or under `cpu`),
+/// else `arm64` when it has what only Apple silicon (Virtualization.framework) VMs
+/// carry, a hardware model, machine identifier or auxiliary storage; else `amd64`, as the
+/// vendor shows a template whose arch was never set.
+pub fn arch_of_config(config: &serde_json::Value) -> &'static str {
+    let explicit = [&config["arch"], &config["cpu"]["arch"]]
+        .into_iter()
+        .find_map(|v| v.as_str())
+        .map(str::to_ascii_lowercase);
+    match explicit.as_deref() {
+        Some("arm64" | "aarch64" | "arm" | "apple") => return "arm64",
+        Some("amd64" | "x86_64" | "x86-64" | "x64" | "intel") => return "amd64",
+        _ => {}
+    }
+    const APPLE_SILICON_KEYS: [&str; 5] = [
+        "hardware_model",
+        "hw_model",
+        "machine_identifier",
+        "auxiliary_storage",
+        "aux_storage",
+    ];
+    let apple = config
+        .as_object()
+        .is_some_and(|m| APPLE_SILICON_KEYS.iter().any(|k| m.contains_key(*k)));
+    if apple {
+        "arm64"
+    } else {
+        "amd64"
     }
 }
 
@@ -341,6 +407,31 @@ mod tests {
         assert!(validate_arch("arm64").is_ok());
         assert!(validate_arch("amd64").is_ok());
         assert!(validate_arch("x86").is_err());
+    }
+
+    #[test]
+    fn arch_comes_from_the_configuration_else_amd64() {
+        use serde_json::json;
+        assert_eq!(arch_of_config(&json!({"arch": "arm64"})), "arm64");
+        assert_eq!(arch_of_config(&json!({"cpu": {"arch": "x86_64"}})), "amd64");
+        assert_eq!(arch_of_config(&json!({"hardware_model": "AAA="})), "arm64");
+        assert_eq!(
+            arch_of_config(&json!({"firmware": {"type": "uefi"}})),
+            "amd64"
+        );
+        assert_eq!(arch_of_config(&serde_json::Value::Null), "amd64");
+        let mut t = Template {
+            id: Uuid::nil(),
+            name: "x".into(),
+            arch: String::new(),
+            created: 0,
+            last_push: 0,
+            versions: vec![version(0, vec![])],
+        };
+        t.versions[0].config = json!({"machine_identifier": "x"});
+        assert_eq!(t.effective_arch(), "arm64");
+        t.arch = "amd64".into();
+        assert_eq!(t.effective_arch(), "amd64");
     }
 
     #[test]

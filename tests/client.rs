@@ -302,9 +302,12 @@ fn push_then_pull_into_an_empty_library_is_byte_identical() {
     let size = dst.json(&server, &["check-download-size", "vm1"]);
     assert_eq!(u(&size["download_size"]), total);
     assert_eq!(u(&size["total_size"]), total);
+    let last_pull = || u(&http_get(&server.at("/registry/v2/vm")).ok_body()[0]["last_pull"]);
+    assert_eq!(last_pull(), 0, "a size check is not a pull");
 
     let pulled = dst.json(&server, &["pull", "vm1"]);
     assert_eq!(pulled["tag"], "v1");
+    assert!(last_pull() > 0, "a pull is recorded");
     assert_eq!(u(&pulled["bytes_received"]), total);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
@@ -672,6 +675,23 @@ fn missing_templates_tags_and_vms_exit_with_code_3() {
 }
 
 #[test]
+fn push_without_a_tag_is_refused_with_one_line() {
+    let server = Registry::start();
+    let node = Node::new();
+    node.make_vm(VM1, "vm1", &[(&layer(0), b"layer")], None, b"nv");
+    let out = node.run(&server, &["push", "vm1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("-t TAG"), "{err}");
+    assert_eq!(
+        node.json(&server, &["list"]),
+        Value::Array(vec![]),
+        "nothing was pushed"
+    );
+}
+
+#[test]
 fn a_local_vm_with_the_same_name_and_another_uuid_is_a_conflict() {
     let server = Registry::start();
     let src = Node::new();
@@ -700,10 +720,12 @@ fn revert_set_arch_and_delete_template_reach_the_api() {
     let missing = node.run(&server, &["info", "-t", "nope", "vm1"]);
     assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
 
+    assert_eq!(node.json(&server, &["describe", "vm1"])["arch"], "amd64");
     let arch = node.json(&server, &["set-arch", "vm1", "arm64"]);
     assert_eq!(arch["arch"], "arm64");
     let listed = node.json(&server, &["list"]);
     assert_eq!(listed[0]["arch"], "arm64");
+    assert_eq!(node.json(&server, &["describe", VM1])["arch"], "arm64");
 
     let reverted = node.json(&server, &["revert", "vm1"]);
     assert_eq!(names(&reverted["tags"]), ["a", "b"]);

@@ -925,6 +925,11 @@ async fn listing_ten_thousand_templates_is_fast() {
                 last_push: 2,
                 latest_tag: "t".into(),
                 versions: 1,
+                version_list: Some(vec![vmreg::model::VersionSummary {
+                    number: 0,
+                    tag: "t".into(),
+                    size: *i as u64,
+                }]),
             };
             tx.put(&keys::summary(&id), vmreg::meta::encode(&summary));
             tx.set_add(keys::TEMPLATES, &id.to_string());

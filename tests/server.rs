@@ -82,7 +82,19 @@ async fn status_probes_and_disk() {
     let status = get(&s.at("/registry/status")).await;
     let body = status.ok_body();
     assert_eq!(body["status"], "Running");
-    assert!(body["version"].as_str().is_some_and(|v| !v.is_empty()));
+    let version = body["version"].as_str().expect("a version");
+    let release: Vec<u64> = version
+        .split('-')
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().expect("numeric release"))
+        .collect();
+    assert!(
+        release.len() == 3 && release >= vec![1, 7, 0],
+        "a vendor client needs at least 1.7.0 (the v2 API): {version}"
+    );
+    assert_eq!(body["vmreg_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(
         obj_keys(&status.json),
         sorted(&["status", "body", "message"])
@@ -144,14 +156,37 @@ async fn list_and_get_have_the_vendor_shapes() {
         .as_secs();
     assert!(t["creation_date"].as_u64().unwrap().abs_diff(now) < 120);
     assert!(t["last_push"].as_u64().unwrap() >= t["creation_date"].as_u64().unwrap());
+    assert_eq!(t["arch"], "amd64", "an Intel configuration is amd64");
+    assert_eq!(t["version_count"], 3);
+    let rows: Vec<(u64, &str, u64)> = t["versions"]
+        .as_array()
+        .expect("versions is an array, as the seed's Template format says")
+        .iter()
+        .map(|v| {
+            (
+                v["number"].as_u64().unwrap(),
+                v["tag"].as_str().unwrap(),
+                v["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (0, "vanilla", f.v2_size()),
+            (1, "vanilla+port-forward-22", f.v2_size()),
+            (2, "vanilla+port-forward-22+brew-git", f.v3_size())
+        ]
+    );
 
-    for path in ["/registry/vm", "/registry/v2/vm"] {
+    for (path, v1) in [("/registry/vm", true), ("/registry/v2/vm", false)] {
         let one = get(&s.at(&format!("{path}?id={}", f.id))).await;
         let body = one.ok_body();
         assert_eq!(body["id"], f.id.as_str());
         assert_eq!(body["name"], f.name.as_str());
         assert_eq!(body["size"], f.v3_size());
-        assert_eq!(body["arch"], "");
+        // The seed: v1 shows the template's arch (amd64 when never set), v2 no arch at all.
+        assert_eq!(body.get("arch"), v1.then_some(&json!("amd64")));
         let versions = body["versions"].as_array().unwrap();
         assert_eq!(versions.len(), 3);
         let expected_tags = [
@@ -160,26 +195,31 @@ async fn list_and_get_have_the_vendor_shapes() {
             "vanilla+port-forward-22+brew-git",
         ];
         for (i, v) in versions.iter().enumerate() {
-            assert_eq!(
-                obj_keys(v),
-                sorted(&[
-                    "number",
-                    "tag",
-                    "config_file",
-                    "nvram",
-                    "images",
-                    "state_files",
-                    "description",
-                    "state_file",
-                    "size",
-                    "arch"
-                ])
-            );
+            let mut keys = vec![
+                "number",
+                "tag",
+                "config_file",
+                "nvram",
+                "images",
+                "state_files",
+                "description",
+                "state_file",
+                "size",
+            ];
+            if v1 {
+                keys.push("arch");
+                assert_eq!(v["arch"], "");
+            }
+            assert_eq!(obj_keys(v), sorted(&keys));
             assert_eq!(v["number"], i);
             assert_eq!(v["tag"], expected_tags[i]);
             assert_eq!(v["config_file"], format!("{}.yaml", f.id));
             assert_eq!(v["nvram"], "nvram");
-            assert_eq!(v["state_files"], json!([]));
+            assert_eq!(
+                v["state_files"],
+                if v1 { json!([]) } else { Value::Null },
+                "the seed: [] in v1, null in v2 when there are none"
+            );
             assert_eq!(v["state_file"], "");
             assert_eq!(
                 v["description"],
@@ -233,6 +273,15 @@ async fn vm_info_returns_the_configuration() {
         by_number.ok_body()["hard_drives"][0]["file"],
         f.top.name.as_str()
     );
+    // The seed's examples call the version number `number`.
+    let by_number = get(&s.at(&format!("/registry/vm/info?id={}&number=0", f.id))).await;
+    assert_eq!(
+        by_number.ok_body()["hard_drives"][0]["file"],
+        f.base.name.as_str()
+    );
+    get(&s.at(&format!("/registry/vm/info?id={}&number=9", f.id)))
+        .await
+        .assert_fail(404);
 
     get(&s.at(&format!("/registry/vm/info?id={}&tag=nope", f.id)))
         .await
@@ -1216,4 +1265,65 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     .await
     .ok_body();
     assert_eq!(download(&s, "slow.ank").await, file.data);
+}
+
+#[test]
+fn vendor_variables_vmreg_does_not_apply_are_warned_about_at_start() {
+    use std::io::{BufRead, BufReader};
+    let ns = Namespace::new();
+    let log = ns.dir.join("serve.log");
+    let mut child = std::process::Command::new(vmreg_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(ns.store_args())
+        .env("ANKA_NO_SUCH_SETTING", "1")
+        .env("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT", "1m30s")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("metadata") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        stderr.contains("ANKA_NO_SUCH_SETTING is not a setting"),
+        "an unknown vendor name is warned about: {stderr}"
+    );
+    assert!(
+        !stderr.contains("ANKA_GRACEFUL_SHUTDOWN_TIMEOUT"),
+        "an applied vendor name is not: {stderr}"
+    );
+    assert!(
+        printed.contains("shutdown_timeout  90s"),
+        "the vendor's Go-style duration is applied: {printed}"
+    );
+}
+
+#[tokio::test]
+async fn a_version_pushed_from_another_vm_keeps_the_templates_uuid_and_name() {
+    let s = Server::start();
+    let (id, other) = (new_id(), new_id());
+    let image = TestFile::new("0f0e0d0c0b0a09080706050403020100.ank", "image", 5000, 71);
+    let nvram = TestFile::new("nvram", "nvram", 100, 72);
+    push(&s, &id, "tmpl", "t1", &[&image, &nvram]).await;
+    // What `push -v tmpl` sends: another VM's configuration as the template's next tag.
+    let mut request = push_request(&id, "tmpl", "t2", &[&image, &nvram]);
+    request["config"]["uuid"] = json!(other);
+    request["config"]["name"] = json!("vm2");
+    try_push_request(&s, &request, &[&image, &nvram])
+        .await
+        .ok_body();
+    let config = get(&s.at(&format!("/registry/vm/info?id={id}&number=1"))).await;
+    assert_eq!(config.ok_body()["uuid"], id.as_str());
+    assert_eq!(config.ok_body()["name"], "tmpl");
 }

@@ -6,9 +6,20 @@ use serde_json::json;
 use super::{ok, ApiError, AppState};
 use crate::units::human_size;
 
+/// The vendor registry release whose API vmreg serves: the seed's example status reports
+/// `1.13.0-24e848a5`, and its v2 endpoints date from 1.7.0, which the vendor's clients
+/// check for. `version` carries it (with vmreg's own version as the build suffix, as the
+/// vendor puts its commit there); `vmreg_version` carries vmreg's release alone.
+pub const VENDOR_API_VERSION: &str = "1.13.0";
+
 /// `GET /registry/status`.
 pub async fn status() -> HttpResponse {
-    ok(json!({ "status": "Running", "version": env!("CARGO_PKG_VERSION") }))
+    let vmreg = env!("CARGO_PKG_VERSION");
+    ok(json!({
+        "status": "Running",
+        "version": format!("{VENDOR_API_VERSION}-vmreg.{vmreg}"),
+        "vmreg_version": vmreg,
+    }))
 }
 
 /// `GET /livez`: the process answers.

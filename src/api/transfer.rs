@@ -66,7 +66,9 @@ pub async fn abort(
     Ok(ok(Value::Null))
 }
 
-/// `GET /api/v1/templates/{id or name}/manifest[?tag=|?version=]`.
+/// `GET /api/v1/templates/{id or name}/manifest[?tag=|?version=][&record_pull=false]`:
+/// a pull's manifest, recorded as the template's latest pull unless `record_pull=false`
+/// (a size check is not a pull).
 pub async fn manifest(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -74,9 +76,23 @@ pub async fn manifest(
 ) -> Result<HttpResponse, ApiError> {
     let q = query(&req)?;
     let version = number("version", q.get("version").map(String::as_str))?;
+    let record_pull = match q.get("record_pull").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "record_pull must be true or false, got {other:?}"
+            )))
+        }
+    };
     Ok(ok(state
         .registry
-        .manifest(&path, q.get("tag").map(String::as_str), version)
+        .manifest(
+            &path,
+            q.get("tag").map(String::as_str),
+            version,
+            record_pull,
+        )
         .await?))
 }
 

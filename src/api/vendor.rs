@@ -1,5 +1,7 @@
 //! The vendor's documented endpoints under `/registry`, with its exact JSON shapes.
 
+use std::collections::HashMap;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -9,7 +11,16 @@ use super::{ok, ApiError, AppState};
 use crate::model::{FileKind, Template, Version};
 use crate::registry::templates::{parse_id, ListedTemplate, RevertTarget};
 
-/// A version as `GET /registry/vm?id=` shows it.
+/// The vendor shows one template in two shapes: `/registry/vm?id=` (v1) gives every
+/// version `"state_files": []` and `"arch": ""` and the template its arch;
+/// `/registry/v2/vm?id=` has no `arch` keys and `"state_files": null` when there are none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    V1,
+    V2,
+}
+
+/// A version as `GET /registry/vm?id=` and `/registry/v2/vm?id=` show it.
 #[derive(Serialize)]
 struct VersionView {
     number: u32,
@@ -17,14 +28,15 @@ struct VersionView {
     config_file: String,
     nvram: String,
     images: Vec<String>,
-    state_files: Vec<String>,
+    state_files: Option<Vec<String>>,
     description: String,
     state_file: String,
     size: u64,
-    arch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<String>,
 }
 
-fn version_view(template: &Template, v: &Version) -> VersionView {
+fn version_view(template: &Template, v: &Version, shape: Shape) -> VersionView {
     let state_files = v.names_of(FileKind::State);
     VersionView {
         number: v.number,
@@ -44,17 +56,30 @@ fn version_view(template: &Template, v: &Version) -> VersionView {
             .map(str::to_string)
             .or_else(|| state_files.first().cloned())
             .unwrap_or_default(),
-        state_files,
+        state_files: match shape {
+            Shape::V2 if state_files.is_empty() => None,
+            _ => Some(state_files),
+        },
         description: v.description.clone(),
         size: v.size(),
-        // The vendor tracks arch per template; its versions always show "".
-        arch: String::new(),
+        // The vendor tracks arch per template; its v1 versions always show "".
+        arch: (shape == Shape::V1).then(String::new),
     }
 }
 
-fn template_view(t: &Template) -> Value {
-    let versions: Vec<VersionView> = t.versions.iter().map(|v| version_view(t, v)).collect();
-    json!({ "id": t.id, "name": t.name, "versions": versions, "size": t.size(), "arch": t.arch })
+fn template_view(t: &Template, shape: Shape) -> Value {
+    let versions: Vec<VersionView> = t
+        .versions
+        .iter()
+        .map(|v| version_view(t, v, shape))
+        .collect();
+    match shape {
+        Shape::V1 => json!({
+            "id": t.id, "name": t.name, "versions": versions, "size": t.size(),
+            "arch": t.effective_arch(),
+        }),
+        Shape::V2 => json!({ "id": t.id, "name": t.name, "versions": versions, "size": t.size() }),
+    }
 }
 
 fn id_param(req: &HttpRequest) -> Result<Option<uuid::Uuid>, ApiError> {
@@ -72,10 +97,11 @@ fn required_id(req: &HttpRequest) -> Result<uuid::Uuid, ApiError> {
 async fn template_or_list(
     state: &AppState,
     req: &HttpRequest,
+    shape: Shape,
     row: impl Fn(&ListedTemplate) -> Value,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(id) = id_param(req)? {
-        return Ok(ok(template_view(&state.registry.get(&id).await?)));
+        return Ok(ok(template_view(&state.registry.get(&id).await?, shape)));
     }
     let list = state.registry.list().await?;
     Ok(ok(list.iter().map(row).collect::<Vec<Value>>()))
@@ -89,23 +115,26 @@ pub async fn list_v1(
     template_or_list(
         &state,
         &req,
+        Shape::V1,
         |t| json!({ t.summary.id.to_string(): t.summary.name }),
     )
     .await
 }
 
-/// `GET /registry/v2/vm`: `[{id,name,size,arch,creation_date,last_push,last_pull}]`
-/// (plus `latest_tag` and `versions`), or one template with `?id=`.
+/// `GET /registry/v2/vm`: `[{id,name,size,versions}]`, `versions` holding each version's
+/// number, tag and size (plus the vendor's newer `arch`, `creation_date`, `last_push`,
+/// `last_pull`, and vmreg's `latest_tag` and `version_count`), or one template with `?id=`.
 pub async fn list_v2(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    template_or_list(&state, &req, |t| {
+    template_or_list(&state, &req, Shape::V2, |t| {
         let s = &t.summary;
         json!({
             "id": s.id, "name": s.name, "size": s.size, "arch": s.arch,
             "creation_date": s.created, "last_push": s.last_push, "last_pull": t.last_pull,
-            "latest_tag": s.latest_tag, "versions": s.versions,
+            "latest_tag": s.latest_tag, "version_count": s.versions,
+            "versions": s.version_list.as_deref().unwrap_or_default(),
         })
     })
     .await
@@ -121,19 +150,28 @@ pub async fn delete_template(
     Ok(ok(Value::Null))
 }
 
-/// `GET /registry/vm/info?id=[&tag=|&version=]`: the version's VM configuration.
+/// `GET /registry/vm/info?id=[&tag=|&version=|&number=]`: the version's VM configuration.
 pub async fn vm_info(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let q = query(&req)?;
     let id = required_id(&req)?;
-    let version = number("version", q.get("version").map(String::as_str))?;
+    let version = query_version(&q)?;
     let config = state
         .registry
         .vm_info(&id, q.get("tag").map(String::as_str), version)
         .await?;
     Ok(ok(config))
+}
+
+/// A version number from the query: the seed's tables name it `version`, its examples
+/// `number`; either is taken, `version` first.
+fn query_version(q: &HashMap<String, String>) -> Result<Option<u32>, ApiError> {
+    match number("version", q.get("version").map(String::as_str))? {
+        Some(n) => Ok(Some(n)),
+        None => number("number", q.get("number").map(String::as_str)),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -173,12 +211,9 @@ pub async fn revert(
         (None, None) => return Err(ApiError::bad_request("query parameter id is required")),
     };
     let tag = q.get("tag").cloned().or(body.tag);
-    let num = match number("version", q.get("version").map(String::as_str))? {
+    let num = match query_version(&q)? {
         Some(n) => Some(n),
-        None => match number("number", q.get("number").map(String::as_str))? {
-            Some(n) => Some(n),
-            None => body_number("version", &body.version)?.or(body_number("number", &body.number)?),
-        },
+        None => body_number("version", &body.version)?.or(body_number("number", &body.number)?),
     };
     let target = match (tag, num) {
         (Some(tag), _) => RevertTarget::Tag(tag),

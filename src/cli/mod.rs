@@ -119,7 +119,7 @@ pub enum Command {
         /// Description of the new tag
         #[arg(short = 'd', long)]
         description: Option<String>,
-        /// The new tag (default: a unique one)
+        /// The new tag (required, as at the vendor)
         #[arg(short = 't', long)]
         tag: Option<String>,
         /// Push the VM as the next tag of this existing registry template (name or id)

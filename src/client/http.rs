@@ -56,7 +56,7 @@ pub struct TemplateEntry {
     pub latest_tag: Option<String>,
 }
 
-/// A template with its versions (`GET /registry/v2/vm?id=`).
+/// A template with its versions (`GET /registry/vm?id=`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct TemplateDetail {
     /// Template id.
@@ -231,10 +231,11 @@ impl Registry {
         Ok(list.unwrap_or_default())
     }
 
-    /// One template with its versions, by id.
+    /// One template with its versions, by id. Read from `/registry/vm?id=`: the vendor's
+    /// v2 shape of one template has no `arch`.
     pub async fn template(&self, id: Uuid) -> ClientResult<TemplateDetail> {
         let req = self
-            .request(Method::GET, "/registry/v2/vm")
+            .request(Method::GET, "/registry/vm")
             .query(&[("id", id.to_string())]);
         self.call_body(req, "a template query")
             .await
@@ -317,14 +318,19 @@ impl Registry {
             .map_err(|e| not_found(e, &format!("template {id} has no such version")))
     }
 
-    /// The files and configuration of a version.
+    /// The files and configuration of a version; the registry records a pull unless
+    /// `record_pull` is false (a size check).
     pub async fn manifest(
         &self,
         id_or_name: &str,
         version: &VersionSelector,
+        record_pull: bool,
     ) -> ClientResult<Manifest> {
         let path = format!("/api/v1/templates/{}/manifest", encode(id_or_name));
         let mut req = self.request(Method::GET, &path);
+        if !record_pull {
+            req = req.query(&[("record_pull", "false")]);
+        }
         if let Some(tag) = &version.tag {
             req = req.query(&[("tag", tag)]);
         } else if let Some(n) = version.number {

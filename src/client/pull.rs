@@ -70,7 +70,7 @@ pub async fn pull(
     version: &VersionSelector,
     shrink: bool,
 ) -> ClientResult<PullReport> {
-    let manifest = t.registry.manifest(template, version).await?;
+    let manifest = t.registry.manifest(template, version, true).await?;
     let placed = place(&t.library, &manifest)?;
     check_conflict(&t.library, &manifest)?;
     let wanted: Vec<Wanted> = placed
@@ -116,7 +116,7 @@ pub async fn download_size(
     template: &str,
     version: &VersionSelector,
 ) -> ClientResult<DownloadSize> {
-    let manifest = t.registry.manifest(template, version).await?;
+    let manifest = t.registry.manifest(template, version, false).await?;
     let placed = place(&t.library, &manifest)?;
     Ok(DownloadSize {
         id: manifest.id,

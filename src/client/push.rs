@@ -21,7 +21,7 @@ use crate::protocol::{CommitRequest, PushFile, PushPlan, PushRequest};
 /// What to push.
 #[derive(Clone, Debug, Default)]
 pub struct PushOptions {
-    /// The new tag; a unique one is made when absent.
+    /// The new tag; required, as at the vendor (`None` is refused with a message).
     pub tag: Option<String>,
     /// The version's description.
     pub description: String,
@@ -55,6 +55,11 @@ pub struct PushReport {
 /// Pushes a local VM as a new version.
 pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResult<PushReport> {
     let vm = t.library.find(vm_name)?;
+    let Some(tag) = opts.tag.as_deref() else {
+        return Err(ClientError::Invalid(
+            "push needs a tag: -t TAG (as the vendor's push; a version is known by its tag)".into(),
+        ));
+    };
     let files = t.library.files(&vm)?;
     let (id, name) = match &opts.existing {
         Some(existing) => {
@@ -64,11 +69,10 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
         None => (vm.uuid, vm.name.clone()),
     };
     let journal = Arc::new(Journal::open(t, &vm)?);
-    let (plan, resumed) = match resumable_plan(t, &journal, id, opts, &files).await? {
+    let (plan, resumed) = match resumable_plan(t, &journal, id, tag, &files).await? {
         Some(plan) => (plan, true),
         None => {
-            let tag = opts.tag.clone().unwrap_or_else(unique_tag);
-            let request = push_request(&vm, id, &name, &tag, &opts.description, &files)?;
+            let request = push_request(&vm, id, &name, tag, &opts.description, &files)?;
             let plan = t.registry.negotiate(&request).await?;
             journal.begin(JournalState {
                 registry: t.registry.url().to_string(),
@@ -188,14 +192,14 @@ async fn resumable_plan(
     t: &Transfer,
     journal: &Journal,
     id: Uuid,
-    opts: &PushOptions,
+    tag: &str,
     files: &[LocalFile],
 ) -> ClientResult<Option<PushPlan>> {
     let Some(state) = journal.current() else {
         return Ok(None);
     };
     let same_target = state.registry == t.registry.url() && state.id == id;
-    let same_tag = opts.tag.as_ref().map_or(true, |tag| *tag == state.tag);
+    let same_tag = tag == state.tag;
     if !same_target || !same_tag {
         return Ok(None);
     }
@@ -280,46 +284,4 @@ async fn hash_local(file: &LocalFile) -> ClientResult<String> {
     tokio::task::spawn_blocking(move || sha256_file(&path))
         .await
         .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))
-}
-
-/// A tag unique enough without `-t`: the UTC time of the push and a random suffix.
-fn unique_tag() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let suffix = Uuid::new_v4().simple().to_string();
-    format!("{}-{}", utc_stamp(secs), &suffix[..6])
-}
-
-/// `YYYYMMDDhhmmss` of epoch seconds, UTC (civil-from-days, Howard Hinnant).
-fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_utc_times() {
-        assert_eq!(utc_stamp(0), "19700101000000");
-        assert_eq!(utc_stamp(1_795_000_000), "20261118110640");
-    }
 }

@@ -9,19 +9,20 @@ use crate::store::{ByteStream, Redirect};
 
 impl Registry {
     /// The manifest of a version (latest by default) of a template named by id or name;
-    /// records the pull.
+    /// records the pull when `record_pull` is set.
     pub async fn manifest(
         &self,
         id_or_name: &str,
         tag: Option<&str>,
         number: Option<u32>,
+        record_pull: bool,
     ) -> RegistryResult<Manifest> {
         let template = self.resolve(id_or_name).await?;
         let version = find_version(&template, tag, number)?;
         let manifest = Manifest {
             id: template.id,
             name: template.name.clone(),
-            arch: template.arch.clone(),
+            arch: template.effective_arch(),
             number: version.number,
             tag: version.tag.clone(),
             description: version.description.clone(),
@@ -39,6 +40,9 @@ impl Registry {
                 .collect(),
             size: version.size(),
         };
+        if !record_pull {
+            return Ok(manifest);
+        }
         if let Err(e) = self.touch_pull(&template.id).await {
             tracing::warn!(template = %template.id, error = %e, "could not record the pull");
         }

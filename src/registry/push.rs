@@ -524,7 +524,10 @@ impl Registry {
                     Template {
                         id: session.template,
                         name: session.name.clone(),
-                        arch: session.arch.clone().unwrap_or_default(),
+                        arch: session
+                            .arch
+                            .clone()
+                            .unwrap_or_else(|| model::arch_of_config(&session.config).to_string()),
                         created: now,
                         last_push: now,
                         versions: Vec::new(),

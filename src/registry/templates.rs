@@ -67,8 +67,33 @@ impl Registry {
             };
             out.push(ListedTemplate { summary, last_pull });
         }
+        self.refresh_old_summaries(&mut out).await?;
         out.sort_by(|a, b| a.summary.name.cmp(&b.summary.name));
         Ok(out)
+    }
+
+    /// Summaries written before they carried the version list (and a derived arch) are
+    /// rebuilt from their templates, so a registry upgraded in place lists correctly
+    /// before its next push or `admin reindex`.
+    async fn refresh_old_summaries(&self, listed: &mut [ListedTemplate]) -> RegistryResult<()> {
+        let old: Vec<usize> = (0..listed.len())
+            .filter(|i| listed[*i].summary.version_list.is_none())
+            .collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<String> = old
+            .iter()
+            .map(|i| keys::template(&listed[*i].summary.id))
+            .collect();
+        let values = self.meta.get_many(&wanted).await?;
+        for ((i, key), value) in old.iter().zip(&wanted).zip(values) {
+            if let Some(bytes) = value {
+                let template: Template = decode(key, &bytes)?;
+                listed[*i].summary = TemplateSummary::from(&template);
+            }
+        }
+        Ok(())
     }
 
     /// A template with all its versions.

@@ -297,6 +297,11 @@ pub async fn call(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> 
     if let Some(body) = body {
         req = req.body(body);
     }
+    send_request(req).await
+}
+
+/// Sends a built request (headers, authentication) and parses the reply.
+pub async fn send_request(req: reqwest::RequestBuilder) -> Reply {
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap_or_default();
@@ -406,12 +411,13 @@ pub async fn try_push(
     tag: &str,
     files: &[&TestFile],
 ) -> Reply {
-    let plan = send_json(
-        reqwest::Method::POST,
-        &server.at("/api/v1/push"),
-        &push_request(id, name, tag, files),
-    )
-    .await;
+    try_push_request(server, &push_request(id, name, tag, files), files).await
+}
+
+/// Negotiates `request` (a whole negotiation body), uploads what the registry lacks of
+/// `files`, commits; returns the first failing reply, or the commit reply.
+pub async fn try_push_request(server: &Server, request: &Value, files: &[&TestFile]) -> Reply {
+    let plan = send_json(reqwest::Method::POST, &server.at("/api/v1/push"), request).await;
     if plan.status != 200 {
         return plan;
     }
