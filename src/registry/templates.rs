@@ -294,3 +294,58 @@ fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.delete(&keys::last_pull(&template.id));
     tx.set_remove(keys::TEMPLATES, &template.id.to_string());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::embedded::EmbeddedMeta;
+    use crate::store::fs::FsStore;
+
+    #[tokio::test]
+    async fn summaries_written_before_version_lists_are_rebuilt_on_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
+        let blobs = Arc::new(FsStore::open(dir.path(), 5 << 20).unwrap());
+        let registry = Registry::new(meta, blobs, 5 << 20, 2);
+        let template = Template {
+            id: Uuid::new_v4(),
+            name: "old".into(),
+            arch: String::new(),
+            created: 1,
+            last_push: 2,
+            versions: vec![model::Version {
+                number: 0,
+                tag: "vanilla".into(),
+                description: String::new(),
+                files: Vec::new(),
+                config: serde_json::json!({"hardware_model": "x"}),
+                created: 2,
+                push_id: "p".into(),
+            }],
+        };
+        // A summary as stored before: a count of versions, no list, no derived arch.
+        let old = serde_json::json!({
+            "id": template.id, "name": "old", "size": 0, "arch": "", "created": 1,
+            "last_push": 2, "latest_tag": "vanilla", "versions": 1,
+        });
+        transact(registry.meta(), async |tx| {
+            write_template(tx, &template);
+            tx.put_json(&keys::summary(&template.id), &old);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let listed = registry.list().await.unwrap();
+        let summary = &listed[0].summary;
+        assert_eq!(summary.arch, "arm64");
+        let tags: Vec<&str> = summary
+            .version_list
+            .iter()
+            .flatten()
+            .map(|v| v.tag.as_str())
+            .collect();
+        assert_eq!(tags, ["vanilla"]);
+    }
+}
