@@ -39,7 +39,8 @@ async fn snapshot(server: &Server) -> Value {
     let mut details = serde_json::Map::new();
     for t in &items {
         let id = t["id"].as_str().expect("an id");
-        let detail = get(&server.at(&format!("/registry/v2/vm?id={id}")))
+        // The v1 shape of one template: the v2 one has no arch.
+        let detail = get(&server.at(&format!("/registry/vm?id={id}")))
             .await
             .ok_body()
             .clone();
