@@ -76,6 +76,9 @@ impl Node {
             .env("VMREG_CONFIG", self.dir.join("remotes.yaml"))
             .env_remove("VMREG_LIB")
             .env_remove("VMREG_RATE_LIMIT")
+            .env_remove("VMREG_ROOT_TOKEN")
+            .env_remove("VMREG_API_KEY_ID")
+            .env_remove("VMREG_API_KEY_FILE")
             .stdin(Stdio::null());
         cmd
     }

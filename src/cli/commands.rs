@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::credentials;
 use super::output::{self, size};
 use super::progress::Bars;
 use super::remotes::{config_path, Remotes};
@@ -21,7 +22,10 @@ use crate::client::{
 pub async fn dispatch(args: RegistryArgs) -> ClientResult<()> {
     let g = &args.global;
     match args.command {
-        Command::Add { name, url } => remote_edit(g, &name, |r| r.add(&name, &url)),
+        Command::Add { name, url } => {
+            let keep = credentials::to_keep(g)?;
+            remote_edit(g, &name, |r| r.add(&name, &url, keep))
+        }
         Command::Set { name } => remote_edit(g, &name, |r| r.set(&name)),
         Command::Delete { name } => remote_delete(g, &name),
         Command::ListRepos => list_repos(g),
@@ -60,12 +64,13 @@ fn remote_edit(
     let mut remotes = Remotes::load(&path)?;
     edit(&mut remotes)?;
     remotes.save(&path)?;
-    let url = remotes.get(name)?.url.clone();
+    let remote = remotes.get(name)?;
+    let (url, auth) = (&remote.url, remote.auth_summary());
     if g.json {
-        output::json(&json!({ "name": name, "url": url, "current": true }))
+        output::json(&json!({ "name": name, "url": url, "current": true, "auth": auth }))
     } else {
         if !g.quiet {
-            println!("current registry: {name} ({url})");
+            println!("current registry: {name} ({url}, credentials: {auth})");
         }
         Ok(())
     }
@@ -93,7 +98,7 @@ fn list_repos(g: &GlobalArgs) -> ClientResult<()> {
         let list: Vec<_> = remotes
             .remotes
             .iter()
-            .map(|(name, r)| json!({ "name": name, "url": r.url, "current": Some(name.as_str()) == current }))
+            .map(|(name, r)| json!({ "name": name, "url": r.url, "current": Some(name.as_str()) == current, "auth": r.auth_summary() }))
             .collect();
         return output::json(&list);
     }
@@ -106,22 +111,29 @@ fn list_repos(g: &GlobalArgs) -> ClientResult<()> {
             } else {
                 ""
             };
-            vec![mark.to_string(), name.clone(), r.url.clone()]
+            vec![
+                mark.to_string(),
+                name.clone(),
+                r.url.clone(),
+                r.auth_summary(),
+            ]
         })
         .collect();
-    output::table(&["", "NAME", "URL"], &rows);
+    output::table(&["", "NAME", "URL", "CREDENTIALS"], &rows);
     Ok(())
 }
 
 fn registry(g: &GlobalArgs) -> ClientResult<Registry> {
-    let url =
-        Remotes::load(&config_path()?)?.resolve(g.remote.as_deref(), g.registry_path.as_deref())?;
+    let remotes = Remotes::load(&config_path()?)?;
+    let (url, remote) = remotes.resolve(g.remote.as_deref(), g.registry_path.as_deref())?;
+    let env = |name: &str| std::env::var(name).ok();
     Registry::connect(&Endpoint {
         url,
         cert: g.cert.clone(),
         key: g.key.clone(),
         cacert: g.cacert.clone(),
         insecure: g.insecure,
+        credentials: credentials::resolve(g, remote, &env)?,
     })
 }
 

@@ -2,6 +2,7 @@
 //! flags), plus the API operations the vendor's CLI lacks.
 
 mod commands;
+mod credentials;
 mod output;
 pub mod progress;
 pub mod remotes;
@@ -9,6 +10,8 @@ pub mod remotes;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+
+use crate::client::Secret;
 
 /// Options and command of `vmreg registry`.
 #[derive(clap::Args, Debug)]
@@ -55,6 +58,20 @@ pub struct GlobalArgs {
     /// Skip TLS verification
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// The registry's root token (or VMREG_ROOT_TOKEN; prefer the variable: arguments show in `ps`)
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "Credentials"
+    )]
+    pub root_token: Option<Secret>,
+    /// An API key's id (or VMREG_API_KEY_ID); needs --api-key-file
+    #[arg(long, global = true, value_name = "ID", help_heading = "Credentials")]
+    pub api_key_id: Option<String>,
+    /// The API key's private key: base64 PKCS#1 DER as POST /v1/apikey returns it, or PEM (or VMREG_API_KEY_FILE)
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Credentials")]
+    pub api_key_file: Option<PathBuf>,
     /// The local VM library (vm_lib/, img_lib/, state_lib/) [default: ~/Library/Application Support/Veertu/Anka on macOS, ~/.local/share/vmreg/lib elsewhere]
     #[arg(long, env = "VMREG_LIB", global = true, value_name = "DIR")]
     pub lib: Option<PathBuf>,
@@ -80,7 +97,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 /// The registry commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Add a registry (it becomes the current one)
+    /// Add a registry (it becomes the current one), with the credentials given by flags if any
     Add {
         /// A name for the registry
         name: String,

@@ -48,6 +48,12 @@ pub enum ClientError {
     /// Bad input from the user or the local configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The registry did not accept the credentials (or wanted some).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The caller is known but lacks the permission.
+    #[error("permission denied: {0}")]
+    Denied(String),
 }
 
 impl ClientError {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::auth::{Authenticator, Credentials};
 use super::error::{ClientError, ClientResult};
 use crate::protocol::{
     CommitRequest, Committed, Envelope, Manifest, PushPlan, PushRequest, UploadProgress,
@@ -29,6 +30,8 @@ pub struct Endpoint {
     pub cacert: Option<PathBuf>,
     /// Skip certificate verification.
     pub insecure: bool,
+    /// Who the client is to the registry.
+    pub credentials: Credentials,
 }
 
 /// A connected registry.
@@ -36,6 +39,7 @@ pub struct Endpoint {
 pub struct Registry {
     base: String,
     http: reqwest::Client,
+    auth: std::sync::Arc<Authenticator>,
 }
 
 /// One template in the registry's listing (`GET /registry/v2/vm`).
@@ -161,7 +165,11 @@ impl Registry {
         let http = builder
             .build()
             .map_err(|e| ClientError::network("cannot set up the HTTP client", &e))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            auth: std::sync::Arc::new(Authenticator::new(endpoint.credentials.clone())),
+        })
     }
 
     /// The registry's base URL.
@@ -179,16 +187,47 @@ impl Registry {
         self.http.request(method, format!("{}{}", self.base, path))
     }
 
-    /// Sends a request and returns the response if its status is a success.
+    /// Sends a request with the credentials and returns the response if its status is a
+    /// success. The one place requests get their `Authorization`: a 401 to an API key's
+    /// session renews the session and sends the request once more.
     async fn send(&self, req: RequestBuilder) -> ClientResult<Response> {
+        // A streamed body cannot be sent twice; everything else can.
+        let again = req.try_clone();
+        let (resp, grant) = self.send_authorized(req).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return checked(resp).await;
+        }
+        let message = failure_message(resp).await;
+        if !self.auth.rejected(grant).await {
+            return Err(self.auth.refused(&self.base, &message));
+        }
+        let Some(req) = again else {
+            // Transient, so the upload resumes, handshaking anew first.
+            return Err(ClientError::Network(
+                "the registry ended the session during an upload".into(),
+            ));
+        };
+        let (resp, _) = self.send_authorized(req).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let message = failure_message(resp).await;
+            return Err(self.auth.refused(&self.base, &message));
+        }
+        checked(resp).await
+    }
+
+    async fn send_authorized(
+        &self,
+        mut req: RequestBuilder,
+    ) -> ClientResult<(Response, super::auth::Grant)> {
+        let (header, grant) = self.auth.header(&self.http, &self.base).await?;
+        if let Some(header) = header {
+            req = req.header(reqwest::header::AUTHORIZATION, header);
+        }
         let resp = req
             .send()
             .await
             .map_err(|e| ClientError::network(&format!("cannot reach {}", self.base), &e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        Err(failure(resp).await)
+        Ok((resp, grant))
     }
 
     /// Sends a request and unwraps the envelope's body.
@@ -446,16 +485,31 @@ fn not_found(e: ClientError, what: &str) -> ClientError {
     }
 }
 
-async fn failure(resp: Response) -> ClientError {
+/// The response if it is a success, else its error.
+async fn checked(resp: Response) -> ClientResult<Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    Err(failure(resp).await)
+}
+
+/// The message of an error reply: the envelope's, or a summary of the body.
+async fn failure_message(resp: Response) -> String {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    let message = match serde_json::from_str::<Envelope<serde_json::Value>>(&text) {
+    match serde_json::from_str::<Envelope<serde_json::Value>>(&text) {
         Ok(env) if !env.message.is_empty() => env.message,
         _ if text.trim().is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
         _ => snippet(&text),
-    };
+    }
+}
+
+async fn failure(resp: Response) -> ClientError {
+    let status = resp.status();
+    let message = failure_message(resp).await;
     match status {
         StatusCode::CONFLICT => ClientError::Conflict(message),
+        StatusCode::FORBIDDEN => ClientError::Denied(message),
         _ => ClientError::Registry {
             status: status.as_u16(),
             message,

@@ -248,13 +248,33 @@ pub fn referenced(config: &Mapping, kind: FileKind) -> Vec<String> {
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half of it.
 pub fn write_atomic(path: &Path, data: &[u8]) -> ClientResult<()> {
+    write_atomic_mode(path, data, 0o666)
+}
+
+/// Like [`write_atomic`], for a file only its owner may read (mode 0600 from its creation
+/// on, so its content is never readable by others, even for a moment).
+pub fn write_private(path: &Path, data: &[u8]) -> ClientResult<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> ClientResult<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     // Unique per call: two writers of one path must not share (and steal) a temporary.
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}-{seq}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, data).map_err(|e| ClientError::io(&tmp, e))?;
+    // A crashed earlier process of the same id may have left this name behind.
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| ClientError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ClientError::io(path, e))
 }
 

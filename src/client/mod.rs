@@ -1,7 +1,11 @@
 //! The HTTP client and transfer engine used by `vmreg registry`: typed calls to every
-//! registry endpoint ([`http`]), the local VM library ([`library`]), and pushes and pulls
-//! that move only missing files, several streams at once, resumably and verified.
+//! registry endpoint ([`http`]) under the caller's credentials ([`auth`]), the local VM
+//! library ([`library`]), and pushes and pulls that move only missing files, several
+//! streams at once, resumably and verified.
 
+pub mod auth;
+#[cfg(test)]
+mod auth_tests;
 pub mod download;
 pub mod error;
 pub mod http;
@@ -10,16 +14,20 @@ pub mod library;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod secret;
 pub mod staging;
+pub mod tap;
 pub mod throttle;
 pub mod upload;
 
 use std::sync::Arc;
 
+pub use auth::Credentials;
 pub use error::{ClientError, ClientResult};
 pub use http::{Endpoint, Registry, VersionSelector};
 pub use library::Library;
 pub use progress::{Reporter, Silent};
+pub use secret::{PrivateKey, Secret};
 pub use throttle::Throttle;
 
 /// Everything a push or pull needs: the registry, the library and how to move bytes.
