@@ -126,13 +126,20 @@ async fn post(http: &Client, base: &str, path: &str, body: Value) -> ClientResul
             status.as_u16()
         )));
     }
+    Ok(unwrap_reply(reply, &text))
+}
+
+/// The payload of a handshake reply, in any of the shapes registries give it: the
+/// envelope's `body`, the reply object itself (`{"status","id","data"}`), a JSON string,
+/// or a bare text body.
+fn unwrap_reply(reply: Option<Value>, text: &str) -> Value {
     match reply {
-        Some(Value::Object(mut map)) if map.contains_key("status") => {
-            Ok(map.remove("body").unwrap_or(Value::Null))
-        }
-        Some(other) => Ok(other),
-        // A bare base64 body, not JSON.
-        None => Ok(Value::String(text.trim().to_string())),
+        Some(Value::Object(mut map)) => match map.remove("body") {
+            Some(body) if !body.is_null() => body,
+            _ => Value::Object(map),
+        },
+        Some(Value::String(s)) => Value::String(s),
+        _ => Value::String(text.trim().to_string()),
     }
 }
 
@@ -164,6 +171,24 @@ mod tests {
             e.encode(r#"{"alg":"HS256"}"#),
             e.encode(claims)
         )
+    }
+
+    #[test]
+    fn replies_are_read_in_every_shape() {
+        let parse = |text: &str| unwrap_reply(serde_json::from_str(text).ok(), text);
+        let sealed = Value::String("QUJD+/==".into());
+        assert_eq!(parse("QUJD+/==\n"), sealed);
+        assert_eq!(parse(r#""QUJD+/==""#), sealed);
+        assert_eq!(
+            parse(r#"{"status":"OK","message":"","body":"QUJD+/=="}"#),
+            sealed
+        );
+        let session = serde_json::json!({"userName": "k", "token": "t", "sessionId": "s"});
+        let enveloped = serde_json::json!({"status": "OK", "body": {"id": "k", "data": session}});
+        let flat = serde_json::json!({"status": "OK", "message": "", "id": "k", "data": session});
+        for reply in [enveloped, flat] {
+            assert_eq!(parse(&reply.to_string())["data"], session);
+        }
     }
 
     #[test]
