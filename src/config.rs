@@ -1,10 +1,13 @@
 //! The server's configuration: defaults, then a config file, then environment variables
 //! (the vendor's `ANKA_*` names, overridden by ours, `VMREG_*`), then flags.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::auth::{AuthConfig, Secret};
 
 /// One layer of settings (flags, environment or file); unset fields defer to lower layers.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
@@ -58,6 +61,29 @@ pub struct ServeArgs {
     /// Prefix of every Redis key, so registries can share a server [env: VMREG_REDIS_PREFIX] [default: vmreg:]
     #[arg(long)]
     pub redis_prefix: Option<String>,
+    /// Require credentials on every endpoint but /livez and /readyz [env: VMREG_ENABLE_AUTH, ANKA_ENABLE_AUTH] [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_auth: Option<bool>,
+    /// The root token (Basic root:<token>), at least 10 characters; prefer the environment, flags show in `ps` [env: VMREG_ROOT_TOKEN, ANKA_ROOT_TOKEN]
+    #[arg(long)]
+    pub root_token: Option<Secret>,
+    /// API keys and the TAP handshake [env: VMREG_ENABLE_API_KEYS, ANKA_ENABLE_API_KEYS] [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_api_keys: Option<bool>,
+    /// Permission groups decide what an API key may do [env: VMREG_ENABLE_AUTHORIZATION, ANKA_ENABLE_AUTHORIZATION] [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_authorization: Option<bool>,
+    /// Lifetime of an API key session [env: VMREG_API_KEYS_SESSION_TTL, ANKA_API_KEYS_SESSION_TTL] [default: 5m]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub api_keys_session_ttl: Option<Duration>,
+    /// Secret (at least 32 bytes) signing session tokens; unset, one is generated and shared through the metadata store [env: VMREG_JWT_SECRET]
+    #[arg(long)]
+    pub jwt_secret: Option<Secret>,
+    /// Permission groups created at start when missing, `{group: [permission, …]}` (config file only)
+    #[arg(skip)]
+    #[serde(default)]
+    pub permission_groups: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// Settings for the S3 blob store.
@@ -103,6 +129,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// Redis settings when metadata lives in Redis.
     pub redis: Option<RedisConfig>,
+    /// Identity and access.
+    pub auth: AuthConfig,
 }
 
 /// S3 refuses parts under 5 MiB (but the last).
@@ -156,6 +184,21 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("s3_redirect", &["VMREG_S3_REDIRECT"]),
     ("redis_url", &["VMREG_REDIS_URL"]),
     ("redis_prefix", &["VMREG_REDIS_PREFIX"]),
+    ("enable_auth", &["VMREG_ENABLE_AUTH", "ANKA_ENABLE_AUTH"]),
+    ("root_token", &["VMREG_ROOT_TOKEN", "ANKA_ROOT_TOKEN"]),
+    (
+        "enable_api_keys",
+        &["VMREG_ENABLE_API_KEYS", "ANKA_ENABLE_API_KEYS"],
+    ),
+    (
+        "enable_authorization",
+        &["VMREG_ENABLE_AUTHORIZATION", "ANKA_ENABLE_AUTHORIZATION"],
+    ),
+    (
+        "api_keys_session_ttl",
+        &["VMREG_API_KEYS_SESSION_TTL", "ANKA_API_KEYS_SESSION_TTL"],
+    ),
+    ("jwt_secret", &["VMREG_JWT_SECRET"]),
 ];
 
 impl ServeArgs {
@@ -170,7 +213,12 @@ impl ServeArgs {
             else {
                 continue;
             };
-            let bad = |e: String| ConfigError(format!("{name}={value:?}: {e}"));
+            let shown = if field.contains("token") || field.contains("secret") {
+                "***".to_string()
+            } else {
+                format!("{value:?}")
+            };
+            let bad = |e: String| ConfigError(format!("{name}={shown}: {e}"));
             match *field {
                 "config" => layer.config = Some(value.into()),
                 "listen" => layer.listen = Some(value),
@@ -192,6 +240,16 @@ impl ServeArgs {
                 "s3_redirect" => layer.s3_redirect = Some(parse_bool(&value).map_err(bad)?),
                 "redis_url" => layer.redis_url = Some(value),
                 "redis_prefix" => layer.redis_prefix = Some(value),
+                "enable_auth" => layer.enable_auth = Some(parse_bool(&value).map_err(bad)?),
+                "root_token" => layer.root_token = Some(value.into()),
+                "enable_api_keys" => layer.enable_api_keys = Some(parse_bool(&value).map_err(bad)?),
+                "enable_authorization" => {
+                    layer.enable_authorization = Some(parse_bool(&value).map_err(bad)?)
+                }
+                "api_keys_session_ttl" => {
+                    layer.api_keys_session_ttl = Some(parse_duration(&value).map_err(bad)?)
+                }
+                "jwt_secret" => layer.jwt_secret = Some(value.into()),
                 _ => {}
             }
         }
@@ -223,6 +281,13 @@ impl ServeArgs {
             s3_redirect: self.s3_redirect.or(lower.s3_redirect),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_prefix: self.redis_prefix.or(lower.redis_prefix),
+            enable_auth: self.enable_auth.or(lower.enable_auth),
+            root_token: self.root_token.or(lower.root_token),
+            enable_api_keys: self.enable_api_keys.or(lower.enable_api_keys),
+            enable_authorization: self.enable_authorization.or(lower.enable_authorization),
+            api_keys_session_ttl: self.api_keys_session_ttl.or(lower.api_keys_session_ttl),
+            jwt_secret: self.jwt_secret.or(lower.jwt_secret),
+            permission_groups: self.permission_groups.or(lower.permission_groups),
         }
     }
 }
@@ -279,6 +344,18 @@ impl Config {
             url,
             prefix: l.redis_prefix.unwrap_or_else(|| "vmreg:".into()),
         });
+        let auth = AuthConfig {
+            enabled: l.enable_auth.unwrap_or(false),
+            root_token: l.root_token,
+            api_keys: l.enable_api_keys.unwrap_or(false),
+            authorization: l.enable_authorization.unwrap_or(false),
+            session_ttl: l
+                .api_keys_session_ttl
+                .unwrap_or(crate::auth::config::DEFAULT_SESSION_TTL),
+            jwt_secret: l.jwt_secret,
+            seed_groups: l.permission_groups.unwrap_or_default(),
+        };
+        auth.validate().map_err(ConfigError)?;
         Ok(Config {
             listen,
             data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
@@ -286,6 +363,7 @@ impl Config {
             part_size,
             s3,
             redis,
+            auth,
         })
     }
 }
@@ -323,6 +401,7 @@ impl std::fmt::Display for Config {
                 self.data_dir.join("objects").display()
             )?,
         }
+        writeln!(f, "  auth              {}", self.auth.summary())?;
         match &self.redis {
             Some(r) => writeln!(
                 f,
@@ -601,6 +680,66 @@ mod tests {
         )
         .unwrap();
         assert!(!c.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn auth_switches_by_vendor_names_with_the_token_redacted() {
+        let c = Config::resolve(
+            ServeArgs::default(),
+            env(&[
+                ("ANKA_ENABLE_AUTH", "true"),
+                ("ANKA_ROOT_TOKEN", "s3cr3t-root-token"),
+                ("ANKA_ENABLE_API_KEYS", "1"),
+                ("VMREG_API_KEYS_SESSION_TTL", "5s"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.auth.enabled && c.auth.api_keys && !c.auth.authorization);
+        assert_eq!(c.auth.session_ttl, Duration::from_secs(5));
+        let shown = format!("{c}{c:?}");
+        assert!(shown.contains("api keys on"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let off = Config::resolve(ServeArgs::default(), env(&[])).unwrap();
+        assert!(!off.auth.enabled);
+        assert_eq!(off.auth.session_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn refuses_a_short_or_missing_root_token() {
+        let short = Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_ENABLE_AUTH", "true"), ("ANKA_ROOT_TOKEN", "short")]),
+        )
+        .unwrap_err();
+        assert!(!short.to_string().contains("short\""), "{short}");
+        assert!(
+            Config::resolve(ServeArgs::default(), env(&[("ANKA_ENABLE_AUTH", "true")])).is_err()
+        );
+        assert!(Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_ENABLE_API_KEYS", "true")])
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn seeds_groups_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmreg.yaml");
+        std::fs::write(
+            &file,
+            "enable_auth: true\nroot_token: \"0123456789\"\npermission_groups:\n  ci: [list_vms, pull_vm]\n",
+        )
+        .unwrap();
+        let c = Config::resolve(
+            ServeArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.seed_groups["ci"], vec!["list_vms", "pull_vm"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Layers: `api` (HTTP) → `registry` (service logic) → `meta` (metadata) + `store` (bytes).
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,8 +1,9 @@
 //! One error type for every handler: a status and the vendor's `FAIL` envelope.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::auth::AuthError;
 use crate::meta::MetaError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -58,6 +59,41 @@ impl ApiError {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
+            size: None,
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match &e {
+            AuthError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::NotFound(_) | AuthError::Disabled(_) => StatusCode::NOT_FOUND,
+            AuthError::Conflict(_) => StatusCode::CONFLICT,
+            AuthError::Meta(MetaError::Unavailable(_)) | AuthError::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AuthError::Meta(MetaError::Corrupt { .. }) | AuthError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR => {
+                // Auth errors never carry secrets; the details still stay in the log.
+                tracing::error!(error = %e, "authentication failed on our side");
+                match status {
+                    StatusCode::SERVICE_UNAVAILABLE => "storage backend unavailable; retry later",
+                    _ => "internal error",
+                }
+                .to_string()
+            }
+            _ => e.to_string(),
+        };
+        Self {
+            status,
+            message,
             size: None,
         }
     }
@@ -119,6 +155,11 @@ impl ResponseError for ApiError {
         let mut reply = HttpResponse::build(self.status);
         if let Some(size) = self.size {
             reply.insert_header(("Content-Range", format!("bytes */{size}")));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // Both ways in: the root token (Basic) and API key sessions (Bearer).
+            reply.append_header((header::WWW_AUTHENTICATE, "Basic realm=\"vmreg\""));
+            reply.append_header((header::WWW_AUTHENTICATE, "Bearer realm=\"vmreg\""));
         }
         reply.json(serde_json::json!({ "status": "FAIL", "body": null, "message": self.message }))
     }

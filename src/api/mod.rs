@@ -2,8 +2,11 @@
 //! reply in the vendor's envelope. Routes live in [`configure`], used by the server and
 //! by tests alike.
 
+pub mod access;
 mod error;
+mod groups;
 mod health;
+mod keys;
 mod params;
 pub mod server;
 mod transfer;
@@ -56,9 +59,38 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .get(transfer::download)
                 .head(transfer::download),
         )
+        .configure(configure_auth)
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::not_found("no such endpoint"))
         }));
+}
+
+/// API keys, the TAP handshake and permission groups.
+fn configure_auth(cfg: &mut web::ServiceConfig) {
+    for path in ["/v1/apikey", "/api/v1/apikey"] {
+        cfg.service(
+            resource(path)
+                .get(keys::list)
+                .post(keys::create)
+                .put(keys::update)
+                .delete(keys::delete),
+        );
+    }
+    cfg.service(resource("/tap/v1/hand").post(keys::hand))
+        .service(resource("/tap/v1/shake").post(keys::shake))
+        .service(resource("/admin/api/v1/permission").get(groups::permissions))
+        .service(
+            resource("/admin/api/v1/permission/group")
+                .get(groups::list)
+                .post(groups::create),
+        )
+        .service(
+            resource("/admin/api/v1/permission/group/{group}")
+                .get(groups::get)
+                .put(groups::put)
+                .post(groups::put)
+                .delete(groups::delete),
+        );
 }
 
 /// A route whose other methods get a `FAIL` 405 rather than an empty reply.

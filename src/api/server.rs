@@ -7,7 +7,8 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer, ResponseError};
 
-use super::{configure, ApiError, AppState};
+use super::{access, configure, ApiError, AppState};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{backends, Registry};
 
@@ -49,6 +50,10 @@ async fn serve(config: Config) -> Result<(), String> {
         .as_ref()
         .map(|s| s.upload_concurrency)
         .unwrap_or(2);
+    let auth = Auth::open(config.auth.clone(), meta.clone())
+        .await
+        .map_err(|e| format!("authentication: {e}"))?;
+    let auth = web::Data::new(auth);
     let registry = Registry::new(meta, blobs, config.part_size, concurrency);
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -65,6 +70,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(auth.clone())
+            .wrap(actix_web::middleware::from_fn(access::guard))
             .wrap_fn(reject_huge_headers)
             .configure(configure)
     })

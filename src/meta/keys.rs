@@ -41,3 +41,25 @@ pub fn session(id: &str) -> String {
 pub fn upload(session: &str, file_key: &str) -> String {
     format!("upl:{session}:{file_key}")
 }
+
+/// The set of all API key ids.
+pub const API_KEYS: &str = "apikeys";
+/// The set of all permission group names.
+pub const GROUPS: &str = "groups";
+/// The secret that signs session tokens when none is configured.
+pub const SIGNING_KEY: &str = "auth:signing-key";
+
+/// An API key: its public key, groups, lifetime.
+pub fn api_key(id: &str) -> String {
+    format!("apikey:{id}")
+}
+
+/// The TAP secrets handed out for an API key and not yet used.
+pub fn tap_secrets(id: &str) -> String {
+    format!("tap:{id}")
+}
+
+/// A permission group and its permissions.
+pub fn group(name: &str) -> String {
+    format!("group:{name}")
+}

@@ -1,0 +1,299 @@
+//! API keys in the metadata store: an id, groups, a lifetime and an RSA public key.
+//! The private key never stays on the server: a generated one is returned once.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::traits::PublicKeyParts;
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    groups::valid_name, now_secs, random_token, read, read_set, retry, rfc3339, AuthError,
+};
+use crate::meta::{keys, MetaStore, MetaTxExt};
+
+/// Size of generated keys.
+const GENERATED_BITS: usize = 2048;
+/// Smallest and largest public keys accepted.
+const MIN_BITS: usize = 2048;
+const MAX_BITS: usize = 8192;
+/// Longest key lifetime accepted (100 years), so expiry arithmetic cannot overflow.
+const MAX_TTL: u64 = 100 * 365 * 24 * 3600;
+
+/// A stored API key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// The key's id, the user name of its sessions.
+    pub id: String,
+    /// Permission groups.
+    pub groups: Vec<String>,
+    /// Epoch seconds of creation.
+    pub created: u64,
+    /// Epoch seconds from which it no longer works.
+    pub expires: u64,
+    /// The RSA public key, PKIX DER.
+    #[serde(with = "b64")]
+    pub public_key: Vec<u8>,
+    /// Random per creation: a session names it, so a deleted and re-created id does not
+    /// bring old sessions back.
+    pub generation: String,
+}
+
+impl ApiKey {
+    /// True while the key may be used.
+    pub fn is_live(&self, now: u64) -> bool {
+        now < self.expires
+    }
+
+    /// The public key, parsed.
+    pub fn rsa(&self) -> Result<RsaPublicKey, AuthError> {
+        RsaPublicKey::from_public_key_der(&self.public_key).map_err(|_| {
+            AuthError::Internal(format!("stored public key of {:?} is invalid", self.id))
+        })
+    }
+
+    /// `{id, groups, expiration, created}` as `GET /v1/apikey` shows it.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "groups": self.groups,
+            "expiration": rfc3339(self.expires),
+            "created": rfc3339(self.created),
+        })
+    }
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        B64.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `POST /v1/apikey`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateKey {
+    /// Key id.
+    pub id: String,
+    /// Lifetime in seconds.
+    pub ttl: Option<Ttl>,
+    /// Groups: a list, or the seed's comma-separated string.
+    #[serde(default)]
+    pub groups: Option<Groups>,
+    /// PKIX DER, base64; generated when absent.
+    pub public_key: Option<String>,
+}
+
+/// `PUT /v1/apikey`.
+#[derive(Debug, Deserialize)]
+pub struct UpdateKey {
+    /// Key id.
+    pub id: String,
+    /// New lifetime in seconds, from now.
+    pub ttl: Option<Ttl>,
+    /// New groups.
+    pub groups: Option<Groups>,
+}
+
+/// A TTL given as a number or a numeric string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Ttl {
+    /// `86400`.
+    Number(serde_json::Number),
+    /// `"86400"`.
+    Text(String),
+}
+
+impl Ttl {
+    fn seconds(&self) -> Result<u64, AuthError> {
+        let n = match self {
+            Ttl::Number(n) => n.as_u64(),
+            Ttl::Text(s) => s.trim().parse().ok(),
+        };
+        match n {
+            Some(n) if n > 0 && n <= MAX_TTL => Ok(n),
+            _ => Err(AuthError::BadRequest(format!(
+                "ttl must be a number of seconds between 1 and {MAX_TTL}"
+            ))),
+        }
+    }
+}
+
+/// Groups as a JSON list or a comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Groups {
+    /// `["a","b"]`.
+    List(Vec<String>),
+    /// `"a,b"`.
+    Text(String),
+}
+
+impl Groups {
+    fn names(&self) -> Result<Vec<String>, AuthError> {
+        let raw: Vec<String> = match self {
+            Groups::List(l) => l.iter().map(|g| g.trim().to_string()).collect(),
+            Groups::Text(t) => t
+                .split(',')
+                .map(|g| g.trim().to_string())
+                .filter(|g| !g.is_empty())
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for g in raw {
+            valid_name(&g)?;
+            if !out.contains(&g) {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one key.
+pub async fn get(meta: &dyn MetaStore, id: &str) -> Result<Option<ApiKey>, AuthError> {
+    read(meta, &keys::api_key(id)).await
+}
+
+/// Every key, sorted by id.
+pub async fn list(meta: &dyn MetaStore) -> Result<Vec<ApiKey>, AuthError> {
+    read_set(meta, keys::API_KEYS, keys::api_key).await
+}
+
+/// Creates a key; answers the base64 PKCS#1 DER private key when the server made the pair.
+pub async fn create(meta: &dyn MetaStore, req: CreateKey) -> Result<Option<String>, AuthError> {
+    valid_name(&req.id)?;
+    let ttl = req
+        .ttl
+        .as_ref()
+        .ok_or_else(|| AuthError::BadRequest("ttl (seconds) is required".into()))?
+        .seconds()?;
+    let groups = match &req.groups {
+        Some(g) => g.names()?,
+        None => Vec::new(),
+    };
+    let (public_key, private_key) = match &req.public_key {
+        Some(given) => (parse_public_key(given)?, None),
+        None => {
+            let (public, private) = generate().await?;
+            (public, Some(private))
+        }
+    };
+    let now = now_secs();
+    let record = ApiKey {
+        id: req.id.clone(),
+        groups,
+        created: now,
+        expires: now + ttl,
+        public_key,
+        generation: random_token()?,
+    };
+    let key = keys::api_key(&record.id);
+    let (key, record) = (key.as_str(), &record);
+    retry(move || async move {
+        let mut tx = meta.begin().await?;
+        if tx.get(key).await?.is_some() {
+            return Err(AuthError::Conflict(format!(
+                "an API key {:?} exists already",
+                record.id
+            )));
+        }
+        tx.put_json(key, record);
+        tx.set_add(keys::API_KEYS, &record.id);
+        Ok(tx.commit().await?.then_some(()))
+    })
+    .await?;
+    Ok(private_key)
+}
+
+/// Changes a key's groups or lifetime (counted from now).
+pub async fn update(meta: &dyn MetaStore, req: UpdateKey) -> Result<(), AuthError> {
+    let ttl = req.ttl.as_ref().map(Ttl::seconds).transpose()?;
+    let groups = req.groups.as_ref().map(Groups::names).transpose()?;
+    let key = keys::api_key(&req.id);
+    let (key, id, ttl, groups) = (key.as_str(), req.id.as_str(), ttl, &groups);
+    retry(move || async move {
+        let mut tx = meta.begin().await?;
+        let Some(mut record) = tx.get_json::<ApiKey>(key).await? else {
+            return Err(AuthError::NotFound(format!("no API key {id:?}")));
+        };
+        if let Some(ttl) = ttl {
+            record.expires = now_secs() + ttl;
+        }
+        if let Some(groups) = groups {
+            record.groups = groups.clone();
+        }
+        tx.put_json(key, &record);
+        Ok(tx.commit().await?.then_some(()))
+    })
+    .await
+}
+
+/// Deletes a key and its pending TAP secrets; its sessions stop working with it.
+pub async fn delete(meta: &dyn MetaStore, id: &str) -> Result<(), AuthError> {
+    let key = keys::api_key(id);
+    let key = key.as_str();
+    retry(move || async move {
+        let mut tx = meta.begin().await?;
+        if tx.get(key).await?.is_none() {
+            return Err(AuthError::NotFound(format!("no API key {id:?}")));
+        }
+        tx.delete(key);
+        tx.delete(&keys::tap_secrets(id));
+        tx.set_remove(keys::API_KEYS, id);
+        Ok(tx.commit().await?.then_some(()))
+    })
+    .await
+}
+
+/// Parses a base64 PKIX DER public key (PEM armour tolerated) of an accepted size.
+fn parse_public_key(given: &str) -> Result<Vec<u8>, AuthError> {
+    let bad = || {
+        AuthError::BadRequest(
+            "publicKey must be an RSA public key, PKIX ASN.1 DER in base64".into(),
+        )
+    };
+    let body: String = given
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.chars())
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = B64.decode(body).map_err(|_| bad())?;
+    let key = RsaPublicKey::from_public_key_der(&der).map_err(|_| bad())?;
+    let bits = key.n().bits();
+    if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+        return Err(AuthError::BadRequest(format!(
+            "publicKey must have {MIN_BITS} to {MAX_BITS} bits, not {bits}"
+        )));
+    }
+    Ok(der)
+}
+
+/// A fresh RSA-2048 pair: (public PKIX DER, private PKCS#1 DER in base64).
+async fn generate() -> Result<(Vec<u8>, String), AuthError> {
+    tokio::task::spawn_blocking(|| {
+        let private = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, GENERATED_BITS)
+            .map_err(|e| AuthError::Internal(format!("RSA key generation failed: {e}")))?;
+        let public = RsaPublicKey::from(&private)
+            .to_public_key_der()
+            .map_err(|e| AuthError::Internal(format!("public key encoding failed: {e}")))?;
+        let der = private
+            .to_pkcs1_der()
+            .map_err(|e| AuthError::Internal(format!("private key encoding failed: {e}")))?;
+        Ok((public.as_bytes().to_vec(), B64.encode(der.as_bytes())))
+    })
+    .await
+    .map_err(|e| AuthError::Internal(format!("key generation task: {e}")))?
+}

@@ -1,0 +1,98 @@
+//! Permission groups in the metadata store: a name and the permissions it grants.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::permissions::Permission;
+use super::{read, read_many, read_set, retry, AuthError};
+use crate::meta::{keys, MetaStore, MetaTxExt};
+
+/// A permission group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// Its name, as API keys list it.
+    pub name: String,
+    /// What it grants.
+    pub permissions: BTreeSet<Permission>,
+}
+
+/// Checks a group name: 1–128 characters of letters, digits, `.`, `_`, `-`, `@`.
+pub fn valid_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(format!(
+            "invalid name {name:?}: use 1-128 letters, digits, '.', '_', '-' or '@'"
+        )))
+    }
+}
+
+/// Parses permission names; an unknown name is a 400 naming it.
+pub fn parse_permissions(names: &[String]) -> Result<BTreeSet<Permission>, AuthError> {
+    names
+        .iter()
+        .map(|n| {
+            Permission::parse(n.trim())
+                .ok_or_else(|| AuthError::BadRequest(format!("unknown permission {n:?}")))
+        })
+        .collect()
+}
+
+/// Every group, sorted by name.
+pub async fn list(meta: &dyn MetaStore) -> Result<Vec<Group>, AuthError> {
+    read_set(meta, keys::GROUPS, keys::group).await
+}
+
+/// One group, if it exists.
+pub async fn get(meta: &dyn MetaStore, name: &str) -> Result<Option<Group>, AuthError> {
+    read(meta, &keys::group(name)).await
+}
+
+/// What `groups` grant together; unknown groups grant nothing.
+pub async fn granted(
+    meta: &dyn MetaStore,
+    groups: &[String],
+) -> Result<BTreeSet<Permission>, AuthError> {
+    let records: Vec<String> = groups.iter().map(|g| keys::group(g)).collect();
+    let found: Vec<Group> = read_many(meta, &records).await?;
+    Ok(found.into_iter().flat_map(|g| g.permissions).collect())
+}
+
+/// Creates or replaces a group; `only_if_new` leaves an existing one alone (seeding).
+pub async fn put(meta: &dyn MetaStore, group: &Group, only_if_new: bool) -> Result<(), AuthError> {
+    valid_name(&group.name)?;
+    let key = keys::group(&group.name);
+    let key = key.as_str();
+    retry(move || async move {
+        let mut tx = meta.begin().await?;
+        if only_if_new && tx.get(key).await?.is_some() {
+            return Ok(Some(()));
+        }
+        tx.put_json(key, group);
+        tx.set_add(keys::GROUPS, &group.name);
+        Ok(tx.commit().await?.then_some(()))
+    })
+    .await
+}
+
+/// Deletes a group; 404 when there is none.
+pub async fn delete(meta: &dyn MetaStore, name: &str) -> Result<(), AuthError> {
+    let key = keys::group(name);
+    let key = key.as_str();
+    retry(move || async move {
+        let mut tx = meta.begin().await?;
+        if tx.get(key).await?.is_none() {
+            return Err(AuthError::NotFound(format!("no permission group {name:?}")));
+        }
+        tx.delete(key);
+        tx.set_remove(keys::GROUPS, name);
+        Ok(tx.commit().await?.then_some(()))
+    })
+    .await
+}

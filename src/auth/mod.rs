@@ -1,0 +1,286 @@
+//! Identity and access: who is calling and whether it may do what it asks.
+//!
+//! Every way in (the root token, API key sessions made by the TAP handshake, and later
+//! TLS client certificates and OCI credentials) ends in one [`Identity`]; one function,
+//! [`permissions::authorize`], decides. Keys, pending TAP secrets, groups and the session
+//! signing secret live in the metadata store, so every replica sees the same.
+
+pub mod apikeys;
+pub mod config;
+pub mod groups;
+mod identity;
+pub mod permissions;
+pub mod root;
+pub mod session;
+pub mod tap;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+pub use config::{AuthConfig, Secret};
+pub use identity::{AuthMethod, Identity};
+pub use permissions::{Access, Permission};
+
+use crate::meta::{MetaError, MetaStore};
+
+/// Why a request may not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, or bad ones: 401. Deliberately says nothing more.
+    #[error("Authentication Required")]
+    Unauthenticated,
+    /// Authenticated, but lacking what the endpoint needs: 403.
+    #[error("permission denied: this needs {0}")]
+    Forbidden(String),
+    /// Malformed administration request: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such key or group: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The key or group exists already: 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The feature is switched off: 404.
+    #[error("{0}")]
+    Disabled(&'static str),
+    /// The metadata store failed: 503.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// Too many concurrent changes to the same record: 503.
+    #[error("too many concurrent changes; retry")]
+    Busy,
+    /// A fault of ours: 500 (details are logged, not sent).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Identity and access for one server: its switches, its store and its session signer.
+pub struct Auth {
+    config: AuthConfig,
+    meta: Arc<dyn MetaStore>,
+    signer: Option<session::Signer>,
+}
+
+impl Auth {
+    /// Prepares authentication: shares or reads the session signing secret and seeds the
+    /// configured permission groups.
+    pub async fn open(config: AuthConfig, meta: Arc<dyn MetaStore>) -> Result<Auth, AuthError> {
+        config.validate().map_err(AuthError::BadRequest)?;
+        let signer = match config.enabled && config.api_keys {
+            true => Some(
+                session::Signer::open(
+                    meta.as_ref(),
+                    config.jwt_secret.as_ref(),
+                    config.session_ttl,
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        for (name, names) in &config.seed_groups {
+            let group = groups::Group {
+                name: name.clone(),
+                permissions: groups::parse_permissions(names)?,
+            };
+            groups::put(meta.as_ref(), &group, true).await?;
+        }
+        Ok(Auth {
+            config,
+            meta,
+            signer,
+        })
+    }
+
+    /// The switches.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// The metadata store keys and groups live in.
+    pub fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    /// Who sent this `Authorization` header. With authentication off everyone is
+    /// [`Identity::open`].
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
+        if !self.config.enabled {
+            return Ok(Identity::open());
+        }
+        let header = authorization.ok_or(AuthError::Unauthenticated)?.trim();
+        let (scheme, credentials) = header.split_once(' ').ok_or(AuthError::Unauthenticated)?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) =
+                root::parse_basic(credentials).ok_or(AuthError::Unauthenticated)?;
+            let token = self.config.root_token.as_ref();
+            return match token {
+                Some(t) if user == root::ROOT_USER && root::is_root_token(&password, t) => {
+                    Ok(Identity::root())
+                }
+                _ => Err(AuthError::Unauthenticated),
+            };
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let signer = self.signer.as_ref().ok_or(AuthError::Unauthenticated)?;
+            let claimed = signer.verify(credentials)?;
+            let key = apikeys::get(self.meta.as_ref(), &claimed.key_id).await?;
+            return match key {
+                Some(key) if key.is_live(now_secs()) && claimed.made_by(&key) => Ok(Identity {
+                    user: key.id,
+                    groups: key.groups,
+                    method: AuthMethod::ApiKey {
+                        session: claimed.session,
+                    },
+                }),
+                _ => Err(AuthError::Unauthenticated),
+            };
+        }
+        Err(AuthError::Unauthenticated)
+    }
+
+    /// May `identity` do what `need` asks? Reads its groups only when that matters.
+    pub async fn authorize(&self, identity: &Identity, need: Access) -> Result<(), AuthError> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let consult = self.config.authorization
+            && !identity.is_root()
+            && matches!(need, Access::All(_) | Access::Any(_) | Access::Admin(_));
+        let granted = match consult {
+            true => groups::granted(self.meta.as_ref(), &identity.groups).await?,
+            false => Default::default(),
+        };
+        permissions::authorize(identity, &granted, self.config.authorization, need)
+    }
+
+    /// Runs the TAP shake and opens a session for the key.
+    pub async fn shake(&self, id: &str, secret: &str) -> Result<session::SessionData, AuthError> {
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or(AuthError::Disabled(API_KEYS_OFF))?;
+        let key = tap::shake(self.meta.as_ref(), id, secret).await?;
+        signer.issue(&key)
+    }
+
+    /// Fails unless API keys are on.
+    pub fn require_api_keys(&self) -> Result<(), AuthError> {
+        match self.signer.is_some() {
+            true => Ok(()),
+            false => Err(AuthError::Disabled(API_KEYS_OFF)),
+        }
+    }
+}
+
+const API_KEYS_OFF: &str = "API keys are not enabled (ANKA_ENABLE_API_KEYS)";
+
+/// Reads and decodes one record.
+pub(crate) async fn read<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    key: &str,
+) -> Result<Option<T>, AuthError> {
+    Ok(read_many(meta, &[key.to_string()]).await?.pop())
+}
+
+/// Reads and decodes the records under `keys` that exist, in order.
+pub(crate) async fn read_many<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    keys: &[String],
+) -> Result<Vec<T>, AuthError> {
+    let mut out = Vec::new();
+    for (key, value) in keys.iter().zip(meta.get_many(keys).await?) {
+        if let Some(bytes) = value {
+            out.push(crate::meta::decode(key, &bytes)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The records of every member of `set`, sorted by member.
+pub(crate) async fn read_set<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    set: &str,
+    key_of: impl Fn(&str) -> String,
+) -> Result<Vec<T>, AuthError> {
+    let mut members = meta.members(set).await?;
+    members.sort();
+    let keys: Vec<String> = members.iter().map(|m| key_of(m)).collect();
+    read_many(meta, &keys).await
+}
+
+/// Runs an optimistic transaction until it commits: `Ok(None)` from `attempt` means a
+/// conflict, try again.
+pub(crate) async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, AuthError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, AuthError>>,
+{
+    for _ in 0..32 {
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(AuthError::Busy)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC, as the vendor's key listing shows times.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Compares two secrets in constant time: both are MACed under a fresh random key and
+/// ring checks one tag against the other without an early exit, whatever the lengths.
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(key) = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng) else {
+        return false;
+    };
+    let tag = ring::hmac::sign(&key, a);
+    ring::hmac::verify(&key, b, tag.as_ref()).is_ok()
+}
+
+/// 32 random bytes, base64url: session ids, TAP secrets, key generations.
+pub(crate) fn random_token() -> Result<String, AuthError> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_secrets() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(same_secret(b"", b""));
+    }
+
+    #[test]
+    fn formats_times_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_632_163_308), "2021-09-20T18:41:48Z");
+    }
+}

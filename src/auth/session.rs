@@ -1,0 +1,159 @@
+//! Sessions of API keys: a signed JWT inside the vendor's Bearer shape,
+//! `base64(JSON({userName, token, sessionId}))`.
+//!
+//! The signing secret comes from the configuration or, when none is given, is generated
+//! by the first replica to start and shared through the metadata store. A token only
+//! proves that a session was made; every request also reads the key it names, so a
+//! deleted or expired key ends its sessions at once on every replica.
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::apikeys::ApiKey;
+use super::config::Secret;
+use super::{now_secs, random_token, retry, AuthError};
+use crate::meta::{keys, MetaStore, MetaTxExt};
+
+/// Bytes of a generated signing secret.
+const GENERATED_SECRET: usize = 48;
+
+/// What the token carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The API key id.
+    sub: String,
+    /// The session id.
+    sid: String,
+    /// The key's generation when the session was made.
+    gen: String,
+    iat: u64,
+    exp: u64,
+}
+
+/// The `data` object of a shake: base64 of its JSON is the Bearer credential.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionData {
+    /// The API key id.
+    pub user_name: String,
+    /// The signed session token.
+    pub token: String,
+    /// The session id.
+    pub session_id: String,
+}
+
+/// A session verified from its Bearer credential, before its key is checked.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The API key id.
+    pub key_id: String,
+    /// The session id.
+    pub session: String,
+    generation: String,
+}
+
+impl Claimed {
+    /// True when `key` is the very key (not a re-creation of its id) that made the session.
+    pub fn made_by(&self, key: &ApiKey) -> bool {
+        key.id == self.key_id
+            && super::same_secret(key.generation.as_bytes(), self.generation.as_bytes())
+    }
+}
+
+/// Signs and verifies session tokens.
+pub struct Signer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: u64,
+}
+
+impl Signer {
+    /// A signer over the configured secret, or the one shared through `meta` (made now
+    /// if no replica made it yet).
+    pub async fn open(
+        meta: &dyn MetaStore,
+        configured: Option<&Secret>,
+        ttl: std::time::Duration,
+    ) -> Result<Signer, AuthError> {
+        let secret = match configured {
+            Some(s) => s.expose().as_bytes().to_vec(),
+            None => shared_secret(meta).await?,
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Signer {
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+            ttl_secs: ttl.as_secs().max(1),
+        })
+    }
+
+    /// A new session for `key`.
+    pub fn issue(&self, key: &ApiKey) -> Result<SessionData, AuthError> {
+        let now = now_secs();
+        let claims = Claims {
+            sub: key.id.clone(),
+            sid: random_token()?,
+            gen: key.generation.clone(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Internal(format!("signing a session failed: {e}")))?;
+        Ok(SessionData {
+            user_name: claims.sub,
+            token,
+            session_id: claims.sid,
+        })
+    }
+
+    /// Checks a Bearer credential: its shape, signature and expiry.
+    pub fn verify(&self, bearer: &str) -> Result<Claimed, AuthError> {
+        // Shell pipelines wrap base64 at 76 columns; the line breaks are not the credential.
+        let bearer: String = bearer.chars().filter(|c| !c.is_whitespace()).collect();
+        let raw = B64
+            .decode(&bearer)
+            .or_else(|_| B64URL.decode(bearer.trim_end_matches('=')))
+            .map_err(|_| AuthError::Unauthenticated)?;
+        let data: SessionData =
+            serde_json::from_slice(&raw).map_err(|_| AuthError::Unauthenticated)?;
+        let claims = jsonwebtoken::decode::<Claims>(&data.token, &self.decoding, &self.validation)
+            .map_err(|_| AuthError::Unauthenticated)?
+            .claims;
+        // `exp` is checked with one-second granularity by the library; be exact.
+        if claims.exp <= now_secs() || claims.sid != data.session_id || claims.sub != data.user_name
+        {
+            return Err(AuthError::Unauthenticated);
+        }
+        Ok(Claimed {
+            key_id: claims.sub,
+            session: claims.sid,
+            generation: claims.gen,
+        })
+    }
+}
+
+/// The signing secret in the metadata store, made by whichever replica asks first.
+async fn shared_secret(meta: &dyn MetaStore) -> Result<Vec<u8>, AuthError> {
+    let mut fresh = vec![0u8; GENERATED_SECRET];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    let fresh = B64.encode(fresh);
+    let fresh = fresh.as_str();
+    let stored = retry(move || async move {
+        let mut tx = meta.begin().await?;
+        if let Some(existing) = tx.get_json::<String>(keys::SIGNING_KEY).await? {
+            return Ok(Some(existing));
+        }
+        tx.put_json(keys::SIGNING_KEY, &fresh);
+        Ok(tx.commit().await?.then(|| fresh.to_string()))
+    })
+    .await?;
+    B64.decode(stored)
+        .map_err(|_| AuthError::Internal("the stored session signing key is corrupt".into()))
+}
