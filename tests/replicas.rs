@@ -955,3 +955,86 @@ async fn listing_ten_thousand_templates_is_fast() {
     );
     eprintln!("listing {n} templates took {took:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Identity and access across replicas.
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn api_key_sessions_are_shared_and_end_everywhere_when_the_key_is_deleted() {
+    require_s3_services();
+    use common::auth::{basic, create_key, hand, send, send_json_as, session, shake};
+    // No signing secret configured: the first replica makes one and the others share it.
+    let flags = [
+        "--enable-auth",
+        "--root-token",
+        "replica-root-token",
+        "--enable-api-keys",
+        "--enable-authorization",
+    ];
+    let a = Server::start_with(&flags);
+    let b = a.replica();
+    let root = basic("root", "replica-root-token");
+
+    // A group and a key made through A, a TAP hand on A and its shake on B.
+    let group = send_json_as(
+        Method::PUT,
+        &a.at("/admin/api/v1/permission/group/fleet"),
+        &json!({"permissions": ["list_vms"]}),
+        Some(&root),
+    )
+    .await;
+    assert_eq!(group.status, 200, "{group:?}");
+    let private = create_key(&a.url, &root, "mac-1", 600, &["fleet"]).await;
+    let secret = hand(&a.url, "mac-1", &private).await;
+    let shaken = shake(&b.url, "mac-1", &secret).await;
+    assert_eq!(shaken.status, 200, "{shaken:?}");
+    assert_eq!(
+        shake(&a.url, "mac-1", &secret).await.status,
+        401,
+        "replayed on the other replica"
+    );
+    let on_b = common::auth::bearer(&shaken.json["data"]);
+    // A session made on A, used on B, and the one shaken on B used on A.
+    let on_a = session(&a.url, "mac-1", &private).await;
+    for (server, bearer) in [(&b, &on_a), (&a, &on_b), (&b, &on_b)] {
+        let list = send(
+            Method::GET,
+            &server.at("/registry/v2/vm"),
+            None,
+            Some(bearer),
+        )
+        .await;
+        assert_eq!(list.status, 200, "{list:?}");
+        let disk = send(
+            Method::GET,
+            &server.at("/registry/disk"),
+            None,
+            Some(bearer),
+        )
+        .await;
+        assert_eq!(disk.status, 403, "the group set on A rules on B: {disk:?}");
+    }
+
+    // Deleting the key through A ends its sessions on B with the very next request.
+    let deleted = send_json_as(
+        Method::DELETE,
+        &a.at("/v1/apikey"),
+        &json!({"id": "mac-1"}),
+        Some(&root),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{deleted:?}");
+    for bearer in [&on_a, &on_b] {
+        let list = send(Method::GET, &b.at("/registry/v2/vm"), None, Some(bearer)).await;
+        assert_eq!(list.status, 401, "{list:?}");
+        assert_eq!(list.json["message"], "Authentication Required");
+    }
+
+    // A replica started later verifies the shared sessions too.
+    let private = create_key(&b.url, &root, "mac-2", 600, &["fleet"]).await;
+    let bearer = session(&b.url, "mac-2", &private).await;
+    let c = a.replica();
+    let list = send(Method::GET, &c.at("/registry/v2/vm"), None, Some(&bearer)).await;
+    assert_eq!(list.status, 200, "{list:?}");
+}

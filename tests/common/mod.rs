@@ -8,6 +8,8 @@
 //! and S3 prefix unless it is started as a replica of another.
 #![allow(dead_code)]
 
+pub mod auth;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -136,6 +138,7 @@ pub struct Server {
     /// Its namespace.
     pub ns: Namespace,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -153,15 +156,25 @@ impl Server {
 
     /// A server on the given namespace (a replica when another server uses it too).
     pub fn start_in(ns: Namespace, extra: &[&str]) -> Server {
+        Server::start_in_with_env(ns, extra, &[])
+    }
+
+    /// A server on the given namespace with extra flags and environment variables.
+    pub fn start_in_with_env(ns: Namespace, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let log = ns
             .dir
             .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
-        let (child, url) = spawn(&ns, &extra, "127.0.0.1:0", &log);
+        let (child, url) = spawn(&ns, &extra, &env, "127.0.0.1:0", &log);
         Server {
             url,
             ns,
             extra,
+            env,
             child: Some(child),
             log,
         }
@@ -170,7 +183,12 @@ impl Server {
     /// Another server process on the same stores.
     pub fn replica(&self) -> Server {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        Server::start_in(self.ns.clone(), &extra)
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Server::start_in_with_env(self.ns.clone(), &extra, &env)
     }
 
     /// The process id.
@@ -190,7 +208,7 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let (child, url) = spawn(&self.ns, &self.extra, &listen, &self.log);
+        let (child, url) = spawn(&self.ns, &self.extra, &self.env, &listen, &self.log);
         self.child = Some(child);
         self.url = url;
     }
@@ -212,7 +230,13 @@ impl Drop for Server {
     }
 }
 
-fn spawn(ns: &Namespace, extra: &[String], listen: &str, log: &Path) -> (Child, String) {
+fn spawn(
+    ns: &Namespace,
+    extra: &[String],
+    env: &[(String, String)],
+    listen: &str,
+    log: &Path,
+) -> (Child, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stderr = std::fs::OpenOptions::new()
@@ -226,6 +250,7 @@ fn spawn(ns: &Namespace, extra: &[String], listen: &str, log: &Path) -> (Child, 
             .args(ns.store_args())
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -292,8 +317,21 @@ impl Reply {
 
 /// Sends a request and parses the reply.
 pub async fn call(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> Reply {
+    call_as(method, url, body, None).await
+}
+
+/// Sends a request with an optional `Authorization` header and parses the reply.
+pub async fn call_as(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    authorization: Option<&str>,
+) -> Reply {
     let client = reqwest::Client::new();
     let mut req = client.request(method, url);
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
     if let Some(body) = body {
         req = req.body(body);
     }
@@ -417,7 +455,36 @@ pub async fn try_push(
 /// Negotiates `request` (a whole negotiation body), uploads what the registry lacks of
 /// `files`, commits; returns the first failing reply, or the commit reply.
 pub async fn try_push_request(server: &Server, request: &Value, files: &[&TestFile]) -> Reply {
-    let plan = send_json(reqwest::Method::POST, &server.at("/api/v1/push"), request).await;
+    try_push_request_as(&server.url, None, request, files).await
+}
+
+/// [`try_push`] to the server at `base` with an `Authorization` header on every request.
+pub async fn try_push_as(
+    base: &str,
+    authorization: Option<&str>,
+    id: &str,
+    name: &str,
+    tag: &str,
+    files: &[&TestFile],
+) -> Reply {
+    let request = push_request(id, name, tag, files);
+    try_push_request_as(base, authorization, &request, files).await
+}
+
+/// [`try_push_request`] to the server at `base`, with an optional `Authorization` header.
+pub async fn try_push_request_as(
+    base: &str,
+    authorization: Option<&str>,
+    request: &Value,
+    files: &[&TestFile],
+) -> Reply {
+    let plan = call_as(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/push"),
+        Some(serde_json::to_vec(request).unwrap()),
+        authorization,
+    )
+    .await;
     if plan.status != 200 {
         return plan;
     }
@@ -429,19 +496,26 @@ pub async fn try_push_request(server: &Server, request: &Value, files: &[&TestFi
         }
         let file = files.iter().find(|f| f.name == planned["name"]).unwrap();
         let key = planned["key"].as_str().unwrap();
-        let url = server.at(&format!(
-            "/api/v1/push/{session}/files/{}?offset=0",
+        let url = format!(
+            "{base}/api/v1/push/{session}/files/{}?offset=0",
             encode_path(key)
-        ));
-        let reply = call(reqwest::Method::PUT, &url, Some(file.data.clone())).await;
+        );
+        let reply = call_as(
+            reqwest::Method::PUT,
+            &url,
+            Some(file.data.clone()),
+            authorization,
+        )
+        .await;
         if reply.status != 200 {
             return reply;
         }
     }
-    call(
+    call_as(
         reqwest::Method::POST,
-        &server.at(&format!("/api/v1/push/{session}/commit")),
+        &format!("{base}/api/v1/push/{session}/commit"),
         None,
+        authorization,
     )
     .await
 }
