@@ -1016,6 +1016,28 @@ async fn api_key_sessions_are_shared_and_end_everywhere_when_the_key_is_deleted(
         assert_eq!(disk.status, 403, "the group set on A rules on B: {disk:?}");
     }
 
+    // Shakes of one secret racing on both replicas: exactly one wins.
+    let secret = hand(&a.url, "mac-1", &private).await;
+    let tries = (0..8).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let secret = secret.clone();
+        async move { shake(&url, "mac-1", &secret).await.status }
+    });
+    let statuses = futures_util::future::join_all(tries).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "{statuses:?}"
+    );
+
     // Deleting the key through A ends its sessions on B with the very next request.
     let deleted = send_json_as(
         Method::DELETE,

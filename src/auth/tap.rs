@@ -116,3 +116,78 @@ pub async fn shake(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::apikeys::{create, CreateKey, Ttl};
+    use crate::meta::embedded::EmbeddedMeta;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+
+    async fn keyed() -> (tempfile::TempDir, EmbeddedMeta, rsa::RsaPrivateKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let req = CreateKey {
+            id: "k".into(),
+            ttl: Some(Ttl::Text("600".into())),
+            groups: None,
+            public_key: None,
+        };
+        let private = create(&meta, req).await.unwrap().unwrap();
+        let der = B64.decode(private).unwrap();
+        let key = rsa::RsaPrivateKey::from_pkcs1_der(&der).unwrap();
+        (dir, meta, key)
+    }
+
+    fn open(key: &rsa::RsaPrivateKey, sealed: &str) -> String {
+        let plain = key
+            .decrypt(Oaep::new::<sha2::Sha256>(), &B64.decode(sealed).unwrap())
+            .unwrap();
+        String::from_utf8(plain).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_secret_works_once_and_not_after_it_expires() {
+        let (_dir, meta, key) = keyed().await;
+        let secret = open(&key, &hand(&meta, "k").await.unwrap());
+        assert_eq!(shake(&meta, "k", &secret).await.unwrap().id, "k");
+        assert!(matches!(
+            shake(&meta, "k", &secret).await,
+            Err(AuthError::Unauthenticated)
+        ));
+
+        // A secret past its minute is refused, as if it had never been handed out.
+        let stale = open(&key, &hand(&meta, "k").await.unwrap());
+        let mut tx = meta.begin().await.unwrap();
+        let mut pending: Vec<Pending> =
+            tx.get_json(&keys::tap_secrets("k")).await.unwrap().unwrap();
+        pending.iter_mut().for_each(|p| p.expires = now_secs() - 1);
+        tx.put_json(&keys::tap_secrets("k"), &pending);
+        assert!(tx.commit().await.unwrap());
+        assert!(matches!(
+            shake(&meta, "k", &stale).await,
+            Err(AuthError::Unauthenticated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn pending_secrets_are_capped_oldest_first() {
+        let (_dir, meta, key) = keyed().await;
+        let first = open(&key, &hand(&meta, "k").await.unwrap());
+        let mut last = String::new();
+        for _ in 0..MAX_PENDING {
+            last = open(&key, &hand(&meta, "k").await.unwrap());
+        }
+        assert!(
+            shake(&meta, "k", &first).await.is_err(),
+            "the oldest was dropped"
+        );
+        assert!(shake(&meta, "k", &last).await.is_ok());
+        let unknown = hand(&meta, "nobody").await.unwrap();
+        assert_eq!(B64.decode(unknown).unwrap().len(), FAKE_CIPHERTEXT);
+        assert!(
+            meta.get_many(&[keys::tap_secrets("nobody")]).await.unwrap()[0].is_none(),
+            "an unknown id stores nothing"
+        );
+    }
+}
