@@ -728,7 +728,7 @@ mod tests {
         let file = dir.path().join("vmreg.yaml");
         std::fs::write(
             &file,
-            "enable_auth: true\nroot_token: \"0123456789\"\npermission_groups:\n  ci: [list_vms, pull_vm]\n",
+            "enable_auth: true\nroot_token: 1111111111\npermission_groups:\n  ci: [list_vms, pull_vm]\n",
         )
         .unwrap();
         let c = Config::resolve(
@@ -740,6 +740,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.auth.seed_groups["ci"], vec!["list_vms", "pull_vm"]);
+        // An unquoted all-digit token, as in the vendor's examples, is still the token.
+        assert_eq!(
+            c.auth.root_token.as_ref().map(Secret::expose),
+            Some("1111111111")
+        );
     }
 
     #[test]

@@ -11,9 +11,27 @@ pub const MIN_JWT_SECRET: usize = 32;
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(300);
 
 /// A secret string: compared and used, never printed (`Debug` and `Display` show `***`).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    /// A string, or a number as YAML reads an unquoted all-digit token such as the
+    /// vendor's example `1111111111`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+        }
+        Ok(Secret(match Raw::deserialize(d)? {
+            Raw::Text(s) => s,
+            Raw::Unsigned(n) => n.to_string(),
+            Raw::Signed(n) => n.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     /// The secret itself, for the one place that uses it.
