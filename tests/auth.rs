@@ -149,7 +149,7 @@ async fn make_headers(s: &Server) -> Headers {
     let root = root();
     // The key that will have expired by the time the matrix runs: its session is made
     // while it lives.
-    let expired_key = create_key(base, &root, "expired", 2, &["with"]).await;
+    let expired_key = create_key(base, &root, "expired", 3, &["with"]).await;
     let expired = session(base, "expired", &expired_key).await;
     let with_key = create_key(base, &root, "with", 3600, &["with"]).await;
     let with = session(base, "with", &with_key).await;
@@ -184,7 +184,7 @@ async fn make_headers(s: &Server) -> Headers {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while status_as(base, &expired).await != 401 {
-        assert!(Instant::now() < deadline, "the 2 s key never expired");
+        assert!(Instant::now() < deadline, "the 3 s key never expired");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -1038,12 +1038,12 @@ async fn groups_are_seeded_from_the_config_file_and_administered_by_root() {
 
 #[tokio::test]
 async fn an_expiring_session_does_not_cut_a_running_upload() {
-    let s = Server::start_with(&auth_flags(&["--api-keys-session-ttl", "2s"]));
+    let s = Server::start_with(&auth_flags(&["--api-keys-session-ttl", "3s"]));
     let (base, root) = (s.url.as_str(), root());
     let private = create_key(base, &root, "slow", 600, &[]).await;
     let bearer = session(base, "slow", &private).await;
 
-    let file = TestFile::new("slow.ank", "image", 8 * 64 * 1024, 5);
+    let file = TestFile::new("slow.ank", "image", 9 * 64 * 1024, 5);
     let plan = send_json_as(
         Method::POST,
         &format!("{base}/api/v1/push"),
@@ -1058,7 +1058,7 @@ async fn an_expiring_session_does_not_cut_a_running_upload() {
         .unwrap()
         .to_string();
 
-    // The body trickles for about 3.5 s, well past the session's 2 s.
+    // The body trickles for about 4 s; the session, made moments ago, had at most 3 s left.
     let chunks: Vec<Vec<u8>> = file.data.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
     let stream = futures_util::stream::iter(chunks).then(|c| async move {
         tokio::time::sleep(Duration::from_millis(450)).await;
@@ -1075,7 +1075,7 @@ async fn an_expiring_session_does_not_cut_a_running_upload() {
         .send()
         .await
         .unwrap();
-    assert!(started.elapsed() > Duration::from_secs(3));
+    assert!(started.elapsed() > Duration::from_secs(4));
     assert_eq!(up.status().as_u16(), 200, "{:?}", up.text().await);
 
     // The next request with the expired session is refused; a new session commits.
