@@ -157,3 +157,74 @@ async fn shared_secret(meta: &dyn MetaStore) -> Result<Vec<u8>, AuthError> {
     B64.decode(stored)
         .map_err(|_| AuthError::Internal("the stored session signing key is corrupt".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::embedded::EmbeddedMeta;
+
+    fn key(generation: &str) -> ApiKey {
+        ApiKey {
+            id: "k".into(),
+            groups: vec![],
+            created: 0,
+            expires: u64::MAX,
+            public_key: vec![],
+            generation: generation.into(),
+        }
+    }
+
+    async fn signer(secret: &str) -> Signer {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let secret: Secret = secret.to_string().into();
+        Signer::open(&meta, Some(&secret), std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+
+    fn bearer(data: &SessionData) -> String {
+        B64.encode(serde_json::to_vec(data).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_session_verifies_only_as_issued() {
+        let s = signer("0123456789abcdef0123456789abcdef").await;
+        let data = s.issue(&key("g1")).unwrap();
+        let claimed = s.verify(&bearer(&data)).unwrap();
+        assert!(claimed.made_by(&key("g1")));
+        assert!(
+            !claimed.made_by(&key("g2")),
+            "a re-created key is another key"
+        );
+
+        let mut other_session = s.issue(&key("g1")).unwrap();
+        other_session.session_id = data.session_id.clone();
+        assert!(s.verify(&bearer(&other_session)).is_err());
+        let mut other_user = s.issue(&key("g1")).unwrap();
+        other_user.user_name = "someone".into();
+        assert!(s.verify(&bearer(&other_user)).is_err());
+        let foreign = signer("another-secret-another-secret-xx").await;
+        assert!(foreign.verify(&bearer(&data)).is_err());
+        assert!(s.verify("not base64 at all").is_err());
+        assert!(s.verify(&B64.encode("{}")).is_err());
+        // A wrapped base64 line (as `base64` prints it) is the same credential.
+        let wrapped: String = bearer(&data)
+            .as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+            .collect();
+        assert!(s.verify(&wrapped).is_ok());
+    }
+
+    #[tokio::test]
+    async fn replicas_share_one_generated_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let a = Signer::open(&meta, None, ttl).await.unwrap();
+        let b = Signer::open(&meta, None, ttl).await.unwrap();
+        let data = a.issue(&key("g")).unwrap();
+        assert!(b.verify(&bearer(&data)).is_ok());
+    }
+}
