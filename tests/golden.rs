@@ -390,8 +390,8 @@ async fn every_example_of_the_seed_gets_the_seeds_reply() {
 }
 
 /// The example replies of the seed's REST API section held here: status 1, list v1 2,
-/// list v2 2, delete 1, vm/info 1, revert 3, arch 3.
-const SEED_EXAMPLES: usize = 13;
+/// list v2 2, delete 1, vm/info 1, revert 3, arch 3, key management 4.
+const SEED_EXAMPLES: usize = 17;
 
 #[test]
 fn the_comparison_catches_drift_either_way() {
