@@ -84,6 +84,18 @@ pub struct ServeArgs {
     #[arg(skip)]
     #[serde(default)]
     pub permission_groups: Option<BTreeMap<String, Vec<String>>>,
+    /// Log lines as `text` or `json` (one object a line, for log shippers) [env: VMREG_LOG_FORMAT] [default: text]
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Log one line per request (method, route, status, bytes, duration) [env: VMREG_ACCESS_LOGS, ANKA_ACCESS_LOGS] [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub access_logs: Option<bool>,
+    /// Serve `/metrics` on a listener of its own as well [env: VMREG_ENABLE_METRICS, ANKA_ENABLE_METRICS] [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_metrics: Option<bool>,
+    /// Address of that metrics listener, `host:port` or `:port` [env: VMREG_METRICS_LISTEN] [default: 0.0.0.0:2112]
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Settings for the S3 blob store.
@@ -131,6 +143,19 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Identity and access.
     pub auth: AuthConfig,
+    /// Logs, access logs and the metrics listener.
+    pub telemetry: TelemetryConfig,
+}
+
+/// How the server reports on itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// Log lines as JSON objects instead of text.
+    pub json_logs: bool,
+    /// One log line per request.
+    pub access_logs: bool,
+    /// `host:port` of the separate metrics listener, when enabled.
+    pub metrics_listen: Option<String>,
 }
 
 /// S3 refuses parts under 5 MiB (but the last).
@@ -199,6 +224,13 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
         &["VMREG_API_KEYS_SESSION_TTL", "ANKA_API_KEYS_SESSION_TTL"],
     ),
     ("jwt_secret", &["VMREG_JWT_SECRET"]),
+    ("log_format", &["VMREG_LOG_FORMAT"]),
+    ("access_logs", &["VMREG_ACCESS_LOGS", "ANKA_ACCESS_LOGS"]),
+    (
+        "enable_metrics",
+        &["VMREG_ENABLE_METRICS", "ANKA_ENABLE_METRICS"],
+    ),
+    ("metrics_listen", &["VMREG_METRICS_LISTEN"]),
 ];
 
 impl ServeArgs {
@@ -250,6 +282,10 @@ impl ServeArgs {
                     layer.api_keys_session_ttl = Some(parse_duration(&value).map_err(bad)?)
                 }
                 "jwt_secret" => layer.jwt_secret = Some(value.into()),
+                "log_format" => layer.log_format = Some(value.to_ascii_lowercase()),
+                "access_logs" => layer.access_logs = Some(parse_bool(&value).map_err(bad)?),
+                "enable_metrics" => layer.enable_metrics = Some(parse_bool(&value).map_err(bad)?),
+                "metrics_listen" => layer.metrics_listen = Some(value),
                 _ => {}
             }
         }
@@ -288,6 +324,10 @@ impl ServeArgs {
             api_keys_session_ttl: self.api_keys_session_ttl.or(lower.api_keys_session_ttl),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             permission_groups: self.permission_groups.or(lower.permission_groups),
+            log_format: self.log_format.or(lower.log_format),
+            access_logs: self.access_logs.or(lower.access_logs),
+            enable_metrics: self.enable_metrics.or(lower.enable_metrics),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
         }
     }
 }
@@ -356,7 +396,28 @@ impl Config {
             seed_groups: l.permission_groups.unwrap_or_default(),
         };
         auth.validate().map_err(ConfigError)?;
+        let json_logs = match l.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "log format {other:?} is not text or json"
+                )))
+            }
+        };
+        let metrics_listen = match l.enable_metrics.unwrap_or(false) {
+            true => Some(normalize_listen(
+                l.metrics_listen.as_deref().unwrap_or("0.0.0.0:2112"),
+            )?),
+            false => None,
+        };
+        let telemetry = TelemetryConfig {
+            json_logs,
+            access_logs: l.access_logs.unwrap_or(false),
+            metrics_listen,
+        };
         Ok(Config {
+            telemetry,
             listen,
             data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
             shutdown_timeout: l.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
@@ -378,6 +439,10 @@ impl std::fmt::Display for Config {
             self.shutdown_timeout.as_secs_f64()
         )?;
         writeln!(f, "  part_size         {}", self.part_size)?;
+        writeln!(f, "  access_logs       {}", self.telemetry.access_logs)?;
+        if let Some(metrics) = &self.telemetry.metrics_listen {
+            writeln!(f, "  metrics_listen    {metrics}")?;
+        }
         match &self.s3 {
             Some(s3) => {
                 writeln!(f, "  files             s3://{}/{}", s3.bucket, s3.prefix)?;
@@ -592,6 +657,45 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn telemetry_switches_layer_like_the_rest() {
+        let off = Config::resolve(ServeArgs::default(), env(&[])).unwrap();
+        assert!(!off.telemetry.access_logs && !off.telemetry.json_logs);
+        assert_eq!(off.telemetry.metrics_listen, None);
+        let vendor = Config::resolve(
+            ServeArgs::default(),
+            env(&[("ANKA_ACCESS_LOGS", "true"), ("ANKA_ENABLE_METRICS", "1")]),
+        )
+        .unwrap();
+        assert!(vendor.telemetry.access_logs);
+        assert_eq!(
+            vendor.telemetry.metrics_listen.as_deref(),
+            Some("0.0.0.0:2112")
+        );
+        let flags = ServeArgs {
+            access_logs: Some(false),
+            log_format: Some("json".into()),
+            metrics_listen: Some(":9100".into()),
+            ..ServeArgs::default()
+        };
+        let ours = Config::resolve(
+            flags,
+            env(&[
+                ("ANKA_ACCESS_LOGS", "true"),
+                ("VMREG_ENABLE_METRICS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(!ours.telemetry.access_logs && ours.telemetry.json_logs);
+        assert_eq!(
+            ours.telemetry.metrics_listen.as_deref(),
+            Some("0.0.0.0:9100")
+        );
+        assert!(
+            Config::resolve(ServeArgs::default(), env(&[("VMREG_LOG_FORMAT", "xml")])).is_err()
+        );
     }
 
     #[test]

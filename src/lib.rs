@@ -14,5 +14,6 @@ pub mod model;
 pub mod protocol;
 pub mod registry;
 pub mod store;
+pub mod telemetry;
 pub mod units;
 pub mod vendor_env;

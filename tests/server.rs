@@ -587,6 +587,7 @@ async fn index_page_and_openapi_cover_everything() {
         ("/api/v1/push/{session}/commit", &["post"]),
         ("/api/v1/templates/{template}/manifest", &["get"]),
         ("/api/v1/files/{key}", &["get", "head"]),
+        ("/metrics", &["get"]),
     ] {
         for m in methods {
             assert!(

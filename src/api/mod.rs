@@ -7,6 +7,8 @@ mod error;
 mod groups;
 mod health;
 mod keys;
+mod metrics;
+pub mod observe;
 mod params;
 pub mod server;
 mod transfer;
@@ -34,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/livez").get(health::livez))
         .service(resource("/readyz").get(health::readyz))
         .service(resource("/openapi.json").get(health::openapi))
+        .service(resource("/metrics").get(metrics::metrics))
         .service(resource("/registry/status").get(health::status))
         .service(resource("/registry/disk").get(health::disk))
         .service(
@@ -91,6 +94,11 @@ fn configure_auth(cfg: &mut web::ServiceConfig) {
                 .post(groups::put)
                 .delete(groups::delete),
         );
+}
+
+/// The routes of the separate metrics listener.
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics").get(metrics::metrics));
 }
 
 /// A route whose other methods get a `FAIL` 405 rather than an empty reply.

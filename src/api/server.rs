@@ -7,7 +7,8 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer, ResponseError};
 
-use super::{access, configure, ApiError, AppState};
+use super::observe::observe;
+use super::{access, configure, configure_metrics, ApiError, AppState};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{backends, Registry};
@@ -18,7 +19,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs the server; returns the process exit code.
 pub fn run(config: Config) -> i32 {
-    init_tracing();
+    crate::telemetry::init_logs(config.telemetry.json_logs);
     let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
     for warning in crate::vendor_env::warnings(names) {
         tracing::warn!("{warning}");
@@ -33,14 +34,9 @@ pub fn run(config: Config) -> i32 {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs text to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::telemetry::init_logs(false);
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -67,12 +63,18 @@ async fn serve(config: Config) -> Result<(), String> {
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
     });
+    let access_logs = config.telemetry.access_logs;
+    let metrics_server = match &config.telemetry.metrics_listen {
+        Some(listen) => Some(metrics_listener(listen, state.clone())?),
+        None => None,
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(auth.clone())
             .wrap(actix_web::middleware::from_fn(access::guard))
             .wrap_fn(reject_huge_headers)
+            .wrap_fn(move |req, srv| observe(req, srv, access_logs))
             .configure(configure)
     })
     .listen(listener)
@@ -89,7 +91,36 @@ async fn serve(config: Config) -> Result<(), String> {
             }
         }
     });
-    server.await.map_err(|e| e.to_string())
+    let served = server.await.map_err(|e| e.to_string());
+    if let Some(metrics) = metrics_server {
+        metrics.stop(true).await;
+    }
+    served
+}
+
+/// Starts the separate `/metrics` listener (the vendor's `:2112`); it stops with the
+/// main server rather than on signals of its own.
+fn metrics_listener(
+    listen: &str,
+    state: web::Data<AppState>,
+) -> Result<actix_web::dev::ServerHandle, String> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen for metrics on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(configure_metrics)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|e| e.to_string())?
+    .run();
+    println!("metrics on http://{addr}/metrics");
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(handle)
 }
 
 /// Headers past this many bytes in all are refused.

@@ -3,12 +3,14 @@
 use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::TryStreamExt;
 use serde_json::Value;
 
 use super::params::{byte_range, json_body, number, query, required_json};
 use super::{ok, ApiError, AppState};
 use crate::protocol::{CommitRequest, PushRequest};
 use crate::registry::RegistryError;
+use crate::telemetry::metrics::{self, Direction};
 
 /// `POST /api/v1/push`.
 pub async fn negotiate(
@@ -41,9 +43,11 @@ pub async fn upload(
         })?,
         None => 0,
     };
+    let _in_flight = metrics::transfer_started(Direction::Push);
+    let counted = payload.inspect_ok(|b| metrics::transferred(Direction::Push, b.len() as u64));
     Ok(ok(state
         .registry
-        .upload(&session, &key, offset, payload)
+        .upload(&session, &key, offset, counted)
         .await?))
 }
 
@@ -140,5 +144,10 @@ pub async fn download(
         return Ok(reply.body(SizedStream::new(len, Box::pin(nothing))));
     }
     let stream = state.registry.read_file(&record, range).await?;
-    Ok(reply.body(SizedStream::new(len, stream)))
+    let in_flight = metrics::transfer_started(Direction::Pull);
+    let counted = stream.inspect_ok(move |b| {
+        let _until_the_body_ends = &in_flight;
+        metrics::transferred(Direction::Pull, b.len() as u64);
+    });
+    Ok(reply.body(SizedStream::new(len, Box::pin(counted))))
 }

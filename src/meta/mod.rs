@@ -8,6 +8,7 @@
 #[cfg(test)]
 mod contract;
 pub mod embedded;
+pub mod instrumented;
 pub mod keys;
 pub mod redis;
 

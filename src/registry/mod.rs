@@ -7,6 +7,7 @@
 
 pub mod backends;
 mod gc;
+mod inventory;
 mod parts;
 pub mod pull;
 pub mod push;

@@ -53,6 +53,8 @@ struct InFlight {
     hasher: ResumableSha256,
     /// The part's bytes, to reuse the buffer once the store let go of it.
     data: Bytes,
+    /// Counts the part in the metrics until it lands or the upload is dropped.
+    _held: crate::telemetry::metrics::PartBufferGuard,
 }
 
 /// The parts of one upload request.
@@ -114,12 +116,14 @@ impl<'a> PartPump<'a> {
         self.next_number += 1;
         self.next_offset += part.len() as u64;
         let data = part.clone();
+        let _held = crate::telemetry::metrics::part_buffer_held(part.len());
         let task =
             tokio::spawn(async move { blobs.write_part(&handle, number, offset, part).await });
         self.in_flight.push_back(InFlight {
             task,
             hasher: self.hasher.clone(),
             data,
+            _held,
         });
         // Record parts as soon as they are durable, not only when the queue is full: a
         // replica that dies loses only the parts still in flight.

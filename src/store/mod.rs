@@ -6,6 +6,7 @@
 //! filesystem store follows it so that the service above has one code path.
 
 pub mod fs;
+pub mod instrumented;
 pub mod s3;
 
 use async_trait::async_trait;

@@ -1,0 +1,110 @@
+//! The edge of every request: a request id (the caller's `X-Request-Id` when it is sane,
+//! else a new one) returned in the response and carried by a span around the request, so
+//! every log line of the request names it; request metrics by route template; and, when
+//! switched on, one access log line. Nothing from headers or the query string is logged,
+//! so credentials and presigned parameters stay out of the logs.
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use futures_util::future::LocalBoxFuture;
+use tracing::Instrument;
+
+use crate::telemetry::metrics;
+
+/// The header carrying the request id both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The label of requests no route matched, so scanners cannot grow the series.
+const UNMATCHED: &str = "unmatched";
+
+/// The caller's request id when it is short and plain, else a fresh one; anything else
+/// could forge or break log lines.
+pub fn request_id(given: Option<&HeaderValue>) -> String {
+    let sane = |id: &&str| {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    match given.and_then(|v| v.to_str().ok()).filter(sane) {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// Wraps one request: see the module documentation.
+pub fn observe<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+    access_logs: bool,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let started = Instant::now();
+    let id = request_id(req.headers().get(REQUEST_ID));
+    let method = req.method().clone();
+    let route = req.match_pattern().unwrap_or_else(|| UNMATCHED.to_string());
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let peer = req.peer_addr();
+    let path = req.path().to_string();
+    let fut = span.in_scope(|| srv.call(req));
+    Box::pin(
+        async move {
+            let mut res = match fut.await {
+                Ok(res) => res.map_into_boxed_body(),
+                Err(e) => {
+                    let status = e.as_response_error().status_code().as_u16();
+                    metrics::http_request(method.as_str(), &route, status, started.elapsed());
+                    return Err(e);
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                res.headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID), value);
+            }
+            let status = res.status().as_u16();
+            let elapsed = started.elapsed();
+            metrics::http_request(method.as_str(), &route, status, elapsed);
+            if access_logs {
+                let bytes = match res.response().body().size() {
+                    actix_web::body::BodySize::Sized(n) => Some(n),
+                    _ => None,
+                };
+                tracing::info!(
+                    target: "vmreg::access",
+                    peer = %peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                    path = %path,
+                    status,
+                    bytes,
+                    ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                    "access"
+                );
+            }
+            Ok(res)
+        }
+        .instrument(span),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_plain_ids_and_replaces_the_rest() {
+        let given = HeaderValue::from_static("ci-job-42.step:3");
+        assert_eq!(request_id(Some(&given)), "ci-job-42.step:3");
+        for bad in ["", "a b", "x\"}{", &"x".repeat(129)] {
+            let value = HeaderValue::from_str(bad).unwrap();
+            let made = request_id(Some(&value));
+            assert_eq!(made.len(), 32, "{bad:?} should be replaced");
+        }
+        assert_eq!(request_id(None).len(), 32);
+    }
+}
