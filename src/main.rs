@@ -18,6 +18,11 @@ enum Command {
     Serve(ServeArgs),
     /// Push, pull and manage templates in a registry (the `anka registry` commands).
     Registry(RegistryArgs),
+    /// Exit 0 when a server answers 200 on its readiness probe (for container health checks).
+    Healthcheck {
+        /// The URL to probe [default: http://127.0.0.1:<port of VMREG_LISTEN or 8089>/readyz]
+        url: Option<String>,
+    },
     /// Maintain a registry's stores.
     Admin {
         #[command(subcommand)]
@@ -36,6 +41,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(args) => with_config(args, vmreg::api::server::run),
         Command::Registry(args) => vmreg::cli::run(args),
+        Command::Healthcheck { url } => vmreg::cli::healthcheck::run(url),
         Command::Admin {
             command: AdminCommand::Reindex(args),
         } => with_config(args, vmreg::registry::reindex::run_cli),

@@ -3,6 +3,7 @@
 
 mod commands;
 mod credentials;
+pub mod healthcheck;
 mod output;
 pub mod progress;
 pub mod remotes;
