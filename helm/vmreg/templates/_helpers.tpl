@@ -29,3 +29,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "vmreg.image" -}}
+{{- if not .Values.image.repository -}}
+{{- fail "image.repository is required: no public vmreg image exists; build deploy/Dockerfile, push it to a registry the cluster pulls from, and set image.repository (and image.tag)" -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* shutdownTimeout ("30", "30s" or "2m") in seconds. */}}
+{{- define "vmreg.shutdownSeconds" -}}
+{{- $t := toString .Values.shutdownTimeout -}}
+{{- if hasSuffix "m" $t -}}
+{{- mul (trimSuffix "m" $t | int) 60 -}}
+{{- else -}}
+{{- trimSuffix "s" $t | int -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vmreg.secretName" -}}
+{{- printf "%s-env" (include "vmreg.fullname" .) -}}
+{{- end -}}
