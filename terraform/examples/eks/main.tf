@@ -1,18 +1,64 @@
-# vmreg for an existing EKS cluster: bucket, Redis and the IRSA role, then
-# `terraform output -raw helm_values` for helm/vmreg.
+# vmreg on an existing EKS cluster: bucket, Redis (with a generated AUTH token) and the
+# IRSA role, then the namespace, a Secret with the Redis URL and the Helm release.
 
 terraform {
-  required_version = ">= 1.5"
+  required_version = ">= 1.5, < 2.0"
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.0"
+      version = ">= 5.40, < 7.0"
+    }
+    kubernetes = {
+      source  = "hashicorp/kubernetes"
+      version = ">= 2.23, < 3.0"
+    }
+    helm = {
+      source  = "hashicorp/helm"
+      version = ">= 2.12, < 3.0"
     }
   }
 }
 
 provider "aws" {
   region = var.region
+}
+
+data "aws_eks_cluster" "this" {
+  name = var.cluster_name
+}
+
+data "aws_eks_cluster_auth" "this" {
+  name = var.cluster_name
+}
+
+provider "kubernetes" {
+  host                   = data.aws_eks_cluster.this.endpoint
+  cluster_ca_certificate = base64decode(data.aws_eks_cluster.this.certificate_authority[0].data)
+  token                  = data.aws_eks_cluster_auth.this.token
+}
+
+provider "helm" {
+  kubernetes {
+    host                   = data.aws_eks_cluster.this.endpoint
+    cluster_ca_certificate = base64decode(data.aws_eks_cluster.this.certificate_authority[0].data)
+    token                  = data.aws_eks_cluster_auth.this.token
+  }
+}
+
+variable "cluster_name" {
+  description = "The EKS cluster."
+  type        = string
+}
+
+variable "image_repository" {
+  description = "Where the vmreg image (deploy/Dockerfile) was pushed."
+  type        = string
+}
+
+locals {
+  # One place for the service account, so the IRSA trust and the chart agree.
+  namespace       = "vmreg"
+  service_account = "vmreg"
 }
 
 variable "region" {
@@ -49,11 +95,30 @@ module "vmreg" {
   subnet_ids                       = var.subnet_ids
   redis_allowed_security_group_ids = [var.eks_node_security_group_id]
   oidc_provider_arn                = var.oidc_provider_arn
-  service_account_namespace        = "vmreg"
-  service_account_name             = "vmreg"
+  service_account_namespace        = local.namespace
+  service_account_name             = local.service_account
   tags = {
     app = "vmreg"
   }
+}
+
+module "release" {
+  source = "../../modules/vmreg-release"
+
+  namespace            = local.namespace
+  service_account_name = local.service_account
+  irsa_role_arn        = module.vmreg.irsa_role_arn
+  chart_path           = "${path.module}/../../../helm/vmreg"
+  image_repository     = var.image_repository
+  bucket               = module.vmreg.bucket
+  region               = module.vmreg.bucket_region_name
+  redis_url            = module.vmreg.redis_url
+  values = [yamlencode({
+    metrics = {
+      serviceMonitor = { enabled = true }
+      prometheusRule = { enabled = true }
+    }
+  })]
 }
 
 output "bucket" {
@@ -66,8 +131,7 @@ output "irsa_role_arn" {
   value       = module.vmreg.irsa_role_arn
 }
 
-output "helm_values" {
-  description = "Values for helm/vmreg."
-  value       = module.vmreg.helm_values
-  sensitive   = true
+output "namespace" {
+  description = "Where vmreg runs: helm test vmreg -n <namespace>."
+  value       = module.release.namespace
 }

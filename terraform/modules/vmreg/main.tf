@@ -1,11 +1,12 @@
+data "aws_caller_identity" "current" {}
+
+data "aws_region" "current" {}
+
 locals {
-  bucket_name = var.bucket_name != "" ? var.bucket_name : "${var.name}-${random_id.bucket.hex}"
+  # Bucket names are global: the account and region make the default one unique.
+  bucket_name = var.bucket_name != "" ? var.bucket_name : "${var.name}-${data.aws_caller_identity.current.account_id}-${data.aws_region.current.name}"
   # The issuer URL without scheme, as IAM condition keys spell it.
   oidc_issuer = var.oidc_provider_arn != "" ? element(split("oidc-provider/", var.oidc_provider_arn), 1) : ""
-}
-
-resource "random_id" "bucket" {
-  byte_length = 4
 }
 
 # --- S3: files and the immutable version manifests --------------------------------------
@@ -51,6 +52,32 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
       days_after_initiation = var.abort_incomplete_multipart_days
     }
   }
+}
+
+# Plain-HTTP requests are refused, whoever makes them.
+data "aws_iam_policy_document" "bucket" {
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "this" {
+  bucket = aws_s3_bucket.this.id
+  policy = data.aws_iam_policy_document.bucket.json
+  # The public access block must exist first, or S3 may reject the policy.
+  depends_on = [aws_s3_bucket_public_access_block.this]
 }
 
 data "aws_iam_policy_document" "s3" {
@@ -117,6 +144,27 @@ resource "aws_iam_role_policy_attachment" "irsa" {
 
 # --- Redis: the index, upload sessions and locks -----------------------------------------
 
+# The AUTH token, generated once and kept in Secrets Manager: later plans read the stored
+# value back instead of generating a new one. Never an input that lands in plain values.
+data "aws_secretsmanager_random_password" "redis" {
+  password_length     = 64
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "redis" {
+  name_prefix = "${var.name}-redis-auth-"
+  description = "Redis AUTH token of vmreg's ElastiCache group."
+  tags        = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "redis" {
+  secret_id     = aws_secretsmanager_secret.redis.id
+  secret_string = data.aws_secretsmanager_random_password.redis.random_password
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
 resource "aws_security_group" "redis" {
   name        = "${var.name}-redis"
   description = "Redis for vmreg"
@@ -162,7 +210,7 @@ resource "aws_elasticache_replication_group" "redis" {
   security_group_ids         = [aws_security_group.redis.id]
   at_rest_encryption_enabled = true
   transit_encryption_enabled = true
-  auth_token                 = var.redis_auth_token != "" ? var.redis_auth_token : null
+  auth_token                 = aws_secretsmanager_secret_version.redis.secret_string
   # The index can be rebuilt from S3 (vmreg admin reindex), but snapshots make that rare.
   snapshot_retention_limit = 3
   apply_immediately        = true

@@ -19,38 +19,30 @@ output "irsa_role_arn" {
 }
 
 output "redis_url" {
-  description = "Redis URL for VMREG_REDIS_URL (TLS)."
+  description = "Redis URL with the generated AUTH token, for VMREG_REDIS_URL (TLS). Pass it through a Kubernetes Secret (modules/vmreg-release does)."
   value = format(
-    "rediss://%s%s:%d",
-    var.redis_auth_token != "" ? ":${urlencode(var.redis_auth_token)}@" : "",
+    "rediss://:%s@%s:%d",
+    urlencode(aws_secretsmanager_secret_version.redis.secret_string),
     aws_elasticache_replication_group.redis.primary_endpoint_address,
     aws_elasticache_replication_group.redis.port,
   )
   sensitive = true
 }
 
-output "helm_values" {
-  description = "Values for helm/vmreg (contains the Redis URL, hence sensitive)."
-  sensitive   = true
-  value = yamlencode({
-    s3 = {
-      bucket = aws_s3_bucket.this.bucket
-      region = aws_s3_bucket.this.region
-    }
-    redis = {
-      url = format(
-        "rediss://%s%s:%d",
-        var.redis_auth_token != "" ? ":${urlencode(var.redis_auth_token)}@" : "",
-        aws_elasticache_replication_group.redis.primary_endpoint_address,
-        aws_elasticache_replication_group.redis.port,
-      )
-    }
-    serviceAccount = {
-      create = true
-      name   = var.service_account_name
-      annotations = var.oidc_provider_arn != "" ? {
-        "eks.amazonaws.com/role-arn" = aws_iam_role.irsa[0].arn
-      } : {}
-    }
-  })
+output "redis_auth_secret_arn" {
+  description = "Secrets Manager secret holding the Redis AUTH token."
+  value       = aws_secretsmanager_secret.redis.arn
+}
+
+output "bucket_region_name" {
+  description = "Region of the bucket, for the chart's s3.region."
+  value       = data.aws_region.current.name
+}
+
+output "service_account" {
+  description = "Namespace and name of the Kubernetes service account the IRSA role trusts."
+  value = {
+    namespace = var.service_account_namespace
+    name      = var.service_account_name
+  }
 }

@@ -50,13 +50,6 @@ variable "redis_replicas" {
   default     = 1
 }
 
-variable "redis_auth_token" {
-  description = "Redis AUTH token (16 to 128 characters); empty for none. Ends up in the Redis URL output."
-  type        = string
-  default     = ""
-  sensitive   = true
-}
-
 variable "redis_allowed_cidrs" {
   description = "CIDR blocks allowed to reach Redis."
   type        = list(string)
