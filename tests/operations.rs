@@ -253,3 +253,37 @@ fn healthcheck_exits_by_the_readiness_probe() {
         .unwrap();
     assert!(!run(&format!("http://{free}/readyz")).success());
 }
+
+#[tokio::test]
+async fn refused_requests_are_counted_by_reason() {
+    let s = Server::start_with(&["--enable-auth", "--root-token", "0123456789-metrics"]);
+    let client = reqwest::Client::new();
+    let missing = client.get(s.at("/registry/vm")).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let wrong = client
+        .get(s.at("/registry/vm"))
+        .basic_auth("root", Some("not-the-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let text = client
+        .get(s.at("/metrics"))
+        .basic_auth("root", Some("0123456789-metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = parse_metrics(&text);
+    assert_eq!(
+        value(&m, "vmreg_auth_failures_total{reason=\"missing\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "vmreg_auth_failures_total{reason=\"bad_credentials\"}"),
+        1.0
+    );
+    assert!(!text.contains("not-the-token") && !s.log().contains("not-the-token"));
+}

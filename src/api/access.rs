@@ -60,6 +60,7 @@ pub async fn guard(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let auth = req.app_data::<web::Data<Auth>>().cloned();
     let need = required(req.method(), req.path());
+    let presented = req.headers().contains_key(header::AUTHORIZATION);
     let verdict = match auth {
         None => Ok(Some(Identity::open())),
         Some(_) if need == Access::Public => Ok(None),
@@ -85,9 +86,20 @@ pub async fn guard(
             Ok(next.call(req).await?.map_into_boxed_body())
         }
         Err(e) => {
+            crate::telemetry::metrics::auth_failure(failure_reason(&e, presented));
             let reply = ApiError::from(e).error_response();
             Ok(req.into_response(reply))
         }
+    }
+}
+
+/// The metrics label of a refusal, from a fixed set.
+fn failure_reason(e: &AuthError, presented: bool) -> &'static str {
+    match e {
+        AuthError::Unauthenticated if presented => "bad_credentials",
+        AuthError::Unauthenticated => "missing",
+        AuthError::Forbidden(_) => "forbidden",
+        _ => "error",
     }
 }
 
