@@ -144,6 +144,12 @@ with helm.Chart.load(CHART) as chart:
     check(pod_full["terminationGracePeriodSeconds"] == 120 + 10 + 5, "grace period = 2m shutdown + 10s preStop + 5s")
     check(c_min["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"], "preStop pauses before shutdown")
     check(c_min["startupProbe"]["httpGet"]["path"] == "/livez", "startupProbe on /livez")
+    monitor = by_kind(docs_full, "ServiceMonitor")[0]
+    ports = {p["name"]: p["containerPort"] for p in c_min["ports"]}
+    check(
+        monitor["spec"]["endpoints"][0]["port"] == "metrics" and ports.get("metrics") == 2112,
+        "the ServiceMonitor scrapes the metrics listener (port 2112)",
+    )
     check(len(pod_min["topologySpreadConstraints"]) == 2, "replicas spread over zones and nodes")
     check("replicas" not in spec_full and spec_min["replicas"] == 2, "the HPA owns replicas when enabled")
     secret_refs = [e["secretRef"]["name"] for e in pod_full["containers"][0]["envFrom"]]
