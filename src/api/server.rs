@@ -85,8 +85,11 @@ async fn serve(config: Config) -> Result<(), String> {
         loop {
             tokio::time::sleep(PURGE_EVERY).await;
             match registry.purge_stale_sessions(STALE_SESSION_SECS).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "aborted stale upload sessions"),
+                Ok(0) => crate::telemetry::metrics::gc_run("sessions", 0, 0),
+                Ok(n) => {
+                    crate::telemetry::metrics::gc_run("sessions", n as u64, 0);
+                    tracing::info!(sessions = n, "aborted stale upload sessions");
+                }
                 Err(e) => tracing::warn!(error = %e, "could not purge stale upload sessions"),
             }
         }

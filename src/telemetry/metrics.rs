@@ -504,6 +504,8 @@ mod tests {
         http_request("GET", "/registry/vm", 200, Duration::from_millis(700));
         http_request("BREW", "/x\"y", 404, Duration::from_millis(1));
         auth_failure("missing");
+        gc_run("sessions", 2, 0);
+        gc_run("sessions", 1, 0);
         let text = render();
         assert!(text.contains("# TYPE vmreg_http_requests_total counter"));
         assert!(text.contains(
@@ -520,6 +522,8 @@ mod tests {
             "vmreg_http_request_duration_seconds_count{method=\"GET\",route=\"/registry/vm\"} 2"
         ));
         assert!(text.contains("vmreg_auth_failures_total{reason=\"missing\"} 1"));
+        assert!(text.contains("vmreg_gc_runs_total{kind=\"sessions\"} 2"));
+        assert!(text.contains("vmreg_gc_objects_removed_total{kind=\"sessions\"} 3"));
         assert!(text.contains(&format!(
             "vmreg_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
