@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ pub async fn upload_file(
                 STALL.as_secs()
             ))),
         };
+        // The connection would otherwise go on sending the body after a refusal: the server
+        // reads and discards it for a while, and that can be the whole rest of the file.
+        activity.answered();
         let now = match result {
             Ok(progress) => progress.received,
             Err(ClientError::Conflict(_)) if job.size == 0 => job.size,
@@ -224,6 +227,13 @@ fn body_from(
         );
         async move {
             let item = rx.recv().await?;
+            if activity.is_answered() {
+                // Failing the body makes the connection drop the rest of the request.
+                return Some((
+                    Err(std::io::Error::other("the registry answered already")),
+                    rx,
+                ));
+            }
             if let Ok(bytes) = &item {
                 if let Some(throttle) = &throttle {
                     throttle.take(bytes.len() as u64).await;
@@ -238,10 +248,11 @@ fn body_from(
     reqwest::Body::wrap_stream(stream)
 }
 
-/// When an upload last moved a byte.
+/// When an upload last moved a byte, and whether the registry answered it.
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    answered: AtomicBool,
 }
 
 impl Activity {
@@ -249,7 +260,16 @@ impl Activity {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
         }
+    }
+
+    fn answered(&self) {
+        self.answered.store(true, Ordering::SeqCst);
+    }
+
+    fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::SeqCst)
     }
 
     fn touch(&self) {

@@ -143,15 +143,25 @@ impl<'a> PartPump<'a> {
         Ok(())
     }
 
-    /// Waits for the oldest part in flight and records it.
-    async fn land_one(&mut self, state: &mut UploadState) -> RegistryResult<()> {
+    /// The oldest part in flight's write; polling it by reference loses nothing when the
+    /// caller stops waiting, so it can race the request body.
+    pub(crate) fn front_write(
+        &mut self,
+    ) -> Option<&mut tokio::task::JoinHandle<StoreResult<PartInfo>>> {
+        self.in_flight.front_mut().map(|p| &mut p.task)
+    }
+
+    /// Records the oldest part in flight, whose write ended with `written`.
+    pub(crate) async fn record_front(
+        &mut self,
+        written: Result<StoreResult<PartInfo>, tokio::task::JoinError>,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
         let Some(next) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let part = next
-            .task
-            .await
-            .map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
+        let part =
+            written.map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
         self.registry.part_buffers.give_back(next.data);
         let expected = Some(state.received);
         state.received += part.size;
@@ -160,6 +170,15 @@ impl<'a> PartPump<'a> {
         self.registry
             .save_state(self.state_key, expected, state)
             .await
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    async fn land_one(&mut self, state: &mut UploadState) -> RegistryResult<()> {
+        let Some(write) = self.front_write() else {
+            return Ok(());
+        };
+        let written = write.await;
+        self.record_front(written, state).await
     }
 }
 

@@ -79,6 +79,11 @@ pub struct UploadState {
     pub hasher: ResumableSha256,
     /// The final digest, once complete.
     pub sha256: Option<String>,
+    /// The upload request that owns the file now. A newer request takes the file over, so
+    /// an older one still landing its last parts (its client died or reconnected) can no
+    /// longer record them and make the newer one fail.
+    #[serde(default)]
+    pub writer: Option<String>,
 }
 
 impl UploadState {
@@ -278,7 +283,8 @@ impl Registry {
         Ok(plan(&session, &states))
     }
 
-    /// Saves a file's upload state if nobody else moved it since `expected` was read.
+    /// Saves a file's upload state if nobody else moved it since `expected` was read and
+    /// no newer request took the file over.
     pub(crate) async fn save_state(
         &self,
         key: &str,
@@ -286,8 +292,10 @@ impl Registry {
         state: &UploadState,
     ) -> RegistryResult<()> {
         transact(self.meta(), async |tx| {
-            let current = tx.get_json::<UploadState>(key).await?.map(|s| s.received);
-            if current != expected {
+            let current = tx.get_json::<UploadState>(key).await?;
+            let moved = current.as_ref().map(|s| s.received) != expected
+                || current.is_some_and(|s| s.writer != state.writer);
+            if moved {
                 return Err(RegistryError::Conflict(
                     "another upload of this file is running; ask for its status and resume".into(),
                 ));
@@ -296,6 +304,49 @@ impl Registry {
             Ok(())
         })
         .await
+    }
+
+    /// Makes `writer` the owner of a file's upload, starting the multipart upload if
+    /// `stored` has none; returns the state it takes over.
+    async fn claim_upload(
+        &self,
+        object: &str,
+        state_key: &str,
+        writer: &str,
+        stored: Option<&UploadState>,
+    ) -> RegistryResult<UploadState> {
+        let started = match stored.and_then(|s| s.handle.clone()) {
+            Some(_) => None,
+            None => Some(self.blobs.begin_upload(object).await?),
+        };
+        let claimed = transact(self.meta(), async |tx| {
+            let mut current = tx
+                .get_json::<UploadState>(state_key)
+                .await?
+                .unwrap_or_default();
+            if current.handle.is_none() {
+                // Reset meanwhile (a digest mismatch): the client must ask where to restart.
+                let Some(handle) = started.clone() else {
+                    return Err(RegistryError::Conflict(
+                        "the upload of this file was restarted; ask for its status and resume"
+                            .into(),
+                    ));
+                };
+                current.handle = Some(handle);
+            }
+            current.writer = Some(writer.to_string());
+            tx.put_json(state_key, &current);
+            Ok(current)
+        })
+        .await;
+        if let Some(handle) = &started {
+            let ours = matches!(&claimed, Ok(c) if c.handle.as_ref() == Some(handle));
+            if !ours {
+                // Another request started the upload first; ours holds nothing yet.
+                let _ = self.blobs.abort_upload(handle).await;
+            }
+        }
+        claimed
     }
 
     /// Receives bytes of one file from `offset` on. Parts are written as they fill, several
@@ -324,64 +375,61 @@ impl Registry {
                 "file {key} is already in the registry; it needs no upload"
             )));
         }
+        if offset > file.size {
+            return Err(RegistryError::BadRequest(format!(
+                "offset {offset} lies past the {} bytes of {key}",
+                file.size
+            )));
+        }
         let state_key = keys::upload(&session.id, key);
-        let stored = self
-            .meta
-            .get_many(std::slice::from_ref(&state_key))
-            .await?
-            .pop()
-            .flatten();
-        let mut state: UploadState = match &stored {
-            Some(bytes) => decode(&state_key, bytes)?,
-            None => UploadState::default(),
-        };
-        let stored = stored.is_some();
+        let stored = self.upload_state(&state_key).await?;
         let progress = |s: &UploadState| UploadProgress {
             key: key.to_string(),
             received: s.received,
             size: file.size,
             complete: s.complete(),
         };
-        if state.complete() {
-            return match offset == file.size {
-                true => Ok(progress(&state)),
-                false => Err(RegistryError::Conflict(format!(
-                    "file {key} is already complete"
-                ))),
-            };
+        if let Some(done) = stored.as_ref().filter(|s| s.complete()) {
+            // Whatever the body holds is here already.
+            return Ok(progress(done));
         }
-        if offset != state.received {
+        let writer = Uuid::new_v4().simple().to_string();
+        let object = object_keys::blob(key, &session.id);
+        if file.size == 0 {
+            self.blobs.put(&object, Bytes::new()).await?;
+            let state = UploadState {
+                handle: Some(UploadHandle {
+                    key: object,
+                    upload_id: String::new(),
+                }),
+                writer: Some(writer),
+                ..UploadState::default()
+            };
+            return self
+                .finish_upload(file, &state_key, None, state)
+                .await
+                .map(|s| progress(&s));
+        }
+        let mut state = self
+            .claim_upload(&object, &state_key, &writer, stored.as_ref())
+            .await?;
+        if state.complete() {
+            return Ok(progress(&state));
+        }
+        if offset > state.received {
             return Err(RegistryError::Conflict(format!(
                 "upload of {key} is at byte {}, not {offset}; resume from there",
                 state.received
             )));
         }
-        let object = object_keys::blob(key, &session.id);
-        if file.size == 0 {
-            self.blobs.put(&object, Bytes::new()).await?;
-            state.handle = Some(UploadHandle {
-                key: object,
-                upload_id: String::new(),
-            });
-            return self
-                .finish_upload(file, &state_key, Some(0), state)
-                .await
-                .map(|s| progress(&s));
-        }
-        let handle = match state.handle.clone() {
-            Some(h) => h,
-            None => {
-                let h = self.blobs.begin_upload(&object).await?;
-                state.handle = Some(h.clone());
-                if let Err(e) = self
-                    .save_state(&state_key, stored.then_some(0), &state)
-                    .await
-                {
-                    let _ = self.blobs.abort_upload(&h).await;
-                    return Err(e);
-                }
-                h
-            }
+        // A client that read the status while an older request was still landing parts
+        // starts below what is durable now: skip what is here rather than refuse, so that
+        // it never sends the rest of the file into a refusal.
+        let mut skip = state.received - offset;
+        let Some(handle) = state.handle.clone() else {
+            return Err(RegistryError::Conflict(format!(
+                "upload of {key} was never started"
+            )));
         };
 
         let part_size = file.part_size as usize;
@@ -389,7 +437,24 @@ impl Registry {
         let mut buffer = pump.buffer();
         let mut body_ended = false;
         loop {
-            let chunk = match body.next().await {
+            // Parts that land while the client is slow are recorded at once, so that the
+            // status a resuming client reads is as far as the bytes durably are.
+            let next = {
+                let front = pump.front_write();
+                tokio::select! {
+                    biased;
+                    chunk = body.next() => Ok(chunk),
+                    Some(written) = async { match front { Some(w) => Some(w.await), None => None } } => Err(written),
+                }
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(written) => {
+                    pump.record_front(written, &mut state).await?;
+                    continue;
+                }
+            };
+            let mut chunk = match next {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
                     tracing::info!(session = session_id, key, error = %e, "upload body cut short");
@@ -400,6 +465,11 @@ impl Registry {
                     break;
                 }
             };
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                skip -= n;
+                let _ = chunk.split_to(n as usize);
+            }
             if pump.next_offset() + (buffer.len() + chunk.len()) as u64 > file.size {
                 pump.drain(&mut state).await?;
                 return Err(RegistryError::BadRequest(format!(
@@ -409,7 +479,6 @@ impl Registry {
             }
             // Fill one part-sized buffer at a time and hand it over whole, so each part
             // is allocated once, at its final size.
-            let mut chunk = chunk;
             while !chunk.is_empty() {
                 let take = (part_size - buffer.len()).min(chunk.len());
                 buffer.extend_from_slice(&chunk.split_to(take));
@@ -466,12 +535,39 @@ impl Registry {
             }
         }
         if file.size > 0 {
-            self.blobs.complete_upload(&handle, &state.parts).await?;
+            if let Err(e) = self.blobs.complete_upload(&handle, &state.parts).await {
+                // An older request that received the same last part may have completed it.
+                return match self.upload_state(state_key).await? {
+                    Some(done) if done.complete() => Ok(done),
+                    _ => Err(e.into()),
+                };
+            }
         }
         state.sha256 = Some(digest);
-        self.save_state(state_key, expected.filter(|_| file.size > 0), &state)
-            .await?;
+        // Completion is recorded whoever owns the upload now: the object is made, and its
+        // bytes are exactly the recorded parts.
+        transact(self.meta(), async |tx| {
+            let current = tx.get_json::<UploadState>(state_key).await?;
+            if current.as_ref().map(|s| s.received) != expected {
+                return Err(RegistryError::Conflict(
+                    "another upload of this file is running; ask for its status and resume".into(),
+                ));
+            }
+            tx.put_json(state_key, &state);
+            Ok(())
+        })
+        .await?;
         Ok(state)
+    }
+
+    async fn upload_state(&self, state_key: &str) -> RegistryResult<Option<UploadState>> {
+        let found = self
+            .meta
+            .get_many(&[state_key.to_string()])
+            .await?
+            .pop()
+            .flatten();
+        Ok(found.map(|b| decode(state_key, &b)).transpose()?)
     }
 
     /// Verifies every file and appends the version with the next number, atomically.
@@ -854,6 +950,133 @@ mod tests {
             r.commit(&stale.session, CommitRequest::default()).await,
             Err(RegistryError::NotFound(_))
         ));
+    }
+
+    fn channel_body() -> (
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(b), rx))
+        });
+        (tx, Box::pin(body))
+    }
+
+    async fn received(r: &Registry, session: &str) -> u64 {
+        r.push_status(session).await.unwrap().files[0].received
+    }
+
+    async fn writer(r: &Registry, session: &str, key: &str) -> Option<String> {
+        let state = r.upload_state(&keys::upload(session, key)).await.unwrap();
+        state.and_then(|s| s.writer)
+    }
+
+    /// A client killed mid-file leaves its request landing the parts in flight; the rerun
+    /// reads the status before they land. It must neither be refused by them nor make the
+    /// client send the rest of the file into a refusal.
+    #[tokio::test]
+    async fn a_rerun_racing_the_killed_requests_tail_takes_the_file_over() {
+        // The registry's futures are not Send (actix runs them on one thread): spawn locally.
+        tokio::task::LocalSet::new()
+            .run_until(rerun_racing_the_tail())
+            .await;
+    }
+
+    async fn rerun_racing_the_tail() {
+        const PART: usize = 5 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let data: Vec<u8> = (0..4 * PART + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        let req = request(Uuid::new_v4(), "v0", &[("a.ank", &data)]);
+        let plan = r.negotiate(req).await.unwrap();
+        let session = plan.session.clone();
+
+        // The killed client's request: one part recorded, one more still to land.
+        let (old_tx, old_body) = channel_body();
+        let old = tokio::task::spawn_local({
+            let (r, session) = (r.clone(), session.clone());
+            async move { r.upload(&session, "a.ank", 0, old_body).await }
+        });
+        old_tx.send(Bytes::copy_from_slice(&data[..PART])).unwrap();
+        while received(&r, &session).await < PART as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let old_writer = writer(&r, &session, "a.ank").await;
+
+        // The rerun read the status (one part) and starts its request.
+        let (new_tx, new_body) = channel_body();
+        let new = tokio::task::spawn_local({
+            let (r, session) = (r.clone(), session.clone());
+            async move { r.upload(&session, "a.ank", PART as u64, new_body).await }
+        });
+        while writer(&r, &session, "a.ank").await == old_writer {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
+        // The old request's tail part lands now: it may not record it.
+        old_tx
+            .send(Bytes::copy_from_slice(&data[PART..2 * PART]))
+            .unwrap();
+        drop(old_tx);
+        assert!(matches!(
+            old.await.unwrap(),
+            Err(RegistryError::Conflict(_))
+        ));
+        assert_eq!(received(&r, &session).await, PART as u64);
+
+        new_tx.send(Bytes::copy_from_slice(&data[PART..])).unwrap();
+        drop(new_tx);
+        let done = new.await.unwrap().unwrap();
+        assert!(done.complete && done.received == data.len() as u64);
+
+        // A third request that read an older status is not refused: it skips what is here.
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(
+            &data[PART..],
+        ))]);
+        let again = r
+            .upload(&session, "a.ank", PART as u64, body)
+            .await
+            .unwrap();
+        assert!(again.complete);
+        r.commit(&session, CommitRequest::default()).await.unwrap();
+        let record = r.file("a.ank").await.unwrap();
+        assert_eq!(record.sha256, crate::digest::sha256_hex(&data));
+        let stored = std::fs::read(dir.path().join("objects").join(&record.object)).unwrap();
+        assert!(stored == data, "the object holds exactly the pushed bytes");
+    }
+
+    /// A request that starts below what is durable skips what arrived instead of refusing.
+    #[tokio::test]
+    async fn an_upload_from_a_stale_offset_skips_the_bytes_already_durable() {
+        const PART: usize = 5 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let data: Vec<u8> = (0..3 * PART + 17).map(|i| (i * 13 % 241) as u8).collect();
+        let plan = r
+            .negotiate(request(Uuid::new_v4(), "v0", &[("b.ank", &data)]))
+            .await
+            .unwrap();
+        let cut = futures_util::stream::iter([
+            Ok(Bytes::copy_from_slice(&data[..2 * PART + 100])),
+            Err(std::io::Error::other("connection reset")),
+        ]);
+        let first = r.upload(&plan.session, "b.ank", 0, cut).await.unwrap();
+        assert_eq!(first.received, 2 * PART as u64);
+
+        let whole = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(
+            &data[PART..],
+        ))]);
+        let rest = r
+            .upload(&plan.session, "b.ank", PART as u64, whole)
+            .await
+            .unwrap();
+        assert!(rest.complete);
+        r.commit(&plan.session, CommitRequest::default())
+            .await
+            .unwrap();
+        let record = r.file("b.ank").await.unwrap();
+        assert_eq!(record.sha256, crate::digest::sha256_hex(&data));
     }
 
     #[test]
