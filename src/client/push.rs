@@ -16,7 +16,10 @@ use super::staging::sha256_file;
 use super::upload::{upload_file, UploadJob};
 use super::Transfer;
 use crate::model::FileKind;
-use crate::protocol::{CommitRequest, PushFile, PushPlan, PushRequest};
+use crate::protocol::{CommitRequest, Committed, PushFile, PushPlan, PushRequest};
+
+/// Times a commit whose reply was lost is asked again.
+const COMMIT_RETRIES: u32 = 3;
 
 /// What to push.
 #[derive(Clone, Debug, Default)]
@@ -69,6 +72,20 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
         None => (vm.uuid, vm.name.clone()),
     };
     let journal = Arc::new(Journal::open(t, &vm)?);
+    if let Some(committed) = committed_earlier(t, &journal, id, tag).await? {
+        journal.remove();
+        return Ok(PushReport {
+            id: committed.id,
+            name: committed.name,
+            tag: committed.tag,
+            number: committed.number,
+            total_size: files.iter().map(|f| f.size).sum(),
+            files: files.len(),
+            uploaded: Vec::new(),
+            bytes_sent: 0,
+            resumed: true,
+        });
+    }
     let (plan, resumed) = match resumable_plan(t, &journal, id, tag, &files).await? {
         Some(plan) => (plan, true),
         None => {
@@ -124,11 +141,7 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
     t.reporter.finish();
     digests.extend(uploaded?);
     t.reporter.note("committing");
-    let committed = match t
-        .registry
-        .commit(&plan.session, &CommitRequest { digests })
-        .await
-    {
+    let committed = match commit(t, &plan.session, &CommitRequest { digests }).await {
         Ok(committed) => committed,
         Err(e) if !e.is_transient() => {
             // Refused (a file changed while it was sent, the tag was taken meanwhile):
@@ -184,6 +197,50 @@ async fn upload_all(
         .try_collect()
         .await?;
     Ok(results.into_iter().collect())
+}
+
+/// Commits, asking again when the reply is lost: the registry answers a repeated commit
+/// with the version it made.
+async fn commit(t: &Transfer, session: &str, request: &CommitRequest) -> ClientResult<Committed> {
+    let mut attempt = 0;
+    loop {
+        match t.registry.commit(session, request).await {
+            Err(e) if e.is_transient() && attempt < COMMIT_RETRIES => {
+                attempt += 1;
+                t.reporter.note(&format!("commit: {e}; asking again"));
+                tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(attempt)))
+                    .await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The version the journaled push of this VM committed, when its commit reply was lost.
+async fn committed_earlier(
+    t: &Transfer,
+    journal: &Journal,
+    id: Uuid,
+    tag: &str,
+) -> ClientResult<Option<Committed>> {
+    let Some(state) = journal.current() else {
+        return Ok(None);
+    };
+    if state.registry != t.registry.url() || state.id != id || state.tag != tag {
+        return Ok(None);
+    }
+    if t.registry.push_status(&state.session).await?.is_some() {
+        return Ok(None);
+    }
+    match t
+        .registry
+        .commit(&state.session, &CommitRequest::default())
+        .await
+    {
+        Ok(done) => Ok(Some(done)),
+        Err(ClientError::NotFound(_) | ClientError::Registry { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The plan of the interrupted push of this VM, when one is journaled, still open at the

@@ -63,3 +63,9 @@ pub fn tap_secrets(id: &str) -> String {
 pub fn group(name: &str) -> String {
     format!("group:{name}")
 }
+
+/// The template a push session committed to, kept after the session so that a client whose
+/// commit reply was lost learns that its version exists.
+pub fn pushed(session: &str) -> String {
+    format!("pushed:{session}")
+}

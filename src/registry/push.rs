@@ -571,8 +571,18 @@ impl Registry {
     }
 
     /// Verifies every file and appends the version with the next number, atomically.
+    /// Committing a session that already committed answers with its version again, so a
+    /// client whose reply was lost can ask once more.
     pub async fn commit(&self, session_id: &str, req: CommitRequest) -> RegistryResult<Committed> {
-        let session = self.load_session(session_id).await?;
+        let session = match self.load_session(session_id).await {
+            Err(RegistryError::NotFound(e)) => {
+                return match self.committed_earlier(session_id).await? {
+                    Some(done) => Ok(done),
+                    None => Err(RegistryError::NotFound(e)),
+                }
+            }
+            other => other?,
+        };
         let states = self.load_states(&session).await?;
         let mut files = Vec::with_capacity(session.files.len());
         for f in &session.files {
@@ -708,6 +718,7 @@ impl Registry {
             write_template(tx, &template);
             tx.delete(&keys::session(session_id));
             tx.set_remove(keys::SESSIONS, session_id);
+            tx.put_json(&keys::pushed(session_id), &template.id);
             Ok((template, version, objects, garbage))
         })
         .await?;
@@ -719,6 +730,42 @@ impl Registry {
             tag: version.tag,
             number: version.number,
         })
+    }
+
+    /// The version a session committed, while it exists.
+    async fn committed_earlier(&self, session_id: &str) -> RegistryResult<Option<Committed>> {
+        let key = keys::pushed(session_id);
+        let Some(id) = self
+            .meta
+            .get_many(std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let id: Uuid = decode(&key, &id)?;
+        let tkey = keys::template(&id);
+        let Some(template) = self
+            .meta
+            .get_many(std::slice::from_ref(&tkey))
+            .await?
+            .pop()
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let template: Template = decode(&tkey, &template)?;
+        Ok(template
+            .versions
+            .iter()
+            .find(|v| v.push_id == session_id)
+            .map(|v| Committed {
+                id: template.id,
+                name: template.name.clone(),
+                tag: v.tag.clone(),
+                number: v.number,
+            }))
     }
 
     async fn write_manifest(
@@ -1077,6 +1124,36 @@ mod tests {
             .unwrap();
         let record = r.file("b.ank").await.unwrap();
         assert_eq!(record.sha256, crate::digest::sha256_hex(&data));
+    }
+
+    #[tokio::test]
+    async fn a_commit_asked_again_answers_with_the_committed_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let id = Uuid::new_v4();
+        let files: &[(&str, &[u8])] = &[("c.ank", b"layer")];
+        let plan = push(&r, request(id, "v0", files), files).await;
+        let first = r
+            .commit(&plan.session, CommitRequest::default())
+            .await
+            .unwrap();
+        let again = r
+            .commit(&plan.session, CommitRequest::default())
+            .await
+            .unwrap();
+        assert_eq!((again.id, again.tag.as_str(), again.number), (id, "v0", 0));
+        assert_eq!(first.number, again.number);
+        assert_eq!(r.file("c.ank").await.unwrap().refs, 1, "committed once");
+
+        let other = r
+            .negotiate(request(Uuid::new_v4(), "v0", &[("d.ank", b"x")]))
+            .await
+            .unwrap();
+        r.abort(&other.session).await.unwrap();
+        assert!(matches!(
+            r.commit(&other.session, CommitRequest::default()).await,
+            Err(RegistryError::NotFound(_))
+        ));
     }
 
     #[test]
