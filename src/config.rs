@@ -31,6 +31,41 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_size: Option<u64>,
+    /// Memory for upload part buffers, all uploads together: uploads wait for it rather than allocate past it [env: VMREG_PART_MEMORY] [default: 256MiB]
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub part_memory: Option<u64>,
+    /// A request body that sends nothing for this long is cut; an upload keeps its durable parts for resuming [env: VMREG_BODY_IDLE_TIMEOUT] [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub body_idle_timeout: Option<Duration>,
+    /// Open connections per worker thread, at most; more wait in the listen backlog [env: VMREG_MAX_CONNECTIONS] [default: 1024]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Serve HTTPS (needs --server-cert and --server-key); on by default when a certificate is set [env: VMREG_USE_HTTPS, ANKA_USE_HTTPS]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub use_https: Option<bool>,
+    /// The server's certificate chain (PEM), re-read when the file changes [env: VMREG_SERVER_CERT, ANKA_SERVER_CERT]
+    #[arg(long)]
+    pub server_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM), re-read when the file changes [env: VMREG_SERVER_KEY, ANKA_SERVER_KEY]
+    #[arg(long)]
+    pub server_key: Option<PathBuf>,
+    /// Oldest TLS version accepted: 1.2 or 1.3 [env: VMREG_MIN_TLS_VERSION, ANKA_MIN_TLS_VERSION] [default: 1.2]
+    #[arg(long)]
+    pub min_tls_version: Option<String>,
+    /// CA (PEM) whose client certificates authenticate: CN is the user [env: VMREG_CA_CERT, ANKA_CA_CERT]
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Certificate revocation list (PEM) of that CA; revoked client certificates are refused [env: VMREG_CRL, ANKA_CRL]
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
+    /// Where a client certificate's groups come from: `o` (Organization) or `ou` (Organizational Unit) [env: VMREG_CERT_GROUPS_FROM] [default: o]
+    #[arg(long, value_parser = ["o", "ou"])]
+    pub cert_groups_from: Option<String>,
+    /// Trust a client certificate forwarded by a TLS-terminating proxy (`Ssl-Client-Verify: SUCCESS` and `Ssl-Client-Cert`); only safe when nothing else can reach the server [env: VMREG_TRUST_FORWARDED_CLIENT_CERT]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_client_cert: Option<bool>,
     /// Where files live: `disk` (the data directory) or `s3`; by default `s3` when a bucket is set [env: VMREG_BACKEND, ANKA_BACKEND_TYPE]
     #[arg(long, value_parser = ["disk", "s3"])]
     pub backend: Option<String>,
@@ -117,6 +152,40 @@ pub struct S3Config {
     pub redirect: bool,
 }
 
+/// The oldest TLS version the server accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// Settings for serving HTTPS.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Oldest version accepted.
+    pub min_version: TlsVersion,
+    /// CA whose client certificates authenticate.
+    pub client_ca: Option<PathBuf>,
+    /// Revocation list of that CA.
+    pub crl: Option<PathBuf>,
+}
+
+/// The subject field a client certificate's groups come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CertGroups {
+    /// Organization (`O=`).
+    #[default]
+    Organization,
+    /// Organizational Unit (`OU=`).
+    OrganizationalUnit,
+}
+
 /// Settings for the Redis metadata store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RedisConfig {
@@ -137,6 +206,18 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Smallest upload part.
     pub part_size: u64,
+    /// Memory for all upload part buffers together.
+    pub part_memory: u64,
+    /// How long a request body may send nothing before it is cut.
+    pub body_idle_timeout: Duration,
+    /// Open connections per worker thread.
+    pub max_connections: usize,
+    /// HTTPS settings; plain HTTP when absent.
+    pub tls: Option<TlsSettings>,
+    /// Which subject field of a client certificate names its groups.
+    pub cert_groups: CertGroups,
+    /// Trust client certificates forwarded by a TLS-terminating proxy.
+    pub trust_forwarded_client_cert: bool,
     /// S3 settings when files live in S3.
     pub s3: Option<S3Config>,
     /// Redis settings when metadata lives in Redis.
@@ -161,6 +242,8 @@ pub struct TelemetryConfig {
 /// S3 refuses parts under 5 MiB (but the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +262,23 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     (
         "part_size",
         &["VMREG_PART_SIZE", "ANKA_BACKEND_S3_UPLOAD_PART_SIZE"],
+    ),
+    ("part_memory", &["VMREG_PART_MEMORY"]),
+    ("body_idle_timeout", &["VMREG_BODY_IDLE_TIMEOUT"]),
+    ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
+    ("use_https", &["VMREG_USE_HTTPS", "ANKA_USE_HTTPS"]),
+    ("server_cert", &["VMREG_SERVER_CERT", "ANKA_SERVER_CERT"]),
+    ("server_key", &["VMREG_SERVER_KEY", "ANKA_SERVER_KEY"]),
+    (
+        "min_tls_version",
+        &["VMREG_MIN_TLS_VERSION", "ANKA_MIN_TLS_VERSION"],
+    ),
+    ("ca_cert", &["VMREG_CA_CERT", "ANKA_CA_CERT"]),
+    ("crl", &["VMREG_CRL", "ANKA_CRL"]),
+    ("cert_groups_from", &["VMREG_CERT_GROUPS_FROM"]),
+    (
+        "trust_forwarded_client_cert",
+        &["VMREG_TRUST_FORWARDED_CLIENT_CERT"],
     ),
     ("backend", &["VMREG_BACKEND", "ANKA_BACKEND_TYPE"]),
     ("s3_bucket", &["VMREG_S3_BUCKET", "ANKA_BACKEND_S3_BUCKET"]),
@@ -259,6 +359,23 @@ impl ServeArgs {
                     layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?)
                 }
                 "part_size" => layer.part_size = Some(parse_size(&value).map_err(bad)?),
+                "part_memory" => layer.part_memory = Some(parse_size(&value).map_err(bad)?),
+                "body_idle_timeout" => {
+                    layer.body_idle_timeout = Some(parse_duration(&value).map_err(bad)?)
+                }
+                "max_connections" => {
+                    layer.max_connections = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
+                "use_https" => layer.use_https = Some(parse_bool(&value).map_err(bad)?),
+                "server_cert" => layer.server_cert = Some(value.into()),
+                "server_key" => layer.server_key = Some(value.into()),
+                "min_tls_version" => layer.min_tls_version = Some(value),
+                "ca_cert" => layer.ca_cert = Some(value.into()),
+                "crl" => layer.crl = Some(value.into()),
+                "cert_groups_from" => layer.cert_groups_from = Some(value.to_ascii_lowercase()),
+                "trust_forwarded_client_cert" => {
+                    layer.trust_forwarded_client_cert = Some(parse_bool(&value).map_err(bad)?)
+                }
                 "backend" => layer.backend = Some(value.to_ascii_lowercase()),
                 "s3_bucket" => layer.s3_bucket = Some(value),
                 "s3_endpoint" => layer.s3_endpoint = Some(value),
@@ -307,6 +424,19 @@ impl ServeArgs {
             data_dir: self.data_dir.or(lower.data_dir),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
             part_size: self.part_size.or(lower.part_size),
+            part_memory: self.part_memory.or(lower.part_memory),
+            body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
+            use_https: self.use_https.or(lower.use_https),
+            server_cert: self.server_cert.or(lower.server_cert),
+            server_key: self.server_key.or(lower.server_key),
+            min_tls_version: self.min_tls_version.or(lower.min_tls_version),
+            ca_cert: self.ca_cert.or(lower.ca_cert),
+            crl: self.crl.or(lower.crl),
+            cert_groups_from: self.cert_groups_from.or(lower.cert_groups_from),
+            trust_forwarded_client_cert: self
+                .trust_forwarded_client_cert
+                .or(lower.trust_forwarded_client_cert),
             backend: self.backend.or(lower.backend),
             s3_bucket: self.s3_bucket.or(lower.s3_bucket),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
@@ -355,6 +485,28 @@ impl Config {
                 "part size {part_size} is under S3's minimum of {MIN_PART_SIZE} bytes"
             )));
         }
+        let part_memory = l
+            .part_memory
+            .unwrap_or(crate::registry::budget::DEFAULT_PART_MEMORY);
+        if part_memory < part_size {
+            return Err(ConfigError(format!(
+                "part memory {part_memory} is smaller than one part of {part_size} bytes"
+            )));
+        }
+        let body_idle_timeout = l.body_idle_timeout.unwrap_or(DEFAULT_BODY_IDLE_TIMEOUT);
+        if body_idle_timeout.is_zero() {
+            return Err(ConfigError("body idle timeout must be above zero".into()));
+        }
+        let tls = tls_settings(&l)?;
+        let cert_groups = match l.cert_groups_from.as_deref() {
+            None | Some("o") => CertGroups::Organization,
+            Some("ou") => CertGroups::OrganizationalUnit,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "cert groups from {other:?}: must be o or ou"
+                )))
+            }
+        };
         let bucket = match (l.backend.as_deref(), l.s3_bucket) {
             (Some("disk"), _) => None,
             (Some("s3") | None, bucket @ Some(_)) => bucket,
@@ -422,11 +574,61 @@ impl Config {
             data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
             shutdown_timeout: l.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             part_size,
+            part_memory,
+            body_idle_timeout,
+            max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls,
+            cert_groups,
+            trust_forwarded_client_cert: l.trust_forwarded_client_cert.unwrap_or(false),
             s3,
             redis,
             auth,
         })
     }
+}
+
+/// HTTPS settings from a layer: on when asked for, or when a certificate is given.
+fn tls_settings(l: &ServeArgs) -> Result<Option<TlsSettings>, ConfigError> {
+    let wanted = l.use_https.unwrap_or(l.server_cert.is_some());
+    if !wanted {
+        if l.ca_cert.is_some() {
+            return Err(ConfigError(
+                "client certificates (--ca-cert) need HTTPS (--use-https)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (l.server_cert.clone(), l.server_key.clone()) else {
+        return Err(ConfigError(
+            "HTTPS needs a certificate and its key (--server-cert, --server-key)".into(),
+        ));
+    };
+    let min_version = match l
+        .min_tls_version
+        .as_deref()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("1.2" | "tls1.2" | "tls12" | "tlsv1.2") => TlsVersion::V1_2,
+        Some("1.3" | "tls1.3" | "tls13" | "tlsv1.3") => TlsVersion::V1_3,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "minimum TLS version {other:?}: must be 1.2 or 1.3"
+            )))
+        }
+    };
+    if l.crl.is_some() && l.ca_cert.is_none() {
+        return Err(ConfigError(
+            "a CRL (--crl) needs the CA it revokes for (--ca-cert)".into(),
+        ));
+    }
+    Ok(Some(TlsSettings {
+        cert,
+        key,
+        min_version,
+        client_ca: l.ca_cert.clone(),
+        crl: l.crl.clone(),
+    }))
 }
 
 impl std::fmt::Display for Config {
@@ -442,6 +644,33 @@ impl std::fmt::Display for Config {
         writeln!(f, "  access_logs       {}", self.telemetry.access_logs)?;
         if let Some(metrics) = &self.telemetry.metrics_listen {
             writeln!(f, "  metrics_listen    {metrics}")?;
+        }
+        writeln!(f, "  part_memory       {}", self.part_memory)?;
+        writeln!(
+            f,
+            "  body_idle_timeout {}s",
+            self.body_idle_timeout.as_secs_f64()
+        )?;
+        writeln!(f, "  max_connections   {}", self.max_connections)?;
+        match &self.tls {
+            Some(t) => {
+                writeln!(f, "  https             {}", t.cert.display())?;
+                let min = match t.min_version {
+                    TlsVersion::V1_2 => "1.2",
+                    TlsVersion::V1_3 => "1.3",
+                };
+                writeln!(f, "  min_tls_version   {min}")?;
+                if let Some(ca) = &t.client_ca {
+                    writeln!(f, "  client_ca         {}", ca.display())?;
+                }
+                if let Some(crl) = &t.crl {
+                    writeln!(f, "  crl               {}", crl.display())?;
+                }
+            }
+            None => writeln!(f, "  https             off")?,
+        }
+        if self.trust_forwarded_client_cert {
+            writeln!(f, "  trust_forwarded_client_cert true")?;
         }
         match &self.s3 {
             Some(s3) => {

@@ -213,6 +213,9 @@ pub struct Invalid(pub String);
 
 const MAX_NAME: usize = 255;
 
+/// The largest file a version may hold: 5 TiB, S3's largest object.
+pub const MAX_FILE_SIZE: u64 = 5 << 40;
+
 fn check_text(what: &str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.trim().is_empty() {
         return Err(Invalid(format!("{what} must not be empty")));
@@ -263,6 +266,12 @@ pub fn validate_file(file: &FileRef) -> Result<(), Invalid> {
     if file.kind != FileKind::Nvram && file.name.starts_with(NVRAM_KEY_PREFIX) {
         return Err(Invalid(format!(
             "layer names must not start with {NVRAM_KEY_PREFIX:?}"
+        )));
+    }
+    if file.size > MAX_FILE_SIZE {
+        return Err(Invalid(format!(
+            "{} declares {} bytes; files are at most {MAX_FILE_SIZE} bytes (5 TiB)",
+            file.name, file.size
         )));
     }
     if !crate::digest::is_sha256_hex(&file.sha256) && !file.sha256.is_empty() {

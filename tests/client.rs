@@ -1038,76 +1038,12 @@ fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), second);
 }
 
-/// Runs openssl with `args` in `dir`. openssl is a prerequisite of the suite
-/// (`scripts/test.sh` installs it), so a missing one fails the test rather than skipping it.
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl is needed by the TLS tests: install it (scripts/test.sh does)");
-    assert!(status.success(), "openssl {args:?} failed");
-}
-
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
 fn make_pki(dir: &Path) {
-    let ca = [
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "1",
-    ];
-    openssl(dir, &[&ca[..], &["-subj", "/CN=vmreg-test-ca"]].concat());
-    for (name, usage, san) in [
-        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
-        ("client", "clientAuth", ""),
-    ] {
-        std::fs::write(
-            dir.join(format!("{name}.ext")),
-            format!("{san}basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=node1",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-            ]
-            .into_iter()
-            .chain(["-days", "1", "-extfile", &ext])
-            .collect::<Vec<_>>(),
-        );
-    }
+    common::pki::Pki::new(dir)
+        .ca("ca")
+        .server("ca", "server")
+        .client("ca", "client", "/CN=node1");
 }
 
 /// An `openssl s_server` that demands a client certificate and answers any request with
@@ -1208,4 +1144,51 @@ fn tls_options_verify_the_registry_and_present_the_node_certificate() {
     std::fs::write(node.dir.join("both.pem"), both).unwrap();
     let err = list(&["--cacert", "ca.pem", "-i", "both.pem"]);
     assert!(handshake_ok(&err), "certificate and key in one file: {err}");
+}
+
+#[test]
+fn push_and_pull_over_mutual_tls_with_cert_key_and_cacert() {
+    let node = Node::new();
+    make_pki(&node.dir);
+    let file = |name: &str| node.dir.join(name).display().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let server = Registry::start_with(&[
+        "--server-cert",
+        &cert,
+        "--server-key",
+        &key,
+        "--ca-cert",
+        &ca,
+    ]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let (client_cert, client_key) = (file("client.pem"), file("client.key"));
+    let tls = [
+        "--cacert",
+        &ca,
+        "--cert",
+        &client_cert,
+        "--key",
+        &client_key,
+    ];
+    let with_tls =
+        |args: &[&str]| -> Vec<String> { tls.iter().chain(args).map(|s| s.to_string()).collect() };
+    let big = data(300, 3_000_000);
+    node.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let args = with_tls(&["push", "-t", "v1", "vm1"]);
+    node.json(
+        &server,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let dst = Node::new();
+    let args = with_tls(&["pull", "vm1"]);
+    dst.json(
+        &server,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+
+    // Without the registry's CA the client refuses the server.
+    let out = dst.run(&server, &["list"]);
+    assert!(!out.status.success(), "an unverified registry is refused");
 }

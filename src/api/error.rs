@@ -54,6 +54,15 @@ impl ApiError {
         }
     }
 
+    /// Any error status with a message.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            size: None,
+        }
+    }
+
     /// A 503 with a message.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {

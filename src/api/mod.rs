@@ -3,14 +3,17 @@
 //! by tests alike.
 
 pub mod access;
+pub mod client_cert;
 mod error;
 mod groups;
 mod health;
 mod keys;
 mod metrics;
 pub mod observe;
+mod limits;
 mod params;
 pub mod server;
+mod tls;
 mod transfer;
 mod vendor;
 

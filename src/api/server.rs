@@ -7,8 +7,9 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer, ResponseError};
 
+use super::client_cert::PeerCertificate;
 use super::observe::observe;
-use super::{access, configure, configure_metrics, ApiError, AppState};
+use super::{access, configure, configure_metrics, limits, tls, ApiError, AppState};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{backends, Registry};
@@ -16,10 +17,15 @@ use crate::registry::{backends, Registry};
 /// Upload sessions untouched for a week are aborted, as distribution does after 168 h.
 const STALE_SESSION_SECS: u64 = 7 * 24 * 3600;
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// A request's headers must arrive within this (slow-loris headers are cut).
+const HEADERS_WITHIN: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Runs the server; returns the process exit code.
 pub fn run(config: Config) -> i32 {
     crate::telemetry::init_logs(config.telemetry.json_logs);
+    crate::registry::budget::return_freed_parts_to_the_system();
     let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
     for warning in crate::vendor_env::warnings(names) {
         tracing::warn!("{warning}");
@@ -50,13 +56,16 @@ async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("authentication: {e}"))?;
     let auth = web::Data::new(auth);
-    let registry = Registry::new(meta, blobs, config.part_size, concurrency);
+    let registry = Registry::new(meta, blobs, config.part_size, concurrency)
+        .with_part_memory(config.part_memory);
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
-        "vmreg {} listening on http://{addr}",
-        env!("CARGO_PKG_VERSION")
+        "vmreg {} listening on {}://{addr}",
+        env!("CARGO_PKG_VERSION"),
+        if tls.is_some() { "https" } else { "http" }
     );
     print!("{config}");
     let state = web::Data::new(AppState {
@@ -68,16 +77,27 @@ async fn serve(config: Config) -> Result<(), String> {
         Some(listen) => Some(metrics_listener(listen, state.clone())?),
         None => None,
     };
+    let idle = config.body_idle_timeout;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(auth.clone())
             .wrap(actix_web::middleware::from_fn(access::guard))
+            .wrap_fn(move |req, srv| limits::limit_requests(idle, req, srv))
             .wrap_fn(reject_huge_headers)
             .wrap_fn(move |req, srv| observe(req, srv, access_logs))
             .configure(configure)
     })
-    .listen(listener)
+    .on_connect(remember_client_certificate)
+    // Slow clients hold a connection, never a worker; these bound how many and how long.
+    .max_connections(config.max_connections)
+    .client_request_timeout(HEADERS_WITHIN)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(KEEP_ALIVE);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .map_err(|e| e.to_string())?
     .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .run();
@@ -124,6 +144,17 @@ fn metrics_listener(
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(handle)
+}
+
+/// Keeps the client certificate a TLS connection was verified with, for the requests on it.
+fn remember_client_certificate(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(stream) = conn.downcast_ref::<Tls>() {
+        let (_, session) = stream.get_ref();
+        if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+            data.insert(PeerCertificate(cert.to_vec()));
+        }
+    }
 }
 
 /// Headers past this many bytes in all are refused.

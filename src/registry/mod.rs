@@ -6,6 +6,7 @@
 //! leaves no version pointing at missing bytes.
 
 pub mod backends;
+pub mod budget;
 mod gc;
 mod inventory;
 mod parts;
@@ -66,7 +67,7 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     part_size: u64,
     upload_concurrency: usize,
-    part_buffers: Arc<parts::BufferPool>,
+    part_memory: Arc<budget::PartMemory>,
 }
 
 impl Registry {
@@ -84,8 +85,14 @@ impl Registry {
             blobs,
             part_size,
             upload_concurrency: upload_concurrency.max(1),
-            part_buffers: Arc::default(),
+            part_memory: Arc::new(budget::PartMemory::new(budget::DEFAULT_PART_MEMORY)),
         }
+    }
+
+    /// The same registry with `bytes` of memory for all upload part buffers together.
+    pub fn with_part_memory(mut self, bytes: u64) -> Self {
+        self.part_memory = Arc::new(budget::PartMemory::new(bytes));
+        self
     }
 
     /// The metadata store.
@@ -105,12 +112,28 @@ impl Registry {
         Ok(())
     }
 
-    /// The part size for a file: large enough that any file fits in S3's 10,000 parts.
+    /// The part size for a file: large enough that any file fits in S3's 10,000 parts,
+    /// and never above [`budget::MAX_PART_SIZE`] (files are at most
+    /// [`model::MAX_FILE_SIZE`](crate::model::MAX_FILE_SIZE)).
     pub fn part_size_for(&self, size: u64) -> u64 {
         const MAX_PARTS: u64 = 10_000;
         const MIB: u64 = 1 << 20;
         let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-        needed.max(self.part_size)
+        needed.max(self.part_size).min(budget::MAX_PART_SIZE)
+    }
+
+    /// Refuses files whose parts could not be buffered within the part memory.
+    pub fn check_file_sizes(&self, sizes: impl IntoIterator<Item = u64>) -> RegistryResult<()> {
+        for size in sizes {
+            let part = self.part_size_for(size);
+            if part > self.part_memory.budget() {
+                return Err(RegistryError::BadRequest(format!(
+                    "a file of {size} bytes is uploaded in parts of {part} bytes, more than this registry's part memory of {} bytes (--part-memory)",
+                    self.part_memory.budget()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,9 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::budget::PartBuffer;
 use super::push::UploadState;
 use super::{Registry, RegistryError, RegistryResult};
 use crate::digest::ResumableSha256;
@@ -14,45 +15,12 @@ use crate::store::{PartInfo, StoreError, StoreResult, UploadHandle};
 /// Bytes of parts one upload may have in flight; with parts larger than this (files over
 /// about 80 GB) one part is in flight at a time.
 const IN_FLIGHT_BUDGET: u64 = 64 << 20;
-/// Part buffers kept for reuse across uploads.
-const POOLED_BUFFERS: usize = 16;
-
-/// Part buffers handed back once the store is done with them. Reusing them keeps the
-/// allocator from piling up freed multi-MiB blocks, which it would not return to the OS.
-#[derive(Default)]
-pub(crate) struct BufferPool(std::sync::Mutex<Vec<BytesMut>>);
-
-impl BufferPool {
-    /// An empty buffer of at least `size` bytes of capacity.
-    fn take(&self, size: usize) -> BytesMut {
-        let reused = self.0.lock().ok().and_then(|mut pool| {
-            let at = pool
-                .iter()
-                .position(|b| b.capacity() >= size && b.capacity() <= 2 * size)?;
-            Some(pool.swap_remove(at))
-        });
-        reused.unwrap_or_else(|| BytesMut::with_capacity(size))
-    }
-
-    /// Keeps a part's buffer when nothing else holds it any more.
-    fn give_back(&self, part: Bytes) {
-        if let Ok(mut buffer) = part.try_into_mut() {
-            buffer.clear();
-            if let Ok(mut pool) = self.0.lock() {
-                if pool.len() < POOLED_BUFFERS {
-                    pool.push(buffer);
-                }
-            }
-        }
-    }
-}
 
 struct InFlight {
+    /// Writes the part, then gives its buffer back to the part memory.
     task: tokio::task::JoinHandle<StoreResult<PartInfo>>,
     /// The hash state after this part, recorded when the part lands.
     hasher: ResumableSha256,
-    /// The part's bytes, to reuse the buffer once the store let go of it.
-    data: Bytes,
     /// Counts the part in the metrics until it lands or the upload is dropped.
     _held: crate::telemetry::metrics::PartBufferGuard,
 }
@@ -68,6 +36,8 @@ pub(crate) struct PartPump<'a> {
     in_flight: VecDeque<InFlight>,
     part_size: usize,
     max_in_flight: usize,
+    /// The part being filled; reserved from the part memory when its first byte comes.
+    filling: Option<PartBuffer>,
 }
 
 impl<'a> PartPump<'a> {
@@ -90,12 +60,45 @@ impl<'a> PartPump<'a> {
             next_number: state.parts.len() as u32 + 1,
             next_offset: state.received,
             in_flight: VecDeque::new(),
+            filling: None,
         }
     }
 
-    /// An empty buffer for the next part.
-    pub(crate) fn buffer(&self) -> BytesMut {
-        self.registry.part_buffers.take(self.part_size)
+    /// Bytes received into the part being filled, not sent yet.
+    pub(crate) fn buffered(&self) -> usize {
+        self.filling.as_ref().map_or(0, |b| b.buf.len())
+    }
+
+    /// Adds body bytes to the part being filled and sends each part that fills. Each part
+    /// is allocated once, at its final size, from the server's part memory; when that is
+    /// spent this waits for a buffer instead of allocating past it.
+    pub(crate) async fn feed(
+        &mut self,
+        mut chunk: Bytes,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        while !chunk.is_empty() {
+            let mut buffer = match self.filling.take() {
+                Some(b) => b,
+                None => self.registry.part_memory.take(self.part_size).await,
+            };
+            let take = (self.part_size - buffer.buf.len()).min(chunk.len());
+            buffer.buf.extend_from_slice(&chunk.split_to(take));
+            if buffer.buf.len() == self.part_size {
+                self.send(buffer, state).await?;
+            } else {
+                self.filling = Some(buffer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the bytes being filled as the file's last, short part.
+    pub(crate) async fn send_tail(&mut self, state: &mut UploadState) -> RegistryResult<()> {
+        match self.filling.take() {
+            Some(buffer) if !buffer.buf.is_empty() => self.send(buffer, state).await,
+            _ => Ok(()),
+        }
     }
 
     /// The offset the next part starts at.
@@ -104,25 +107,29 @@ impl<'a> PartPump<'a> {
     }
 
     /// Hashes and sends a part; waits for older parts while too many are in flight.
-    pub(crate) async fn send(
-        &mut self,
-        part: Bytes,
-        state: &mut UploadState,
-    ) -> RegistryResult<()> {
+    async fn send(&mut self, part: PartBuffer, state: &mut UploadState) -> RegistryResult<()> {
+        let (part, reservation) = part.freeze();
         self.hasher.update(&part);
         let blobs = self.registry.blobs.clone();
+        let memory = self.registry.part_memory.clone();
         let handle = self.handle.clone();
         let (number, offset) = (self.next_number, self.next_offset);
         self.next_number += 1;
         self.next_offset += part.len() as u64;
-        let data = part.clone();
         let _held = crate::telemetry::metrics::part_buffer_held(part.len());
-        let task =
-            tokio::spawn(async move { blobs.write_part(&handle, number, offset, part).await });
+        // The buffer goes back as soon as the store is done with it, not when this upload
+        // gets round to recording the part: uploads waiting for part memory must never
+        // wait on each other.
+        let task = tokio::spawn(async move {
+            let written = blobs
+                .write_part(&handle, number, offset, part.clone())
+                .await;
+            memory.give_back(part, reservation);
+            written
+        });
         self.in_flight.push_back(InFlight {
             task,
             hasher: self.hasher.clone(),
-            data,
             _held,
         });
         // Record parts as soon as they are durable, not only when the queue is full: a
@@ -162,7 +169,6 @@ impl<'a> PartPump<'a> {
         };
         let part =
             written.map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
-        self.registry.part_buffers.give_back(next.data);
         let expected = Some(state.received);
         state.received += part.size;
         state.parts.push(part);
@@ -182,44 +188,11 @@ impl<'a> PartPump<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_returned_buffer_is_reused_and_a_shared_one_is_not() {
-        let pool = BufferPool::default();
-        let mut first = pool.take(1024);
-        first.extend_from_slice(&[7; 1024]);
-        let frozen = first.freeze();
-        let address = frozen.as_ptr();
-        let still_held = frozen.clone();
-        pool.give_back(frozen);
-        assert_ne!(
-            pool.take(1024).as_ptr(),
-            address,
-            "a buffer someone still holds is not reused"
-        );
-        drop(still_held);
-
-        let mut second = pool.take(1024);
-        second.extend_from_slice(&[8; 1024]);
-        let frozen = second.freeze();
-        let address = frozen.as_ptr();
-        pool.give_back(frozen);
-        let reused = pool.take(1024);
-        assert_eq!(reused.as_ptr(), address);
-        assert!(reused.is_empty() && reused.capacity() >= 1024);
-        pool.give_back(reused.freeze());
-        assert_ne!(
-            pool.take(4096).as_ptr(),
-            address,
-            "too small a buffer is not handed out"
-        );
-        assert_eq!(
-            pool.take(1024).as_ptr(),
-            address,
-            "it stays pooled for a part it fits"
-        );
+impl Drop for PartPump<'_> {
+    /// A body that stopped short leaves its part unfinished: keep the buffer for reuse.
+    fn drop(&mut self) {
+        if let Some(buffer) = self.filling.take() {
+            self.registry.part_memory.put_back(buffer);
+        }
     }
 }

@@ -173,6 +173,7 @@ impl Registry {
     /// the rest.
     pub async fn negotiate(&self, req: PushRequest) -> RegistryResult<PushPlan> {
         validate_request(&req)?;
+        self.check_file_sizes(req.files.iter().map(|f| f.size))?;
         let session_id = Uuid::new_v4().simple().to_string();
         let session = transact(self.meta(), async |tx| {
             let name = match tx.get_json::<Template>(&keys::template(&req.id)).await? {
@@ -434,7 +435,6 @@ impl Registry {
 
         let part_size = file.part_size as usize;
         let mut pump = PartPump::new(self, handle, &state_key, &state, part_size);
-        let mut buffer = pump.buffer();
         let mut body_ended = false;
         loop {
             // Parts that land while the client is slow are recorded at once, so that the
@@ -470,27 +470,17 @@ impl Registry {
                 skip -= n;
                 let _ = chunk.split_to(n as usize);
             }
-            if pump.next_offset() + (buffer.len() + chunk.len()) as u64 > file.size {
+            if pump.next_offset() + (pump.buffered() + chunk.len()) as u64 > file.size {
                 pump.drain(&mut state).await?;
                 return Err(RegistryError::BadRequest(format!(
                     "body runs past the {} bytes declared for {key}",
                     file.size
                 )));
             }
-            // Fill one part-sized buffer at a time and hand it over whole, so each part
-            // is allocated once, at its final size.
-            while !chunk.is_empty() {
-                let take = (part_size - buffer.len()).min(chunk.len());
-                buffer.extend_from_slice(&chunk.split_to(take));
-                if buffer.len() == part_size {
-                    let full = std::mem::replace(&mut buffer, pump.buffer());
-                    pump.send(full.freeze(), &mut state).await?;
-                }
-            }
+            pump.feed(chunk, &mut state).await?;
         }
-        if body_ended && !buffer.is_empty() && pump.next_offset() + buffer.len() as u64 == file.size
-        {
-            pump.send(buffer.split().freeze(), &mut state).await?;
+        if body_ended && pump.next_offset() + pump.buffered() as u64 == file.size {
+            pump.send_tail(&mut state).await?;
         }
         pump.drain(&mut state).await?;
         if state.received == file.size {

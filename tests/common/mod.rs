@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -207,7 +208,11 @@ impl Server {
     /// Kills the process and starts it again on the same port and stores.
     pub fn restart(&mut self) {
         self.kill();
-        let listen = self.url.trim_start_matches("http://").to_string();
+        let listen = self
+            .url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
         let (child, url) = spawn(&self.ns, &self.extra, &self.env, &listen, &self.log);
         self.child = Some(child);
         self.url = url;

@@ -1,0 +1,206 @@
+//! Bounded resources, whatever clients send or withhold: huge declared sizes are refused,
+//! part buffers stay within the server's part memory however many uploads stall, stalled
+//! bodies are cut after the idle time, and their uploads resume afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1 << 20;
+const PART_MEMORY: u64 = 48 * MIB;
+const PART: u64 = 5 * MIB;
+const IDLE_SECS: u64 = 2;
+
+/// Resident and peak resident memory of a process, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .expect("a memory figure")
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn negotiation(id: &str, files: Value) -> Value {
+    json!({
+        "id": id, "name": format!("limits-{}", &id[..8]), "tag": "t1", "description": "",
+        "config": config(id, "limits", &[]), "files": files
+    })
+}
+
+/// Sends headers and `prefix` of a `len`-byte body, then stalls until the server answers;
+/// returns the status it answered with.
+async fn stalled_upload(addr: String, path: String, len: u64, prefix: Vec<u8>) -> u16 {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: vmreg\r\nContent-Length: {len}\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("headers");
+    // The server may not read this until it has part memory for it.
+    conn.write_all(&prefix).await.expect("body prefix");
+    conn.flush().await.expect("body prefix");
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply).await;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP reply: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_sizes_are_refused_and_stalled_uploads_stay_within_the_part_memory() {
+    let server = Server::start_with(&[
+        "--part-size",
+        "5MiB",
+        "--part-memory",
+        "48MiB",
+        "--body-idle-timeout",
+        "2s",
+    ]);
+    let id = new_id();
+    let image = |name: &str, size: u64| json!({"name": name, "kind": "image", "size": size});
+
+    // 2^63 bytes: over the 5 TiB limit.
+    let reply = send_json(
+        Method::POST,
+        &server.at("/api/v1/push"),
+        &negotiation(&id, json!([image("huge", 1u64 << 63)])),
+    )
+    .await;
+    reply.assert_fail(400);
+    // 4 TiB: allowed in general, but its parts (420 MiB) exceed this server's part memory.
+    let reply = send_json(
+        Method::POST,
+        &server.at("/api/v1/push"),
+        &negotiation(&id, json!([image("big", 4u64 << 40)])),
+    )
+    .await;
+    reply.assert_fail(400);
+    assert!(
+        reply.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("part memory")),
+        "{reply:?}"
+    );
+    get(&server.at("/livez")).await.ok_body();
+
+    // 50 uploads of a 10 MiB file stall: half after one byte, half after 7 MiB (a durable
+    // 5 MiB part and 2 MiB of the next). Unbounded, the second half alone would hold
+    // 25 x 7 MiB; bounded, the server waits for part memory and cuts idle bodies.
+    const N: usize = 50;
+    let size = 10 * MIB;
+    let file = TestFile::new("x", "image", size as usize, 7);
+    let files: Vec<Value> = (0..N)
+        .map(|i| json!({"name": format!("layer{i}"), "kind": "image", "size": size, "sha256": file.sha256()}))
+        .collect();
+    let plan = send_json(
+        Method::POST,
+        &server.at("/api/v1/push"),
+        &negotiation(&id, json!(files)),
+    )
+    .await
+    .ok_body()
+    .clone();
+    let session = plan["session"].as_str().unwrap().to_string();
+    let keys: Vec<String> = plan["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), N);
+    let (rss_before, _) = memory_of(server.pid());
+
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let uploads: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let path = format!("/api/v1/push/{session}/files/{}?offset=0", encode_path(key));
+            let sent = if i % 2 == 0 { 1 } else { 7 * MIB as usize };
+            tokio::spawn(stalled_upload(
+                addr.clone(),
+                path,
+                size,
+                file.data[..sent].to_vec(),
+            ))
+        })
+        .collect();
+    for upload in uploads {
+        let status = tokio::time::timeout(Duration::from_secs(120), upload)
+            .await
+            .expect("every stalled body is cut")
+            .unwrap();
+        assert_eq!(status, 408, "a stalled body is cut with a 408");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(IDLE_SECS),
+        "bodies are cut only after the idle time ({took:?})"
+    );
+    let (_, peak) = memory_of(server.pid());
+    eprintln!(
+        "50 stalled uploads: cut within {took:?}; resident {} MiB before, peak {} MiB",
+        rss_before / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak < rss_before + PART_MEMORY,
+        "peak resident memory {} MiB grew past the part memory of {} MiB over {} MiB",
+        peak / MIB,
+        PART_MEMORY / MIB,
+        rss_before / MIB
+    );
+    get(&server.at("/livez")).await.ok_body();
+
+    // The durable parts were kept: each upload resumes where its status says.
+    let status = get(&server.at(&format!("/api/v1/push/{session}")))
+        .await
+        .ok_body()
+        .clone();
+    let mut resumed_from_a_part = 0;
+    for (i, planned) in status["files"].as_array().unwrap().iter().enumerate() {
+        let received = planned["received"].as_u64().expect("received");
+        assert!(received == 0 || received == PART, "file {i}: {planned}");
+        if received == PART {
+            resumed_from_a_part += 1;
+        }
+        let key = planned["key"].as_str().unwrap();
+        let url = server.at(&format!(
+            "/api/v1/push/{session}/files/{}?offset={received}",
+            encode_path(key)
+        ));
+        call(
+            Method::PUT,
+            &url,
+            Some(file.data[received as usize..].to_vec()),
+        )
+        .await
+        .ok_body();
+    }
+    assert_eq!(
+        resumed_from_a_part,
+        N / 2,
+        "every upload that sent a whole part kept it"
+    );
+    let committed = call(
+        Method::POST,
+        &server.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await;
+    committed.ok_body();
+}
