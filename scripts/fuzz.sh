@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Fuzzes the API from its own OpenAPI document (GET /openapi.json) with schemathesis, for a
+# bounded time, against the real binary: on the embedded store, and on S3 (Garage) + Redis
+# when the services of scripts/test-services.sh are configured; with authentication off,
+# and on (root token) when the binary has it. A 5xx (the fuzz runs with its backends up, so
+# not even the documented 503 may appear), a response outside the documented schema,
+# status codes, content types or headers, or a server that died, fails the run. Prints the
+# requests sent and the failures of each run.
+#
+#   scripts/fuzz.sh                  uses target/debug/vmreg (built when missing)
+#   VMREG_FUZZ_SECONDS=40            time budget of each run (default 40)
+#   VMREG_BIN=path                   the binary to fuzz
+#
+# schemathesis comes from PyPI into a virtualenv under target/ when it is not installed.
+# Under CI (or VMREG_TEST_BACKEND=s3) missing S3 settings fail the run instead of
+# skipping the S3 runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${VMREG_FUZZ_SECONDS:-40}"
+bin="${VMREG_BIN:-target/debug/vmreg}"
+if [ ! -x "$bin" ]; then
+    cargo build --bin vmreg
+fi
+
+st_bin() {
+    if command -v st >/dev/null 2>&1 && st --help 2>/dev/null | grep -q 'Property-based API testing'; then
+        command -v st
+        return
+    fi
+    local venv=target/fuzz-venv
+    if [ ! -x "$venv/bin/st" ]; then
+        echo "fuzz: installing schemathesis into $venv" >&2
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q 'schemathesis>=4,<5' >&2
+    fi
+    echo "$venv/bin/st"
+}
+st=$(st_bin)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vmreg-fuzz.XXXXXX")
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts `vmreg serve` with the given flags on a free port; sets server_pid and url.
+start_server() {
+    local log="$work/server.log"
+    "$bin" serve --listen 127.0.0.1:0 "$@" >"$work/stdout" 2>"$log" &
+    server_pid=$!
+    url=""
+    for _ in $(seq 1 150); do
+        url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/stdout" | head -1)
+        [ -n "$url" ] && return 0
+        sleep 0.1
+    done
+    echo "fuzz: vmreg serve did not start:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+
+backends=(embedded)
+if [ -n "${VMREG_TEST_S3_ENDPOINT:-}" ] && [ -n "${VMREG_TEST_REDIS_URL:-}" ]; then
+    backends+=(s3)
+elif [ -n "${CI:-}" ] || [ "${VMREG_TEST_BACKEND:-}" = s3 ]; then
+    echo "fuzz: the S3 runs need VMREG_TEST_S3_ENDPOINT and VMREG_TEST_REDIS_URL (scripts/test-services.sh)" >&2
+    exit 1
+else
+    echo "fuzz: S3 runs skipped: no VMREG_TEST_S3_ENDPOINT (run through scripts/test-services.sh)" >&2
+fi
+auth_modes=(off)
+if "$bin" serve --help | grep -q -- '--enable-auth'; then
+    auth_modes+=(on)
+else
+    echo "fuzz: auth-on runs skipped: this build has no --enable-auth" >&2
+fi
+
+failed=0
+summary=()
+for backend in "${backends[@]}"; do
+    for auth in "${auth_modes[@]}"; do
+        run="$backend-auth-$auth"
+        prefix="fuzz$(date +%s%N | tail -c 9)"
+        flags=(--data-dir "$work/$run")
+        if [ "$backend" = s3 ]; then
+            flags+=(--redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix "$prefix:"
+                --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT"
+                --s3-region "${VMREG_TEST_S3_REGION:-garage}" --s3-path-style --s3-prefix "$prefix")
+        fi
+        st_auth=()
+        if [ "$auth" = on ]; then
+            token="fuzz-root-token-$prefix"
+            flags+=(--enable-auth --root-token "$token")
+            st_auth=(--auth "root:$token")
+        fi
+        start_server "${flags[@]}"
+        status=0
+        "$st" run "$url/openapi.json" \
+            --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
+            --max-time "$seconds" --workers 2 --no-color --request-timeout 30 \
+            --report har --report-har-path "$work/$run.har" \
+            "${st_auth[@]}" >"$work/$run.log" 2>&1 || status=$?
+        alive=yes
+        kill -0 "$server_pid" 2>/dev/null || alive=no
+        stop_server
+        requests=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["log"]["entries"]))' "$work/$run.har" 2>/dev/null || echo 0)
+        failures=$(sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p' "$work/$run.log" | tail -1)
+        failures=${failures:-0}
+        if [ "$status" -ne 0 ] || [ "$alive" != yes ] || [ "$requests" -eq 0 ]; then
+            failed=1
+            [ "$failures" -gt 0 ] || failures="(schemathesis exit $status, server alive: $alive)"
+            echo "== fuzz $run: FAILED; schemathesis said:" >&2
+            tail -80 "$work/$run.log" >&2
+            echo "== server log:" >&2
+            tail -40 "$work/server.log" >&2
+        fi
+        line="fuzz: backend=$backend auth=$auth requests=$requests failures=$failures"
+        summary+=("$line")
+        echo "$line"
+    done
+done
+
+echo "== fuzz figures"
+printf '%s\n' "${summary[@]}"
+exit "$failed"
