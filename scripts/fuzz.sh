@@ -99,7 +99,7 @@ for backend in "${backends[@]}"; do
         st_auth=()
         if [ "$auth" = on ]; then
             token="fuzz-root-token-$prefix"
-            flags+=(--enable-auth --root-token "$token")
+            flags+=(--enable-auth --root-token "$token" --enable-api-keys --enable-authorization)
             st_auth=(--auth "root:$token")
         fi
         start_server "${flags[@]}"
@@ -119,7 +119,8 @@ for backend in "${backends[@]}"; do
             failed=1
             [ "$failures" -gt 0 ] || failures="(schemathesis exit $status, server alive: $alive)"
             echo "== fuzz $run: FAILED; schemathesis said:" >&2
-            tail -80 "$work/$run.log" >&2
+            sed -n '/= FAILURES =/,/= SUMMARY =/p' "$work/$run.log" >&2
+            tail -30 "$work/$run.log" >&2
             echo "== server log:" >&2
             tail -40 "$work/server.log" >&2
         fi

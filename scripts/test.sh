@@ -40,7 +40,7 @@ pass() {
 }
 
 pass "embedded backend (local disk + redb): unit tests and black-box suites" \
-    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test hostile --test tls -- --include-ignored
+    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls -- --include-ignored
 
 pass "S3 (Garage) + Redis backend: black-box suites and multi-replica tests" \
     env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test operations --test limits --test hostile -- --include-ignored
@@ -50,6 +50,9 @@ pass "operations: a real Prometheus scrapes vmreg" \
 
 pass "deploy files: chart rendered and validated, hadolint, shellcheck, promtool, compose, terraform" \
     bash scripts/check-deploy.sh
+
+pass "fuzzing from the OpenAPI document (schemathesis), both backends, auth off and on" \
+    bash scripts/fuzz.sh
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "scripts/test.sh: FAILED: ${failed[*]}" >&2

@@ -213,3 +213,72 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_an_upload_comp
         .unwrap();
     assert_eq!(committed.status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_is_the_user_and_its_o_or_ou_the_groups_of_the_permission_check() {
+    const ROOT: &str = "tls-root-token-0123456789";
+    let root = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("root:{ROOT}")
+        )
+    );
+    let ns = Namespace::new();
+    let pki = pki(&ns);
+    let ca = pki.path("ca.pem");
+    let auth = [
+        "--enable-auth",
+        "--root-token",
+        ROOT,
+        "--enable-authorization",
+        "--ca-cert",
+        &ca,
+    ];
+    // alice is O=builders, OU=ci. builders may list; ci may read the disk.
+    for (groups_from, may_list, may_read_disk) in [("o", true, false), ("ou", false, true)] {
+        let mut flags = auth.to_vec();
+        flags.extend(["--cert-groups-from", groups_from]);
+        let server = https_server(Namespace::new(), &pki, &flags);
+        let admin = client(&pki, &["ca"], None);
+        for (group, permission) in [("builders", "list_vms"), ("ci", "get_disk_info")] {
+            let reply = admin
+                .put(server.at(&format!("/admin/api/v1/permission/group/{group}")))
+                .header("Authorization", &root)
+                .json(&json!({ "permissions": [permission] }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status().as_u16(), 200, "{group}");
+        }
+        let alice = client(&pki, &["ca"], Some("alice"));
+        let code = |path: &'static str| {
+            let alice = alice.clone();
+            let url = server.at(path);
+            async move { alice.get(url).send().await.unwrap().status().as_u16() }
+        };
+        let allowed = |yes: bool| if yes { 200 } else { 403 };
+        assert_eq!(
+            code("/registry/v2/vm").await,
+            allowed(may_list),
+            "groups from {groups_from}: list"
+        );
+        assert_eq!(
+            code("/registry/disk").await,
+            allowed(may_read_disk),
+            "groups from {groups_from}: disk"
+        );
+        assert_eq!(
+            code("/registry/status").await,
+            200,
+            "the certificate authenticates"
+        );
+        // Without a certificate (or other credentials) nothing is let in.
+        let nobody = admin
+            .get(server.at("/registry/status"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(nobody.status().as_u16(), 401);
+    }
+}

@@ -11,8 +11,9 @@ use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 
+use super::client_cert::{self, CertPolicy};
 use super::ApiError;
-use crate::auth::{Access, Auth, AuthError, Identity, Permission as P};
+use crate::auth::{Access, Auth, AuthError, AuthMethod, Identity, Permission as P};
 
 /// What `method path` requires. Unknown paths need an authenticated caller, so that a
 /// stranger learns nothing, not even which paths exist.
@@ -69,7 +70,21 @@ pub async fn guard(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(|h| h.to_str().unwrap_or("malformed"));
-            match auth.authenticate(header).await {
+            // A verified client certificate authenticates a request that carries no
+            // other credentials; an Authorization header, when sent, decides.
+            let certificate = req
+                .app_data::<web::Data<CertPolicy>>()
+                .and_then(|policy| client_cert::request_identity(req.request(), ***policy))
+                .filter(|_| header.is_none() && auth.config().enabled);
+            let authenticated = match certificate {
+                Some(cert) => Ok(Identity {
+                    user: cert.user,
+                    groups: cert.groups,
+                    method: AuthMethod::Certificate,
+                }),
+                None => auth.authenticate(header).await,
+            };
+            match authenticated {
                 Ok(identity) => auth
                     .authorize(&identity, need)
                     .await

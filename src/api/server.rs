@@ -7,7 +7,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer, ResponseError};
 
-use super::client_cert::PeerCertificate;
+use super::client_cert::{CertPolicy, PeerCertificate};
 use super::observe::observe;
 use super::{access, configure, configure_metrics, limits, tls, ApiError, AppState};
 use crate::auth::Auth;
@@ -78,10 +78,15 @@ async fn serve(config: Config) -> Result<(), String> {
         None => None,
     };
     let idle = config.body_idle_timeout;
+    let certificates = web::Data::new(CertPolicy {
+        groups: config.cert_groups,
+        trust_forwarded: config.trust_forwarded_client_cert,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(auth.clone())
+            .app_data(certificates.clone())
             .wrap(actix_web::middleware::from_fn(access::guard))
             .wrap_fn(move |req, srv| limits::limit_requests(idle, req, srv))
             .wrap_fn(reject_huge_headers)
