@@ -593,6 +593,48 @@ fn a_push_killed_mid_file_resumes_without_resending_what_arrived() {
 }
 
 #[test]
+fn a_layer_changed_in_place_is_refused_and_never_replaced_by_the_old_bytes() {
+    let server = Registry::start();
+    let src = Node::new();
+    let first = data(70, 300_000);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &first)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+    // The VM ran since: its top layer changed in place, same name and size.
+    let changed = data(71, 300_000);
+    std::fs::write(src.lib.join("img_lib").join(layer(0)), &changed).unwrap();
+    let out = src.run(&server, &["push", "-t", "v2", "vm1"]);
+    assert!(!out.status.success(), "the old bytes are not pinned for it");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&layer(0)) && err.contains("changed since it was pushed"),
+        "{err}"
+    );
+
+    let dst = Node::new();
+    assert!(!dst
+        .run(&server, &["pull", "-t", "v2", "vm1"])
+        .status
+        .success());
+    dst.json(&server, &["pull", "-t", "v1", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), first);
+}
+
+#[test]
+fn a_pull_over_a_local_layer_of_the_right_size_but_other_bytes_fetches_the_right_bytes() {
+    let server = Registry::start();
+    let src = Node::new();
+    let right = data(72, 200_000);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &right)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+
+    let dst = Node::new();
+    std::fs::create_dir_all(dst.lib.join("img_lib")).unwrap();
+    std::fs::write(dst.lib.join("img_lib").join(layer(0)), data(73, 200_000)).unwrap();
+    dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), right);
+}
+
+#[test]
 fn a_corrupted_stored_file_fails_the_pull_cleanly() {
     // The blob is corrupted through the embedded store's directory, so this test runs on
     // the embedded store in both passes.

@@ -6,6 +6,7 @@
 pub mod auth;
 #[cfg(test)]
 mod auth_tests;
+pub mod digests;
 pub mod download;
 pub mod error;
 pub mod http;

@@ -8,10 +8,11 @@ use serde::Serialize;
 use serde_yaml::{Mapping, Value};
 use uuid::Uuid;
 
+use super::digests::DigestCache;
 use super::download::{fetch_all, Wanted};
 use super::error::{ClientError, ClientResult};
 use super::library::{Library, LocalVm};
-use super::staging::{sha256_file, staged_bytes};
+use super::staging::staged_bytes;
 use super::{Transfer, VersionSelector};
 use crate::model::{validate_file_name, FileKind};
 use crate::protocol::{Manifest, ManifestFile};
@@ -144,19 +145,18 @@ fn to_wanted(index: usize, p: &Placed) -> Wanted {
     }
 }
 
-/// Where each file goes and whether the library already has it. Layers are shared by name
-/// (as at the vendor: a layer never changes once written), so a layer of the right size is
-/// taken as present; the small nvram is compared by content.
+/// Where each file goes and whether the library already has it: a local file is present
+/// when its digest is the registry's (from the library's digest cache when unchanged), so
+/// a layer of the right size but other bytes is fetched again.
 fn place(library: &Library, manifest: &Manifest) -> ClientResult<Vec<Placed>> {
+    let cache = DigestCache::open(&library.state_dir());
     let mut placed = Vec::new();
     for f in &manifest.files {
         validate_file_name(&f.name)
             .map_err(|e| ClientError::Invalid(format!("the registry sent a bad file name: {e}")))?;
         let dest = library.file_path(f.kind, &f.name, manifest.id);
         let present = match std::fs::metadata(&dest) {
-            Ok(meta) if meta.len() == f.size => {
-                f.kind != FileKind::Nvram || sha256_file(&dest)? == f.sha256
-            }
+            Ok(meta) if meta.len() == f.size => cache.sha256(&dest)? == f.sha256,
             _ => false,
         };
         placed.push(Placed {

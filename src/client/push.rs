@@ -9,13 +9,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::digests::DigestCache;
 use super::error::{ClientError, ClientResult};
 use super::journal::{Journal, JournalState};
 use super::library::{LocalFile, LocalVm};
 use super::staging::sha256_file;
 use super::upload::{upload_file, UploadJob};
 use super::Transfer;
-use crate::model::FileKind;
 use crate::protocol::{CommitRequest, Committed, PushFile, PushPlan, PushRequest};
 
 /// Times a commit whose reply was lost is asked again.
@@ -89,7 +89,8 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
     let (plan, resumed) = match resumable_plan(t, &journal, id, tag, &files).await? {
         Some(plan) => (plan, true),
         None => {
-            let request = push_request(&vm, id, &name, tag, &opts.description, &files)?;
+            let digests = hash_all(t, &files).await?;
+            let request = push_request(&vm, id, &name, tag, &opts.description, &files, &digests)?;
             let plan = t.registry.negotiate(&request).await?;
             journal.begin(JournalState {
                 registry: t.registry.url().to_string(),
@@ -294,6 +295,7 @@ fn push_request(
     tag: &str,
     description: &str,
     files: &[LocalFile],
+    digests: &BTreeMap<String, String>,
 ) -> ClientResult<PushRequest> {
     let mut config = serde_json::to_value(&vm.config).map_err(|e| {
         ClientError::Invalid(format!(
@@ -310,21 +312,15 @@ fn push_request(
         .get("arch")
         .and_then(serde_yaml::Value::as_str)
         .map(str::to_string);
-    let mut push_files = Vec::new();
-    for f in files {
-        // The nvram's registry key is its digest, so it must be known up front; it is small.
-        let sha256 = if f.kind == FileKind::Nvram {
-            Some(sha256_file(&f.path)?)
-        } else {
-            None
-        };
-        push_files.push(PushFile {
+    let push_files = files
+        .iter()
+        .map(|f| PushFile {
             name: f.name.clone(),
             kind: f.kind,
             size: f.size,
-            sha256,
-        });
-    }
+            sha256: digests.get(&f.name).cloned(),
+        })
+        .collect();
     Ok(PushRequest {
         id,
         name: name.to_string(),
@@ -334,6 +330,30 @@ fn push_request(
         config,
         files: push_files,
     })
+}
+
+/// The SHA-256 of every file by name, several files at once; the library's digest cache
+/// answers for files unchanged since they were last hashed. The registry pins a file it
+/// has only when the digests agree, so a layer changed in place is never taken for the
+/// copy the registry holds.
+async fn hash_all(t: &Transfer, files: &[LocalFile]) -> ClientResult<BTreeMap<String, String>> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let cache = Arc::new(DigestCache::open(&t.library.state_dir()));
+    stream::iter(files.iter().cloned())
+        .map(|f| {
+            let cache = cache.clone();
+            async move {
+                let digest = tokio::task::spawn_blocking(move || cache.sha256(&f.path))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ClientError::Invalid(format!("hash task failed: {e}")))
+                    })?;
+                Ok::<_, ClientError>((f.name, digest))
+            }
+        })
+        .buffer_unordered(t.concurrency.max(1))
+        .try_collect()
+        .await
 }
 
 async fn hash_local(file: &LocalFile) -> ClientResult<String> {

@@ -98,6 +98,19 @@ fn session_not_found(id: &str) -> RegistryError {
     ))
 }
 
+/// A file whose name the registry holds with other bytes. A layer's name stands for its
+/// content: every VM built on a layer shares it by name in its library, so a second
+/// content under one name would make a pull overwrite a layer other VMs rely on.
+fn changed_in_place(name: &str, registry: &str, local: Option<&str>) -> RegistryError {
+    let local = local.map_or_else(|| "a different size".to_string(), |d| format!("sha256 {d}"));
+    RegistryError::Conflict(format!(
+        "file {name} changed since it was pushed: the registry holds it with sha256 {registry}, \
+         the local file has {local}. A layer keeps its content once pushed, as every VM built on \
+         it shares it by name: make the change a new layer (clone the VM and push the clone) or \
+         restore the file's pushed content, then push again"
+    ))
+}
+
 fn validate_request(req: &PushRequest) -> RegistryResult<()> {
     model::validate_template_name(&req.name)?;
     model::validate_tag(&req.tag)?;
@@ -179,7 +192,10 @@ impl Registry {
             let name = match tx.get_json::<Template>(&keys::template(&req.id)).await? {
                 Some(t) => {
                     if t.versions.iter().any(|v| v.tag == req.tag) {
-                        return Err(RegistryError::Conflict(format!("tag {:?} already exists in template {}", req.tag, t.name)));
+                        return Err(RegistryError::Conflict(format!(
+                            "tag {:?} already exists in template {}",
+                            req.tag, t.name
+                        )));
                     }
                     t.name
                 }
@@ -192,20 +208,20 @@ impl Registry {
             for f in &req.files {
                 let key = model::file_key(&f.name, f.kind, f.sha256.as_deref().unwrap_or(""));
                 let record_key = keys::file(&key);
-                let present = match tx.get_json::<FileRecord>(&record_key).await? {
-                    Some(mut record) => {
-                        let differs = record.size != f.size || f.sha256.as_ref().is_some_and(|d| *d != record.sha256);
-                        if differs {
-                            return Err(RegistryError::Conflict(format!(
-                                "file {} already exists in the registry with a different size or digest",
-                                f.name
-                            )));
-                        }
+                let present = match (tx.get_json::<FileRecord>(&record_key).await?, &f.sha256) {
+                    (Some(record), _) if record.size != f.size => {
+                        return Err(changed_in_place(&f.name, &record.sha256, None));
+                    }
+                    (Some(record), Some(digest)) if *digest != record.sha256 => {
+                        return Err(changed_in_place(&f.name, &record.sha256, Some(digest)));
+                    }
+                    (Some(mut record), Some(_)) => {
                         record.pins.push(session_id.clone());
                         tx.put_json(&record_key, &record);
                         Some(record.sha256)
                     }
-                    None => None,
+                    // Without a digest the file is sent, and compared when it is complete.
+                    (_, None) | (None, _) => None,
                 };
                 files.push(SessionFile {
                     name: f.name.clone(),
@@ -645,10 +661,11 @@ impl Registry {
                     (true, Some(mut record)) => {
                         // Someone committed the same file first; keep theirs, drop ours.
                         if record.size != file.size || record.sha256 != file.sha256 {
-                            return Err(RegistryError::Conflict(format!(
-                                "file {} was stored meanwhile with different content",
-                                f.name
-                            )));
+                            return Err(changed_in_place(
+                                &f.name,
+                                &record.sha256,
+                                Some(&file.sha256),
+                            ));
                         }
                         garbage.push(object_keys::blob(&f.key, &session.id));
                         record.refs += 1;
