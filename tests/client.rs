@@ -68,18 +68,10 @@ impl Node {
 
     /// The client command with this node's config file and library, aimed at `server`.
     fn cmd(&self, server: &Server, args: &[&str]) -> Command {
-        let mut cmd = Command::new(common::vmreg_bin());
-        cmd.arg("registry")
-            .args(["-a", &server.url, "--lib"])
+        let mut cmd = client(&self.dir.join("remotes.yaml"));
+        cmd.args(["-a", &server.url, "--lib"])
             .arg(&self.lib)
-            .args(args)
-            .env("VMREG_CONFIG", self.dir.join("remotes.yaml"))
-            .env_remove("VMREG_LIB")
-            .env_remove("VMREG_RATE_LIMIT")
-            .env_remove("VMREG_ROOT_TOKEN")
-            .env_remove("VMREG_API_KEY_ID")
-            .env_remove("VMREG_API_KEY_FILE")
-            .stdin(Stdio::null());
+            .args(args);
         cmd
     }
 
@@ -161,6 +153,21 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `vmreg registry` with this remotes file and nothing from the environment that would
+/// change what it does.
+fn client(remotes: &Path) -> Command {
+    let mut cmd = Command::new(common::vmreg_bin());
+    cmd.arg("registry")
+        .env("VMREG_CONFIG", remotes)
+        .env_remove("VMREG_LIB")
+        .env_remove("VMREG_RATE_LIMIT")
+        .env_remove("VMREG_ROOT_TOKEN")
+        .env_remove("VMREG_API_KEY_ID")
+        .env_remove("VMREG_API_KEY_FILE")
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -1233,4 +1240,342 @@ fn push_and_pull_over_mutual_tls_with_cert_key_and_cacert() {
     // Without the registry's CA the client refuses the server.
     let out = dst.run(&server, &["list"]);
     assert!(!out.status.success(), "an unverified registry is refused");
+}
+
+// ---- credentials: root token and API keys against a registry with authentication on ----
+
+const ROOT_TOKEN: &str = "root-token-for-the-client-tests";
+
+/// Every registry permission, for a group that may do all a node does.
+const ALL_PERMISSIONS: &str = "[index, get_disk_info, list_vms, head_push_vm, push_vm, pull_vm, download_vm, delete_vm, revert, upload_file, download_file]";
+
+/// A registry with authentication, API keys and authorization on, sessions of `ttl`, and
+/// two groups: `nodes` may do everything, `readers` everything but pushing.
+fn auth_registry(dir: &Path, ttl: &str) -> Registry {
+    let config = dir.join("auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "permission_groups:\n  nodes: {ALL_PERMISSIONS}\n  readers: [index, get_disk_info, list_vms, pull_vm, download_vm, download_file]\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    Registry::start_with(&[
+        "--config",
+        &config,
+        "--enable-auth",
+        "--root-token",
+        ROOT_TOKEN,
+        "--enable-api-keys",
+        "--enable-authorization",
+        "--api-keys-session-ttl",
+        ttl,
+    ])
+}
+
+fn root_header() -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("root:{ROOT_TOKEN}"));
+    format!("Basic {basic}")
+}
+
+/// Sends a request as root and returns the reply's JSON after asserting a 200.
+fn as_root(req: reqwest::RequestBuilder) -> Value {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let resp = req
+                .header("Authorization", root_header())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.json::<Value>().await.unwrap()
+        })
+}
+
+/// Creates an API key as root (curl's way) and writes its private key, as the registry
+/// returns it, to a file of `node`; returns the file and the key text.
+fn create_key(server: &Server, node: &Node, id: &str, group: &str) -> (PathBuf, String) {
+    let reply = as_root(
+        reqwest::Client::new()
+            .post(server.at("/v1/apikey"))
+            .json(&serde_json::json!({ "id": id, "ttl": 3600, "groups": [group] })),
+    );
+    let key = reply["body"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no private key in {reply}"))
+        .to_string();
+    let path = node.dir.join(format!("{id}.key"));
+    std::fs::write(&path, &key).unwrap();
+    (path, key)
+}
+
+/// Templates the registry holds, asked as root.
+fn templates_as_root(server: &Server) -> Vec<Value> {
+    let reply = as_root(reqwest::Client::new().get(server.at("/registry/v2/vm")));
+    reply["body"].as_array().cloned().unwrap_or_default()
+}
+
+/// Asserts that no secret shows in a command's output.
+fn assert_no_secret(out: &Output, secrets: &[&str]) {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out));
+    for secret in secrets {
+        // A window from the middle: keys of one size share their first bytes.
+        let start = secret.len().saturating_sub(24) / 2;
+        let probe = &secret[start..secret.len().min(start + 24)];
+        assert!(!text.contains(probe), "a secret leaked: {text}");
+    }
+    assert!(
+        !text.contains("Bearer") && !text.contains("Basic "),
+        "{text}"
+    );
+}
+
+/// Asserts a failure with exit code 1 and a single line on stderr containing `expected`.
+fn assert_one_line_failure(out: &Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(expected), "{err}");
+}
+
+/// Writes `len` pseudo-random bytes without holding them in memory.
+fn write_big(path: &Path, seed: u64, len: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut left = len;
+    let mut n = 0;
+    while left > 0 {
+        let chunk = left.min(64 << 20);
+        file.write_all(&data(seed * 1000 + n, chunk as usize))
+            .unwrap();
+        left -= chunk;
+        n += 1;
+    }
+    file.flush().unwrap();
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            return hex::encode(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+#[test]
+fn an_api_key_whose_session_is_shorter_than_the_transfer_pushes_and_pulls_gigabytes() {
+    let src = Node::new();
+    let server = auth_registry(&src.dir, "5s");
+    let (key_file, key) = create_key(&server, &src, "mac-01", "nodes");
+
+    // 2 GiB in four layers: later layers start after the first sessions ended.
+    const LAYER: u64 = 512 << 20;
+    src.make_vm(VM1, "big", &[(&layer(0), b"")], None, b"nvram");
+    let names: Vec<String> = (0..4).map(layer).collect();
+    for (i, name) in names.iter().enumerate() {
+        write_big(&src.lib.join("img_lib").join(name), 200 + i as u64, LAYER);
+    }
+    let mut config =
+        std::fs::read_to_string(src.lib.join(format!("vm_lib/{VM1}/config.yaml"))).unwrap();
+    config.push_str(&format!(
+        "images:\n- {}\n- {}\n- {}\n",
+        names[1], names[2], names[3]
+    ));
+    std::fs::write(src.lib.join(format!("vm_lib/{VM1}/config.yaml")), config).unwrap();
+
+    // Push with the key from flags, at a rate that makes the push outlive several sessions.
+    let key_arg = key_file.display().to_string();
+    let started = Instant::now();
+    let out = src.run(
+        &server,
+        &[
+            "--json",
+            "--api-key-id",
+            "mac-01",
+            "--api-key-file",
+            &key_arg,
+            "--concurrency",
+            "2",
+            "--limit-rate",
+            "256M",
+            "push",
+            "-t",
+            "v1",
+            "big",
+        ],
+    );
+    let pushed_in = started.elapsed();
+    assert!(out.status.success(), "push: {}", stderr(&out));
+    assert_no_secret(&out, &[&key, ROOT_TOKEN]);
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&pushed["bytes_sent"]), 4 * LAYER + 5);
+    assert!(
+        pushed_in > Duration::from_secs(6),
+        "the push must outlive the 5 s session ({pushed_in:?})"
+    );
+
+    let push_sessions = server.log().matches("session opened").count();
+
+    // Pull into another library with the key from the environment.
+    let dst = Node::new();
+    let dst_key = dst.dir.join("node.key");
+    std::fs::copy(&key_file, &dst_key).unwrap();
+    let started = Instant::now();
+    let out = dst
+        .cmd(&server, &["--json", "--limit-rate", "256M", "pull", "big"])
+        .env("VMREG_API_KEY_ID", "mac-01")
+        .env("VMREG_API_KEY_FILE", &dst_key)
+        .output()
+        .unwrap();
+    let pulled_in = started.elapsed();
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    assert_no_secret(&out, &[&key, ROOT_TOKEN]);
+    assert!(
+        pulled_in > Duration::from_secs(6),
+        "the pull must outlive the 5 s session ({pulled_in:?})"
+    );
+    for name in &names {
+        let rel = format!("img_lib/{name}");
+        assert_eq!(
+            sha256_file(&dst.lib.join(&rel)),
+            sha256_file(&src.lib.join(&rel)),
+            "{rel} differs after the pull"
+        );
+    }
+    assert_eq!(dst.read(&format!("vm_lib/{VM1}/nvram")), b"nvram");
+
+    // Each command renewed its session along the way (one session would have run out), and
+    // the parallel streams shared them: about one per 3 s (5 s less the 2 s margin), not more.
+    let pull_sessions = server.log().matches("session opened").count() - push_sessions;
+    let seconds = (pushed_in + pulled_in).as_secs() as usize;
+    assert!(
+        push_sessions >= 2
+            && pull_sessions >= 2
+            && push_sessions + pull_sessions <= seconds / 3 + 4,
+        "{push_sessions} + {pull_sessions} sessions in {seconds} s of transfer"
+    );
+}
+
+#[test]
+fn a_key_without_push_vm_cannot_push_and_nothing_is_stored() {
+    let node = Node::new();
+    let server = auth_registry(&node.dir, "5m");
+    let (key_file, key) = create_key(&server, &node, "reader", "readers");
+    node.make_vm(VM1, "vm1", &[(&layer(0), &data(7, 3 << 20))], None, b"nv");
+
+    // The key is kept with the remote this time, and the remotes file is the owner's only.
+    let remotes = node.dir.join("remotes.yaml");
+    let key_arg = key_file.display().to_string();
+    let add = |args: &[&str]| client(&remotes).args(args).output().unwrap();
+    let out = add(&[
+        "add",
+        "--api-key-id",
+        "reader",
+        "--api-key-file",
+        &key_arg,
+        "main",
+        &server.url,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_file(&key_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&remotes).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = add(&["--json", "list-repos"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &[&key]);
+    let repos: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(repos[0]["auth"], "API key reader");
+
+    let run = |args: &[&str]| {
+        client(&remotes)
+            .arg("--lib")
+            .arg(&node.lib)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Reading is allowed...
+    let out = run(&["--json", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    // ... pushing is not: one line, exit 1, and the registry holds nothing.
+    let out = run(&["push", "-t", "v1", "vm1"]);
+    assert_one_line_failure(&out, "push_vm");
+    assert_no_secret(&out, &[&key]);
+    assert!(templates_as_root(&server).is_empty());
+    // A missing template is still exit code 3 with credentials in play.
+    let out = run(&["pull", "nosuch"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+#[test]
+fn the_root_token_works_from_flag_environment_and_remote_and_a_wrong_one_fails_in_one_line() {
+    let node = Node::new();
+    let server = auth_registry(&node.dir, "5m");
+    node.make_vm(VM1, "vm1", &[(&layer(0), &data(8, 1 << 20))], None, b"nv");
+
+    let out = node.run(
+        &server,
+        &["--root-token", ROOT_TOKEN, "push", "-t", "v1", "vm1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &[ROOT_TOKEN]);
+
+    let out = node
+        .cmd(&server, &["--json", "list"])
+        .env("VMREG_ROOT_TOKEN", ROOT_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &[ROOT_TOKEN]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "vm1");
+
+    let wrong = "wrong-token-0123456789";
+    let out = node.run(&server, &["--root-token", wrong, "list"]);
+    assert_one_line_failure(&out, "refused the root token");
+    assert_no_secret(&out, &[wrong]);
+    let out = node
+        .cmd(&server, &["--json", "pull", "vm1"])
+        .env("VMREG_ROOT_TOKEN", wrong)
+        .output()
+        .unwrap();
+    assert_one_line_failure(&out, "authentication failed");
+    assert_no_secret(&out, &[wrong]);
+    assert!(out.stdout.is_empty(), "nothing on stdout for a failure");
+
+    let out = node.run(&server, &["list"]);
+    assert_one_line_failure(&out, "requires credentials");
+
+    // Kept with the remote.
+    let out = node.run(
+        &server,
+        &["add", "--root-token", ROOT_TOKEN, "main", &server.url],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &[ROOT_TOKEN]);
+    let out = client(&node.dir.join("remotes.yaml"))
+        .args(["--json", "describe", "vm1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &[ROOT_TOKEN]);
 }
