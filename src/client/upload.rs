@@ -54,9 +54,35 @@ pub async fn upload_file(
     let mut received = job.received.min(job.size);
     let mut attempts = 0;
     let mut sent_once = false;
+    // False while the registry could not tell how much it holds (it was restarting): a
+    // request from where this client last started would make it send again what the
+    // registry had already made durable, so ask again before sending anything.
+    let mut position_known = true;
     t.reporter
         .file_start(job.index, &job.name, job.size, received);
     loop {
+        if !position_known {
+            match server_received(t, session, &job.key).await {
+                Ok(n) => {
+                    position_known = true;
+                    if n > received {
+                        attempts = 0;
+                    }
+                    received = n.min(job.size);
+                    t.reporter
+                        .file_start(job.index, &job.name, job.size, received);
+                }
+                Err(e) if e.is_transient() => {
+                    attempts += 1;
+                    if attempts >= ATTEMPTS {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempts))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let hasher = resume_hasher(journal, job, received).await?;
         // An empty file still needs one (empty) upload so that the registry stores it.
         if received >= job.size && (job.size > 0 || sent_once) {
@@ -97,7 +123,10 @@ pub async fn upload_file(
                 t.reporter.note(&format!("{}: {e}; resuming", job.name));
                 match server_received(t, session, &job.key).await {
                     Ok(n) => n,
-                    Err(e2) if e2.is_transient() => received,
+                    Err(e2) if e2.is_transient() => {
+                        position_known = false;
+                        received
+                    }
                     Err(e2) => return Err(e2),
                 }
             }
