@@ -856,19 +856,25 @@ async fn uploads_resume_and_commits_verify() {
         "the whole part before the cut is durable, the partial one is not"
     );
 
-    // The wrong offset is refused with the right one in the message.
-    let wrong = call(Method::PUT, &put_url("big.ank", 0), Some(big.data.clone())).await;
-    wrong.assert_fail(409);
-    assert!(wrong.json["message"]
+    // An offset past what arrived is refused with the right one in the message.
+    let ahead = call(
+        Method::PUT,
+        &put_url("big.ank", received + 1),
+        Some(big.data[received + 1..].to_vec()),
+    )
+    .await;
+    ahead.assert_fail(409);
+    assert!(ahead.json["message"]
         .as_str()
         .unwrap()
         .contains(&received.to_string()));
 
-    // Resume from there.
+    // A request from an older offset (a client that read the status while an earlier
+    // request still landed parts) skips what is durable and continues from there.
     let done = call(
         Method::PUT,
-        &put_url("big.ank", received),
-        Some(big.data[received..].to_vec()),
+        &put_url("big.ank", part),
+        Some(big.data[part..].to_vec()),
     )
     .await;
     assert_eq!(done.ok_body()["complete"], true);
@@ -913,9 +919,25 @@ async fn uploads_resume_and_commits_verify() {
     .await;
     assert_eq!(committed.ok_body()["number"], 0);
     assert_eq!(download(&s, "big.ank").await, big.data);
-    call(
+    // A commit asked again (its reply was lost) answers with the same version and adds
+    // none.
+    let again = call(
         Method::POST,
         &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await;
+    assert_eq!(again.ok_body()["number"], 0);
+    assert_eq!(again.ok_body()["id"], committed.ok_body()["id"]);
+    let template = get(&s.at(&format!("/registry/vm?id={id}"))).await;
+    assert_eq!(template.ok_body()["versions"].as_array().unwrap().len(), 1);
+    // An unknown session is still unknown.
+    call(
+        Method::POST,
+        &s.at(&format!(
+            "/api/v1/push/{}/commit",
+            new_id().replace('-', "")
+        )),
         None,
     )
     .await
