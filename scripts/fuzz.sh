@@ -40,6 +40,7 @@ st=$(st_bin)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmreg-fuzz.XXXXXX")
 server_pid=""
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
     rm -rf "$work"
