@@ -32,15 +32,10 @@ pub async fn send(
     body: Option<Vec<u8>>,
     authorization: Option<&str>,
 ) -> Answer {
-    let client = reqwest::Client::new();
-    let mut req = client.request(method, url);
-    if let Some(a) = authorization {
-        req = req.header("Authorization", a);
-    }
-    if let Some(body) = body {
-        req = req.body(body);
-    }
-    let resp = req.send().await.expect("request");
+    let resp = super::request(method, url, body, authorization)
+        .send()
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     let challenges = resp
         .headers()

@@ -332,15 +332,24 @@ pub async fn call_as(
     body: Option<Vec<u8>>,
     authorization: Option<&str>,
 ) -> Reply {
-    let client = reqwest::Client::new();
-    let mut req = client.request(method, url);
+    send_request(request(method, url, body, authorization)).await
+}
+
+/// A request with an optional body and `Authorization` header, not yet sent.
+pub fn request(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    authorization: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut req = reqwest::Client::new().request(method, url);
     if let Some(a) = authorization {
         req = req.header("Authorization", a);
     }
     if let Some(body) = body {
         req = req.body(body);
     }
-    send_request(req).await
+    req
 }
 
 /// Sends a built request (headers, authentication) and parses the reply.
