@@ -23,6 +23,13 @@ if ! command -v openssl >/dev/null; then
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl
 fi
 
+# The largest tests move a 2 GiB template (the registry's copy plus the client's) while the
+# other suites run: say so up front rather than fail later with "No space left on device".
+free_kib=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "scripts/test.sh: warning: only $((free_kib / 1024)) MiB free in ${TMPDIR:-/tmp}; the tests need about 8 GiB" >&2
+fi
+
 # shellcheck source=scripts/test-services.sh
 source scripts/test-services.sh
 trap vmreg_services_stop EXIT

@@ -1104,19 +1104,11 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(dir: &Path) -> TlsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("openssl")
-            .args([
-                "s_server",
-                "-accept",
-                &format!("127.0.0.1:{port}"),
-                "-www",
-                "-quiet",
-            ])
+        use std::io::BufRead;
+        // Port 0, and s_server names the port it bound: a port picked by the test and bound
+        // later could be taken by another test's server in between.
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", "127.0.0.1:0", "-www"])
             .args([
                 "-cert",
                 "server.pem",
@@ -1129,16 +1121,21 @@ impl TlsServer {
             ])
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("openssl s_server", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("ACCEPT ").map(str::to_owned))
+            .expect("openssl s_server names the address it accepts on");
+        // Keep reading so that s_server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         TlsServer {
             child,
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://{addr}"),
         }
     }
 }
@@ -1394,6 +1391,11 @@ fn an_api_key_whose_session_is_shorter_than_the_transfer_pushes_and_pulls_gigaby
         names[1], names[2], names[3]
     ));
     std::fs::write(src.lib.join(format!("vm_lib/{VM1}/config.yaml")), config).unwrap();
+    let image = |lib: &Path, name: &str| lib.join("img_lib").join(name);
+    let pushed_sha: Vec<String> = names
+        .iter()
+        .map(|name| sha256_file(&image(&src.lib, name)))
+        .collect();
 
     // Push with the key from flags, at a rate that makes the push outlive several sessions.
     let key_arg = key_file.display().to_string();
@@ -1427,6 +1429,10 @@ fn an_api_key_whose_session_is_shorter_than_the_transfer_pushes_and_pulls_gigaby
     );
 
     let push_sessions = server.log().matches("session opened").count();
+    // The registry holds the bytes now; a third copy on disk would only risk filling it.
+    for name in &names {
+        std::fs::remove_file(image(&src.lib, name)).unwrap();
+    }
 
     // Pull into another library with the key from the environment.
     let dst = Node::new();
@@ -1446,13 +1452,10 @@ fn an_api_key_whose_session_is_shorter_than_the_transfer_pushes_and_pulls_gigaby
         pulled_in > Duration::from_secs(6),
         "the pull must outlive the 5 s session ({pulled_in:?})"
     );
-    for name in &names {
-        let rel = format!("img_lib/{name}");
-        assert_eq!(
-            sha256_file(&dst.lib.join(&rel)),
-            sha256_file(&src.lib.join(&rel)),
-            "{rel} differs after the pull"
-        );
+    for (name, sha) in names.iter().zip(&pushed_sha) {
+        let pulled = image(&dst.lib, name);
+        assert_eq!(&sha256_file(&pulled), sha, "{name} differs after the pull");
+        std::fs::remove_file(pulled).unwrap();
     }
     assert_eq!(dst.read(&format!("vm_lib/{VM1}/nvram")), b"nvram");
 
