@@ -11,6 +11,7 @@ pub mod config;
 pub mod digest;
 pub mod meta;
 pub mod model;
+pub mod oci;
 pub mod protocol;
 pub mod registry;
 pub mod store;

@@ -1060,3 +1060,50 @@ async fn api_key_sessions_are_shared_and_end_everywhere_when_the_key_is_deleted(
     let list = send(Method::GET, &c.at("/registry/v2/vm"), None, Some(&bearer)).await;
     assert_eq!(list.status, 200, "{list:?}");
 }
+
+/// An OCI blob upload begun on one replica goes on and closes on another: the upload's
+/// parts and the bytes past its last whole part are in the shared stores, not in memory.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn an_oci_chunked_upload_moves_between_replicas() {
+    require_s3_services();
+    let a = Server::start();
+    let b = a.replica();
+    let c = reqwest::Client::new();
+    let data: Vec<u8> = (0..11u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+    let cut = 9 << 20;
+    let opened = c
+        .post(a.at("/v2/fleet/vm/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 202);
+    let loc = opened.headers()["location"].to_str().unwrap().to_string();
+    // On A: one whole 8 MiB part and 1 MiB left over; on B: the rest.
+    for (server, range, body) in [
+        (&a, format!("0-{}", cut - 1), &data[..cut]),
+        (&b, format!("{cut}-{}", data.len() - 1), &data[cut..]),
+    ] {
+        let reply = c
+            .patch(server.at(&loc))
+            .header("content-range", range)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 202);
+    }
+    let closed = c
+        .put(a.at(&format!("{loc}?digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 201);
+    let got = c
+        .get(b.at(&format!("/v2/fleet/vm/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(got.bytes().await.unwrap() == data);
+}

@@ -49,6 +49,20 @@ pub fn required(method: &Method, path: &str) -> Access {
                 Access::Admin(P::UpdatePermissionGroups)
             }
         }
+        ["v2", ..] => oci_required(method, &segments[1..]),
+        _ => Access::Authenticated,
+    }
+}
+
+/// What an OCI Distribution API request needs: pulls read, pushes upload, deletes delete.
+fn oci_required(method: &Method, rest: &[&str]) -> Access {
+    let write = method == Method::POST || method == Method::PUT || method == Method::PATCH;
+    match rest {
+        [.., "blobs", "uploads", _] | [.., "blobs", "uploads"] => Access::All(&[P::UploadFile]),
+        _ if method == Method::DELETE => Access::All(&[P::DeleteVm]),
+        [.., "manifests", _] if write => Access::All(&[P::PushVm]),
+        [.., "manifests", _] | [.., "tags", "list"] => Access::All(&[P::PullVm]),
+        [.., "blobs", _] => Access::Any(&[P::DownloadVm, P::DownloadFile]),
         _ => Access::Authenticated,
     }
 }
@@ -170,5 +184,31 @@ mod tests {
             Access::Admin(P::DeletePermissionGroups)
         );
         assert_eq!(required(&get, "/nope"), Access::Authenticated);
+        assert_eq!(required(&get, "/v2/"), Access::Authenticated);
+        assert_eq!(
+            required(&Method::PATCH, "/v2/a/b/blobs/uploads/u"),
+            Access::All(&[P::UploadFile])
+        );
+        assert_eq!(
+            required(&Method::POST, "/v2/a/blobs/uploads/"),
+            Access::All(&[P::UploadFile])
+        );
+        assert_eq!(
+            required(&Method::PUT, "/v2/a/manifests/latest"),
+            Access::All(&[P::PushVm])
+        );
+        assert_eq!(
+            required(&get, "/v2/a/manifests/latest"),
+            Access::All(&[P::PullVm])
+        );
+        assert_eq!(required(&get, "/v2/a/tags/list"), Access::All(&[P::PullVm]));
+        assert_eq!(
+            required(&Method::HEAD, "/v2/a/blobs/sha256:x"),
+            Access::Any(&[P::DownloadVm, P::DownloadFile])
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/v2/a/manifests/sha256:x"),
+            Access::All(&[P::DeleteVm])
+        );
     }
 }

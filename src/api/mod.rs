@@ -11,7 +11,7 @@ mod keys;
 mod limits;
 mod metrics;
 pub mod observe;
-mod params;
+pub(crate) mod params;
 pub mod server;
 mod tls;
 mod transfer;
@@ -66,6 +66,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .head(transfer::download),
         )
         .configure(configure_auth)
+        .configure(crate::oci::configure)
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::not_found("no such endpoint"))
         }));

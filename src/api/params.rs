@@ -121,6 +121,34 @@ pub fn byte_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>,
     Ok(Some(range))
 }
 
+/// A 200 for the whole of a `size`-byte object, or a 206 naming `range` in
+/// `Content-Range`; both say ranges are accepted.
+pub fn ranged_reply(range: Option<(u64, u64)>, size: u64) -> actix_web::HttpResponseBuilder {
+    let mut reply = match range {
+        Some((start, end)) => {
+            let mut r = actix_web::HttpResponse::PartialContent();
+            r.insert_header((
+                actix_web::http::header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            ));
+            r
+        }
+        None => actix_web::HttpResponse::Ok(),
+    };
+    reply.insert_header((actix_web::http::header::ACCEPT_RANGES, "bytes"));
+    reply
+}
+
+/// The reply to a `HEAD`: the server sends no body but keeps a sized body's
+/// `Content-Length`.
+pub fn headers_only(
+    mut reply: actix_web::HttpResponseBuilder,
+    len: u64,
+) -> actix_web::HttpResponse {
+    let nothing = futures_util::stream::empty::<Result<bytes::Bytes, crate::store::StoreError>>();
+    reply.body(actix_web::body::SizedStream::new(len, Box::pin(nothing)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

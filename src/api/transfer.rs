@@ -6,7 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use serde_json::Value;
 
-use super::params::{byte_range, json_body, number, query, required_json};
+use super::params::{
+    byte_range, headers_only, json_body, number, query, ranged_reply, required_json,
+};
 use super::{ok, ApiError, AppState};
 use crate::protocol::{CommitRequest, PushRequest};
 use crate::registry::RegistryError;
@@ -120,28 +122,14 @@ pub async fn download(
         .and_then(|h| h.to_str().ok());
     let range = byte_range(range_header, record.size)
         .map_err(|()| RegistryError::RangeNotSatisfiable { size: record.size })?;
-    let mut reply = match range {
-        Some((start, end)) => {
-            let mut r = HttpResponse::PartialContent();
-            r.insert_header((
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{}", end - 1, record.size),
-            ));
-            r
-        }
-        None => HttpResponse::Ok(),
-    };
+    let mut reply = ranged_reply(range, record.size);
     reply
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::ETAG, format!("\"{}\"", record.sha256)))
         .insert_header(("X-Checksum-Sha256", record.sha256.clone()))
         .content_type("application/octet-stream");
     let len = range.map(|(s, e)| e - s).unwrap_or(record.size);
     if req.method() == actix_web::http::Method::HEAD {
-        // The server sends no body for HEAD but keeps the sized body's Content-Length.
-        let nothing =
-            futures_util::stream::empty::<Result<bytes::Bytes, crate::store::StoreError>>();
-        return Ok(reply.body(SizedStream::new(len, Box::pin(nothing))));
+        return Ok(headers_only(reply, len));
     }
     let stream = state.registry.read_file(&record, range).await?;
     let in_flight = metrics::transfer_started(Direction::Pull);

@@ -69,3 +69,31 @@ pub fn group(name: &str) -> String {
 pub fn pushed(session: &str) -> String {
     format!("pushed:{session}")
 }
+
+/// The set of OCI repository names.
+pub const OCI_REPOS: &str = "oci:repos";
+
+/// An open OCI blob upload: its repository and the bytes past its last whole part.
+pub fn oci_upload(id: &str) -> String {
+    format!("oci:upl:{id}")
+}
+
+/// The multipart progress of an OCI blob upload (parts, bytes, hash state).
+pub fn oci_upload_parts(id: &str) -> String {
+    format!("oci:parts:{id}")
+}
+
+/// An OCI manifest of a repository by digest: media type, size, object.
+pub fn oci_manifest(repo: &str, digest: &str) -> String {
+    format!("oci:man:{repo}@{digest}")
+}
+
+/// The digest an OCI tag points at.
+pub fn oci_tag(repo: &str, tag: &str) -> String {
+    format!("oci:tag:{repo}:{tag}")
+}
+
+/// The set of tags of an OCI repository.
+pub fn oci_tags(repo: &str) -> String {
+    format!("oci:tags:{repo}")
+}

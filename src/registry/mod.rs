@@ -9,6 +9,7 @@ pub mod backends;
 pub mod budget;
 mod gc;
 mod inventory;
+pub mod oci;
 mod parts;
 pub mod pull;
 pub mod push;

@@ -132,4 +132,15 @@ pub mod keys {
     pub fn template_record(id: &Uuid) -> String {
         format!("manifests/{id}/template.json")
     }
+
+    /// The bytes of an OCI blob upload past its last whole part, ending at byte `end`;
+    /// named by where they end, so a new tail never overwrites the one a record names.
+    pub fn oci_tail(upload: &str, end: u64) -> String {
+        format!("uploads/oci/{upload}/tail-{end:020}")
+    }
+
+    /// An OCI manifest, content-addressed and stored byte for byte as pushed.
+    pub fn oci_manifest(algorithm: &str, hex: &str) -> String {
+        format!("oci/manifests/{algorithm}/{hex}")
+    }
 }

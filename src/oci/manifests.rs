@@ -1,0 +1,67 @@
+//! `PUT`/`GET`/`HEAD /v2/<name>/manifests/<reference>`: any media type, stored and served
+//! byte for byte (clients hash what they receive).
+
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::OciApiError;
+use crate::api::params::headers_only;
+use crate::api::AppState;
+use crate::registry::oci::{OciError, MAX_MANIFEST};
+
+/// The manifest, with its media type and digest.
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, reference) = path.into_inner();
+    let manifest = state.registry.oci_manifest(&name, &reference).await?;
+    let mut reply = HttpResponse::Ok();
+    reply
+        .insert_header(super::base::API_VERSION)
+        .insert_header(("Docker-Content-Digest", manifest.digest.as_str()))
+        .insert_header((header::ETAG, format!("\"{}\"", manifest.digest)))
+        .content_type(manifest.media_type.as_str());
+    if req.method() == Method::HEAD {
+        return Ok(headers_only(reply, manifest.bytes.len() as u64));
+    }
+    Ok(reply.body(manifest.bytes))
+}
+
+/// Stores the body under its digest and, for a tag, points the tag at it: 201.
+pub async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, reference) = path.into_inner();
+    let media_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| OciError::ManifestInvalid(format!("body cut short: {e}")))?;
+        if body.len() + chunk.len() > MAX_MANIFEST {
+            return Err(
+                OciError::ManifestInvalid(format!("larger than {MAX_MANIFEST} bytes")).into(),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let digest = state
+        .registry
+        .oci_put_manifest(&name, &reference, &media_type, body.freeze())
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(super::base::API_VERSION)
+        .insert_header((header::LOCATION, format!("/v2/{name}/manifests/{digest}")))
+        .insert_header(("Docker-Content-Digest", digest))
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish())
+}

@@ -1,0 +1,175 @@
+//! Blob uploads: `POST` opens a session (or stores a whole blob with `?digest=`),
+//! `PATCH` appends a chunk, `PUT` closes with the digest, `GET` says how far it got,
+//! `DELETE` cancels. Any replica serves any step: the state is in the metadata store.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::{query, OciApiError};
+use crate::api::AppState;
+use crate::registry::oci::OciError;
+
+/// The upload's `Range` header: the bytes received, as `0-<last byte>`.
+pub fn range_header(received: u64) -> String {
+    format!("0-{}", received.saturating_sub(1))
+}
+
+fn location(name: &str, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// A 202 pointing at where the upload goes on.
+fn in_progress(name: &str, id: &str, received: u64) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header(super::base::API_VERSION)
+        .insert_header((header::LOCATION, location(name, id)))
+        .insert_header((header::RANGE, range_header(received)))
+        .insert_header(("Docker-Upload-UUID", id))
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish()
+}
+
+/// A 201 naming the blob made.
+fn created(name: &str, digest: &str) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(super::base::API_VERSION)
+        .insert_header((header::LOCATION, format!("/v2/{name}/blobs/{digest}")))
+        .insert_header(("Docker-Content-Digest", digest))
+        .insert_header((header::CONTENT_LENGTH, 0))
+        .finish()
+}
+
+fn body_stream(
+    payload: web::Payload,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+    payload.map(|r| r.map_err(|e| e.to_string()))
+}
+
+/// `POST /v2/<name>/blobs/uploads/`: 202 with a relative `Location`, or with
+/// `?digest=` the whole blob in the body and 201.
+pub async fn start(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OciApiError> {
+    let registry = &state.registry;
+    let id = registry.oci_start_upload(&name).await?;
+    match query(&req).get("digest") {
+        Some(digest) => {
+            registry
+                .oci_finish(&name, &id, digest, body_stream(payload))
+                .await?;
+            Ok(created(&name, digest))
+        }
+        None => Ok(in_progress(&name, &id, 0)),
+    }
+}
+
+/// `GET /v2/<name>/blobs/uploads/<id>`: 204 with the bytes received in `Range`.
+pub async fn status(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, id) = path.into_inner();
+    let received = state.registry.oci_upload_status(&name, &id).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header(super::base::API_VERSION)
+        .insert_header((header::LOCATION, location(&name, &id)))
+        .insert_header((header::RANGE, range_header(received)))
+        .insert_header(("Docker-Upload-UUID", id))
+        .finish())
+}
+
+/// The first byte of a `Content-Range`: the spec's `<start>-<end>`, also with HTTP's
+/// `bytes ` or a `bytes=` prefix and a `/<size>` suffix.
+pub fn content_range_start(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let v = v
+        .strip_prefix("bytes=")
+        .or_else(|| v.strip_prefix("bytes "))
+        .unwrap_or(v);
+    let (start, _) = v.split_once('-')?;
+    start.trim().parse().ok()
+}
+
+/// `PATCH /v2/<name>/blobs/uploads/<id>`: appends the body (streamed; a `Content-Range`
+/// must start where the upload stands, or 416).
+pub async fn append(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, id) = path.into_inner();
+    let start = match req.headers().get(header::CONTENT_RANGE) {
+        None => None,
+        Some(v) => {
+            let parsed = v.to_str().ok().and_then(content_range_start);
+            match parsed {
+                Some(s) => Some(s),
+                None => {
+                    return Err(OciError::BlobUploadInvalid(
+                        "Content-Range must be <start>-<end>".into(),
+                    )
+                    .into())
+                }
+            }
+        }
+    };
+    let received = state
+        .registry
+        .oci_append(&name, &id, start, body_stream(payload))
+        .await?;
+    Ok(in_progress(&name, &id, received))
+}
+
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last bytes, if any, then 201.
+pub async fn finish(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, id) = path.into_inner();
+    let q = query(&req);
+    let Some(digest) = q.get("digest") else {
+        return Err(
+            OciError::DigestInvalid("the digest query parameter is required".into()).into(),
+        );
+    };
+    state
+        .registry
+        .oci_finish(&name, &id, digest, body_stream(payload))
+        .await?;
+    Ok(created(&name, digest))
+}
+
+/// `DELETE /v2/<name>/blobs/uploads/<id>`: 204.
+pub async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, id) = path.into_inner();
+    state.registry.oci_cancel(&name, &id).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header(super::base::API_VERSION)
+        .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_in_every_form_clients_send() {
+        assert_eq!(content_range_start("0-1023"), Some(0));
+        assert_eq!(content_range_start("1024-2047"), Some(1024));
+        assert_eq!(content_range_start("bytes 5-9/10"), Some(5));
+        assert_eq!(content_range_start("bytes=7-9"), Some(7));
+        assert_eq!(content_range_start("nonsense"), None);
+        assert_eq!(range_header(0), "0-0");
+        assert_eq!(range_header(10), "0-9");
+    }
+}
