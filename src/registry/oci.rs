@@ -242,7 +242,7 @@ impl Registry {
             true => None,
             false => {
                 let object = object_keys::oci_tail(id, end);
-                self.blobs().put(&object, buffer.freeze()).await?;
+                self.blobs().put(&object, buffer).await?;
                 Some(Tail {
                     object,
                     len: end - state.received,
@@ -277,27 +277,29 @@ impl Registry {
     }
 
     /// Streams the live tail and then `body` into whole parts; answers the bytes past the
-    /// last whole part (fewer than a part).
+    /// last whole part (fewer than a part). The multipart upload starts only once a whole
+    /// part has come, so a small blob never opens one.
     async fn oci_stream<S, E>(
         &self,
         id: &str,
         upload: &OciUpload,
         state: &mut UploadState,
         mut body: S,
-    ) -> OciResult<BytesMut>
+    ) -> OciResult<Bytes>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
         let part_size = self.part_size as usize;
         let state_key = keys::oci_upload_parts(id);
-        let mut buffer = BytesMut::new();
+        // Bytes before the first whole part, fewer than a part.
+        let mut first = BytesMut::new();
         if let Some(tail) = Self::live_tail(upload, state) {
-            buffer.extend_from_slice(&self.blobs().read(&tail.object).await?);
+            first.extend_from_slice(&self.blobs().read(&tail.object).await?);
         }
         let mut pump = None;
         loop {
-            let mut chunk = match body.next().await {
+            let chunk = match body.next().await {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
                     if let Some(p) = pump.as_mut() {
@@ -307,24 +309,23 @@ impl Registry {
                 }
                 None => break,
             };
-            while !chunk.is_empty() {
-                let take = (part_size - buffer.len()).min(chunk.len());
-                buffer.extend_from_slice(&chunk.split_to(take));
-                if buffer.len() == part_size {
-                    if pump.is_none() {
-                        pump = Some(self.oci_pump(id, &state_key, state).await?);
-                    }
-                    if let Some(p) = pump.as_mut() {
-                        let full = std::mem::replace(&mut buffer, BytesMut::new());
-                        p.send(full.freeze(), state).await?;
-                    }
+            match pump.as_mut() {
+                Some(p) => p.feed(chunk, state).await?,
+                None if first.len() + chunk.len() < part_size => first.extend_from_slice(&chunk),
+                None => {
+                    let p = pump.insert(self.oci_pump(id, &state_key, state).await?);
+                    p.feed(std::mem::take(&mut first).freeze(), state).await?;
+                    p.feed(chunk, state).await?;
                 }
             }
         }
-        if let Some(p) = pump.as_mut() {
-            p.drain(state).await?;
+        match pump.as_mut() {
+            Some(p) => {
+                p.drain(state).await?;
+                Ok(p.take_filling())
+            }
+            None => Ok(first.freeze()),
         }
-        Ok(buffer)
     }
 
     /// The part pump of an upload, starting its multipart upload on first use.
@@ -385,7 +386,7 @@ impl Registry {
             )));
         }
         match state.handle.clone() {
-            None => self.blobs().put(&object, rest.freeze()).await?,
+            None => self.blobs().put(&object, rest.clone()).await?,
             Some(handle) => {
                 let state_key = keys::oci_upload_parts(id);
                 if !rest.is_empty() {
@@ -396,7 +397,8 @@ impl Registry {
                         &state.clone(),
                         self.part_size as usize,
                     );
-                    pump.send(rest.freeze(), &mut state).await?;
+                    pump.feed(rest.clone(), &mut state).await?;
+                    pump.send_tail(&mut state).await?;
                     pump.drain(&mut state).await?;
                 }
                 self.blobs().complete_upload(&handle, &state.parts).await?;

@@ -101,6 +101,19 @@ impl<'a> PartPump<'a> {
         }
     }
 
+    /// Takes the bytes being filled, fewer than a part, for a caller that keeps them
+    /// elsewhere until more come; their buffer goes back to the part memory.
+    pub(crate) fn take_filling(&mut self) -> Bytes {
+        match self.filling.take() {
+            Some(buffer) => {
+                let bytes = Bytes::copy_from_slice(&buffer.buf);
+                self.registry.part_memory.put_back(buffer);
+                bytes
+            }
+            None => Bytes::new(),
+        }
+    }
+
     /// The offset the next part starts at.
     pub(crate) fn next_offset(&self) -> u64 {
         self.next_offset
