@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{AuthConfig, Secret};
+use crate::registry::limits::Limits;
 
 /// One layer of settings (flags, environment or file); unset fields defer to lower layers.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
@@ -42,6 +43,22 @@ pub struct ServeArgs {
     /// Open connections per worker thread, at most; more wait in the listen backlog [env: VMREG_MAX_CONNECTIONS] [default: 1024]
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Templates the registry holds at most; a push of a new template beyond is refused [env: VMREG_MAX_TEMPLATES] [default: 1000000]
+    #[arg(long)]
+    pub max_templates: Option<u64>,
+    /// Versions (tags) per template at most [env: VMREG_MAX_VERSIONS] [default: 1000]
+    #[arg(long)]
+    pub max_versions: Option<usize>,
+    /// Largest VM configuration (config.yaml, as JSON) a push may carry [env: VMREG_MAX_CONFIG_SIZE] [default: 64KiB]
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_config_size: Option<u64>,
+    /// Push sessions open at once, at most [env: VMREG_MAX_UPLOAD_SESSIONS] [default: 1000]
+    #[arg(long)]
+    pub max_upload_sessions: Option<u64>,
+    /// Templates per page of a paged listing (`?limit=`), at most [env: VMREG_MAX_PAGE] [default: 1000]
+    #[arg(long)]
+    pub max_page: Option<usize>,
     /// Serve HTTPS (needs --server-cert and --server-key); on by default when a certificate is set [env: VMREG_USE_HTTPS, ANKA_USE_HTTPS]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub use_https: Option<bool>,
@@ -212,6 +229,8 @@ pub struct Config {
     pub body_idle_timeout: Duration,
     /// Open connections per worker thread.
     pub max_connections: usize,
+    /// Caps on the metadata clients can grow.
+    pub limits: Limits,
     /// HTTPS settings; plain HTTP when absent.
     pub tls: Option<TlsSettings>,
     /// Which subject field of a client certificate names its groups.
@@ -266,6 +285,11 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("part_memory", &["VMREG_PART_MEMORY"]),
     ("body_idle_timeout", &["VMREG_BODY_IDLE_TIMEOUT"]),
     ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
+    ("max_templates", &["VMREG_MAX_TEMPLATES"]),
+    ("max_versions", &["VMREG_MAX_VERSIONS"]),
+    ("max_config_size", &["VMREG_MAX_CONFIG_SIZE"]),
+    ("max_upload_sessions", &["VMREG_MAX_UPLOAD_SESSIONS"]),
+    ("max_page", &["VMREG_MAX_PAGE"]),
     ("use_https", &["VMREG_USE_HTTPS", "ANKA_USE_HTTPS"]),
     ("server_cert", &["VMREG_SERVER_CERT", "ANKA_SERVER_CERT"]),
     ("server_key", &["VMREG_SERVER_KEY", "ANKA_SERVER_KEY"]),
@@ -366,6 +390,13 @@ impl ServeArgs {
                 "max_connections" => {
                     layer.max_connections = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
+                "max_templates" => layer.max_templates = Some(parse_count(&value).map_err(bad)?),
+                "max_versions" => layer.max_versions = Some(parse_count(&value).map_err(bad)?),
+                "max_config_size" => layer.max_config_size = Some(parse_size(&value).map_err(bad)?),
+                "max_upload_sessions" => {
+                    layer.max_upload_sessions = Some(parse_count(&value).map_err(bad)?)
+                }
+                "max_page" => layer.max_page = Some(parse_count(&value).map_err(bad)?),
                 "use_https" => layer.use_https = Some(parse_bool(&value).map_err(bad)?),
                 "server_cert" => layer.server_cert = Some(value.into()),
                 "server_key" => layer.server_key = Some(value.into()),
@@ -427,6 +458,11 @@ impl ServeArgs {
             part_memory: self.part_memory.or(lower.part_memory),
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_templates: self.max_templates.or(lower.max_templates),
+            max_versions: self.max_versions.or(lower.max_versions),
+            max_config_size: self.max_config_size.or(lower.max_config_size),
+            max_upload_sessions: self.max_upload_sessions.or(lower.max_upload_sessions),
+            max_page: self.max_page.or(lower.max_page),
             use_https: self.use_https.or(lower.use_https),
             server_cert: self.server_cert.or(lower.server_cert),
             server_key: self.server_key.or(lower.server_key),
@@ -497,6 +533,7 @@ impl Config {
         if body_idle_timeout.is_zero() {
             return Err(ConfigError("body idle timeout must be above zero".into()));
         }
+        let limits = limits(&l)?;
         let tls = tls_settings(&l)?;
         let cert_groups = match l.cert_groups_from.as_deref() {
             None | Some("o") => CertGroups::Organization,
@@ -577,6 +614,7 @@ impl Config {
             part_memory,
             body_idle_timeout,
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            limits,
             tls,
             cert_groups,
             trust_forwarded_client_cert: l.trust_forwarded_client_cert.unwrap_or(false),
@@ -584,6 +622,31 @@ impl Config {
             redis,
             auth,
         })
+    }
+}
+
+/// The metadata caps from a layer; each must allow at least one.
+fn limits(l: &ServeArgs) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let limits = Limits {
+        max_templates: l.max_templates.unwrap_or(d.max_templates),
+        max_versions: l.max_versions.unwrap_or(d.max_versions),
+        max_config_size: l.max_config_size.map_or(d.max_config_size, |v| {
+            usize::try_from(v).unwrap_or(usize::MAX)
+        }),
+        max_upload_sessions: l.max_upload_sessions.unwrap_or(d.max_upload_sessions),
+        max_page: l.max_page.unwrap_or(d.max_page),
+    };
+    let zero = [
+        ("max_templates", limits.max_templates == 0),
+        ("max_versions", limits.max_versions == 0),
+        ("max_config_size", limits.max_config_size == 0),
+        ("max_upload_sessions", limits.max_upload_sessions == 0),
+        ("max_page", limits.max_page == 0),
+    ];
+    match zero.iter().find(|(_, z)| *z) {
+        Some((name, _)) => Err(ConfigError(format!("{name} must be at least 1"))),
+        None => Ok(limits),
     }
 }
 
@@ -652,6 +715,12 @@ impl std::fmt::Display for Config {
             self.body_idle_timeout.as_secs_f64()
         )?;
         writeln!(f, "  max_connections   {}", self.max_connections)?;
+        let l = &self.limits;
+        writeln!(
+            f,
+            "  limits            templates {} versions {} config {} sessions {} page {}",
+            l.max_templates, l.max_versions, l.max_config_size, l.max_upload_sessions, l.max_page
+        )?;
         match &self.tls {
             Some(t) => {
                 writeln!(f, "  https             {}", t.cert.display())?;
@@ -806,6 +875,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn parse_count<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number, got {s:?}"))
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {

@@ -204,3 +204,117 @@ async fn huge_sizes_are_refused_and_stalled_uploads_stay_within_the_part_memory(
     .await;
     committed.ok_body();
 }
+
+/// The templates listed, by name, with their version counts.
+async fn listed(server: &Server) -> Vec<(String, u64)> {
+    let body = get(&server.at("/registry/v2/vm")).await.ok_body().clone();
+    let mut out: Vec<(String, u64)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let name = t["name"].as_str().unwrap().to_string();
+            (name, t["version_count"].as_u64().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn negotiate(server: &Server, request: &Value) -> Reply {
+    send_json(Method::POST, &server.at("/api/v1/push"), request).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_caps_refuse_with_a_fail_and_change_nothing() {
+    let server = Server::start_with(&[
+        "--max-versions",
+        "2",
+        "--max-templates",
+        "2",
+        "--max-config-size",
+        "2KiB",
+        "--max-upload-sessions",
+        "3",
+    ]);
+    let file = TestFile::new("caps.ank", "image", 1000, 11);
+    let (a, b) = (new_id(), new_id());
+    push(&server, &a, "caps-a", "t1", &[&file]).await;
+    push(&server, &a, "caps-a", "t2", &[&file]).await;
+    push(&server, &b, "caps-b", "t1", &[&file]).await;
+    let before = listed(&server).await;
+    assert_eq!(before, [("caps-a".into(), 2), ("caps-b".into(), 1)]);
+
+    // Versions per template, at negotiation.
+    negotiate(&server, &push_request(&a, "caps-a", "t3", &[&file]))
+        .await
+        .assert_fail(409);
+    // Templates in the registry.
+    let c = new_id();
+    let reply = negotiate(&server, &push_request(&c, "caps-c", "t1", &[&file])).await;
+    reply.assert_fail(409);
+    assert!(reply.json["message"]
+        .as_str()
+        .unwrap()
+        .contains("templates"));
+
+    // Lengths and sizes of one negotiation.
+    let mut big_config = push_request(&b, "caps-b", "t9", &[&file]);
+    big_config["config"]["notes"] = json!("x".repeat(3000));
+    let mut long_description = push_request(&b, "caps-b", "t9", &[&file]);
+    long_description["description"] = json!("d".repeat(4097));
+    let long_tag = push_request(&b, "caps-b", &"t".repeat(256), &[&file]);
+    let long_name = push_request(&new_id(), &"n".repeat(256), "t1", &[&file]);
+    let mut many_files = push_request(&b, "caps-b", "t9", &[&file]);
+    many_files["files"] = json!((0..1001)
+        .map(|i| json!({"name": format!("l{i}.ank"), "kind": "image", "size": 1}))
+        .collect::<Vec<_>>());
+    for request in [
+        big_config,
+        long_description,
+        long_tag,
+        long_name,
+        many_files,
+    ] {
+        negotiate(&server, &request).await.assert_fail(400);
+    }
+
+    // Open push sessions: three may be open; a fourth waits for one to end.
+    let mut sessions = Vec::new();
+    for tag in ["s1", "s2", "s3"] {
+        let plan = negotiate(&server, &push_request(&b, "caps-b", tag, &[&file])).await;
+        sessions.push(plan.ok_body()["session"].as_str().unwrap().to_string());
+    }
+    negotiate(&server, &push_request(&b, "caps-b", "s4", &[&file]))
+        .await
+        .assert_fail(409);
+    let commit = |session: &str| {
+        let url = server.at(&format!("/api/v1/push/{session}/commit"));
+        async move { call(Method::POST, &url, None).await }
+    };
+    // The version cap holds at commit too: b has room for one more version, not two.
+    commit(&sessions[0]).await.ok_body();
+    commit(&sessions[1]).await.assert_fail(409);
+    call(
+        Method::DELETE,
+        &server.at(&format!("/api/v1/push/{}", sessions[2])),
+        None,
+    )
+    .await
+    .ok_body();
+
+    assert_eq!(
+        listed(&server).await,
+        [("caps-a".into(), 2), ("caps-b".into(), 2)],
+        "the refused requests changed nothing"
+    );
+    let q = format!("/registry/v2/vm?id={b}");
+    let tags: Vec<String> = get(&server.at(&q)).await.ok_body()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tag"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tags, ["t1", "s1"]);
+    get(&server.at("/livez")).await.ok_body();
+}

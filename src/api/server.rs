@@ -57,7 +57,8 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("authentication: {e}"))?;
     let auth = web::Data::new(auth);
     let registry = Registry::new(meta, blobs, config.part_size, concurrency)
-        .with_part_memory(config.part_memory);
+        .with_part_memory(config.part_memory)
+        .with_limits(config.limits);
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

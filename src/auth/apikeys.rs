@@ -21,6 +21,10 @@ const MIN_BITS: usize = 2048;
 const MAX_BITS: usize = 8192;
 /// Longest key lifetime accepted (100 years), so expiry arithmetic cannot overflow.
 const MAX_TTL: u64 = 100 * 365 * 24 * 3600;
+/// API keys a registry holds at most: every key is read by `GET /v1/apikey`.
+pub const MAX_API_KEYS: u64 = 10_000;
+/// Groups one key may name.
+pub const MAX_KEY_GROUPS: usize = 64;
 
 /// A stored API key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,6 +154,12 @@ impl Groups {
                 .filter(|g| !g.is_empty())
                 .collect(),
         };
+        if raw.len() > MAX_KEY_GROUPS {
+            return Err(AuthError::BadRequest(format!(
+                "a key names at most {MAX_KEY_GROUPS} groups, not {}",
+                raw.len()
+            )));
+        }
         let mut out = Vec::new();
         for g in raw {
             valid_name(&g)?;
@@ -183,6 +193,11 @@ pub async fn create(meta: &dyn MetaStore, req: CreateKey) -> Result<Option<Strin
         Some(g) => g.names()?,
         None => Vec::new(),
     };
+    if meta.count(keys::API_KEYS).await? >= MAX_API_KEYS {
+        return Err(AuthError::Conflict(format!(
+            "this registry holds its maximum of {MAX_API_KEYS} API keys; delete unused ones first"
+        )));
+    }
     let (public_key, private_key) = match &req.public_key {
         Some(given) => (parse_public_key(given)?, None),
         None => {
@@ -296,4 +311,59 @@ async fn generate() -> Result<(Vec<u8>, String), AuthError> {
     })
     .await
     .map_err(|e| AuthError::Internal(format!("key generation task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::groups::{self, Group, MAX_GROUPS};
+    use crate::meta::embedded::EmbeddedMeta;
+
+    fn request(id: &str, groups: Option<Groups>) -> CreateKey {
+        CreateKey {
+            id: id.into(),
+            ttl: Some(Ttl::Text("600".into())),
+            groups,
+            public_key: None,
+        }
+    }
+
+    /// Fills a set to `n` members, as if that many records had been created.
+    async fn fill(meta: &EmbeddedMeta, set: &str, n: u64) {
+        let mut tx = meta.begin().await.unwrap();
+        for i in 0..n {
+            tx.set_add(set, &format!("m{i}"));
+        }
+        assert!(tx.commit().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn keys_groups_and_groups_per_key_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let many: Vec<String> = (0..=MAX_KEY_GROUPS).map(|i| format!("g{i}")).collect();
+        let err = create(&meta, request("k", Some(Groups::List(many)))).await;
+        assert!(matches!(err, Err(AuthError::BadRequest(_))), "{err:?}");
+
+        fill(&meta, keys::API_KEYS, MAX_API_KEYS).await;
+        let err = create(&meta, request("k", None)).await;
+        assert!(matches!(err, Err(AuthError::Conflict(_))), "{err:?}");
+        assert!(
+            get(&meta, "k").await.unwrap().is_none(),
+            "nothing was stored"
+        );
+
+        let group = |name: &str| Group {
+            name: name.into(),
+            permissions: Default::default(),
+        };
+        groups::put(&meta, &group("kept"), false).await.unwrap();
+        fill(&meta, keys::GROUPS, MAX_GROUPS).await;
+        let err = groups::put(&meta, &group("new"), false).await;
+        assert!(matches!(err, Err(AuthError::Conflict(_))), "{err:?}");
+        assert!(groups::get(&meta, "new").await.unwrap().is_none());
+        groups::put(&meta, &group("kept"), false)
+            .await
+            .expect("an existing group can still be replaced");
+    }
 }

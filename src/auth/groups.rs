@@ -8,6 +8,9 @@ use super::permissions::Permission;
 use super::{read, read_many, read_set, retry, AuthError};
 use crate::meta::{keys, MetaStore, MetaTxExt};
 
+/// Permission groups a registry holds at most.
+pub const MAX_GROUPS: u64 = 1000;
+
 /// A permission group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
@@ -71,8 +74,15 @@ pub async fn put(meta: &dyn MetaStore, group: &Group, only_if_new: bool) -> Resu
     let key = key.as_str();
     retry(move || async move {
         let mut tx = meta.begin().await?;
-        if only_if_new && tx.get(key).await?.is_some() {
+        let exists = tx.get(key).await?.is_some();
+        if only_if_new && exists {
             return Ok(Some(()));
+        }
+        if !exists && meta.count(keys::GROUPS).await? >= MAX_GROUPS {
+            return Err(AuthError::Conflict(format!(
+                "this registry holds its maximum of {MAX_GROUPS} permission groups; \
+                 delete unused ones first"
+            )));
         }
         tx.put_json(key, group);
         tx.set_add(keys::GROUPS, &group.name);

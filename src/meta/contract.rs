@@ -35,6 +35,8 @@ pub(crate) async fn transactions_are_atomic(meta: &dyn MetaStore) {
     let mut members = meta.members("s").await.unwrap();
     members.sort();
     assert_eq!(members, vec!["x", "y"]);
+    assert_eq!(meta.count("s").await.unwrap(), 2);
+    assert_eq!(meta.count("none").await.unwrap(), 0);
 
     let mut tx = meta.begin().await.unwrap();
     tx.delete("a");
@@ -42,5 +44,6 @@ pub(crate) async fn transactions_are_atomic(meta: &dyn MetaStore) {
     assert!(tx.commit().await.unwrap());
     assert_eq!(meta.get_many(&["a".into()]).await.unwrap(), vec![None]);
     assert_eq!(meta.members("s").await.unwrap(), vec!["y"]);
+    assert_eq!(meta.count("s").await.unwrap(), 1);
     meta.ping().await.unwrap();
 }

@@ -105,6 +105,21 @@ impl MetaStore for EmbeddedMeta {
         Ok(out)
     }
 
+    async fn count(&self, set: &str) -> MetaResult<u64> {
+        let r = self.db.begin_read().map_err(unavailable)?;
+        let table = r.open_table(SETS).map_err(unavailable)?;
+        let (start, end) = (format!("{set}\0"), format!("{set}\u{1}"));
+        let mut n = 0;
+        for item in table
+            .range(start.as_str()..end.as_str())
+            .map_err(unavailable)?
+        {
+            item.map_err(unavailable)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         self.read_key("ping").map(|_| ())
     }

@@ -28,6 +28,10 @@ impl<T: MetaStore> MetaStore for Instrumented<T> {
         timed(self.name, "members", failed, self.inner.members(set)).await
     }
 
+    async fn count(&self, set: &str) -> MetaResult<u64> {
+        timed(self.name, "count", failed, self.inner.count(set)).await
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         timed(self.name, "ping", failed, self.inner.ping()).await
     }

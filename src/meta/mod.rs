@@ -43,6 +43,8 @@ pub trait MetaStore: Send + Sync {
     async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>>;
     /// The members of a set.
     async fn members(&self, set: &str) -> MetaResult<Vec<String>>;
+    /// How many members a set has, without reading them.
+    async fn count(&self, set: &str) -> MetaResult<u64>;
     /// Answers when the backend is reachable.
     async fn ping(&self) -> MetaResult<()>;
     /// A short name for logs and the start-up banner.

@@ -138,6 +138,11 @@ impl MetaStore for RedisMeta {
         conn.smembers(self.key(set)).await.map_err(unavailable)
     }
 
+    async fn count(&self, set: &str) -> MetaResult<u64> {
+        let mut conn = self.conn.clone();
+        conn.scard(self.key(set)).await.map_err(unavailable)
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         let mut conn = self.conn.clone();
         let reply: String = redis::cmd("PING")

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod budget;
 mod gc;
 mod inventory;
+pub mod limits;
 pub mod oci;
 mod parts;
 pub mod pull;
@@ -69,6 +70,7 @@ pub struct Registry {
     part_size: u64,
     upload_concurrency: usize,
     part_memory: Arc<budget::PartMemory>,
+    limits: limits::Limits,
 }
 
 impl Registry {
@@ -87,7 +89,14 @@ impl Registry {
             part_size,
             upload_concurrency: upload_concurrency.max(1),
             part_memory: Arc::new(budget::PartMemory::new(budget::DEFAULT_PART_MEMORY)),
+            limits: limits::Limits::default(),
         }
+    }
+
+    /// The same registry with these caps on metadata.
+    pub fn with_limits(mut self, limits: limits::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same registry with `bytes` of memory for all upload part buffers together.

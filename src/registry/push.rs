@@ -186,7 +186,9 @@ impl Registry {
     /// the rest.
     pub async fn negotiate(&self, req: PushRequest) -> RegistryResult<PushPlan> {
         validate_request(&req)?;
+        self.check_config_size(&req.config)?;
         self.check_file_sizes(req.files.iter().map(|f| f.size))?;
+        self.check_session_count().await?;
         let session_id = Uuid::new_v4().simple().to_string();
         let session = transact(self.meta(), async |tx| {
             let name = match tx.get_json::<Template>(&keys::template(&req.id)).await? {
@@ -197,10 +199,12 @@ impl Registry {
                             req.tag, t.name
                         )));
                     }
+                    self.check_version_count(&t.name, t.versions.len())?;
                     t.name
                 }
                 None => {
                     check_name_free(tx, &req.name, &req.id).await?;
+                    self.check_template_count().await?;
                     req.name.clone()
                 }
             };
@@ -633,6 +637,7 @@ impl Registry {
                 Some(t) => t,
                 None => {
                     check_name_free(tx, &session.name, &session.template).await?;
+                    self.check_template_count().await?;
                     Template {
                         id: session.template,
                         name: session.name.clone(),
@@ -652,6 +657,7 @@ impl Registry {
                     session.tag, template.name
                 )));
             }
+            self.check_version_count(&template.name, template.versions.len())?;
             let mut objects = BTreeMap::new();
             let mut garbage = Vec::new();
             for (f, file) in session.files.iter().zip(&files) {
@@ -722,6 +728,7 @@ impl Registry {
             };
             template.versions.push(version.clone());
             template.last_push = now;
+            self.check_record_size(&template.name, crate::meta::encode(&template).len())?;
             write_template(tx, &template);
             tx.delete(&keys::session(session_id));
             tx.set_remove(keys::SESSIONS, session_id);
