@@ -367,9 +367,14 @@ async fn openapi_documents_the_oci_routes() {
             "/v2/{name}/blobs/uploads/{id}",
             &["get", "patch", "put", "delete"],
         ),
-        ("/v2/{name}/blobs/{digest}", &["get", "head"]),
-        ("/v2/{name}/manifests/{reference}", &["get", "head", "put"]),
+        ("/v2/{name}/blobs/{digest}", &["get", "head", "delete"]),
+        (
+            "/v2/{name}/manifests/{reference}",
+            &["get", "head", "put", "delete"],
+        ),
         ("/v2/{name}/tags/list", &["get"]),
+        ("/v2/_catalog", &["get"]),
+        ("/v2/{name}/referrers/{digest}", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -380,4 +385,366 @@ async fn openapi_documents_the_oci_routes() {
     }
     let other = call(Method::POST, &s.at("/v2/a/tags/list"), None).await;
     assert_eq!(other.status, 405);
+}
+
+/// Uploads `data` to `repo` in one POST; answers its digest.
+async fn push_blob(c: &Client, s: &Server, repo: &str, data: &[u8]) -> String {
+    let digest = digest_of(data);
+    let reply = c
+        .post(s.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    digest
+}
+
+/// Puts `manifest` under `reference`; answers the reply.
+async fn put_manifest(
+    c: &Client,
+    s: &Server,
+    repo: &str,
+    reference: &str,
+    manifest: &[u8],
+) -> reqwest::Response {
+    let reply = c
+        .put(s.at(&format!("/v2/{repo}/manifests/{reference}")))
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    reply
+}
+
+async fn status_of(req: reqwest::RequestBuilder) -> StatusCode {
+    req.send().await.unwrap().status()
+}
+
+async fn expect_status(req: reqwest::RequestBuilder, status: StatusCode) {
+    assert_eq!(status_of(req).await, status);
+}
+
+#[tokio::test]
+async fn blobs_are_mounted_across_repositories_and_deleted_per_repository() {
+    let s = Server::start();
+    let c = Client::new();
+    let data = payload(4096, 9);
+    let digest = push_blob(&c, &s, "team/a", &data).await;
+    let blob = |repo: &str| s.at(&format!("/v2/{repo}/blobs/{digest}"));
+
+    // A repository that never received the blob does not serve it.
+    expect_status(c.head(blob("team/b")), StatusCode::NOT_FOUND).await;
+    // Mount from a repository holding it: 201 naming the blob, no session.
+    let mount =
+        |repo: &str, query: String| c.post(s.at(&format!("/v2/{repo}/blobs/uploads/?{query}")));
+    let mounted = mount("team/b", format!("mount={digest}&from=team/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mounted.status(), StatusCode::CREATED);
+    assert_eq!(location(&mounted), format!("/v2/team/b/blobs/{digest}"));
+    assert_eq!(mounted.headers()["docker-content-digest"], digest.as_str());
+    let got = c.get(blob("team/b")).send().await.unwrap();
+    assert!(got.bytes().await.unwrap() == data);
+    // From a repository that does not hold it, or of an unknown digest: a session instead.
+    let not_there = mount("team/c", format!("mount={digest}&from=team/zzz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_there.status(), StatusCode::ACCEPTED);
+    assert!(location(&not_there).starts_with("/v2/team/c/blobs/uploads/"));
+    let unknown = digest_of(b"never stored");
+    expect_status(
+        mount("team/c", format!("mount={unknown}&from=team/a")),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    expect_status(c.head(blob("team/c")), StatusCode::NOT_FOUND).await;
+    // Without `from`, any stored blob with that digest is found.
+    expect_status(
+        mount("team/d", format!("mount={digest}")),
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // Deleting drops one repository's hold only: 202, then 404 there, 200 elsewhere.
+    expect_status(c.delete(blob("team/a")), StatusCode::ACCEPTED).await;
+    expect_error(c.get(blob("team/a")), StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    expect_error(
+        c.delete(blob("team/a")),
+        StatusCode::NOT_FOUND,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    expect_status(c.head(blob("team/b")), StatusCode::OK).await;
+    // Once the last holder lets go the content is gone: nothing left to discover.
+    expect_status(c.delete(blob("team/b")), StatusCode::ACCEPTED).await;
+    expect_status(c.delete(blob("team/d")), StatusCode::ACCEPTED).await;
+    expect_status(
+        mount("team/e", format!("mount={digest}")),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    // The same bytes pushed again are stored anew.
+    push_blob(&c, &s, "team/a", &data).await;
+    let again = c.get(blob("team/a")).send().await.unwrap();
+    assert!(again.bytes().await.unwrap() == data);
+
+    expect_error(
+        c.delete(s.at("/v2/team/a/blobs/sha256:nothex")),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        mount("team/a", "mount=sha256:short&from=team/b".into()),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        mount("team/a", format!("mount={digest}&from=Bad//name")),
+        StatusCode::BAD_REQUEST,
+        "NAME_INVALID",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_tag_keeps_the_manifest_and_deleting_a_digest_drops_its_tags() {
+    let s = Server::start();
+    let c = Client::new();
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let digest = digest_of(manifest);
+    for (repo, reference) in [("vm/x", "v1"), ("vm/x", "v2"), ("vm/y", digest.as_str())] {
+        put_manifest(&c, &s, repo, reference, manifest).await;
+    }
+    let url = |repo: &str, r: &str| s.at(&format!("/v2/{repo}/manifests/{r}"));
+
+    // A tag delete: 202; the tag is gone, the manifest and the other tag stay.
+    assert_eq!(
+        status_of(c.delete(url("vm/x", "v2"))).await,
+        StatusCode::ACCEPTED
+    );
+    expect_error(
+        c.get(url("vm/x", "v2")),
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    assert_eq!(status_of(c.get(url("vm/x", "v1"))).await, StatusCode::OK);
+    assert_eq!(status_of(c.get(url("vm/x", &digest))).await, StatusCode::OK);
+    expect_error(
+        c.delete(url("vm/x", "v2")),
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+
+    // A digest delete: 202; the manifest and every tag naming it are gone.
+    assert_eq!(
+        status_of(c.delete(url("vm/x", &digest))).await,
+        StatusCode::ACCEPTED
+    );
+    for r in ["v1", digest.as_str()] {
+        expect_error(
+            c.get(url("vm/x", r)),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        )
+        .await;
+    }
+    let tags: Value = c
+        .get(s.at("/v2/vm/x/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], serde_json::json!([]));
+    // The same bytes held by another repository are still served there, byte for byte.
+    let other = c.get(url("vm/y", &digest)).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(other.bytes().await.unwrap().as_ref(), &manifest[..]);
+    expect_error(
+        c.delete(url("vm/x", &digest)),
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        c.delete(url("vm/x", "sha256:0")),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        c.delete(url("vm/x", ".bad")),
+        StatusCode::BAD_REQUEST,
+        "TAG_INVALID",
+    )
+    .await;
+    // Pushed again after its delete, it is back.
+    put_manifest(&c, &s, "vm/x", "v1", manifest).await;
+    let back = c.get(url("vm/x", "v1")).send().await.unwrap();
+    assert_eq!(back.bytes().await.unwrap().as_ref(), &manifest[..]);
+}
+
+/// Follows a listing's pages `n` at a time; answers every entry under `field` and the
+/// number of pages.
+async fn all_pages(c: &Client, s: &Server, first: &str, field: &str) -> (Vec<String>, usize) {
+    let (mut url, mut got, mut pages) = (s.at(first), Vec::new(), 0);
+    loop {
+        let reply = c.get(&url).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        let link = reply
+            .headers()
+            .get(header::LINK)
+            .map(|l| l.to_str().unwrap().to_string());
+        let body: Value = reply.json().await.unwrap();
+        for v in body[field].as_array().unwrap() {
+            got.push(v.as_str().unwrap().to_string());
+        }
+        pages += 1;
+        let Some(link) = link else {
+            return (got, pages);
+        };
+        assert!(link.ends_with(">; rel=\"next\""), "{link}");
+        url = s.at(&link[1..link.find('>').unwrap()]);
+    }
+}
+
+#[tokio::test]
+async fn catalog_and_tags_are_paginated_with_n_last_and_link() {
+    let s = Server::start();
+    let c = Client::new();
+    let repos = ["p/a", "p/b", "p/c", "p/d", "p/e"];
+    for r in repos {
+        push_blob(&c, &s, r, r.as_bytes()).await;
+    }
+    let manifest = br#"{"schemaVersion":2}"#;
+    let tags = ["t0", "t1", "t2", "t3", "t4", "t5", "t6"];
+    for t in tags {
+        put_manifest(&c, &s, "p/a", t, manifest).await;
+    }
+
+    let (names, pages) = all_pages(&c, &s, "/v2/_catalog?n=2", "repositories").await;
+    assert_eq!(names, repos);
+    assert_eq!(pages, 3);
+    let (listed, pages) = all_pages(&c, &s, "/v2/p/a/tags/list?n=3", "tags").await;
+    assert_eq!(listed, tags);
+    assert_eq!(pages, 3);
+    // A page that holds the rest has no Link; `last` starts after the name given.
+    let (rest, pages) = all_pages(&c, &s, "/v2/p/a/tags/list?n=10&last=t4", "tags").await;
+    assert_eq!((rest, pages), (vec!["t5".to_string(), "t6".into()], 1));
+    let (all, pages) = all_pages(&c, &s, "/v2/_catalog", "repositories").await;
+    assert_eq!((all.len(), pages), (5, 1));
+    let (none, _) = all_pages(&c, &s, "/v2/p/a/tags/list?n=0", "tags").await;
+    assert!(none.is_empty());
+
+    for bad in ["/v2/_catalog?n=-1", "/v2/p/a/tags/list?n=many"] {
+        expect_error(
+            c.get(s.at(bad)),
+            StatusCode::BAD_REQUEST,
+            "PAGINATION_NUMBER_INVALID",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn referrers_list_the_manifests_whose_subject_is_a_digest() {
+    let s = Server::start();
+    let c = Client::new();
+    let repo = "art/app";
+    let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let image_digest = digest_of(image);
+    put_manifest(&c, &s, repo, "v1", image).await;
+    let artifact = |kind: &str, note: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"{kind}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{image_digest}","size":{}}},"annotations":{{"note":"{note}"}}}}"#,
+            image.len()
+        )
+        .into_bytes()
+    };
+    let signature = artifact("application/vnd.example.signature", "sig");
+    let sbom = artifact("application/vnd.example.sbom", "sbom");
+    for m in [&signature, &sbom] {
+        let reply = put_manifest(&c, &s, repo, &digest_of(m), m).await;
+        assert_eq!(reply.headers()["oci-subject"], image_digest.as_str());
+    }
+    // A manifest without a subject says nothing of one.
+    let plain = put_manifest(&c, &s, repo, "v2", br#"{"schemaVersion":2,"x":1}"#).await;
+    assert!(plain.headers().get("oci-subject").is_none());
+
+    let referrers = |query: &str| {
+        c.get(s.at(&format!("/v2/{repo}/referrers/{image_digest}{query}")))
+            .send()
+    };
+    let all = referrers("").await.unwrap();
+    assert_eq!(all.status(), StatusCode::OK);
+    assert_eq!(
+        all.headers()[header::CONTENT_TYPE],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(all.headers().get("oci-filters-applied").is_none());
+    let index: Value = all.json().await.unwrap();
+    assert_eq!(index["schemaVersion"], 2);
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2);
+    let sig = manifests
+        .iter()
+        .find(|d| d["digest"] == digest_of(&signature).as_str())
+        .unwrap();
+    assert_eq!(sig["artifactType"], "application/vnd.example.signature");
+    assert_eq!(sig["size"], signature.len());
+    assert_eq!(sig["annotations"]["note"], "sig");
+    assert_eq!(
+        sig["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+
+    let filtered = referrers("?artifactType=application/vnd.example.sbom")
+        .await
+        .unwrap();
+    assert_eq!(filtered.headers()["oci-filters-applied"], "artifactType");
+    let index: Value = filtered.json().await.unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(index["manifests"][0]["digest"], digest_of(&sbom).as_str());
+
+    // Deleting a referrer takes it off the list; a digest nothing refers to has an empty one.
+    let url = s.at(&format!("/v2/{repo}/manifests/{}", digest_of(&sbom)));
+    assert_eq!(status_of(c.delete(url)).await, StatusCode::ACCEPTED);
+    let index: Value = referrers("").await.unwrap().json().await.unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let lonely = c
+        .get(s.at(&format!("/v2/{repo}/referrers/{}", digest_of(b"x"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lonely.status(), StatusCode::OK);
+    let index: Value = lonely.json().await.unwrap();
+    assert_eq!(index["manifests"], serde_json::json!([]));
+
+    expect_error(
+        c.get(s.at(&format!("/v2/{repo}/referrers/sha256:zz"))),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    let bad_subject = br#"{"schemaVersion":2,"subject":{"digest":"nope"}}"#;
+    expect_error(
+        c.put(s.at(&format!("/v2/{repo}/manifests/v3")))
+            .body(bad_subject.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+    )
+    .await;
 }

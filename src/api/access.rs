@@ -61,7 +61,10 @@ fn oci_required(method: &Method, rest: &[&str]) -> Access {
         [.., "blobs", "uploads", _] | [.., "blobs", "uploads"] => Access::All(&[P::UploadFile]),
         _ if method == Method::DELETE => Access::All(&[P::DeleteVm]),
         [.., "manifests", _] if write => Access::All(&[P::PushVm]),
-        [.., "manifests", _] | [.., "tags", "list"] => Access::All(&[P::PullVm]),
+        [.., "manifests", _] | [.., "tags", "list"] | [.., "referrers", _] => {
+            Access::All(&[P::PullVm])
+        }
+        ["_catalog"] => Access::All(&[P::ListVms]),
         [.., "blobs", _] => Access::Any(&[P::DownloadVm, P::DownloadFile]),
         _ => Access::Authenticated,
     }
@@ -202,6 +205,15 @@ mod tests {
             Access::All(&[P::PullVm])
         );
         assert_eq!(required(&get, "/v2/a/tags/list"), Access::All(&[P::PullVm]));
+        assert_eq!(
+            required(&get, "/v2/a/referrers/sha256:x"),
+            Access::All(&[P::PullVm])
+        );
+        assert_eq!(required(&get, "/v2/_catalog"), Access::All(&[P::ListVms]));
+        assert_eq!(
+            required(&Method::DELETE, "/v2/a/blobs/sha256:x"),
+            Access::All(&[P::DeleteVm])
+        );
         assert_eq!(
             required(&Method::HEAD, "/v2/a/blobs/sha256:x"),
             Access::Any(&[P::DownloadVm, P::DownloadFile])

@@ -97,3 +97,19 @@ pub fn oci_tag(repo: &str, tag: &str) -> String {
 pub fn oci_tags(repo: &str) -> String {
     format!("oci:tags:{repo}")
 }
+
+/// A repository's hold on an OCI blob (one reference on the blob's file record).
+pub fn oci_blob(repo: &str, digest: &str) -> String {
+    format!("oci:blob:{repo}@{digest}")
+}
+
+/// The set of the digests of an OCI repository's manifests.
+pub fn oci_manifests(repo: &str) -> String {
+    format!("oci:mans:{repo}")
+}
+
+/// The set of the digests of the manifests of an OCI repository whose `subject` is
+/// `digest`.
+pub fn oci_referrers(repo: &str, digest: &str) -> String {
+    format!("oci:refs:{repo}@{digest}")
+}

@@ -44,3 +44,15 @@ pub async fn get(
         .map_err(OciError::from)?;
     Ok(reply.body(SizedStream::new(len, stream)))
 }
+
+/// `DELETE /v2/<name>/blobs/<digest>`: 202; the repository no longer holds the blob.
+pub async fn delete(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, digest) = path.into_inner();
+    state.registry.oci_delete_blob(&name, &digest).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header(super::base::API_VERSION)
+        .finish())
+}

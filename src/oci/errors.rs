@@ -37,6 +37,8 @@ fn table(e: &OciError) -> (StatusCode, &'static str) {
         E::NameInvalid => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
         E::NameUnknown => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         E::TagInvalid => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+        E::PaginationInvalid => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
+        E::Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         E::Registry(r) => match r {
             RegistryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),

@@ -54,14 +54,35 @@ pub async fn put(
         }
         body.extend_from_slice(&chunk);
     }
-    let digest = state
+    let (digest, subject) = state
         .registry
         .oci_put_manifest(&name, &reference, &media_type, body.freeze())
         .await?;
-    Ok(HttpResponse::Created()
+    let mut reply = HttpResponse::Created();
+    reply
         .insert_header(super::base::API_VERSION)
         .insert_header((header::LOCATION, format!("/v2/{name}/manifests/{digest}")))
         .insert_header(("Docker-Content-Digest", digest))
-        .insert_header((header::CONTENT_LENGTH, 0))
+        .insert_header((header::CONTENT_LENGTH, 0));
+    if let Some(subject) = subject {
+        // The referrers API is served, so clients need not keep a fallback tag.
+        reply.insert_header(("OCI-Subject", subject));
+    }
+    Ok(reply.finish())
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`: 202. By digest the manifest goes, with the
+/// tags pointing at it; by tag only the tag.
+pub async fn delete(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, reference) = path.into_inner();
+    state
+        .registry
+        .oci_delete_manifest(&name, &reference)
+        .await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header(super::base::API_VERSION)
         .finish())
 }

@@ -5,8 +5,9 @@
 mod base;
 mod blobs;
 mod errors;
+mod listing;
 mod manifests;
-mod tags;
+mod referrers;
 mod uploads;
 
 use std::collections::HashMap;
@@ -19,6 +20,11 @@ pub use errors::OciApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v2/").get(base::check).head(base::check))
         .service(web::resource("/v2").get(base::check).head(base::check))
+        .service(
+            web::resource("/v2/_catalog")
+                .get(listing::catalog)
+                .default_service(web::to(errors::unsupported)),
+        )
         .service(
             web::resource("/v2/{name:.+}/blobs/uploads/")
                 .post(uploads::start)
@@ -36,6 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::resource("/v2/{name:.+}/blobs/{digest}")
                 .get(blobs::get)
                 .head(blobs::get)
+                .delete(blobs::delete)
                 .default_service(web::to(errors::unsupported)),
         )
         .service(
@@ -43,11 +50,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .get(manifests::get)
                 .head(manifests::get)
                 .put(manifests::put)
+                .delete(manifests::delete)
                 .default_service(web::to(errors::unsupported)),
         )
         .service(
             web::resource("/v2/{name:.+}/tags/list")
-                .get(tags::list)
+                .get(listing::tags)
+                .default_service(web::to(errors::unsupported)),
+        )
+        .service(
+            web::resource("/v2/{name:.+}/referrers/{digest}")
+                .get(referrers::list)
                 .default_service(web::to(errors::unsupported)),
         );
 }

@@ -47,7 +47,8 @@ fn body_stream(
 }
 
 /// `POST /v2/<name>/blobs/uploads/`: 202 with a relative `Location`, or with
-/// `?digest=` the whole blob in the body and 201.
+/// `?digest=` the whole blob in the body and 201, or with `?mount=<digest>` (and
+/// `from=<repository>`) 201 when the blob is there to mount, else a session as without.
 pub async fn start(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -55,8 +56,15 @@ pub async fn start(
     payload: web::Payload,
 ) -> Result<HttpResponse, OciApiError> {
     let registry = &state.registry;
+    let q = query(&req);
+    if let Some(digest) = q.get("mount") {
+        let from = q.get("from").map(String::as_str);
+        if registry.oci_mount(&name, digest, from).await?.is_some() {
+            return Ok(created(&name, digest));
+        }
+    }
     let id = registry.oci_start_upload(&name).await?;
-    match query(&req).get("digest") {
+    match q.get("digest") {
         Some(digest) => {
             registry
                 .oci_finish(&name, &id, digest, body_stream(payload))

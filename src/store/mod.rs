@@ -138,9 +138,4 @@ pub mod keys {
     pub fn oci_tail(upload: &str, end: u64) -> String {
         format!("uploads/oci/{upload}/tail-{end:020}")
     }
-
-    /// An OCI manifest, content-addressed and stored byte for byte as pushed.
-    pub fn oci_manifest(algorithm: &str, hex: &str) -> String {
-        format!("oci/manifests/{algorithm}/{hex}")
-    }
 }

@@ -1,0 +1,343 @@
+//! Manifests and indexes: stored byte for byte as pushed (clients hash what they
+//! receive), held under their digest, pointed at by tags, and listed as referrers of the
+//! manifest their `subject` names.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    blob_key, hold, sha256_of_digest, validate_oci_tag, validate_repo, OciError, OciResult,
+};
+use crate::digest::sha256_hex;
+use crate::meta::{decode, keys, MetaTxExt};
+use crate::model::FileRecord;
+use crate::registry::gc::{delete_objects, release, Release};
+use crate::registry::{transact, Registry, RegistryError};
+use crate::store::keys as object_keys;
+
+/// Largest manifest accepted, as distribution does (4 MiB).
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// A stored manifest's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ManifestRecord {
+    media_type: String,
+    size: u64,
+    object: String,
+    /// The digest its `subject` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    /// Its `artifactType`, or for an image its config's media type, as referrers show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    annotations: Option<Value>,
+}
+
+/// A manifest as served.
+#[derive(Clone, Debug)]
+pub struct OciManifest {
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// The bytes exactly as pushed.
+    pub bytes: Bytes,
+}
+
+/// A stored manifest as the referrers list describes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    /// The manifest's media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its artifact type, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Its annotations, when it has some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+}
+
+/// What a manifest says about itself that the registry keeps.
+struct Parsed {
+    subject: Option<String>,
+    artifact_type: Option<String>,
+    annotations: Option<Value>,
+}
+
+/// Reads the fields the registry indexes; anything else in the manifest is the client's.
+fn parse(bytes: &[u8]) -> OciResult<Parsed> {
+    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else {
+        return Err(OciError::ManifestInvalid("not a JSON object".into()));
+    };
+    let subject = match doc.get("subject") {
+        None | Some(Value::Null) => None,
+        Some(s) => match s.get("digest").and_then(Value::as_str) {
+            Some(d) if sha256_of_digest(d).is_ok() => Some(d.to_string()),
+            _ => {
+                return Err(OciError::ManifestInvalid(
+                    "subject must be a descriptor with a sha256 digest".into(),
+                ))
+            }
+        },
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let artifact_type = text(doc.get("artifactType"))
+        .or_else(|| text(doc.get("config").and_then(|c| c.get("mediaType"))));
+    let annotations = doc.get("annotations").filter(|a| a.is_object()).cloned();
+    Ok(Parsed {
+        subject,
+        artifact_type,
+        annotations,
+    })
+}
+
+/// The digest a reference names, or the tag it is.
+enum Reference<'a> {
+    Digest(&'a str),
+    Tag(&'a str),
+}
+
+fn reference(reference: &str) -> OciResult<Reference<'_>> {
+    match reference.contains(':') {
+        true => sha256_of_digest(reference).map(|_| Reference::Digest(reference)),
+        false => validate_oci_tag(reference).map(|()| Reference::Tag(reference)),
+    }
+}
+
+/// Maps the "nothing there" of a transaction to `unknown`.
+fn or_unknown(unknown: OciError) -> impl FnOnce(RegistryError) -> OciError {
+    move |e| match e {
+        RegistryError::NotFound(_) => unknown,
+        e => OciError::Registry(e),
+    }
+}
+
+impl Registry {
+    /// Stores a manifest byte for byte and points `reference` at it when it is a tag;
+    /// answers its digest and the digest its `subject` names.
+    pub async fn oci_put_manifest(
+        &self,
+        repo: &str,
+        reference_: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> OciResult<(String, Option<String>)> {
+        validate_repo(repo)?;
+        if bytes.len() > MAX_MANIFEST {
+            return Err(OciError::ManifestInvalid(format!(
+                "larger than {MAX_MANIFEST} bytes"
+            )));
+        }
+        let parsed = parse(&bytes)?;
+        let hex = sha256_hex(&bytes);
+        let digest = format!("sha256:{hex}");
+        let tag = match reference(reference_)? {
+            Reference::Digest(d) if d == digest => None,
+            Reference::Digest(d) => {
+                return Err(OciError::DigestInvalid(format!(
+                    "the manifest's digest is {digest}, not {d}"
+                )))
+            }
+            Reference::Tag(t) => Some(t.to_string()),
+        };
+        let object = object_keys::blob("oci", &uuid::Uuid::new_v4().simple().to_string());
+        let fresh = FileRecord {
+            key: blob_key(&hex),
+            size: bytes.len() as u64,
+            sha256: hex.clone(),
+            object: object.clone(),
+            refs: 0,
+            pins: Vec::new(),
+        };
+        // The bytes are durable before any record points at them.
+        self.blobs().put(&object, bytes).await?;
+        let record_key = keys::oci_manifest(repo, &digest);
+        let held = transact(self.meta(), async |tx| {
+            let held = match tx.get_json::<ManifestRecord>(&record_key).await? {
+                Some(existing) => existing.object,
+                None => hold(tx, &fresh).await?.object,
+            };
+            let record = ManifestRecord {
+                media_type: media_type.to_string(),
+                size: fresh.size,
+                object: held.clone(),
+                subject: parsed.subject.clone(),
+                artifact_type: parsed.artifact_type.clone(),
+                annotations: parsed.annotations.clone(),
+            };
+            tx.put_json(&record_key, &record);
+            tx.set_add(&keys::oci_manifests(repo), &digest);
+            if let Some(subject) = &parsed.subject {
+                tx.set_add(&keys::oci_referrers(repo, subject), &digest);
+            }
+            if let Some(tag) = &tag {
+                tx.put_json(&keys::oci_tag(repo, tag), &digest);
+                tx.set_add(&keys::oci_tags(repo), tag);
+            }
+            tx.set_add(keys::OCI_REPOS, repo);
+            Ok(held)
+        })
+        .await;
+        if held.as_ref().map_or(true, |h| *h != object) {
+            // Stored already (or not recorded at all): keep one copy.
+            let _ = self.blobs().delete(&object).await;
+        }
+        held?;
+        Ok((digest, parsed.subject))
+    }
+
+    async fn oci_manifest_record(&self, key: &str) -> OciResult<ManifestRecord> {
+        let found = self.meta().get_many(&[key.to_string()]).await?.pop();
+        match found.flatten() {
+            Some(bytes) => Ok(decode(key, &bytes)?),
+            None => Err(OciError::ManifestUnknown),
+        }
+    }
+
+    /// A manifest by tag or digest, with its bytes.
+    pub async fn oci_manifest(&self, repo: &str, reference_: &str) -> OciResult<OciManifest> {
+        validate_repo(repo)?;
+        let digest = match reference(reference_)? {
+            Reference::Digest(d) => d.to_string(),
+            Reference::Tag(tag) => {
+                let key = keys::oci_tag(repo, tag);
+                match self
+                    .meta()
+                    .get_many(std::slice::from_ref(&key))
+                    .await?
+                    .pop()
+                    .flatten()
+                {
+                    Some(bytes) => decode::<String>(&key, &bytes)?,
+                    None => return Err(OciError::ManifestUnknown),
+                }
+            }
+        };
+        let record = self
+            .oci_manifest_record(&keys::oci_manifest(repo, &digest))
+            .await?;
+        let bytes = self.blobs().read(&record.object).await?;
+        Ok(OciManifest {
+            digest,
+            media_type: record.media_type,
+            bytes,
+        })
+    }
+
+    /// Deletes a manifest by digest (with the tags pointing at it), or by tag only the
+    /// tag, leaving the manifest reachable by its digest.
+    pub async fn oci_delete_manifest(&self, repo: &str, reference_: &str) -> OciResult<()> {
+        validate_repo(repo)?;
+        let digest = match reference(reference_)? {
+            Reference::Tag(tag) => {
+                let key = keys::oci_tag(repo, tag);
+                return transact(self.meta(), async |tx| {
+                    if tx.get(&key).await?.is_none() {
+                        return Err(RegistryError::NotFound("tag".into()));
+                    }
+                    tx.delete(&key);
+                    tx.set_remove(&keys::oci_tags(repo), tag);
+                    Ok(())
+                })
+                .await
+                .map_err(or_unknown(OciError::ManifestUnknown));
+            }
+            Reference::Digest(d) => d,
+        };
+        let hex = sha256_of_digest(digest)?;
+        let tags = self.meta().members(&keys::oci_tags(repo)).await?;
+        let record_key = keys::oci_manifest(repo, digest);
+        let released = transact(self.meta(), async |tx| {
+            let Some(record) = tx.get_json::<ManifestRecord>(&record_key).await? else {
+                return Err(RegistryError::NotFound("manifest".into()));
+            };
+            tx.delete(&record_key);
+            tx.set_remove(&keys::oci_manifests(repo), digest);
+            if let Some(subject) = &record.subject {
+                tx.set_remove(&keys::oci_referrers(repo, subject), digest);
+            }
+            for tag in &tags {
+                let key = keys::oci_tag(repo, tag);
+                if tx.get_json::<String>(&key).await?.as_deref() == Some(digest) {
+                    tx.delete(&key);
+                    tx.set_remove(&keys::oci_tags(repo), tag);
+                }
+            }
+            release(tx, &blob_key(hex), Release::Unref).await
+        })
+        .await
+        .map_err(or_unknown(OciError::ManifestUnknown))?;
+        delete_objects(self.blobs(), released.as_slice()).await;
+        Ok(())
+    }
+
+    /// The manifests of `repo` whose `subject` is `digest`, sorted by digest; with
+    /// `artifact_type`, only those of that type.
+    pub async fn oci_referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> OciResult<Vec<Referrer>> {
+        validate_repo(repo)?;
+        sha256_of_digest(digest)?;
+        let mut digests = self
+            .meta()
+            .members(&keys::oci_referrers(repo, digest))
+            .await?;
+        digests.sort();
+        let record_keys: Vec<String> = digests
+            .iter()
+            .map(|d| keys::oci_manifest(repo, d))
+            .collect();
+        let found = self.meta().get_many(&record_keys).await?;
+        let mut out = Vec::new();
+        for ((digest, key), bytes) in digests.into_iter().zip(&record_keys).zip(found) {
+            // A manifest deleted since the set was read is no referrer.
+            let Some(bytes) = bytes else { continue };
+            let record: ManifestRecord = decode(key, &bytes)?;
+            if artifact_type.is_some_and(|t| record.artifact_type.as_deref() != Some(t)) {
+                continue;
+            }
+            out.push(Referrer {
+                media_type: record.media_type,
+                digest,
+                size: record.size,
+                artifact_type: record.artifact_type,
+                annotations: record.annotations,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_and_artifact_type_are_read_from_the_manifest() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let m = format!(
+            r#"{{"config":{{"mediaType":"application/x.c"}},"subject":{{"digest":"{d}"}},"annotations":{{"a":"1"}}}}"#
+        );
+        let p = parse(m.as_bytes()).unwrap();
+        assert_eq!(p.subject.as_deref(), Some(d.as_str()));
+        assert_eq!(p.artifact_type.as_deref(), Some("application/x.c"));
+        assert_eq!(p.annotations, Some(serde_json::json!({"a":"1"})));
+        let typed = r#"{"artifactType":"application/x.sig","config":{"mediaType":"x"}}"#;
+        assert_eq!(
+            parse(typed.as_bytes()).unwrap().artifact_type.as_deref(),
+            Some("application/x.sig")
+        );
+        assert!(parse(br#"{"subject":{"digest":"md5:1"}}"#).is_err());
+        assert!(parse(b"[1]").is_err());
+    }
+}

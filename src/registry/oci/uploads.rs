@@ -1,0 +1,339 @@
+//! Blob uploads: a session per upload, chunks streamed into whole parts through the part
+//! pump, the bytes past the last whole part kept as the upload's tail, and the digest
+//! checked when the upload closes.
+
+use std::fmt::Display;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{blob_key, hold, sha256_of_digest, validate_repo, OciError, OciResult};
+use crate::meta::{decode, keys, MetaTxExt};
+use crate::model::{now, FileRecord};
+use crate::registry::parts::PartPump;
+use crate::registry::push::UploadState;
+use crate::registry::{transact, Registry, RegistryError};
+use crate::store::keys as object_keys;
+
+/// An open upload, beside its multipart state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct OciUpload {
+    repo: String,
+    created: u64,
+    tail: Option<Tail>,
+}
+
+/// Bytes received past the last whole part, kept in an object of their own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Tail {
+    object: String,
+    len: u64,
+    /// The byte the tail starts at; a tail whose start is not where the parts end was
+    /// already sent as a part by a request that died before it could drop it.
+    at: u64,
+}
+
+impl Registry {
+    /// Opens an upload session in `repo`; answers its id.
+    pub async fn oci_start_upload(&self, repo: &str) -> OciResult<String> {
+        validate_repo(repo)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let record = OciUpload {
+            repo: repo.to_string(),
+            created: now(),
+            tail: None,
+        };
+        transact(self.meta(), async |tx| {
+            tx.put_json(&keys::oci_upload(&id), &record);
+            Ok(())
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn oci_load_upload(&self, repo: &str, id: &str) -> OciResult<(OciUpload, UploadState)> {
+        let found = self
+            .meta()
+            .get_many(&[keys::oci_upload(id), keys::oci_upload_parts(id)])
+            .await?;
+        let mut found = found.into_iter();
+        let upload: OciUpload = match found.next().flatten() {
+            Some(bytes) => decode(&keys::oci_upload(id), &bytes)?,
+            None => return Err(OciError::BlobUploadUnknown),
+        };
+        if upload.repo != repo {
+            return Err(OciError::BlobUploadUnknown);
+        }
+        let state = match found.next().flatten() {
+            Some(bytes) => decode(&keys::oci_upload_parts(id), &bytes)?,
+            None => UploadState::default(),
+        };
+        Ok((upload, state))
+    }
+
+    /// The live tail of an upload: the one that starts where its parts end.
+    fn live_tail<'a>(upload: &'a OciUpload, state: &UploadState) -> Option<&'a Tail> {
+        upload.tail.as_ref().filter(|t| t.at == state.received)
+    }
+
+    /// Bytes an upload has received.
+    pub async fn oci_upload_status(&self, repo: &str, id: &str) -> OciResult<u64> {
+        let (upload, state) = self.oci_load_upload(repo, id).await?;
+        Ok(state.received + Self::live_tail(&upload, &state).map_or(0, |t| t.len))
+    }
+
+    /// Appends a body to an upload; `start`, when the client names it, must be where the
+    /// upload stands. Answers the bytes received.
+    pub async fn oci_append<S, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> OciResult<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let (upload, mut state) = self.oci_load_upload(repo, id).await?;
+        let received = state.received + Self::live_tail(&upload, &state).map_or(0, |t| t.len);
+        if start.is_some_and(|s| s != received) {
+            return Err(OciError::RangeInvalid { received });
+        }
+        let buffer = self.oci_stream(id, &upload, &mut state, body).await?;
+        let end = state.received + buffer.len() as u64;
+        let tail = match buffer.is_empty() {
+            true => None,
+            false => {
+                let object = object_keys::oci_tail(id, end);
+                self.blobs().put(&object, buffer).await?;
+                Some(Tail {
+                    object,
+                    len: end - state.received,
+                    at: state.received,
+                })
+            }
+        };
+        let old = upload.tail.clone();
+        let key = keys::oci_upload(id);
+        transact(self.meta(), async |tx| {
+            let Some(mut current) = tx.get_json::<OciUpload>(&key).await? else {
+                return Err(RegistryError::NotFound("upload cancelled".into()));
+            };
+            if current.tail != old {
+                return Err(RegistryError::Conflict(
+                    "another request appended to this upload meanwhile".into(),
+                ));
+            }
+            current.tail = tail.clone();
+            tx.put_json(&key, &current);
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            RegistryError::NotFound(_) => OciError::BlobUploadUnknown,
+            e => OciError::Registry(e),
+        })?;
+        if let Some(old) = old.filter(|o| Some(o) != tail.as_ref()) {
+            let _ = self.blobs().delete(&old.object).await;
+        }
+        Ok(end)
+    }
+
+    /// Streams the live tail and then `body` into whole parts; answers the bytes past the
+    /// last whole part (fewer than a part). The multipart upload starts only once a whole
+    /// part has come, so a small blob never opens one.
+    async fn oci_stream<S, E>(
+        &self,
+        id: &str,
+        upload: &OciUpload,
+        state: &mut UploadState,
+        mut body: S,
+    ) -> OciResult<Bytes>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let part_size = self.part_size as usize;
+        let state_key = keys::oci_upload_parts(id);
+        // Bytes before the first whole part, fewer than a part.
+        let mut first = BytesMut::new();
+        if let Some(tail) = Self::live_tail(upload, state) {
+            first.extend_from_slice(&self.blobs().read(&tail.object).await?);
+        }
+        let mut pump = None;
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    if let Some(p) = pump.as_mut() {
+                        let _ = PartPump::drain(p, state).await;
+                    }
+                    return Err(OciError::BlobUploadInvalid(format!("body cut short: {e}")));
+                }
+                None => break,
+            };
+            match pump.as_mut() {
+                Some(p) => p.feed(chunk, state).await?,
+                None if first.len() + chunk.len() < part_size => first.extend_from_slice(&chunk),
+                None => {
+                    let p = pump.insert(self.oci_pump(id, &state_key, state).await?);
+                    p.feed(std::mem::take(&mut first).freeze(), state).await?;
+                    p.feed(chunk, state).await?;
+                }
+            }
+        }
+        match pump.as_mut() {
+            Some(p) => {
+                p.drain(state).await?;
+                Ok(p.take_filling())
+            }
+            None => Ok(first.freeze()),
+        }
+    }
+
+    /// The part pump of an upload, starting its multipart upload on first use.
+    async fn oci_pump<'a>(
+        &'a self,
+        id: &str,
+        state_key: &'a str,
+        state: &mut UploadState,
+    ) -> OciResult<PartPump<'a>> {
+        let handle = match state.handle.clone() {
+            Some(h) => h,
+            None => {
+                let h = self
+                    .blobs()
+                    .begin_upload(&object_keys::blob("oci", id))
+                    .await?;
+                state.handle = Some(h.clone());
+                if let Err(e) = self.save_state(state_key, None, state).await {
+                    let _ = self.blobs().abort_upload(&h).await;
+                    return Err(e.into());
+                }
+                h
+            }
+        };
+        Ok(PartPump::new(
+            self,
+            handle,
+            state_key,
+            state,
+            self.part_size as usize,
+        ))
+    }
+
+    /// Closes an upload with its last bytes: checks the digest and makes the blob.
+    pub async fn oci_finish<S, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &str,
+        body: S,
+    ) -> OciResult<FileRecord>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let hex = sha256_of_digest(digest)?.to_string();
+        let (upload, mut state) = self.oci_load_upload(repo, id).await?;
+        let rest = self.oci_stream(id, &upload, &mut state, body).await?;
+        let object = object_keys::blob("oci", id);
+        let size = state.received + rest.len() as u64;
+        let mut hasher = state.hasher.clone();
+        hasher.update(&rest);
+        let actual = hasher.finalize_hex();
+        if actual != hex {
+            self.oci_discard(id, &upload, &state).await?;
+            return Err(OciError::DigestInvalid(format!(
+                "declared sha256:{hex}, received sha256:{actual}"
+            )));
+        }
+        match state.handle.clone() {
+            None => self.blobs().put(&object, rest.clone()).await?,
+            Some(handle) => {
+                let state_key = keys::oci_upload_parts(id);
+                if !rest.is_empty() {
+                    let mut pump = PartPump::new(
+                        self,
+                        handle.clone(),
+                        &state_key,
+                        &state.clone(),
+                        self.part_size as usize,
+                    );
+                    pump.feed(rest.clone(), &mut state).await?;
+                    pump.send_tail(&mut state).await?;
+                    pump.drain(&mut state).await?;
+                }
+                self.blobs().complete_upload(&handle, &state.parts).await?;
+            }
+        }
+        let fresh = FileRecord {
+            key: blob_key(&hex),
+            size,
+            sha256: hex.clone(),
+            object: object.clone(),
+            refs: 0,
+            pins: Vec::new(),
+        };
+        let link = keys::oci_blob(repo, digest);
+        let held = transact(self.meta(), async |tx| {
+            if tx.get(&keys::oci_upload(id)).await?.is_none() {
+                return Err(RegistryError::NotFound("upload cancelled".into()));
+            }
+            tx.delete(&keys::oci_upload(id));
+            tx.delete(&keys::oci_upload_parts(id));
+            tx.set_add(keys::OCI_REPOS, repo);
+            // A repository that holds the blob already keeps its one reference.
+            if let Some(record) = tx.get_json::<FileRecord>(&keys::file(&fresh.key)).await? {
+                if tx.get(&link).await?.is_some() {
+                    return Ok(record);
+                }
+            }
+            tx.put_json(&link, &true);
+            hold(tx, &fresh).await
+        })
+        .await
+        .map_err(|e| match e {
+            RegistryError::NotFound(_) => OciError::BlobUploadUnknown,
+            e => OciError::Registry(e),
+        })?;
+        if let Some(tail) = &upload.tail {
+            let _ = self.blobs().delete(&tail.object).await;
+        }
+        if held.object != object {
+            // The same content was already stored: keep one copy.
+            let _ = self.blobs().delete(&object).await;
+        }
+        Ok(held)
+    }
+
+    /// Forgets an upload and drops its bytes.
+    async fn oci_discard(
+        &self,
+        id: &str,
+        upload: &OciUpload,
+        state: &UploadState,
+    ) -> OciResult<()> {
+        transact(self.meta(), async |tx| {
+            tx.delete(&keys::oci_upload(id));
+            tx.delete(&keys::oci_upload_parts(id));
+            Ok(())
+        })
+        .await?;
+        if let Some(handle) = &state.handle {
+            let _ = self.blobs().abort_upload(handle).await;
+        }
+        if let Some(tail) = &upload.tail {
+            let _ = self.blobs().delete(&tail.object).await;
+        }
+        Ok(())
+    }
+
+    /// Cancels an upload.
+    pub async fn oci_cancel(&self, repo: &str, id: &str) -> OciResult<()> {
+        let (upload, state) = self.oci_load_upload(repo, id).await?;
+        self.oci_discard(id, &upload, &state).await
+    }
+}
