@@ -318,3 +318,169 @@ async fn metadata_caps_refuse_with_a_fail_and_change_nothing() {
     assert_eq!(tags, ["t1", "s1"]);
     get(&server.at("/livez")).await.ok_body();
 }
+
+/// Writes `n` one-version templates straight into the namespace's metadata store, as
+/// pushes would leave them (summary, name, set member): 100,000 pushes would test pushes.
+async fn seed_templates(ns: &Namespace, n: usize) {
+    use vmreg::meta::{keys, MetaStore};
+    let meta: Box<dyn MetaStore> = if s3_backend() {
+        let config = vmreg::config::RedisConfig {
+            url: std::env::var("VMREG_TEST_REDIS_URL").expect("VMREG_TEST_REDIS_URL"),
+            prefix: format!("{}:", ns.prefix),
+        };
+        Box::new(
+            vmreg::meta::redis::RedisMeta::connect(&config)
+                .await
+                .expect("redis"),
+        )
+    } else {
+        let dir = ns.dir.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        Box::new(vmreg::meta::embedded::EmbeddedMeta::open(&dir.join("meta.redb")).expect("redb"))
+    };
+    for start in (0..n).step_by(5000) {
+        let mut tx = meta.begin().await.expect("begin");
+        for i in start..(start + 5000).min(n) {
+            let id = uuid::Uuid::new_v4();
+            let name = format!("template-{i:06}");
+            let tag = "vanilla+port-forward-22".to_string();
+            let summary = vmreg::model::TemplateSummary {
+                id,
+                name: name.clone(),
+                size: 20 << 30,
+                arch: "arm64".into(),
+                created: 1_700_000_000,
+                last_push: 1_700_000_000,
+                latest_tag: tag.clone(),
+                versions: 1,
+                version_list: Some(vec![vmreg::model::VersionSummary {
+                    number: 0,
+                    tag,
+                    size: 20 << 30,
+                }]),
+            };
+            tx.put(&keys::summary(&id), vmreg::meta::encode(&summary));
+            tx.put(&keys::template_name(&name), vmreg::meta::encode(&id));
+            tx.set_add(keys::TEMPLATES, &id.to_string());
+        }
+        assert!(tx.commit().await.expect("commit"));
+    }
+}
+
+/// Lists `/registry/v2/vm` (with `query`), checks the names run in order, and answers
+/// how many templates it held and how long it took.
+async fn timed_listing(server: &Server, query: &str) -> (Vec<Value>, Duration) {
+    let started = Instant::now();
+    let reply = get(&server.at(&format!("/registry/v2/vm{query}"))).await;
+    let took = started.elapsed();
+    let items = reply.ok_body().as_array().expect("a list").clone();
+    let names: Vec<&str> = items.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted by name");
+    (items, took)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_a_hundred_thousand_templates_is_fast_and_bounded() {
+    if s3_backend() {
+        require_s3_services();
+    }
+    const N: usize = 100_000;
+    let ns = Namespace::new();
+    let seeding = Instant::now();
+    seed_templates(&ns, N).await;
+    eprintln!("seeded {N} templates in {:?}", seeding.elapsed());
+    let server = Server::start_in(ns, &[]);
+    let (rss_before, _) = memory_of(server.pid());
+
+    let (items, took) = timed_listing(&server, "").await;
+    assert_eq!(items.len(), N);
+    assert_eq!(items[0]["name"], "template-000000");
+    assert_eq!(
+        items[N - 1]["name"],
+        format!("template-{:06}", N - 1).as_str()
+    );
+    assert_eq!(
+        items[N - 1]["versions"][0]["tag"],
+        "vanilla+port-forward-22"
+    );
+    let (_, peak) = memory_of(server.pid());
+    eprintln!(
+        "listing {N} templates took {took:?}; server resident {} MiB before, peak {} MiB",
+        rss_before / MIB,
+        peak / MIB
+    );
+    assert!(took < Duration::from_secs(20), "listing {N} took {took:?}");
+    assert!(
+        peak < rss_before + 160 * MIB,
+        "a listing holds its rows, not a tree of the reply: peak {} MiB over {} MiB",
+        peak / MIB,
+        rss_before / MIB
+    );
+
+    // A page: the window of the same order, and the total in a header.
+    let url = server.at("/registry/v2/vm?limit=1000&offset=99500");
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.headers()["x-total-count"], N.to_string().as_str());
+    let (page, _) = timed_listing(&server, "?limit=1000&offset=99500").await;
+    assert_eq!(page.len(), 500);
+    assert_eq!(page[0]["name"], "template-099500");
+    get(&server.at("/registry/v2/vm?limit=1001"))
+        .await
+        .assert_fail(400);
+    let (v1, took_v1) = {
+        let started = Instant::now();
+        let reply = get(&server.at("/registry/vm")).await;
+        (reply.ok_body().as_array().unwrap().len(), started.elapsed())
+    };
+    assert_eq!(v1, N);
+    eprintln!("v1 listing of {N} took {took_v1:?}");
+
+    // The client's `list`: every template, a row each, within bounds of time and memory.
+    let out = ns_file(&server, "list.txt");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(vmreg_bin())
+        .args(["registry", "-a", &server.url, "list"])
+        .env("VMREG_CONFIG", ns_file(&server, "remotes.yaml"))
+        .env_remove("VMREG_ROOT_TOKEN")
+        .env_remove("VMREG_API_KEY_ID")
+        .env_remove("VMREG_API_KEY_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .expect("vmreg registry list");
+    let mut client_peak = 0;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok());
+            client_peak = client_peak.max(hwm.unwrap_or(0) * 1024);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let took = started.elapsed();
+    assert!(status.success(), "vmreg registry list failed");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), N + 1, "a header and a row per template");
+    assert!(lines[1].starts_with("template-000000"));
+    eprintln!(
+        "client list of {N} took {took:?}, peak resident {} MiB",
+        client_peak / MIB
+    );
+    assert!(took < Duration::from_secs(30), "client list took {took:?}");
+    assert!(
+        client_peak < 256 * MIB,
+        "client peak {} MiB",
+        client_peak / MIB
+    );
+}
+
+fn ns_file(server: &Server, name: &str) -> std::path::PathBuf {
+    server.ns.dir.join(name)
+}

@@ -9,6 +9,7 @@ mod groups;
 mod health;
 mod keys;
 mod limits;
+mod listing;
 mod metrics;
 pub mod observe;
 pub(crate) mod params;

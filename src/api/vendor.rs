@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::listing;
 use super::params::{json_body, number, query, required_json};
 use super::{ok, ApiError, AppState};
 use crate::model::{FileKind, Template, Version};
@@ -93,7 +94,8 @@ fn required_id(req: &HttpRequest) -> Result<uuid::Uuid, ApiError> {
     id_param(req)?.ok_or_else(|| ApiError::bad_request("query parameter id is required"))
 }
 
-/// One template with `?id=`, else the list with each entry shaped by `row`.
+/// One template with `?id=`, else the list (or the page `?limit=&offset=` asks for) with
+/// each entry shaped by `row`.
 async fn template_or_list(
     state: &AppState,
     req: &HttpRequest,
@@ -103,8 +105,8 @@ async fn template_or_list(
     if let Some(id) = id_param(req)? {
         return Ok(ok(template_view(&state.registry.get(&id).await?, shape)));
     }
-    let list = state.registry.list().await?;
-    Ok(ok(list.iter().map(row).collect::<Vec<Value>>()))
+    let page = listing::page(&query(req)?, state.registry.limits().max_page)?;
+    listing::reply(&state.registry, page, row).await
 }
 
 /// `GET /registry/vm`: `[{"<uuid>":"<name>"}]`, or one template with `?id=`.

@@ -35,6 +35,9 @@ pub fn parse_id(id: &str) -> RegistryResult<Uuid> {
     })
 }
 
+/// Templates read from the metadata store at once by [`Registry::scan`].
+pub const SCAN_CHUNK: usize = 1000;
+
 fn not_found(id: &Uuid) -> RegistryError {
     RegistryError::NotFound(format!("template {id} not found"))
 }
@@ -42,6 +45,16 @@ fn not_found(id: &Uuid) -> RegistryError {
 impl Registry {
     /// Every template's summary, sorted by name.
     pub async fn list(&self) -> RegistryResult<Vec<ListedTemplate>> {
+        let mut out = Vec::new();
+        self.scan(|t| out.push(t)).await?;
+        out.sort_by(|a, b| a.summary.name.cmp(&b.summary.name));
+        Ok(out)
+    }
+
+    /// Visits every template's summary, in no particular order, reading the metadata
+    /// store [`SCAN_CHUNK`] templates at a time, so a caller that keeps less than the
+    /// summaries (a listing's rendered rows, say) holds less than all of them at once.
+    pub async fn scan(&self, mut visit: impl FnMut(ListedTemplate)) -> RegistryResult<()> {
         let mut ids: Vec<Uuid> = self
             .meta
             .members(keys::TEMPLATES)
@@ -49,27 +62,30 @@ impl Registry {
             .iter()
             .filter_map(|m| Uuid::parse_str(m).ok())
             .collect();
-        ids.sort();
-        let mut wanted = Vec::with_capacity(ids.len() * 2);
-        for id in &ids {
-            wanted.push(keys::summary(id));
-            wanted.push(keys::last_pull(id));
+        ids.sort_unstable();
+        let mut wanted = Vec::with_capacity(SCAN_CHUNK * 2);
+        for chunk in ids.chunks(SCAN_CHUNK) {
+            wanted.clear();
+            for id in chunk {
+                wanted.push(keys::summary(id));
+                wanted.push(keys::last_pull(id));
+            }
+            let values = self.meta.get_many(&wanted).await?;
+            let mut out = Vec::with_capacity(chunk.len());
+            for (pair, names) in values.chunks(2).zip(wanted.chunks(2)) {
+                // A member whose summary is gone is a template deleted between the reads.
+                let Some(bytes) = &pair[0] else { continue };
+                let summary: TemplateSummary = decode(&names[0], bytes)?;
+                let last_pull = match &pair[1] {
+                    Some(b) => decode(&names[1], b)?,
+                    None => 0,
+                };
+                out.push(ListedTemplate { summary, last_pull });
+            }
+            self.refresh_old_summaries(&mut out).await?;
+            out.into_iter().for_each(&mut visit);
         }
-        let values = self.meta.get_many(&wanted).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (pair, names) in values.chunks(2).zip(wanted.chunks(2)) {
-            // A member whose summary is gone is a template deleted between the two reads.
-            let Some(bytes) = &pair[0] else { continue };
-            let summary: TemplateSummary = decode(&names[0], bytes)?;
-            let last_pull = match &pair[1] {
-                Some(b) => decode(&names[1], b)?,
-                None => 0,
-            };
-            out.push(ListedTemplate { summary, last_pull });
-        }
-        self.refresh_old_summaries(&mut out).await?;
-        out.sort_by(|a, b| a.summary.name.cmp(&b.summary.name));
-        Ok(out)
+        Ok(())
     }
 
     /// Summaries written before they carried the version list (and a derived arch) are
