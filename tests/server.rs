@@ -596,6 +596,39 @@ async fn index_page_and_openapi_cover_everything() {
             );
         }
     }
+    assert_statuses_every_route_can_return(paths);
+}
+
+/// The statuses the middleware gives any route, whatever its handler does: a query too
+/// long (414), headers too large (431), a stalled body cut (408, where a body is read),
+/// a backend down (503, everywhere but `/livez`), no credentials (401, but where public).
+fn assert_statuses_every_route_can_return(paths: &serde_json::Map<String, Value>) {
+    let public = ["/livez", "/readyz", "/tap/v1/hand", "/tap/v1/shake"];
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                continue;
+            };
+            let reads_body = ["post", "put", "patch"].contains(&method.as_str())
+                || op.get("requestBody").is_some();
+            let mut wanted = vec!["414", "431"];
+            if reads_body {
+                wanted.push("408");
+            }
+            if path != "/livez" {
+                wanted.push("503");
+            }
+            if !public.contains(&path.as_str()) {
+                wanted.push("401");
+            }
+            for status in wanted {
+                assert!(
+                    responses.contains_key(status),
+                    "openapi: {method} {path} lacks the {status} it can answer"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
