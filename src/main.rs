@@ -34,6 +34,21 @@ enum Command {
 enum AdminCommand {
     /// Rebuild the metadata index from the manifests in the blob store.
     Reindex(ServeArgs),
+    /// Check, without changing anything, that the index and the stores agree; exit code 1
+    /// when problems are found, 2 when the check could not run.
+    Fsck(FsckArgs),
+}
+
+#[derive(clap::Args)]
+struct FsckArgs {
+    #[command(flatten)]
+    stores: ServeArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also read every stored file and check its SHA-256 (reads everything).
+    #[arg(long)]
+    digests: bool,
 }
 
 fn main() {
@@ -45,13 +60,18 @@ fn main() {
         Command::Admin {
             command: AdminCommand::Reindex(args),
         } => with_config(args, vmreg::registry::reindex::run_cli),
+        Command::Admin {
+            command: AdminCommand::Fsck(args),
+        } => with_config(args.stores, |config| {
+            vmreg::registry::admin::fsck(config, args.json, args.digests)
+        }),
     };
     std::process::exit(code);
 }
 
 /// Resolves the server configuration and hands it to `f`; a bad configuration is one line
 /// on stderr and exit code 2.
-fn with_config(args: ServeArgs, f: fn(Config) -> i32) -> i32 {
+fn with_config(args: ServeArgs, f: impl FnOnce(Config) -> i32) -> i32 {
     match Config::resolve(args, |name| std::env::var(name).ok()) {
         Ok(config) => f(config),
         Err(e) => {

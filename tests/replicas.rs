@@ -101,12 +101,7 @@ async fn download_digest(base: &str, key: &str) -> (String, u64) {
 }
 
 fn image(size: usize, seed: u64) -> TestFile {
-    TestFile::new(
-        &format!("{}.ank", uuid::Uuid::new_v4().simple()),
-        "image",
-        size,
-        seed,
-    )
+    unique_image(size, seed)
 }
 
 // ---------------------------------------------------------------------------------------

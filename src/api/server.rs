@@ -14,8 +14,6 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{backends, Registry};
 
-/// Upload sessions untouched for a week are aborted, as distribution does after 168 h.
-const STALE_SESSION_SECS: u64 = 7 * 24 * 3600;
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// A request's headers must arrive within this (slow-loris headers are cut).
 const HEADERS_WITHIN: Duration = Duration::from_secs(10);
@@ -110,7 +108,10 @@ async fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::spawn(async move {
         loop {
             tokio::time::sleep(PURGE_EVERY).await;
-            match registry.purge_stale_sessions(STALE_SESSION_SECS).await {
+            match registry
+                .purge_stale_sessions(crate::registry::UPLOAD_SESSION_TTL.as_secs())
+                .await
+            {
                 Ok(0) => crate::telemetry::metrics::gc_run("sessions", 0, 0),
                 Ok(n) => {
                     crate::telemetry::metrics::gc_run("sessions", n as u64, 0);

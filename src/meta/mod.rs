@@ -91,6 +91,23 @@ impl MetaTxExt for Box<dyn MetaTx> {
     }
 }
 
+/// Keys read per round trip by [`get_many_json`].
+const READ_BATCH: usize = 256;
+
+/// Reads and decodes many JSON records outside any transaction, in batches.
+pub async fn get_many_json<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    keys: &[String],
+) -> MetaResult<Vec<Option<T>>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for batch in keys.chunks(READ_BATCH) {
+        for (key, value) in batch.iter().zip(meta.get_many(batch).await?) {
+            out.push(value.map(|bytes| decode(key, &bytes)).transpose()?);
+        }
+    }
+    Ok(out)
+}
+
 /// Decodes a stored JSON record.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> MetaResult<T> {
     serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt {

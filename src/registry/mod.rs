@@ -5,8 +5,11 @@
 //! objects nothing references, writing manifests) it commits, so a crash at any point
 //! leaves no version pointing at missing bytes.
 
+pub mod admin;
 pub mod backends;
 pub mod budget;
+mod census;
+pub mod fsck;
 mod gc;
 mod inventory;
 pub mod limits;
@@ -146,6 +149,9 @@ impl Registry {
         Ok(())
     }
 }
+
+/// Upload sessions untouched this long are abandoned, as distribution decides after 168 h.
+pub const UPLOAD_SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 const MAX_ATTEMPTS: u32 = 200;
 

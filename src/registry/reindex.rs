@@ -391,7 +391,10 @@ mod tests {
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
     use crate::model::{FileKind, FileRef};
-    use crate::store::{ByteStream, PartInfo, Space, StoreError, StoreResult, UploadHandle};
+    use crate::store::{
+        ByteStream, ObjectInfo, PartInfo, PendingUpload, Space, StoreError, StoreResult,
+        UploadHandle,
+    };
 
     /// Just enough of a blob store to hold manifests: reindex only lists and reads.
     #[derive(Default)]
@@ -436,15 +439,22 @@ mod tests {
             self.0.lock().unwrap().remove(key);
             Ok(())
         }
-        async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
             Ok(self
                 .0
                 .lock()
                 .unwrap()
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| ObjectInfo {
+                    key: k.clone(),
+                    size: v.len() as u64,
+                    modified: 0,
+                })
                 .collect())
+        }
+        async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>> {
+            Ok(Vec::new())
         }
         async fn space(&self) -> StoreResult<Option<Space>> {
             Ok(None)

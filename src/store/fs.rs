@@ -14,7 +14,10 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{BlobStore, ByteStream, PartInfo, Space, StoreError, StoreResult, UploadHandle};
+use super::{
+    BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, Space, StoreError, StoreResult,
+    UploadHandle,
+};
 
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -62,6 +65,23 @@ impl FsStore {
     fn upload_path(&self, upload: &UploadHandle) -> PathBuf {
         self.root.join("uploads").join(&upload.upload_id)
     }
+}
+
+/// A file's metadata, or `None` when it is gone.
+fn file_metadata(path: &Path) -> StoreResult<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Epoch seconds of a file's last write.
+fn modified_secs(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -217,7 +237,7 @@ impl BlobStore for FsStore {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
+    async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
         let objects = self.root.join("objects");
         let prefix = prefix.to_string();
         blocking(move || {
@@ -236,12 +256,40 @@ impl BlobStore for FsStore {
                     } else if let Ok(rel) = path.strip_prefix(&objects) {
                         let key = rel.to_string_lossy().to_string();
                         if key.starts_with(&prefix) {
-                            out.push(key);
+                            // Deleted since the directory was read: not there any more.
+                            let Some(meta) = file_metadata(&path)? else {
+                                continue;
+                            };
+                            out.push(ObjectInfo {
+                                key,
+                                size: meta.len(),
+                                modified: modified_secs(&meta),
+                            });
                         }
                     }
                 }
             }
-            out.sort();
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>> {
+        let uploads = self.root.join("uploads");
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&uploads).map_err(unavailable)? {
+                let entry = entry.map_err(unavailable)?;
+                let Some(meta) = file_metadata(&entry.path())? else {
+                    continue;
+                };
+                out.push(PendingUpload {
+                    key: None,
+                    upload_id: entry.file_name().to_string_lossy().to_string(),
+                    started: modified_secs(&meta),
+                });
+            }
             Ok(out)
         })
         .await

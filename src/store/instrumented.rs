@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobStore, ByteStream, PartInfo, Redirect, Space, StoreError, StoreResult, UploadHandle,
+    BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, Redirect, Space, StoreError,
+    StoreResult, UploadHandle,
 };
 use crate::telemetry::metrics::timed;
 use crate::telemetry::Instrumented;
@@ -71,6 +72,14 @@ impl<T: BlobStore> BlobStore for Instrumented<T> {
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
         timed(self.name, "list", failed, self.inner.list(prefix)).await
+    }
+
+    async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        timed(self.name, "list", failed, self.inner.list_objects(prefix)).await
+    }
+
+    async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>> {
+        timed(self.name, "list_uploads", failed, self.inner.list_uploads()).await
     }
 
     async fn presign_get(&self, key: &str) -> StoreResult<Option<Redirect>> {

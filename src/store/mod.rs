@@ -67,6 +67,29 @@ pub struct Space {
     pub total: u64,
 }
 
+/// An object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key.
+    pub key: String,
+    /// Bytes in the object.
+    pub size: u64,
+    /// Epoch seconds of its last write.
+    pub modified: u64,
+}
+
+/// A multipart upload the store holds that was neither completed nor aborted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it would complete to, when the store records it (S3 does; the local disk
+    /// store's temporary files do not).
+    pub key: Option<String>,
+    /// The backend's id for the upload.
+    pub upload_id: String,
+    /// Epoch seconds of its start.
+    pub started: u64,
+}
+
 /// A byte store for files and manifests.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
@@ -93,7 +116,18 @@ pub trait BlobStore: Send + Sync {
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// Keys under a prefix.
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>>;
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+    /// Objects under a prefix, with their sizes and ages.
+    async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>>;
+    /// Multipart uploads (and temporary files) never completed nor aborted.
+    async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>>;
     /// A URL the client may fetch the range from directly, when the store offers one.
     async fn presign_get(&self, _key: &str) -> StoreResult<Option<Redirect>> {
         Ok(None)

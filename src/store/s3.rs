@@ -23,7 +23,10 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{BlobStore, ByteStream, PartInfo, Redirect, StoreError, StoreResult, UploadHandle};
+use super::{
+    BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, Redirect, StoreError, StoreResult,
+    UploadHandle,
+};
 use crate::config::S3Config;
 
 /// One TCP/TLS connection attempt.
@@ -405,8 +408,8 @@ impl BlobStore for S3Store {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let mut keys = Vec::new();
+    async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        let mut objects = Vec::new();
         let mut token: Option<String> = None;
         let full_prefix = self.full(prefix);
         loop {
@@ -426,7 +429,11 @@ impl BlobStore for S3Store {
                     .key()
                     .and_then(|k| k.strip_prefix(self.prefix.as_str()))
                 {
-                    keys.push(k.to_string());
+                    objects.push(ObjectInfo {
+                        key: k.to_string(),
+                        size: object.size().map_or(0, |s| s.max(0) as u64),
+                        modified: object.last_modified().map_or(0, |t| t.secs().max(0) as u64),
+                    });
                 }
             }
             match out.next_continuation_token() {
@@ -434,7 +441,55 @@ impl BlobStore for S3Store {
                 _ => break,
             }
         }
-        Ok(keys)
+        Ok(objects)
+    }
+
+    async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>> {
+        let mut uploads = Vec::new();
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let call = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .set_key_marker(markers.0.take())
+                .set_upload_id_marker(markers.1.take())
+                .send();
+            let out = deadline(
+                "list multipart uploads",
+                &self.prefix,
+                CALL_TIMEOUT,
+                async {
+                    call.await
+                        .map_err(|e| sdk_error("list multipart uploads", &self.prefix, e))
+                },
+            )
+            .await?;
+            for upload in out.uploads() {
+                let key = upload
+                    .key()
+                    .and_then(|k| k.strip_prefix(self.prefix.as_str()));
+                if let (Some(key), Some(id)) = (key, upload.upload_id()) {
+                    uploads.push(PendingUpload {
+                        key: Some(key.to_string()),
+                        upload_id: id.to_string(),
+                        started: upload.initiated().map_or(0, |t| t.secs().max(0) as u64),
+                    });
+                }
+            }
+            if out.is_truncated() != Some(true) {
+                break;
+            }
+            markers = (
+                out.next_key_marker().map(str::to_string),
+                out.next_upload_id_marker().map(str::to_string),
+            );
+            if markers.0.is_none() {
+                break;
+            }
+        }
+        Ok(uploads)
     }
 
     async fn presign_get(&self, key: &str) -> StoreResult<Option<Redirect>> {

@@ -399,6 +399,16 @@ impl TestFile {
     }
 }
 
+/// An image layer with a unique name and deterministic content.
+pub fn unique_image(size: usize, seed: u64) -> TestFile {
+    TestFile::new(
+        &format!("{}.ank", uuid::Uuid::new_v4().simple()),
+        "image",
+        size,
+        seed,
+    )
+}
+
 /// Deterministic bytes.
 pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
     let mut x = seed

@@ -1,0 +1,114 @@
+//! Who holds a stored object: the facts `fsck` and `gc` both judge objects by.
+//!
+//! An object `blobs/<file key>/<session>` is written only by the upload session named in
+//! its key, and becomes a file's object only when that session commits (the commit deletes
+//! the session and writes the file record in one transaction). So an object is held while
+//! its file record names it or its session is open; once neither holds, nothing can ever
+//! reference it again, as session ids are never reused. This makes the judgement safe
+//! against concurrent pushes without a consistent snapshot of the whole index.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::meta::{get_many_json, keys, MetaStore};
+use crate::model::FileRecord;
+use crate::store::ObjectInfo;
+
+use super::push::{UploadSession, UploadState};
+use super::RegistryResult;
+
+/// Prefix of the objects holding file bytes.
+pub(crate) const BLOBS: &str = "blobs/";
+
+/// The file key and session an object key was made from (see
+/// [`crate::store::keys::blob`]).
+pub(crate) fn blob_owner(object: &str) -> Option<(&str, &str)> {
+    object.strip_prefix(BLOBS)?.rsplit_once('/')
+}
+
+/// Why an object is kept, or that nothing holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// A file record names it.
+    File,
+    /// Its upload session is still open.
+    Session,
+    /// Nothing: it can never be referenced again.
+    Nobody,
+}
+
+/// The open upload sessions: members of the session set, each with its record when it
+/// still has one.
+pub(crate) async fn sessions(
+    meta: &dyn MetaStore,
+) -> RegistryResult<Vec<(String, Option<UploadSession>)>> {
+    let ids = meta.members(keys::SESSIONS).await?;
+    let wanted: Vec<String> = ids.iter().map(|id| keys::session(id)).collect();
+    let found = get_many_json::<UploadSession>(meta, &wanted).await?;
+    Ok(ids.into_iter().zip(found).collect())
+}
+
+/// The upload states of open sessions' files, by session and file key.
+pub(crate) async fn upload_states(
+    meta: &dyn MetaStore,
+    sessions: &[(String, Option<UploadSession>)],
+) -> RegistryResult<Vec<(String, String, UploadState)>> {
+    let mut wanted = Vec::new();
+    let mut names = Vec::new();
+    for (id, session) in sessions {
+        for f in session.iter().flat_map(|s| &s.files).filter(|f| f.upload) {
+            wanted.push(keys::upload(id, &f.key));
+            names.push((id.clone(), f.key.clone()));
+        }
+    }
+    let found = get_many_json::<UploadState>(meta, &wanted).await?;
+    Ok(names
+        .into_iter()
+        .zip(found)
+        .filter_map(|((session, key), state)| state.map(|s| (session, key, s)))
+        .collect())
+}
+
+/// Judges every object under `blobs/`: read each object's session first and its file
+/// record after, so a commit in between (which removes one and writes the other at once)
+/// is seen on one side or the other.
+pub(crate) async fn holders(
+    meta: &dyn MetaStore,
+    objects: &[ObjectInfo],
+) -> RegistryResult<Vec<Holder>> {
+    let owners: Vec<Option<(&str, &str)>> = objects.iter().map(|o| blob_owner(&o.key)).collect();
+    let session_keys: Vec<String> = owners
+        .iter()
+        .map(|o| keys::session(o.map_or("", |(_, s)| s)))
+        .collect();
+    let open: Vec<bool> = meta
+        .get_many(&session_keys)
+        .await?
+        .into_iter()
+        .map(|v| v.is_some())
+        .collect();
+    let file_keys: Vec<String> = {
+        let unique: HashSet<&str> = owners.iter().flatten().map(|(f, _)| *f).collect();
+        unique.into_iter().map(keys::file).collect()
+    };
+    let records: HashMap<String, FileRecord> = file_keys
+        .iter()
+        .cloned()
+        .zip(get_many_json::<FileRecord>(meta, &file_keys).await?)
+        .filter_map(|(k, r)| r.map(|r| (k, r)))
+        .collect();
+    Ok(objects
+        .iter()
+        .zip(owners)
+        .zip(open)
+        .map(|((object, owner), open)| {
+            let named = owner
+                .and_then(|(file, _)| records.get(&keys::file(file)))
+                .is_some_and(|r| r.object == object.key);
+            match (named, open && owner.is_some()) {
+                (true, _) => Holder::File,
+                (false, true) => Holder::Session,
+                (false, false) => Holder::Nobody,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,270 @@
+//! Integrity and lifecycle: `vmreg admin fsck` reports every kind of damage and nothing on
+//! a healthy registry; `vmreg admin gc` removes what nothing holds and never what a version
+//! or a push in flight holds. Damage is made through the library's own store clients on
+//! the same backend the server runs on (the embedded store, or S3 + Redis).
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use clap::Parser;
+use common::*;
+use reqwest::Method;
+use serde_json::Value;
+use vmreg::meta::{get_many_json, keys, MetaStore};
+use vmreg::model::FileRecord;
+use vmreg::store::BlobStore;
+
+#[derive(Parser)]
+struct StoreFlags {
+    #[command(flatten)]
+    args: vmreg::config::ServeArgs,
+}
+
+/// The stores a namespace's servers use, opened by this process. On the embedded store
+/// the server must be stopped first (the database allows one process).
+async fn stores(ns: &Namespace) -> (Arc<dyn MetaStore>, Arc<dyn BlobStore>) {
+    let flags = StoreFlags::parse_from(std::iter::once("vmreg".to_string()).chain(ns.store_args()));
+    let config = vmreg::config::Config::resolve(flags.args, |n| std::env::var(n).ok()).unwrap();
+    vmreg::registry::backends::open(&config).await.unwrap()
+}
+
+/// Runs `vmreg admin <args>` on the namespace's stores; exit code and stdout.
+fn admin(ns: &Namespace, args: &[&str]) -> (i32, String) {
+    let out = Command::new(vmreg_bin())
+        .arg("admin")
+        .args(args)
+        .args(ns.store_args())
+        .output()
+        .expect("run vmreg admin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() <= 1, "errors are one line: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `vmreg admin fsck --json`: exit code and report.
+fn fsck(ns: &Namespace, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["fsck", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out) = admin(ns, &args);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    (code, report)
+}
+
+/// The (kind, subject) pairs of a report.
+fn problems(report: &Value) -> Vec<(String, String)> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn record(meta: &dyn MetaStore, file_key: &str) -> FileRecord {
+    get_many_json::<FileRecord>(meta, &[keys::file(file_key)])
+        .await
+        .unwrap()
+        .pop()
+        .flatten()
+        .unwrap_or_else(|| panic!("no record of {file_key}"))
+}
+
+async fn put_record(meta: &dyn MetaStore, record: &FileRecord) {
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&keys::file(&record.key), vmreg::meta::encode(record));
+    assert!(tx.commit().await.unwrap());
+}
+
+fn image(size: usize, seed: u64) -> TestFile {
+    unique_image(size, seed)
+}
+
+/// Opens a push and returns its session id, uploading nothing.
+async fn negotiate(s: &Server, id: &str, name: &str, tag: &str, files: &[&TestFile]) -> String {
+    let plan = send_json(
+        Method::POST,
+        &s.at("/api/v1/push"),
+        &push_request(id, name, tag, files),
+    )
+    .await;
+    plan.ok_body()["session"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
+    let mut s = Server::start();
+    let (base, top, other) = (image(300_000, 1), image(120_000, 2), image(90_000, 3));
+    let nvram = TestFile::new("nvram", "nvram", 4096, 4);
+    let nvram_b = TestFile::new("nvram", "nvram", 4096, 5);
+    let (a, b) = (new_id(), new_id());
+    let (a_name, b_name) = (format!("a-{}", &a[..8]), format!("b-{}", &b[..8]));
+    push(&s, &a, &a_name, "v1", &[&base, &nvram]).await;
+    push(&s, &a, &a_name, "v2", &[&top, &base, &nvram]).await;
+    push(&s, &b, &b_name, "only", &[&other, &nvram_b]).await;
+    // A push in flight that pinned base and has not sent its new layer: not a problem.
+    let fresh = image(50_000, 6);
+    let c = new_id();
+    negotiate(&s, &c, &format!("c-{}", &c[..8]), "wip", &[&fresh, &base]).await;
+    let stale = negotiate(&s, &c, &format!("c-{}", &c[..8]), "old", &[&fresh]).await;
+    s.kill();
+
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "a healthy registry is clean: {report:#}");
+    assert_eq!(report["clean"], true);
+    assert_eq!(
+        (
+            &report["templates"],
+            &report["versions"],
+            &report["sessions"]
+        ),
+        (&Value::from(2), &Value::from(3), &Value::from(2))
+    );
+    let (code, report) = fsck(&s.ns, &["--digests"]);
+    assert_eq!((code, &report["digests_checked"]), (0, &Value::Bool(true)));
+
+    let (meta, blobs) = stores(&s.ns).await;
+    let nvram_key = format!("nvram.{}", nvram.sha256());
+    let nvram_b_key = format!("nvram.{}", nvram_b.sha256());
+    // missing_object: a layer's bytes are gone.
+    blobs
+        .delete(&record(&*meta, &top.name).await.object)
+        .await
+        .unwrap();
+    // size_mismatch: a layer's object was cut short.
+    let base_object = record(&*meta, &base.name).await.object;
+    blobs
+        .put(&base_object, base.data[..1000].to_vec().into())
+        .await
+        .unwrap();
+    // digest mismatch, found only when asked to read everything: same size, other bytes.
+    let other_object = record(&*meta, &other.name).await.object;
+    let mut flipped = other.data.clone();
+    flipped[17] ^= 0xff;
+    blobs.put(&other_object, flipped.into()).await.unwrap();
+    // orphan_object: bytes nothing holds (the session in the key never existed).
+    let orphan = format!("blobs/{}/0123456789abcdef0123456789abcdef", fresh.name);
+    blobs.put(&orphan, vec![1u8; 10].into()).await.unwrap();
+    // missing_file_record: a version names a file the registry forgot; its bytes are then
+    // held by nothing.
+    let forgotten = record(&*meta, &nvram_b_key).await.object;
+    let mut tx = meta.begin().await.unwrap();
+    tx.delete(&keys::file(&nvram_b_key));
+    assert!(tx.commit().await.unwrap());
+    // ref_count_mismatch: two versions name the nvram; the record counts seven.
+    let mut shared = record(&*meta, &nvram_key).await;
+    shared.refs = 7;
+    put_record(&*meta, &shared).await;
+    // stale_session: a session opened long ago.
+    let key = keys::session(&stale);
+    let mut session: Value = serde_json::from_slice(
+        &meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0]
+            .clone()
+            .unwrap(),
+    )
+    .unwrap();
+    session["created"] = Value::from(1_000_000u64);
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&key, serde_json::to_vec(&session).unwrap());
+    assert!(tx.commit().await.unwrap());
+    // incomplete_upload: a multipart upload no session holds.
+    let abandoned = blobs
+        .begin_upload(&format!(
+            "blobs/{}/fedcba9876543210fedcba9876543210",
+            fresh.name
+        ))
+        .await
+        .unwrap();
+    // missing_manifest and stray_manifest.
+    let manifests = blobs.list(&format!("manifests/{a}/")).await.unwrap();
+    let v1_manifest = manifests
+        .iter()
+        .find(|k| k.contains("/v0000000000-"))
+        .unwrap()
+        .clone();
+    blobs.delete(&v1_manifest).await.unwrap();
+    let stray = format!("manifests/{}/v0000000000-gone.json", uuid::Uuid::new_v4());
+    blobs.put(&stray, b"{}".to_vec().into()).await.unwrap();
+    let objects_before = blobs.list("").await.unwrap();
+    drop((meta, blobs));
+
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 1, "damage makes the exit code non-zero: {report:#}");
+    assert_eq!(report["clean"], false);
+    let found = problems(&report);
+    let incomplete_subject = match s3_backend() {
+        true => abandoned.key.clone(),
+        false => abandoned.upload_id.clone(),
+    };
+    let expected: Vec<(&str, String)> = vec![
+        ("missing_file_record", nvram_b_key.clone()),
+        ("missing_object", top.name.clone()),
+        ("size_mismatch", base.name.clone()),
+        ("ref_count_mismatch", nvram_key.clone()),
+        ("orphan_object", orphan.clone()),
+        ("orphan_object", forgotten.clone()),
+        ("stale_session", stale.clone()),
+        ("incomplete_upload", incomplete_subject),
+        ("missing_manifest", v1_manifest.clone()),
+        ("stray_manifest", stray.clone()),
+    ];
+    for (kind, subject) in &expected {
+        assert!(
+            found.iter().any(|(k, s)| k == kind && s == subject),
+            "{kind} {subject} not reported: {report:#}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "nothing else: {report:#}");
+    assert!(
+        !found.iter().any(|(k, _)| k == "digest_mismatch"),
+        "bytes are read only with --digests"
+    );
+    let (code, report) = fsck(&s.ns, &["--digests"]);
+    assert_eq!(code, 1);
+    assert!(
+        problems(&report).contains(&("digest_mismatch".into(), other.name.clone())),
+        "{report:#}"
+    );
+
+    // The text form names each problem on a line and ends with the verdict.
+    let (code, text) = admin(&s.ns, &["fsck"]);
+    assert_eq!(code, 1);
+    assert!(text.contains(&format!("orphan_object {orphan}")), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("NOT CLEAN: 10 problems"),
+        "{text}"
+    );
+
+    // fsck changed nothing.
+    let (_, blobs) = stores(&s.ns).await;
+    assert_eq!(blobs.list("").await.unwrap(), objects_before);
+}
+
+#[test]
+fn fsck_on_an_unreachable_store_fails_in_one_line() {
+    let ns = Namespace::embedded();
+    let blocker = ns.dir.join("file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = Command::new(vmreg_bin())
+        .args(["admin", "fsck", "--data-dir"])
+        .arg(blocker.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("vmreg admin fsck: "), "{stderr}");
+}
