@@ -100,6 +100,28 @@ async fn negotiate(s: &Server, id: &str, name: &str, tag: &str, files: &[&TestFi
     plan.ok_body()["session"].as_str().unwrap().to_string()
 }
 
+/// Sets a file's modification time, as if written `when` (`touch -d` syntax).
+fn backdate(path: &std::path::Path, when: &str) {
+    let done = Command::new("touch")
+        .args(["-m", "-d", when])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(done.success(), "touch {}", path.display());
+}
+
+/// Stores a whole blob through the OCI front door.
+async fn push_oci_blob(s: &Server, data: &[u8]) {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let reply = reqwest::Client::new()
+        .post(s.at(&format!("/v2/lifecycle/blobs/uploads/?digest={digest}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 201);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     let mut s = Server::start();
@@ -116,11 +138,14 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     let c = new_id();
     negotiate(&s, &c, &format!("c-{}", &c[..8]), "wip", &[&fresh, &base]).await;
     let stale = negotiate(&s, &c, &format!("c-{}", &c[..8]), "old", &[&fresh]).await;
+    // An OCI blob is held by the OCI front door's records, never taken for an orphan.
+    push_oci_blob(&s, b"an oci layer").await;
     s.kill();
 
     let (code, report) = fsck(&s.ns, &[]);
     assert_eq!(code, 0, "a healthy registry is clean: {report:#}");
     assert_eq!(report["clean"], true);
+    assert_eq!(report["oci_objects"], 1);
     assert_eq!(
         (
             &report["templates"],
@@ -184,6 +209,13 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
         ))
         .await
         .unwrap();
+    if !s3_backend() {
+        // The local store's temporary files name no session: only old ones are stale.
+        backdate(
+            &s.ns.dir.join("data/uploads").join(&abandoned.upload_id),
+            "8 days ago",
+        );
+    }
     // missing_manifest and stray_manifest.
     let manifests = blobs.list(&format!("manifests/{a}/")).await.unwrap();
     let v1_manifest = manifests

@@ -16,6 +16,26 @@ use crate::store::ObjectInfo;
 use super::push::{UploadSession, UploadState};
 use super::RegistryResult;
 
+/// The file key part of the objects the OCI front door writes (`blobs/oci/<upload>`).
+pub(crate) const OCI_FILE_KEY: &str = "oci";
+
+/// The metadata key of the session that writes an object, by the session's front door.
+fn writer_key(file_key: &str, session: &str) -> String {
+    match file_key == OCI_FILE_KEY {
+        true => keys::oci_upload(session),
+        false => keys::session(session),
+    }
+}
+
+/// True when the session of a pending upload's key is still open (either front door).
+pub(crate) async fn writer_open(meta: &dyn MetaStore, object: &str) -> RegistryResult<bool> {
+    let Some((file, session)) = blob_owner(object) else {
+        return Ok(false);
+    };
+    let found = meta.get_many(&[writer_key(file, session)]).await?;
+    Ok(found.into_iter().next().flatten().is_some())
+}
+
 /// Prefix of the objects holding file bytes.
 pub(crate) const BLOBS: &str = "blobs/";
 
@@ -32,6 +52,10 @@ pub(crate) enum Holder {
     File,
     /// Its upload session is still open.
     Session,
+    /// An OCI blob (`blobs/oci/<upload>`): its record is named by content, which the key
+    /// does not tell, and OCI blobs are not counted by references yet, so it is never
+    /// judged an orphan.
+    Oci,
     /// Nothing: it can never be referenced again.
     Nobody,
 }
@@ -78,7 +102,7 @@ pub(crate) async fn holders(
     let owners: Vec<Option<(&str, &str)>> = objects.iter().map(|o| blob_owner(&o.key)).collect();
     let session_keys: Vec<String> = owners
         .iter()
-        .map(|o| keys::session(o.map_or("", |(_, s)| s)))
+        .map(|o| o.map_or_else(|| keys::session(""), |(f, s)| writer_key(f, s)))
         .collect();
     let open: Vec<bool> = meta
         .get_many(&session_keys)
@@ -104,10 +128,12 @@ pub(crate) async fn holders(
             let named = owner
                 .and_then(|(file, _)| records.get(&keys::file(file)))
                 .is_some_and(|r| r.object == object.key);
-            match (named, open && owner.is_some()) {
-                (true, _) => Holder::File,
-                (false, true) => Holder::Session,
-                (false, false) => Holder::Nobody,
+            let oci = owner.is_some_and(|(file, _)| file == OCI_FILE_KEY);
+            match (named, open && owner.is_some(), oci) {
+                (true, _, _) => Holder::File,
+                (false, true, _) => Holder::Session,
+                (false, false, true) => Holder::Oci,
+                (false, false, false) => Holder::Nobody,
             }
         })
         .collect())
