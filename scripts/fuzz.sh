@@ -2,13 +2,16 @@
 # Fuzzes the API from its own OpenAPI document (GET /openapi.json) with schemathesis, for a
 # bounded time, against the real binary: on the embedded store, and on S3 (Garage) + Redis
 # when the services of scripts/test-services.sh are configured; with authentication off,
-# and on (root token) when the binary has it. A 5xx (the fuzz runs with its backends up, so
+# and on when the binary has it: once as root (the root token), once as an API-key session
+# (a key made by root, then the TAP handshake a Mac node's client does, in
+# scripts/fuzz_session.py), each for half the time of the auth-off run. A 5xx (the fuzz runs with its backends up, so
 # not even the documented 503 may appear), a response outside the documented schema,
 # status codes, content types or headers, or a server that died, fails the run. Prints the
 # requests sent and the failures of each run.
 #
 #   scripts/fuzz.sh                  uses target/debug/vmreg (built when missing)
-#   VMREG_FUZZ_SECONDS=40            time budget of each run (default 40)
+#   VMREG_FUZZ_SECONDS=40            time budget of each auth-off run, split between
+#                                    the root and API-key runs with auth on (default 40)
 #   VMREG_BIN=path                   the binary to fuzz
 #
 # schemathesis comes from PyPI into a virtualenv under target/ when it is not installed.
@@ -80,7 +83,7 @@ else
 fi
 auth_modes=(off)
 if "$bin" serve --help | grep -q -- '--enable-auth'; then
-    auth_modes+=(on)
+    auth_modes+=(root key)
 else
     echo "fuzz: auth-on runs skipped: this build has no --enable-auth" >&2
 fi
@@ -98,16 +101,32 @@ for backend in "${backends[@]}"; do
                 --s3-region "${VMREG_TEST_S3_REGION:-garage}" --s3-path-style --s3-prefix "$prefix")
         fi
         st_auth=()
-        if [ "$auth" = on ]; then
-            token="fuzz-root-token-$prefix"
+        budget=$seconds
+        token="fuzz-root-token-$prefix"
+        if [ "$auth" != off ]; then
             flags+=(--enable-auth --root-token "$token" --enable-api-keys --enable-authorization)
-            st_auth=(--auth "root:$token")
+            budget=$(( seconds / 2 > 10 ? seconds / 2 : 10 ))
         fi
         start_server "${flags[@]}"
+        case "$auth" in
+        root) st_auth=(--auth "root:$token") ;;
+        key)
+            if ! header=$(python3 scripts/fuzz_session.py "$url" "$token" "fuzzer-$prefix" 2>"$work/session.log"); then
+                echo "== fuzz $run: FAILED to open an API-key session:" >&2
+                cat "$work/session.log" >&2
+                tail -20 "$work/server.log" >&2
+                stop_server
+                failed=1
+                summary+=("fuzz: backend=$backend auth=$auth requests=0 failures=(no session)")
+                continue
+            fi
+            st_auth=(--header "Authorization: $header")
+            ;;
+        esac
         status=0
         "$st" run "$url/openapi.json" \
             --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
-            --max-time "$seconds" --workers 2 --no-color --request-timeout 30 \
+            --max-time "$budget" --workers 2 --no-color --request-timeout 30 \
             --report har --report-har-path "$work/$run.har" \
             "${st_auth[@]}" >"$work/$run.log" 2>&1 || status=$?
         alive=yes

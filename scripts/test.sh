@@ -58,7 +58,7 @@ pass "operations: a real Prometheus scrapes vmreg" \
 pass "deploy files: chart rendered and validated, hadolint, shellcheck, promtool, compose, terraform" \
     bash scripts/check-deploy.sh
 
-pass "fuzzing from the OpenAPI document (schemathesis), both backends, auth off and on" \
+pass "fuzzing from the OpenAPI document (schemathesis), both backends, auth off, root and API-key session" \
     bash scripts/fuzz.sh
 
 if [ "${#failed[@]}" -gt 0 ]; then
