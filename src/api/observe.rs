@@ -3,6 +3,10 @@
 //! every log line of the request names it; request metrics by route template; and, when
 //! switched on, one access log line. Nothing from headers or the query string is logged,
 //! so credentials and presigned parameters stay out of the logs.
+//!
+//! With traces on, the span is also the request's OpenTelemetry server span: it continues
+//! a caller's W3C `traceparent`, carries route, status and template, and lends its trace
+//! id to the log lines.
 
 use std::time::Instant;
 
@@ -50,7 +54,7 @@ where
     let id = request_id(req.headers().get(REQUEST_ID));
     let method = req.method().clone();
     let route = req.match_pattern().unwrap_or_else(|| UNMATCHED.to_string());
-    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let span = request_span(&id, &method, &route, req.headers());
     let peer = req.peer_addr();
     let path = req.path().to_string();
     let fut = span.in_scope(|| srv.call(req));
@@ -70,6 +74,13 @@ where
             }
             let status = res.status().as_u16();
             let elapsed = started.elapsed();
+            if crate::telemetry::trace::enabled() {
+                let span = tracing::Span::current();
+                span.record("status", status);
+                if res.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
             metrics::http_request(method.as_str(), &route, status, elapsed);
             if access_logs {
                 let bytes = match res.response().body().size() {
@@ -90,6 +101,37 @@ where
         }
         .instrument(span),
     )
+}
+
+/// The span around one request; with traces on, an OpenTelemetry server span too, whose
+/// `status` and `template` are filled in as they become known.
+fn request_span(
+    id: &str,
+    method: &actix_web::http::Method,
+    route: &str,
+    headers: &actix_web::http::header::HeaderMap,
+) -> tracing::Span {
+    use crate::telemetry::trace;
+    if !trace::enabled() {
+        return tracing::info_span!("request", id = %id, method = %method, route = %route);
+    }
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %method,
+        route = %route,
+        status = empty,
+        template = empty,
+        trace_id = empty,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = empty,
+    );
+    if let Some(trace_id) = trace::continue_trace(&span, headers) {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
 }
 
 #[cfg(test)]

@@ -22,13 +22,22 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Runs the server; returns the process exit code.
 pub fn run(config: Config) -> i32 {
-    crate::telemetry::init_logs(config.telemetry.json_logs);
+    let traces = match crate::telemetry::trace::start() {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("vmreg: {e}");
+            return 2;
+        }
+    };
+    crate::telemetry::init_logs(config.telemetry.json_logs, traces.as_ref());
     crate::registry::budget::return_freed_parts_to_the_system();
     let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
     for warning in crate::vendor_env::warnings(names) {
         tracing::warn!("{warning}");
     }
     let result = actix_web::rt::System::new().block_on(serve(config));
+    // Sends the last spans, outside the server's runtime.
+    drop(traces);
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -40,7 +49,7 @@ pub fn run(config: Config) -> i32 {
 
 /// Logs text to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    crate::telemetry::init_logs(false);
+    crate::telemetry::init_logs(false, None);
 }
 
 async fn serve(config: Config) -> Result<(), String> {

@@ -133,13 +133,21 @@ impl<'a> PartPump<'a> {
         // The buffer goes back as soon as the store is done with it, not when this upload
         // gets round to recording the part: uploads waiting for part memory must never
         // wait on each other.
-        let task = tokio::spawn(async move {
+        let bytes = part.len();
+        let write = async move {
             let written = blobs
                 .write_part(&handle, number, offset, part.clone())
                 .await;
             memory.give_back(part, reservation);
             written
-        });
+        };
+        let task = if crate::telemetry::trace::enabled() {
+            use tracing::Instrument;
+            let span = tracing::info_span!("part", number, offset, bytes);
+            tokio::spawn(write.instrument(span))
+        } else {
+            tokio::spawn(write)
+        };
         self.in_flight.push_back(InFlight {
             task,
             hasher: self.hasher.clone(),

@@ -18,6 +18,7 @@ impl Registry {
         record_pull: bool,
     ) -> RegistryResult<Manifest> {
         let template = self.resolve(id_or_name).await?;
+        crate::telemetry::trace::record_template(&template.id);
         let version = find_version(&template, tag, number)?;
         let manifest = Manifest {
             id: template.id,

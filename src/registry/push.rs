@@ -186,6 +186,7 @@ impl Registry {
     /// the rest.
     pub async fn negotiate(&self, req: PushRequest) -> RegistryResult<PushPlan> {
         validate_request(&req)?;
+        crate::telemetry::trace::record_template(&req.id);
         self.check_config_size(&req.config)?;
         self.check_file_sizes(req.files.iter().map(|f| f.size))?;
         self.check_session_count().await?;
@@ -271,7 +272,11 @@ impl Registry {
             .next()
             .flatten();
         match found {
-            Some(bytes) => Ok(decode(&key, &bytes)?),
+            Some(bytes) => {
+                let session: UploadSession = decode(&key, &bytes)?;
+                crate::telemetry::trace::record_template(&session.template);
+                Ok(session)
+            }
             None => Err(session_not_found(id)),
         }
     }

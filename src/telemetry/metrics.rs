@@ -392,7 +392,7 @@ pub fn store_operation(store: &'static str, op: &'static str, elapsed: Duration,
 }
 
 /// Runs a store operation and records its latency, and whether `failed` judges its
-/// error a failure of the store.
+/// error a failure of the store; with traces on, it is a child span of the request.
 pub async fn timed<T, E>(
     store: &'static str,
     op: &'static str,
@@ -400,7 +400,24 @@ pub async fn timed<T, E>(
     operation: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     let started = std::time::Instant::now();
-    let result = operation.await;
+    let result = if super::trace::enabled() {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "store",
+            store,
+            op,
+            otel.name = %format_args!("{store} {op}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = operation.instrument(span.clone()).await;
+        if result.as_ref().err().is_some_and(failed) {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    } else {
+        operation.await
+    };
     let failure = result.as_ref().err().is_some_and(failed);
     store_operation(store, op, started.elapsed(), failure);
     result
