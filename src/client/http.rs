@@ -132,7 +132,9 @@ impl Registry {
             .connect_timeout(Duration::from_secs(15))
             .tcp_keepalive(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
-            .user_agent(concat!("vmreg/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("vmreg/", env!("CARGO_PKG_VERSION")))
+            // Every request of the run, handshakes included, joins one trace.
+            .default_headers(super::traceparent::headers());
         if let Some(path) = &endpoint.cacert {
             let pem = read_pem(path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod staging;
 pub mod tap;
 pub mod throttle;
+pub mod traceparent;
 pub mod upload;
 
 use std::sync::Arc;
