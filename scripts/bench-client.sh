@@ -31,57 +31,23 @@ cleanup() {
 trap cleanup EXIT
 
 UUID=6a1f7c0e-2b4d-4e8a-9c3f-0d5e6f7a8b9c
-TOP=0123456789abcdef0123456789abcdef.ank
-BASE=fedcba9876543210fedcba9876543210.ank
 TOP_MIB=$((SIZE_MIB / 4))
 BASE_MIB=$((SIZE_MIB - TOP_MIB))
 
-# One VM of two random (incompressible) layers, 3/4 and 1/4 of the size, and an nvram.
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+
+# One VM of two random (incompressible) layers, 1/4 and 3/4 of the size, and an nvram.
 SRC=$WORK/src
-mkdir -p "$SRC/vm_lib/$UUID" "$SRC/img_lib" "$SRC/state_lib"
 echo "bench-client: writing a ${SIZE_MIB} MiB template under $WORK" >&2
-head -c $((BASE_MIB << 20)) /dev/urandom >"$SRC/img_lib/$BASE"
-head -c $((TOP_MIB << 20)) /dev/urandom >"$SRC/img_lib/$TOP"
-head -c 262144 /dev/urandom >"$SRC/vm_lib/$UUID/nvram"
-cat >"$SRC/vm_lib/$UUID/config.yaml" <<EOF
-uuid: $UUID
-name: bench
-ram: 4G
-cpu:
-  cores: 2
-nvram: true
-hard_drives:
-- controller: ablk
-  file: $TOP
-  pci_slot: 4
-images:
-- $BASE
-EOF
+mapfile -t LAYERS < <(bench_write_vm "$SRC" "$UUID" "$TOP_MIB" "$BASE_MIB")
+TOP=${LAYERS[0]} BASE=${LAYERS[1]}
 BYTES=$(cat "$SRC/img_lib/$BASE" "$SRC/img_lib/$TOP" "$SRC/vm_lib/$UUID/nvram" | wc -c)
 BASE_BYTES=$(stat -c %s "$SRC/img_lib/$BASE")
 
-now() { date +%s.%N; }
-# MB/s (10^6 bytes per second) of $1 bytes moved between times $2 and $3.
-mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/(t1-t0)/1e6:.0f}')" "$1" "$2" "$3"; }
-
 start_server() {
-    rm -rf "$WORK/data" "$WORK/server.out"
-    "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" >"$WORK/server.out" 2>"$WORK/server.log" &
-    SERVER_PID=$!
-    for _ in $(seq 100); do
-        URL=$(grep -o 'http://[0-9.:]*' "$WORK/server.out" 2>/dev/null | head -1 || true)
-        [[ -n $URL ]] && return
-        sleep 0.1
-    done
-    echo "bench-client: the server did not start" >&2
-    cat "$WORK/server.log" >&2
-    exit 1
-}
-
-stop_server() {
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
+    rm -rf "$WORK/data"
+    bench_start_server -- --data-dir "$WORK/data"
 }
 
 client() {
@@ -121,10 +87,9 @@ for run in $(seq "$RUNS"); do
     t1=$(now)
     CURL[run]=$(mbps "$BASE_BYTES" "$t0" "$t1")
 
-    stop_server
+    bench_stop_server
     printf '%-4s %12s %12s %12s %12s\n' "$run" "${CP[run]}" "${PUSH[run]}" "${PULL[run]}" "${CURL[run]}"
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 printf '%-4s %12s %12s %12s %12s\n' median "$(median "${CP[@]}")" "$(median "${PUSH[@]}")" "$(median "${PULL[@]}")" "$(median "${CURL[@]}")"
 echo "($(numfmt --to=iec "$BYTES") template, concurrency $CONCURRENCY; curl fetches the $(numfmt --to=iec "$BASE_BYTES") layer alone)"
