@@ -97,7 +97,7 @@ impl Drop for Tracing {
     fn drop(&mut self) {
         ENABLED.store(false, Ordering::Relaxed);
         if let Err(e) = self.provider.shutdown_with_timeout(SHUTDOWN_WITHIN) {
-            eprintln!("vmreg: traces: {e}");
+            eprintln!("vmreg: traces: the last spans may not have reached the collector: {e}");
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
