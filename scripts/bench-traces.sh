@@ -29,8 +29,12 @@ source "$ROOT/scripts/test-services.sh"
 SERVER_PID=
 RECEIVER_PID=
 cleanup() {
-    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    [[ -n $RECEIVER_PID ]] && kill "$RECEIVER_PID" 2>/dev/null && wait "$RECEIVER_PID" 2>/dev/null
+    # Under `set -e` a killed child's status would become the script's.
+    [[ -n $SERVER_PID ]] && bench_stop_server
+    if [[ -n $RECEIVER_PID ]]; then
+        kill "$RECEIVER_PID" 2>/dev/null || true
+        wait "$RECEIVER_PID" 2>/dev/null || true
+    fi
     vmreg_services_stop
     rm -rf "$WORK"
 }
