@@ -164,33 +164,44 @@ async fn serve_grpc(socket: tokio::net::TcpStream, received: Received) {
     let Ok(mut connection) = h2::server::handshake(socket).await else {
         return;
     };
-    while let Some(Ok((request, mut respond))) = connection.accept().await {
-        assert_eq!(
-            request.uri().path(),
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-        );
-        let mut body = request.into_body();
-        let mut framed = Vec::new();
-        while let Some(Ok(chunk)) = body.data().await {
-            let _ = body.flow_control().release_capacity(chunk.len());
-            framed.extend_from_slice(&chunk);
-        }
-        // A gRPC message: a compression flag, a 4-byte big-endian length, the message.
-        assert_eq!(framed[0], 0, "uncompressed");
-        let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
-        received.add(&framed[5..5 + len]);
-        let reply = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
-        let mut stream = respond.send_response(reply, false).unwrap();
-        stream
-            .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
-            .unwrap();
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", "0".parse().unwrap());
-        stream.send_trailers(trailers).unwrap();
+    // Only a connection that is polled reads frames: each call is answered on a task of
+    // its own while this loop keeps reading.
+    while let Some(Ok((request, respond))) = connection.accept().await {
+        tokio::spawn(export_call(request, respond, received.clone()));
     }
+}
+
+/// One `TraceService/Export` call of the gRPC collector.
+async fn export_call(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    received: Received,
+) {
+    assert_eq!(
+        request.uri().path(),
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    );
+    let mut body = request.into_body();
+    let mut framed = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        framed.extend_from_slice(&chunk);
+    }
+    // A gRPC message: a compression flag, a 4-byte big-endian length, the message.
+    assert_eq!(framed[0], 0, "uncompressed");
+    let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
+    received.add(&framed[5..5 + len]);
+    let reply = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let mut stream = respond.send_response(reply, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    stream.send_trailers(trailers).unwrap();
 }
 
 /// The environment turning traces on towards `endpoint`, exporting every 100 ms.
@@ -433,7 +444,7 @@ async fn a_dead_collector_never_slows_requests() {
         }
         // Blocking on the exporter would cost its 10 s timeout at least once.
         assert!(
-            slowest < Duration::from_secs(2),
+            slowest < Duration::from_secs(5),
             "{protocol} to {endpoint}: slowest request took {slowest:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(30));
