@@ -380,7 +380,7 @@ async fn grpc_export_reaches_a_grpc_collector_and_continues_the_callers_trace() 
     let (endpoint, received) = grpc_collector();
     let mut env = tracing_env(&endpoint);
     env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()));
-    let server = start_traced(&[], &env);
+    let server = start_traced(&["--log-format", "json", "--access-logs"], &env);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let reply = reqwest::Client::new()
         .get(server.at("/registry/vm"))
@@ -395,6 +395,15 @@ async fn grpc_export_reaches_a_grpc_collector_and_continues_the_callers_trace() 
     let (requests, _) = trace_of(&spans, trace);
     assert_eq!(requests[0].name, "GET /registry/vm");
     assert_eq!(hex(&requests[0].parent_span_id), "b7ad6b7169203331");
+    let named = |l: &&str| l.contains(&format!("\"trace_id\":\"{trace}\""));
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| named(&l) && l.contains("access")),
+        "JSON log lines name the trace:\n{}",
+        server.log()
+    );
     let services: Vec<String> = received
         .0
         .lock()
@@ -403,6 +412,38 @@ async fn grpc_export_reaches_a_grpc_collector_and_continues_the_callers_trace() 
         .map(|(s, _)| s.clone())
         .collect();
     assert!(services.iter().all(|s| s == "vmreg-under-test"));
+}
+
+#[tokio::test]
+async fn switched_off_nothing_is_exported_and_no_line_names_a_trace() {
+    let (endpoint, received) = http_collector();
+    for off in [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let mut env = tracing_env(&endpoint);
+        env.push((off.0, off.1.to_string()));
+        let server = start_traced(&["--access-logs"], &env);
+        let client = reqwest::Client::new();
+        for _ in 0..20 {
+            let reply = client
+                .get(server.at("/registry/vm"))
+                .header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 200);
+        }
+        // Ten export intervals.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = server.log();
+        assert!(log.contains("access"), "requests were logged:\n{log}");
+        assert!(!log.contains("trace_id"), "{off:?}: {log}");
+    }
+    assert!(received.spans().is_empty(), "spans arrived while off");
 }
 
 /// A collector that takes connections and never answers.
