@@ -47,10 +47,10 @@ pass() {
 }
 
 pass "embedded backend (local disk + redb): unit tests and black-box suites" \
-    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test lifecycle -- --include-ignored
+    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test oci_auth --test lifecycle -- --include-ignored
 
 pass "S3 (Garage) + Redis backend: black-box suites and multi-replica tests" \
-    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test operations --test traces --test limits --test hostile --test oci --test lifecycle -- --include-ignored
+    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test lifecycle -- --include-ignored
 
 pass "operations: a real Prometheus scrapes vmreg" \
     bash scripts/check-prometheus.sh target/debug/vmreg

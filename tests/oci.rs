@@ -375,6 +375,7 @@ async fn openapi_documents_the_oci_routes() {
         ("/v2/{name}/tags/list", &["get"]),
         ("/v2/_catalog", &["get"]),
         ("/v2/{name}/referrers/{digest}", &["get"]),
+        ("/v2/token", &["get"]),
     ] {
         for m in methods {
             assert!(

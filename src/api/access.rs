@@ -119,7 +119,12 @@ pub async fn guard(
         }
         Err(e) => {
             crate::telemetry::metrics::auth_failure(failure_reason(&e, presented));
-            let reply = ApiError::from(e).error_response();
+            let reply = match req.path().starts_with("/v2") {
+                // OCI clients read the spec's error body and a challenge naming the
+                // token endpoint.
+                true => crate::oci::refusal(req.request(), ApiError::from(e)),
+                false => ApiError::from(e).error_response(),
+            };
             Ok(req.into_response(reply))
         }
     }

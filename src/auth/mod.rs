@@ -69,7 +69,9 @@ impl Auth {
     /// configured permission groups.
     pub async fn open(config: AuthConfig, meta: Arc<dyn MetaStore>) -> Result<Auth, AuthError> {
         config.validate().map_err(AuthError::BadRequest)?;
-        let signer = match config.enabled && config.api_keys {
+        // The signer makes API key sessions and the OCI token endpoint's tokens, so it is
+        // there whenever authentication is on.
+        let signer = match config.enabled {
             true => Some(
                 session::Signer::open(
                     meta.as_ref(),
@@ -115,30 +117,81 @@ impl Auth {
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) =
                 root::parse_basic(credentials).ok_or(AuthError::Unauthenticated)?;
+            if user != root::ROOT_USER {
+                // OCI clients log in with a user and a password: an API key's id and a
+                // session credential of that key.
+                let signer = self.signer.as_ref().ok_or(AuthError::Unauthenticated)?;
+                let claimed = signer.verify(&password)?;
+                return match claimed.key_id == user && !claimed.root {
+                    true => self.key_session(claimed).await,
+                    false => Err(AuthError::Unauthenticated),
+                };
+            }
             let token = self.config.root_token.as_ref();
             return match token {
-                Some(t) if user == root::ROOT_USER && root::is_root_token(&password, t) => {
-                    Ok(Identity::root())
-                }
+                Some(t) if root::is_root_token(&password, t) => Ok(Identity::root()),
                 _ => Err(AuthError::Unauthenticated),
             };
         }
         if scheme.eq_ignore_ascii_case("bearer") {
             let signer = self.signer.as_ref().ok_or(AuthError::Unauthenticated)?;
             let claimed = signer.verify(credentials)?;
-            let key = apikeys::get(self.meta.as_ref(), &claimed.key_id).await?;
-            return match key {
-                Some(key) if key.is_live(now_secs()) && claimed.made_by(&key) => Ok(Identity {
-                    user: key.id,
-                    groups: key.groups,
-                    method: AuthMethod::ApiKey {
-                        session: claimed.session,
-                    },
-                }),
-                _ => Err(AuthError::Unauthenticated),
-            };
+            if claimed.root {
+                return match self.config.root_token.as_ref() {
+                    Some(t) if claimed.made_by_root(t) => Ok(Identity::root()),
+                    _ => Err(AuthError::Unauthenticated),
+                };
+            }
+            return self.key_session(claimed).await;
         }
         Err(AuthError::Unauthenticated)
+    }
+
+    /// The caller of a verified API key session, while its key lives.
+    async fn key_session(&self, claimed: session::Claimed) -> Result<Identity, AuthError> {
+        if !self.config.api_keys {
+            return Err(AuthError::Unauthenticated);
+        }
+        let key = apikeys::get(self.meta.as_ref(), &claimed.key_id).await?;
+        match key {
+            Some(key) if key.is_live(now_secs()) && claimed.made_by(&key) => Ok(Identity {
+                user: key.id,
+                groups: key.groups,
+                method: AuthMethod::ApiKey {
+                    session: claimed.session,
+                },
+            }),
+            _ => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    /// A token for the OCI token endpoint: a new session of the caller, as the Bearer
+    /// credential carries it, and the seconds it lasts. With authentication off, `None`.
+    pub async fn oci_token(&self, identity: &Identity) -> Result<Option<(String, u64)>, AuthError> {
+        let Some(signer) = self.signer.as_ref().filter(|_| self.config.enabled) else {
+            return Ok(None);
+        };
+        let data = match &identity.method {
+            AuthMethod::RootToken => match self.config.root_token.as_ref() {
+                Some(t) => signer.issue_root(t)?,
+                None => return Err(AuthError::Unauthenticated),
+            },
+            AuthMethod::ApiKey { .. } => match apikeys::get(self.meta(), &identity.user).await? {
+                Some(key) if key.is_live(now_secs()) => signer.issue(&key)?,
+                _ => return Err(AuthError::Unauthenticated),
+            },
+            _ => {
+                return Err(AuthError::Forbidden(
+                    "a root token or API key login (a client certificate needs no token)".into(),
+                ))
+            }
+        };
+        let bearer = serde_json::to_vec(&data)
+            .map_err(|e| AuthError::Internal(format!("encoding a session failed: {e}")))?;
+        Ok(Some((
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bearer),
+            signer.ttl_secs(),
+        )))
     }
 
     /// May `identity` do what `need` asks? Reads its groups only when that matters.
@@ -158,6 +211,7 @@ impl Auth {
 
     /// Runs the TAP shake and opens a session for the key.
     pub async fn shake(&self, id: &str, secret: &str) -> Result<session::SessionData, AuthError> {
+        self.require_api_keys()?;
         let signer = self
             .signer
             .as_ref()
@@ -168,7 +222,7 @@ impl Auth {
 
     /// Fails unless API keys are on.
     pub fn require_api_keys(&self) -> Result<(), AuthError> {
-        match self.signer.is_some() {
+        match self.signer.is_some() && self.config.api_keys {
             true => Ok(()),
             false => Err(AuthError::Disabled(API_KEYS_OFF)),
         }

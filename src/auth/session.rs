@@ -30,6 +30,10 @@ struct Claims {
     gen: String,
     iat: u64,
     exp: u64,
+    /// A token of the root user, issued by the OCI token endpoint; `gen` is then the
+    /// SHA-256 of the root token, so a changed root token ends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    root: bool,
 }
 
 /// The `data` object of a shake: base64 of its JSON is the Bearer credential.
@@ -52,9 +56,20 @@ pub struct Claimed {
     /// The session id.
     pub session: String,
     generation: String,
+    /// True for a token of the root user.
+    pub root: bool,
 }
 
 impl Claimed {
+    /// True when a root token was issued under `token`, the root token now configured.
+    pub fn made_by_root(&self, token: &Secret) -> bool {
+        self.root
+            && super::same_secret(
+                root_generation(token).as_bytes(),
+                self.generation.as_bytes(),
+            )
+    }
+
     /// True when `key` is the very key (not a re-creation of its id) that made the session.
     pub fn made_by(&self, key: &ApiKey) -> bool {
         key.id == self.key_id
@@ -93,15 +108,30 @@ impl Signer {
         })
     }
 
+    /// Seconds a session lasts.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
     /// A new session for `key`.
     pub fn issue(&self, key: &ApiKey) -> Result<SessionData, AuthError> {
+        self.sign(key.id.clone(), key.generation.clone(), false)
+    }
+
+    /// A new session of the root user, valid while the root token is `token`.
+    pub fn issue_root(&self, token: &Secret) -> Result<SessionData, AuthError> {
+        self.sign(super::root::ROOT_USER.into(), root_generation(token), true)
+    }
+
+    fn sign(&self, sub: String, gen: String, root: bool) -> Result<SessionData, AuthError> {
         let now = now_secs();
         let claims = Claims {
-            sub: key.id.clone(),
+            sub,
             sid: random_token()?,
-            gen: key.generation.clone(),
+            gen,
             iat: now,
             exp: now + self.ttl_secs,
+            root,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Internal(format!("signing a session failed: {e}")))?;
@@ -134,8 +164,17 @@ impl Signer {
             key_id: claims.sub,
             session: claims.sid,
             generation: claims.gen,
+            root: claims.root,
         })
     }
+}
+
+/// What a root session carries in place of a key generation: the root token's SHA-256.
+fn root_generation(token: &Secret) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.expose().as_bytes(),
+    ))
 }
 
 /// The signing secret in the metadata store, made by whichever replica asks first.

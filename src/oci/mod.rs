@@ -2,6 +2,7 @@
 //! [`crate::registry::oci`]. Repository names may have several segments, so each route
 //! takes the name with a pattern that spans slashes.
 
+mod auth;
 mod base;
 mod blobs;
 mod errors;
@@ -14,12 +15,18 @@ use std::collections::HashMap;
 
 use actix_web::web;
 
+pub use auth::refusal;
 pub use errors::OciApiError;
 
 /// The routes of the OCI Distribution API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v2/").get(base::check).head(base::check))
         .service(web::resource("/v2").get(base::check).head(base::check))
+        .service(
+            web::resource(auth::TOKEN_PATH)
+                .get(auth::token)
+                .default_service(web::to(errors::unsupported)),
+        )
         .service(
             web::resource("/v2/_catalog")
                 .get(listing::catalog)

@@ -1,0 +1,198 @@
+//! The OCI front door with authentication on: the spec's 401 with a Bearer challenge, the
+//! token endpoint that trades Basic credentials (the root token, or an API key's id and a
+//! session credential) for a token, and the permission check behind every request.
+
+mod common;
+
+use common::auth::{basic, create_key, send, send_json_as, session};
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const ROOT_TOKEN: &str = "oci-root-token-0123456789";
+
+fn server() -> Server {
+    Server::start_with(&[
+        "--enable-auth",
+        "--root-token",
+        ROOT_TOKEN,
+        "--enable-api-keys",
+        "--enable-authorization",
+    ])
+}
+
+/// The `key="value"` parameters of a challenge.
+fn params(challenge: &str) -> std::collections::HashMap<String, String> {
+    let (_, rest) = challenge.split_once(' ').unwrap();
+    let mut out = std::collections::HashMap::new();
+    // Values are quoted and may hold commas (scopes): split on `",`.
+    for part in rest.split("\",") {
+        let (k, v) = part.split_once('=').unwrap();
+        out.insert(k.trim().to_string(), v.trim_matches('"').to_string());
+    }
+    out
+}
+
+/// Asks the token endpoint with Basic credentials; answers the token.
+async fn token(s: &Server, user: &str, password: &str) -> String {
+    let url = s.at("/v2/token?service=vmreg&scope=repository:ci/app:pull,push");
+    let a = send(Method::GET, &url, None, Some(&basic(user, password))).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let token = a.json["token"].as_str().unwrap().to_string();
+    assert_eq!(a.json["access_token"], token.as_str());
+    assert!(a.json["expires_in"].as_u64().unwrap() > 0);
+    assert!(a.json["issued_at"].as_str().is_some());
+    token
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn push_blob_as(s: &Server, repo: &str, data: &[u8], auth: &str) -> u16 {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let url = s.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"));
+    send(Method::POST, &url, Some(data.to_vec()), Some(auth))
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn a_refused_request_is_challenged_and_the_token_endpoint_logs_the_root_in() {
+    let s = server();
+    // No credentials: 401, the spec's body, and a Bearer challenge naming the token endpoint.
+    let a = send(Method::GET, &s.at("/v2/"), None, None).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.json["errors"][0]["code"], "UNAUTHORIZED");
+    assert_eq!(a.challenges.len(), 1, "{a:?}");
+    assert!(a.challenges[0].starts_with("Bearer "), "{a:?}");
+    let p = params(&a.challenges[0]);
+    assert_eq!(p["realm"], s.at("/v2/token"));
+    assert_eq!(p["service"], "vmreg");
+    let url = s.at("/v2/ci/app/manifests/latest");
+    let a = send(Method::PUT, &url, Some(b"{}".to_vec()), None).await;
+    assert_eq!(
+        params(&a.challenges[0])["scope"],
+        "repository:ci/app:pull,push"
+    );
+
+    // The token endpoint wants Basic credentials and refuses wrong ones.
+    let a = send(Method::GET, &s.at("/v2/token"), None, None).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.challenges, vec!["Basic realm=\"vmreg\"".to_string()]);
+    let wrong = send(
+        Method::GET,
+        &s.at("/v2/token"),
+        None,
+        Some(&basic("root", "not-the-token")),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+
+    // The root's token opens everything; Basic root credentials work directly too.
+    let root = bearer(&token(&s, "root", ROOT_TOKEN).await);
+    let a = send(Method::GET, &s.at("/v2/"), None, Some(&root)).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(push_blob_as(&s, "ci/app", b"layer", &root).await, 201);
+    let direct = basic("root", ROOT_TOKEN);
+    assert_eq!(push_blob_as(&s, "ci/app", b"other", &direct).await, 201);
+    // A forged or altered token is refused.
+    let forged = bearer(&format!("{}x", &root["Bearer ".len()..]));
+    let a = send(Method::GET, &s.at("/v2/"), None, Some(&forged)).await;
+    assert_eq!(a.status, 401);
+    // The token does not leak into the server's log.
+    assert!(!s.log().contains(&root["Bearer ".len()..]));
+}
+
+#[tokio::test]
+async fn an_api_key_logs_in_with_a_session_and_gets_what_its_groups_allow() {
+    let s = server();
+    let root = basic("root", ROOT_TOKEN);
+    let base = s.at("");
+    let base = base.as_str();
+    for (group, permissions) in [
+        ("readers", json!(["pull_vm", "download_vm", "list_vms"])),
+        (
+            "writers",
+            json!(["pull_vm", "download_vm", "upload_file", "push_vm"]),
+        ),
+    ] {
+        let a = send_json_as(
+            Method::PUT,
+            &format!("{base}/admin/api/v1/permission/group/{group}"),
+            &json!({ "permissions": permissions }),
+            Some(&root),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let reader_key = create_key(base, &root, "reader", 3600, &["readers"]).await;
+    let writer_key = create_key(base, &root, "writer", 3600, &["writers"]).await;
+    // A session credential (what the TAP handshake gives) is the password.
+    let credential = |header: String| header["Bearer ".len()..].to_string();
+    let reader_session = credential(session(base, "reader", &reader_key).await);
+    let writer_session = credential(session(base, "writer", &writer_key).await);
+
+    let writer = bearer(&token(&s, "writer", &writer_session).await);
+    let reader = bearer(&token(&s, "reader", &reader_session).await);
+    // The id must be the session's key.
+    let a = send(
+        Method::GET,
+        &s.at("/v2/token"),
+        None,
+        Some(&basic("writer", &reader_session)),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+
+    // The writer pushes; the reader pulls but may not push: 403 DENIED.
+    assert_eq!(push_blob_as(&s, "ci/app", b"layer", &writer).await, 201);
+    let digest = format!("sha256:{}", sha256_hex(b"layer"));
+    let blob = s.at(&format!("/v2/ci/app/blobs/{digest}"));
+    let a = send(Method::GET, &blob, None, Some(&reader)).await;
+    assert_eq!((a.status, a.text.as_str()), (200, "layer"));
+    let a = send(
+        Method::POST,
+        &s.at("/v2/ci/app/blobs/uploads/"),
+        None,
+        Some(&reader),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json["errors"][0]["code"], "DENIED");
+    // Basic with the key's id and session works without the token step.
+    let a = send(
+        Method::GET,
+        &blob,
+        None,
+        Some(&basic("reader", &reader_session)),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // Neither may delete; the catalog needs list_vms, which only the reader has.
+    let a = send(Method::DELETE, &blob, None, Some(&writer)).await;
+    assert_eq!(a.status, 403);
+    let catalog = s.at("/v2/_catalog");
+    assert_eq!(
+        send(Method::GET, &catalog, None, Some(&writer))
+            .await
+            .status,
+        403
+    );
+    let a = send(Method::GET, &catalog, None, Some(&reader)).await;
+    assert_eq!(a.json["repositories"], json!(["ci/app"]));
+
+    // A deleted key's tokens stop working at once.
+    let a = send_json_as(
+        Method::DELETE,
+        &format!("{base}/v1/apikey"),
+        &json!({ "id": "reader" }),
+        Some(&root),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        send(Method::GET, &blob, None, Some(&reader)).await.status,
+        401
+    );
+}
