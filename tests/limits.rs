@@ -434,6 +434,21 @@ async fn listing_a_hundred_thousand_templates_is_fast_and_bounded() {
     };
     assert_eq!(v1, N);
     eprintln!("v1 listing of {N} took {took_v1:?}");
+    let started = Instant::now();
+    let html = reqwest::get(server.at("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let took_index = started.elapsed();
+    assert!(html.contains("template-000999") && !html.contains("template-001000"));
+    assert!(html.contains(&format!("The first 1000 of {N} templates")));
+    eprintln!("index page over {N} templates took {took_index:?}");
+    assert!(
+        took_index < Duration::from_secs(20),
+        "index page took {took_index:?}"
+    );
 
     // The client's `list`: every template, a row each, within bounds of time and memory.
     let out = ns_file(&server, "list.txt");

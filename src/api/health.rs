@@ -73,37 +73,57 @@ pub async fn openapi() -> HttpResponse {
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// `GET /`: a small HTML page listing the templates, their tags and sizes.
+/// `GET /`: a small HTML page listing the templates, their tags and sizes: the first
+/// `--max-page` by name, each row made from the listing summary as it is read, so the
+/// page stays quick and small however many templates there are.
 pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut rows = String::new();
-    for listed in state.registry.list().await? {
-        let tags = match state.registry.get(&listed.summary.id).await {
-            Ok(t) => t
-                .versions
-                .iter()
-                .map(|v| format!("{} ({})", escape(&v.tag), human_size(v.size())))
-                .collect::<Vec<_>>()
-                .join(", "),
-            Err(_) => String::new(),
-        };
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&listed.summary.name),
-            listed.summary.id,
-            escape(&listed.summary.arch),
-            human_size(listed.summary.size),
-            tags
-        ));
-    }
+    let mut rows: Vec<(String, String)> = Vec::new();
+    state
+        .registry
+        .scan(|listed| {
+            let row = index_row(&listed.summary);
+            rows.push((listed.summary.name, row));
+        })
+        .await?;
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let total = rows.len();
+    let shown = state.registry.limits().max_page.min(total);
+    let more = match total - shown {
+        0 => String::new(),
+        n => format!(
+            "<p>The first {shown} of {total} templates by name; {n} more are in \
+             <a href=\"/registry/v2/vm\">/registry/v2/vm</a>.</p>"
+        ),
+    };
+    let rows: String = rows.into_iter().take(shown).map(|(_, row)| row).collect();
     let page = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vmreg</title>\
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}}</style></head>\
 <body><h1>vmreg</h1><p>VM templates in this registry (API: <a href=\"/openapi.json\">/openapi.json</a>).</p>\
-<table><tr><th>Template</th><th>ID</th><th>Arch</th><th>Size</th><th>Tags</th></tr>\n{rows}</table></body></html>\n"
+<table><tr><th>Template</th><th>ID</th><th>Arch</th><th>Size</th><th>Tags</th></tr>\n{rows}</table>{more}</body></html>\n"
     );
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(page))
+}
+
+/// One template's row of the index page.
+fn index_row(summary: &crate::model::TemplateSummary) -> String {
+    let tags = summary
+        .version_list
+        .iter()
+        .flatten()
+        .map(|v| format!("{} ({})", escape(&v.tag), human_size(v.size)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+        escape(&summary.name),
+        summary.id,
+        escape(&summary.arch),
+        human_size(summary.size),
+        tags
+    )
 }
 
 fn escape(s: &str) -> String {
