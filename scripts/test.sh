@@ -35,6 +35,15 @@ source scripts/test-services.sh
 trap vmreg_services_stop EXIT
 vmreg_services_start
 
+# oras-py, a real OCI client for tests/oci_clients.rs, in a virtualenv under target/.
+oras_venv=target/oras-venv
+if ! "$oras_venv/bin/python" -c 'import oras' 2>/dev/null; then
+    echo "== installing oras (PyPI) into $oras_venv"
+    python3 -m venv "$oras_venv" && "$oras_venv/bin/pip" install -q 'oras==0.2.43' ||
+        echo "scripts/test.sh: could not install oras; tests/oci_clients.rs will fail" >&2
+fi
+export VMREG_TEST_ORAS_PYTHON="$PWD/$oras_venv/bin/python"
+
 failed=()
 # Runs one pass; a failure is recorded, not fatal, so the passes after it still run.
 pass() {
@@ -47,10 +56,10 @@ pass() {
 }
 
 pass "embedded backend (local disk + redb): unit tests and black-box suites" \
-    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test oci_auth --test lifecycle -- --include-ignored
+    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test oci_auth --test oci_clients --test lifecycle -- --include-ignored
 
 pass "S3 (Garage) + Redis backend: black-box suites and multi-replica tests" \
-    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test lifecycle -- --include-ignored
+    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test oci_clients --test lifecycle -- --include-ignored
 
 pass "operations: a real Prometheus scrapes vmreg" \
     bash scripts/check-prometheus.sh target/debug/vmreg
