@@ -2,11 +2,13 @@
 # Benchmark against the peer (not a test; too slow for CI): moves the same random blob
 # through Debian's docker-registry (distribution 2.8, S3 driver) and through vmreg, both on
 # the same S3 (Garage) on this machine, and prints MB/s of each, the medians, and the
-# vmreg/docker-registry ratios measured in the same run. Per size and run:
+# vmreg/docker-registry and vmreg/direct-S3 ratios measured in the same run. Per size and run:
 #   docker-registry  curl: POST /v2/<name>/blobs/uploads/, PUT <location>?digest= with the
 #                    whole blob streamed (a monolithic upload); GET /v2/<name>/blobs/<digest>
 #   vmreg OCI        the same curl requests against vmreg's /v2/ (S3 + Redis)
 #   vmreg client     `vmreg registry push`/`pull` of a template whose disk is that blob
+#   S3 direct        curl with SigV4 straight to Garage: one PutObject, one GetObject
+#                    (the floor under both registries; its CPU column is Garage's)
 # Both registries proxy the bytes (no redirect to S3), S3 parts are 8 MiB on both, pulled
 # bytes land on disk and are compared with the source. The server's CPU (user + system
 # seconds per GiB, from /proc) is printed for each registry and direction.
@@ -145,6 +147,17 @@ oci_push() {
         "$location${sep}digest=$digest"
 }
 
+# Curl's SigV4 credentials in a config file, so no secret is on a command line.
+s3_config() {
+    (umask 077 && printf 'user = "%s:%s"\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$WORK/s3.curl")
+}
+s3_curl() {
+    curl -sSf -K "$WORK/s3.curl" --aws-sigv4 "aws:amz:$VMREG_TEST_S3_REGION:s3" \
+        -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"
+}
+s3_push() { s3_curl -T "$BLOB" -o /dev/null "$VMREG_TEST_S3_ENDPOINT/$VMREG_TEST_S3_BUCKET/$1/blob"; }
+s3_pull() { s3_curl -o "$2" "$VMREG_TEST_S3_ENDPOINT/$VMREG_TEST_S3_BUCKET/$1/blob"; }
+
 oci_pull() { curl -sSf -o "$3" "$1/v2/$REPO/blobs/$2"; }
 
 # `vmreg registry` with its JSON report in $WORK/client.json.
@@ -185,10 +198,13 @@ oci_round() {
     rm -f "$WORK/pulled"
 }
 
+row() { printf '%-6s %14s %14s %14s %14s %14s %14s %14s %14s\n' "$@"; }
+
 same() { cmp -s "$1" "$2" || { echo "bench-peer: pulled $2 differs" >&2; exit 1; }; }
 
 echo "bench-peer: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(basename "$BIN")" \
     "from $(dirname "$BIN" | xargs basename)" >&2
+s3_config
 for mib in $SIZES; do
     free_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
     # The source, the store's copy and a pulled copy, and 2 GiB left for everything else.
@@ -208,11 +224,18 @@ for mib in $SIZES; do
     oci_push "$URL" "$BLOB" "$DIGEST"
     bench_stop_server
 
-    declare -a DP DL OP OL CP CL DPC DLC OPC OLC CPC CLC
+    declare -a SP SL DP DL OP OL CP CL SPC SLC DPC DLC OPC OLC CPC CLC
     echo "== $mib MiB: MB/s (server CPU s/GiB)"
-    printf '%-4s %16s %16s %16s %16s %16s %16s\n' run "peer push" "oci push" "client push" \
-        "peer pull" "oci pull" "client pull"
+    row run "S3 push" "peer push" "oci push" "client push" "S3 pull" "peer pull" "oci pull" "client pull"
     for run in $(seq "$RUNS"); do
+        key=$(fresh_prefix)
+        measure "$_VMREG_GARAGE_PID" s3_push "$key"
+        SP[run]=$RATE SPC[run]=$CPU
+        measure "$_VMREG_GARAGE_PID" s3_pull "$key" "$WORK/pulled"
+        SL[run]=$RATE SLC[run]=$CPU
+        same "$BLOB" "$WORK/pulled"
+        rm -f "$WORK/pulled"
+
         start_peer
         oci_round "$PEER_PID" "$PEER_URL"
         DP[run]=$PUSH_RATE DPC[run]=$PUSH_CPU DL[run]=$RATE DLC[run]=$CPU
@@ -236,18 +259,20 @@ for mib in $SIZES; do
         rm -rf "$WORK/dst"
         bench_stop_server
 
-        printf '%-4s %16s %16s %16s %16s %16s %16s\n' "$run" \
-            "${DP[run]} (${DPC[run]})" "${OP[run]} (${OPC[run]})" "${CP[run]} (${CPC[run]})" \
-            "${DL[run]} (${DLC[run]})" "${OL[run]} (${OLC[run]})" "${CL[run]} (${CLC[run]})"
+        row "$run" "${SP[run]} (${SPC[run]})" "${DP[run]} (${DPC[run]})" "${OP[run]} (${OPC[run]})" \
+            "${CP[run]} (${CPC[run]})" "${SL[run]} (${SLC[run]})" "${DL[run]} (${DLC[run]})" \
+            "${OL[run]} (${OLC[run]})" "${CL[run]} (${CLC[run]})"
     done
-    dp=$(median "${DP[@]}") op=$(median "${OP[@]}") cp=$(median "${CP[@]}")
-    dl=$(median "${DL[@]}") ol=$(median "${OL[@]}") cl=$(median "${CL[@]}")
-    printf '%-4s %16s %16s %16s %16s %16s %16s\n' median \
-        "$dp ($(median "${DPC[@]}"))" "$op ($(median "${OPC[@]}"))" "$cp ($(median "${CPC[@]}"))" \
-        "$dl ($(median "${DLC[@]}"))" "$ol ($(median "${OLC[@]}"))" "$cl ($(median "${CLC[@]}"))"
+    sp=$(median "${SP[@]}") dp=$(median "${DP[@]}") op=$(median "${OP[@]}") cp=$(median "${CP[@]}")
+    sl=$(median "${SL[@]}") dl=$(median "${DL[@]}") ol=$(median "${OL[@]}") cl=$(median "${CL[@]}")
+    row median "$sp ($(median "${SPC[@]}"))" "$dp ($(median "${DPC[@]}"))" "$op ($(median "${OPC[@]}"))" \
+        "$cp ($(median "${CPC[@]}"))" "$sl ($(median "${SLC[@]}"))" "$dl ($(median "${DLC[@]}"))" \
+        "$ol ($(median "${OLC[@]}"))" "$cl ($(median "${CLC[@]}"))"
     echo "vmreg/docker-registry (medians): push OCI $(ratio "$op" "$dp"), client $(ratio "$cp" "$dp");" \
         "pull OCI $(ratio "$ol" "$dl"), client $(ratio "$cl" "$dl")"
-    unset DP DL OP OL CP CL DPC DLC OPC OLC CPC CLC
+    echo "vmreg/S3 direct (medians): push OCI $(ratio "$op" "$sp"), client $(ratio "$cp" "$sp");" \
+        "pull OCI $(ratio "$ol" "$sl"), client $(ratio "$cl" "$sl")"
+    unset SP SL DP DL OP OL CP CL SPC SLC DPC DLC OPC OLC CPC CLC
     rm -rf "$WORK/src"
 done
 echo "(Garage + Redis on this machine, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
