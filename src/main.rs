@@ -37,6 +37,23 @@ enum AdminCommand {
     /// Check, without changing anything, that the index and the stores agree; exit code 1
     /// when problems are found, 2 when the check could not run.
     Fsck(FsckArgs),
+    /// Remove objects, uploads, upload sessions and commit records nothing holds any more.
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    #[command(flatten)]
+    stores: ServeArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep objects and uploads younger than this, whatever holds them [default: 1h]
+    #[arg(long, value_parser = vmreg::config::parse_duration)]
+    grace: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -64,6 +81,14 @@ fn main() {
             command: AdminCommand::Fsck(args),
         } => with_config(args.stores, |config| {
             vmreg::registry::admin::fsck(config, args.json, args.digests)
+        }),
+        Command::Admin {
+            command: AdminCommand::Gc(args),
+        } => with_config(args.stores, |config| {
+            let grace = args
+                .grace
+                .unwrap_or(vmreg::registry::admin::DEFAULT_GC_GRACE);
+            vmreg::registry::admin::gc(config, args.json, args.dry_run, grace)
         }),
     };
     std::process::exit(code);

@@ -110,6 +110,26 @@ fn backdate(path: &std::path::Path, when: &str) {
     assert!(done.success(), "touch {}", path.display());
 }
 
+/// Starts a multipart upload whose session never existed. The local store's temporary
+/// files name no session, so only old ones are stale: that one is made eight days old.
+async fn abandon_upload(
+    ns: &Namespace,
+    blobs: &dyn BlobStore,
+    file: &str,
+) -> vmreg::store::UploadHandle {
+    let handle = blobs
+        .begin_upload(&format!("blobs/{file}/fedcba9876543210fedcba9876543210"))
+        .await
+        .unwrap();
+    if !s3_backend() {
+        backdate(
+            &ns.dir.join("data/uploads").join(&handle.upload_id),
+            "8 days ago",
+        );
+    }
+    handle
+}
+
 /// Stores a whole blob through the OCI front door.
 async fn push_oci_blob(s: &Server, data: &[u8]) {
     let digest = format!("sha256:{}", sha256_hex(data));
@@ -202,20 +222,7 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     tx.put(&key, serde_json::to_vec(&session).unwrap());
     assert!(tx.commit().await.unwrap());
     // incomplete_upload: a multipart upload no session holds.
-    let abandoned = blobs
-        .begin_upload(&format!(
-            "blobs/{}/fedcba9876543210fedcba9876543210",
-            fresh.name
-        ))
-        .await
-        .unwrap();
-    if !s3_backend() {
-        // The local store's temporary files name no session: only old ones are stale.
-        backdate(
-            &s.ns.dir.join("data/uploads").join(&abandoned.upload_id),
-            "8 days ago",
-        );
-    }
+    let abandoned = abandon_upload(&s.ns, &*blobs, &fresh.name).await;
     // missing_manifest and stray_manifest.
     let manifests = blobs.list(&format!("manifests/{a}/")).await.unwrap();
     let v1_manifest = manifests
@@ -299,4 +306,110 @@ fn fsck_on_an_unreachable_store_fails_in_one_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("vmreg admin fsck: "), "{stderr}");
+}
+
+/// `vmreg admin gc --json`: exit code 0 and the report.
+fn gc(ns: &Namespace, extra: &[&str]) -> Value {
+    let mut args = vec!["gc", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out) = admin(ns, &args);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Uploads one file of an open push whole.
+async fn upload(s: &Server, session: &str, file: &TestFile) {
+    let url = s.at(&format!(
+        "/api/v1/push/{session}/files/{}?offset=0",
+        encode_path(&file.name)
+    ));
+    call(Method::PUT, &url, Some(file.data.clone()))
+        .await
+        .ok_body();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight() {
+    let mut s = Server::start();
+    let (base, fresh) = (image(200_000, 21), image(70_000, 22));
+    let nvram = TestFile::new("nvram", "nvram", 4096, 23);
+    let (a, b) = (new_id(), new_id());
+    push(&s, &a, &format!("a-{}", &a[..8]), "v1", &[&base, &nvram]).await;
+    // A push in flight: it pinned base and sent its new layer whole, but has not committed.
+    let b_name = format!("b-{}", &b[..8]);
+    let in_flight = negotiate(&s, &b, &b_name, "wip", &[&fresh, &base, &nvram]).await;
+    upload(&s, &in_flight, &fresh).await;
+    push_oci_blob(&s, b"an oci layer kept by gc").await;
+    let stale = negotiate(&s, &b, &b_name, "old", &[&image(1000, 24)]).await;
+    s.kill();
+
+    let (meta, blobs) = stores(&s.ns).await;
+    let orphan = format!("blobs/{}/0123456789abcdef0123456789abcdef", base.name);
+    blobs.put(&orphan, vec![7u8; 321].into()).await.unwrap();
+    abandon_upload(&s.ns, &*blobs, &fresh.name).await;
+    let key = keys::session(&stale);
+    let raw = meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0].clone();
+    let mut session: Value = serde_json::from_slice(&raw.unwrap()).unwrap();
+    session["created"] = Value::from(1_000_000u64);
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&key, serde_json::to_vec(&session).unwrap());
+    // A commit record a week old, beside the fresh one of v1.
+    tx.put(&keys::pushed("oldpush"), serde_json::to_vec(&a).unwrap());
+    tx.set_add(keys::PUSHED, &keys::pushed_member(1_000_000, "oldpush"));
+    assert!(tx.commit().await.unwrap());
+    let objects_before = blobs.list("").await.unwrap();
+    drop((meta, blobs));
+
+    // A dry run lists everything and changes nothing.
+    let dry = gc(&s.ns, &["--dry-run", "--grace", "0s"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["objects"], serde_json::json!([orphan]));
+    assert_eq!(dry["bytes"], 321);
+    assert_eq!(
+        (&dry["uploads"], &dry["sessions"], &dry["commit_records"]),
+        (&Value::from(1), &Value::from(1), &Value::from(1)),
+        "{dry:#}"
+    );
+    let (meta, blobs) = stores(&s.ns).await;
+    assert_eq!(blobs.list("").await.unwrap(), objects_before);
+    assert_eq!(meta.members(keys::PUSHED).await.unwrap().len(), 2);
+    drop((meta, blobs));
+    let (code, _) = fsck(&s.ns, &[]);
+    assert_eq!(code, 1, "the dry run left the damage in place");
+
+    // The default grace keeps the young orphan (and S3's young upload); the week-old
+    // session and commit record go.
+    let report = gc(&s.ns, &[]);
+    assert_eq!(report["objects"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["uploads"], if s3_backend() { 0 } else { 1 });
+    assert_eq!(
+        (&report["sessions"], &report["commit_records"]),
+        (&Value::from(1), &Value::from(1))
+    );
+
+    let report = gc(&s.ns, &["--grace", "0s"]);
+    assert_eq!(report["objects"], serde_json::json!([orphan]), "{report:#}");
+    assert_eq!(report["uploads"], if s3_backend() { 1 } else { 0 });
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "one pass leaves the registry clean: {report:#}");
+    assert_eq!(report["oci_objects"], 1, "the OCI blob is kept");
+    let (meta, _) = stores(&s.ns).await;
+    assert_eq!(
+        meta.members(keys::PUSHED).await.unwrap().len(),
+        1,
+        "the fresh commit record is kept"
+    );
+    drop(meta);
+
+    // The push in flight commits, and every file pulls byte-identical.
+    s.restart();
+    let commit = s.at(&format!("/api/v1/push/{in_flight}/commit"));
+    let done = call(Method::POST, &commit, None).await;
+    assert_eq!(done.ok_body()["tag"], "wip");
+    assert_eq!(
+        call(Method::POST, &commit, None).await.ok_body()["tag"],
+        "wip"
+    );
+    assert!(download(&s, &fresh.name).await == fresh.data);
+    assert!(download(&s, &base.name).await == base.data);
 }

@@ -64,6 +64,18 @@ pub fn group(name: &str) -> String {
     format!("group:{name}")
 }
 
+/// The set of commit records (see [`pushed`]), each member `<epoch seconds>/<session>`,
+/// so that garbage collection finds them and their age without reading each.
+pub const PUSHED: &str = "pushed";
+
+/// The member of [`PUSHED`] for a session committed at `at` (epoch seconds).
+pub fn pushed_member(at: u64, session: &str) -> String {
+    format!("{at}/{session}")
+}
+
+/// The lease a replica holds while it runs the periodic garbage collection.
+pub const GC_LEASE: &str = "lease:gc";
+
 /// The template a push session committed to, kept after the session so that a client whose
 /// commit reply was lost learns that its version exists.
 pub fn pushed(session: &str) -> String {

@@ -3,7 +3,10 @@
 
 use crate::config::Config;
 
+use std::time::Duration;
+
 use super::fsck::FsckOptions;
+use super::sweep::GcOptions;
 use super::{backends, Registry};
 
 /// Exit code when a command found problems (fsck) but ran to the end.
@@ -46,6 +49,21 @@ fn with_registry(
     })
 }
 
+/// Prints a report as text, or as pretty JSON.
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> Result<(), String> {
+    match json {
+        true => println!(
+            "{}",
+            serde_json::to_string_pretty(report).map_err(|e| e.to_string())?
+        ),
+        false => println!("{report}"),
+    }
+    Ok(())
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -59,14 +77,25 @@ pub fn fsck(config: Config, json: bool, digests: bool) -> i32 {
     };
     with_registry("fsck", config, async |registry| {
         let report = registry.fsck(options).await.map_err(|e| e.to_string())?;
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-            );
-        } else {
-            println!("{report}");
-        }
+        print_report(&report, json)?;
         Ok(if report.clean { 0 } else { EXIT_PROBLEMS })
+    })
+}
+
+/// Objects and uploads younger than this are never collected unless told otherwise: a push
+/// may take long between writing a file and committing it.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
+
+/// `vmreg admin gc`: removes (or with `dry_run` lists) what nothing holds; prints what.
+pub fn gc(config: Config, json: bool, dry_run: bool, grace: Duration) -> i32 {
+    let options = GcOptions {
+        grace,
+        session_ttl: super::UPLOAD_SESSION_TTL,
+        dry_run,
+    };
+    with_registry("gc", config, async |registry| {
+        let report = registry.collect(options).await.map_err(|e| e.to_string())?;
+        print_report(&report, json)?;
+        Ok(0)
     })
 }

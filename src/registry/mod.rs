@@ -18,6 +18,7 @@ mod parts;
 pub mod pull;
 pub mod push;
 pub mod reindex;
+pub mod sweep;
 pub mod templates;
 
 use std::sync::Arc;

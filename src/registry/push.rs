@@ -738,6 +738,7 @@ impl Registry {
             tx.delete(&keys::session(session_id));
             tx.set_remove(keys::SESSIONS, session_id);
             tx.put_json(&keys::pushed(session_id), &template.id);
+            tx.set_add(keys::PUSHED, &keys::pushed_member(now, session_id));
             Ok((template, version, objects, garbage))
         })
         .await?;

@@ -1,0 +1,216 @@
+//! Garbage collection: removes what nothing holds and nobody can come back for.
+//!
+//! - objects under `blobs/` that no file record names and whose upload session is closed
+//!   (see [`census`]: such an object can never be referenced again), once older than the
+//!   grace window;
+//! - multipart uploads whose session is closed, once older than the grace window, and the
+//!   local store's temporary files no session holds, once older than a session's lifetime;
+//! - upload sessions past their lifetime (aborted as `abort` would), and the commit records
+//!   that answer a commit asked again, past the same lifetime.
+//!
+//! Deleting is safe against concurrent pushes without a lock: every judgement is made per
+//! object against the records a commit changes atomically. The grace window is a second
+//! guard, not the first.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::census::{self, Holder, BLOBS};
+use super::{transact, Registry, RegistryResult};
+use crate::meta::{keys, MetaTxExt};
+use crate::model;
+use crate::store::UploadHandle;
+use crate::telemetry::metrics::gc_run;
+
+/// How a collection runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Objects and uploads younger than this are kept whatever holds them.
+    pub grace: Duration,
+    /// Upload sessions, commit records and stray temporary files live this long.
+    pub session_ttl: Duration,
+    /// Report what would go, remove nothing.
+    pub dry_run: bool,
+}
+
+/// What a collection removed (or, dry, would remove).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Nothing was removed: this is what would be.
+    pub dry_run: bool,
+    /// Orphan objects.
+    pub objects: Vec<String>,
+    /// Bytes in those objects.
+    pub bytes: u64,
+    /// Incomplete multipart uploads and temporary files.
+    pub uploads: usize,
+    /// Upload sessions past their lifetime.
+    pub sessions: usize,
+    /// Commit records past their lifetime.
+    pub commit_records: usize,
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for object in &self.objects {
+            writeln!(f, "orphan {object}")?;
+        }
+        write!(
+            f,
+            "{} {} orphan objects ({} bytes), {} incomplete uploads, {} expired upload sessions, {} commit records",
+            if self.dry_run { "would remove" } else { "removed" },
+            self.objects.len(),
+            self.bytes,
+            self.uploads,
+            self.sessions,
+            self.commit_records
+        )
+    }
+}
+
+/// Who holds the periodic collection and until when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Registry {
+    /// Runs one garbage collection.
+    pub async fn collect(&self, options: GcOptions) -> RegistryResult<GcReport> {
+        let mut report = GcReport {
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        let ttl = options.session_ttl.as_secs();
+        report.sessions = self.expire_sessions(ttl, options.dry_run).await?;
+        report.commit_records = self.expire_commit_records(ttl, options.dry_run).await?;
+        self.collect_orphans(&options, &mut report).await?;
+        report.uploads = self.collect_uploads(&options).await?;
+        if !options.dry_run {
+            gc_run("sessions", report.sessions as u64, 0);
+            gc_run("commit_records", report.commit_records as u64, 0);
+            gc_run("orphans", report.objects.len() as u64, report.bytes);
+            gc_run("uploads", report.uploads as u64, 0);
+        }
+        Ok(report)
+    }
+
+    async fn expire_sessions(&self, ttl: u64, dry_run: bool) -> RegistryResult<usize> {
+        if !dry_run {
+            return self.purge_stale_sessions(ttl).await;
+        }
+        let cutoff = model::now().saturating_sub(ttl);
+        Ok(census::sessions(self.meta())
+            .await?
+            .iter()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.created < cutoff))
+            .count())
+    }
+
+    async fn expire_commit_records(&self, ttl: u64, dry_run: bool) -> RegistryResult<usize> {
+        let cutoff = model::now().saturating_sub(ttl);
+        let mut expired = 0;
+        for member in self.meta().members(keys::PUSHED).await? {
+            let (at, session) = member.split_once('/').unwrap_or(("0", member.as_str()));
+            if at.parse::<u64>().unwrap_or(0) >= cutoff {
+                continue;
+            }
+            expired += 1;
+            if !dry_run {
+                transact(self.meta(), async |tx| {
+                    tx.delete(&keys::pushed(session));
+                    tx.set_remove(keys::PUSHED, &member);
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn collect_orphans(
+        &self,
+        options: &GcOptions,
+        report: &mut GcReport,
+    ) -> RegistryResult<()> {
+        let cutoff = model::now().saturating_sub(options.grace.as_secs());
+        let objects = self.blobs().list_objects(BLOBS).await?;
+        let holders = census::holders(self.meta(), &objects).await?;
+        for (object, holder) in objects.iter().zip(holders) {
+            if holder != Holder::Nobody || object.modified > cutoff {
+                continue;
+            }
+            if !options.dry_run {
+                self.blobs().delete(&object.key).await?;
+            }
+            report.bytes += object.size;
+            report.objects.push(object.key.clone());
+        }
+        Ok(())
+    }
+
+    async fn collect_uploads(&self, options: &GcOptions) -> RegistryResult<usize> {
+        let now = model::now();
+        let sessions = census::sessions(self.meta()).await?;
+        let states = census::upload_states(self.meta(), &sessions).await?;
+        let mut removed = 0;
+        for upload in self.blobs().list_uploads().await? {
+            let age = now.saturating_sub(upload.started);
+            let abandoned = match &upload.key {
+                Some(key) => {
+                    age >= options.grace.as_secs() && !census::writer_open(self.meta(), key).await?
+                }
+                // A temporary file names no session (it may be an OCI upload, or a small
+                // write in flight): only one no session records, past a session's lifetime.
+                None => {
+                    age >= options.session_ttl.as_secs().max(options.grace.as_secs())
+                        && !states.iter().any(|(_, _, s)| {
+                            s.handle
+                                .as_ref()
+                                .is_some_and(|h| h.upload_id == upload.upload_id)
+                        })
+                }
+            };
+            if !abandoned {
+                continue;
+            }
+            removed += 1;
+            if !options.dry_run {
+                let handle = UploadHandle {
+                    key: upload.key.clone().unwrap_or_default(),
+                    upload_id: upload.upload_id.clone(),
+                };
+                self.blobs().abort_upload(&handle).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Takes or renews the periodic collection's lease for `holder` for `ttl`; false when
+    /// another replica holds it.
+    pub async fn take_gc_lease(&self, holder: &str, ttl: Duration) -> RegistryResult<bool> {
+        transact(self.meta(), async |tx| {
+            let now = now_ms();
+            if let Some(lease) = tx.get_json::<Lease>(keys::GC_LEASE).await? {
+                if lease.holder != holder && lease.until_ms > now {
+                    return Ok(false);
+                }
+            }
+            let lease = Lease {
+                holder: holder.to_string(),
+                until_ms: now + ttl.as_millis() as u64,
+            };
+            tx.put_json(keys::GC_LEASE, &lease);
+            Ok(true)
+        })
+        .await
+    }
+}
