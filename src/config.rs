@@ -40,6 +40,14 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     pub body_idle_timeout: Option<Duration>,
+    /// How often one replica (under a lease in the metadata store) runs `vmreg admin gc`; 0 turns it off [env: VMREG_GC_INTERVAL] [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub gc_interval: Option<Duration>,
+    /// Objects and uploads younger than this are never collected by the periodic run [env: VMREG_GC_GRACE] [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub gc_grace: Option<Duration>,
     /// Open connections per worker thread, at most; more wait in the listen backlog [env: VMREG_MAX_CONNECTIONS] [default: 1024]
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -227,6 +235,10 @@ pub struct Config {
     pub part_memory: u64,
     /// How long a request body may send nothing before it is cut.
     pub body_idle_timeout: Duration,
+    /// How often the periodic garbage collection runs; zero when off.
+    pub gc_interval: Duration,
+    /// The periodic collection's grace window.
+    pub gc_grace: Duration,
     /// Open connections per worker thread.
     pub max_connections: usize,
     /// Caps on the metadata clients can grow.
@@ -262,6 +274,8 @@ pub struct TelemetryConfig {
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The periodic garbage collection's interval and grace window, both conservative.
+const DEFAULT_GC: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// A configuration that cannot be used.
@@ -284,6 +298,8 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ),
     ("part_memory", &["VMREG_PART_MEMORY"]),
     ("body_idle_timeout", &["VMREG_BODY_IDLE_TIMEOUT"]),
+    ("gc_interval", &["VMREG_GC_INTERVAL"]),
+    ("gc_grace", &["VMREG_GC_GRACE"]),
     ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
     ("max_templates", &["VMREG_MAX_TEMPLATES"]),
     ("max_versions", &["VMREG_MAX_VERSIONS"]),
@@ -387,6 +403,8 @@ impl ServeArgs {
                 "body_idle_timeout" => {
                     layer.body_idle_timeout = Some(parse_duration(&value).map_err(bad)?)
                 }
+                "gc_interval" => layer.gc_interval = Some(parse_duration(&value).map_err(bad)?),
+                "gc_grace" => layer.gc_grace = Some(parse_duration(&value).map_err(bad)?),
                 "max_connections" => {
                     layer.max_connections = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
@@ -457,6 +475,8 @@ impl ServeArgs {
             part_size: self.part_size.or(lower.part_size),
             part_memory: self.part_memory.or(lower.part_memory),
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
+            gc_interval: self.gc_interval.or(lower.gc_interval),
+            gc_grace: self.gc_grace.or(lower.gc_grace),
             max_connections: self.max_connections.or(lower.max_connections),
             max_templates: self.max_templates.or(lower.max_templates),
             max_versions: self.max_versions.or(lower.max_versions),
@@ -613,6 +633,8 @@ impl Config {
             part_size,
             part_memory,
             body_idle_timeout,
+            gc_interval: l.gc_interval.unwrap_or(DEFAULT_GC),
+            gc_grace: l.gc_grace.unwrap_or(DEFAULT_GC),
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
             limits,
             tls,
@@ -713,6 +735,12 @@ impl std::fmt::Display for Config {
             f,
             "  body_idle_timeout {}s",
             self.body_idle_timeout.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  gc                every {}s, grace {}s",
+            self.gc_interval.as_secs_f64(),
+            self.gc_grace.as_secs_f64()
         )?;
         writeln!(f, "  max_connections   {}", self.max_connections)?;
         let l = &self.limits;

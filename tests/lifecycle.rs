@@ -413,3 +413,100 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     assert!(download(&s, &fresh.name).await == fresh.data);
     assert!(download(&s, &base.name).await == base.data);
 }
+
+/// Stores bytes no file and no session holds, beside a running server.
+async fn plant_orphan(ns: &Namespace, key: &str) {
+    if s3_backend() {
+        let (_, blobs) = stores(ns).await;
+        blobs.put(key, vec![9u8; 100].into()).await.unwrap();
+    } else {
+        let path = ns.dir.join("data/objects").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, [9u8; 100]).unwrap();
+    }
+}
+
+async fn object_exists(ns: &Namespace, key: &str) -> bool {
+    if s3_backend() {
+        let (_, blobs) = stores(ns).await;
+        blobs.list(key).await.unwrap().iter().any(|k| k == key)
+    } else {
+        ns.dir.join("data/objects").join(key).exists()
+    }
+}
+
+fn gc_runs(s: &Server) -> usize {
+    s.log().matches("garbage collection ran").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_gc_collects_online_and_spares_a_push_in_flight() {
+    let s = Server::start_with(&["--gc-interval", "300ms", "--gc-grace", "0s"]);
+    let fresh = image(80_000, 31);
+    let b = new_id();
+    let session = negotiate(&s, &b, &format!("b-{}", &b[..8]), "wip", &[&fresh]).await;
+    upload(&s, &session, &fresh).await;
+    let orphan = format!("blobs/{}/00112233445566778899aabbccddeeff", fresh.name);
+    plant_orphan(&s.ns, &orphan).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while object_exists(&s.ns, &orphan).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan was not collected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Several more runs pass over the push in flight, with no grace at all.
+    let runs = gc_runs(&s);
+    while gc_runs(&s) < runs + 3 {
+        assert!(std::time::Instant::now() < deadline, "gc stopped running");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let done = call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await;
+    assert_eq!(done.ok_body()["tag"], "wip");
+    assert!(download(&s, &fresh.name).await == fresh.data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn periodic_gc_runs_on_one_replica_at_a_time_and_moves_when_it_dies() {
+    require_s3_services();
+    let mut a = Server::start_with(&["--gc-interval", "300ms", "--gc-grace", "0s"]);
+    let mut b = a.replica();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (ra, rb) = (gc_runs(&a), gc_runs(&b));
+    assert!(ra + rb >= 3, "gc runs: {ra} + {rb}");
+    assert!(
+        ra == 0 || rb == 0,
+        "one replica holds the lease and runs every collection: {ra} and {rb}"
+    );
+    let (holder, other) = match ra > 0 {
+        true => (&mut a, &mut b),
+        false => (&mut b, &mut a),
+    };
+    holder.kill();
+    // The lease runs out after two intervals; then the other replica takes over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gc_runs(other) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the lease over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let orphan = format!("blobs/{}/00112233445566778899aabbccddeeff", new_id());
+    plant_orphan(&other.ns, &orphan).await;
+    while object_exists(&other.ns, &orphan).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan was not collected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -114,27 +114,72 @@ async fn serve(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .run();
-    actix_web::rt::spawn(async move {
-        loop {
-            tokio::time::sleep(PURGE_EVERY).await;
-            match registry
-                .purge_stale_sessions(crate::registry::UPLOAD_SESSION_TTL.as_secs())
-                .await
-            {
-                Ok(0) => crate::telemetry::metrics::gc_run("sessions", 0, 0),
-                Ok(n) => {
-                    crate::telemetry::metrics::gc_run("sessions", n as u64, 0);
-                    tracing::info!(sessions = n, "aborted stale upload sessions");
-                }
-                Err(e) => tracing::warn!(error = %e, "could not purge stale upload sessions"),
-            }
-        }
-    });
+    match config.gc_interval.is_zero() {
+        true => actix_web::rt::spawn(purge_sessions(registry)),
+        false => actix_web::rt::spawn(collect_garbage(
+            registry,
+            config.gc_interval,
+            config.gc_grace,
+        )),
+    };
     let served = server.await.map_err(|e| e.to_string());
     if let Some(metrics) = metrics_server {
         metrics.stop(true).await;
     }
     served
+}
+
+/// With the periodic collection off, upload sessions idle past their lifetime are still
+/// aborted, on every replica (aborting is idempotent).
+async fn purge_sessions(registry: Registry) {
+    loop {
+        tokio::time::sleep(PURGE_EVERY).await;
+        match registry
+            .purge_stale_sessions(crate::registry::UPLOAD_SESSION_TTL.as_secs())
+            .await
+        {
+            Ok(n) => {
+                crate::telemetry::metrics::gc_run("sessions", n as u64, 0);
+                if n > 0 {
+                    tracing::info!(sessions = n, "aborted stale upload sessions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not purge stale upload sessions"),
+        }
+    }
+}
+
+/// Every `interval`, the replica holding the lease collects garbage. The holder renews the
+/// lease for two intervals each time, so another replica takes over only once it is gone.
+async fn collect_garbage(registry: Registry, interval: Duration, grace: Duration) {
+    let me = uuid::Uuid::new_v4().simple().to_string();
+    let options = crate::registry::sweep::GcOptions {
+        grace,
+        session_ttl: crate::registry::UPLOAD_SESSION_TTL,
+        dry_run: false,
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match registry.take_gc_lease(&me, interval * 2).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the garbage collection lease");
+                continue;
+            }
+        }
+        match registry.collect(options).await {
+            Ok(report) => tracing::info!(
+                objects = report.objects.len(),
+                bytes = report.bytes,
+                uploads = report.uploads,
+                sessions = report.sessions,
+                commit_records = report.commit_records,
+                "garbage collection ran"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
 }
 
 /// Starts the separate `/metrics` listener (the vendor's `:2112`); it stops with the
