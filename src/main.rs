@@ -33,7 +33,7 @@ enum Command {
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Rebuild the metadata index from the manifests in the blob store.
-    Reindex(ServeArgs),
+    Reindex(ReindexArgs),
     /// Check, without changing anything, that the index and the stores agree; exit code 1
     /// when problems are found, 2 when the check could not run.
     Fsck(FsckArgs),
@@ -57,6 +57,15 @@ struct GcArgs {
 }
 
 #[derive(clap::Args)]
+struct ReindexArgs {
+    #[command(flatten)]
+    stores: ServeArgs,
+    /// Rebuild over an index that lists templates (stop every replica first).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
 struct FsckArgs {
     #[command(flatten)]
     stores: ServeArgs,
@@ -76,7 +85,9 @@ fn main() {
         Command::Healthcheck { url } => vmreg::cli::healthcheck::run(url),
         Command::Admin {
             command: AdminCommand::Reindex(args),
-        } => with_config(args, vmreg::registry::reindex::run_cli),
+        } => with_config(args.stores, |config| {
+            vmreg::registry::reindex::run_cli(config, args.force)
+        }),
         Command::Admin {
             command: AdminCommand::Fsck(args),
         } => with_config(args.stores, |config| {

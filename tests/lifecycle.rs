@@ -510,3 +510,35 @@ async fn periodic_gc_runs_on_one_replica_at_a_time_and_moves_when_it_dies() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reindex_refuses_a_live_index_unless_forced() {
+    let mut s = Server::start();
+    let a = new_id();
+    push(
+        &s,
+        &a,
+        &format!("a-{}", &a[..8]),
+        "v1",
+        &[&image(10_000, 41)],
+    )
+    .await;
+    s.kill();
+    let out = Command::new(vmreg_bin())
+        .args(["admin", "reindex"])
+        .args(s.ns.store_args())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("the index is live (1 templates)") && stderr.contains("--force"));
+    let (code, stdout) = admin(&s.ns, &["reindex", "--force"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("reindexed 1 templates, 1 versions"),
+        "{stdout}"
+    );
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "{report:#}");
+}

@@ -51,7 +51,10 @@ impl std::fmt::Display for ReindexReport {
 }
 
 /// Rebuilds the metadata index from the blob store's manifests; returns the exit code.
-pub fn run_cli(config: Config) -> i32 {
+/// Without `force` it refuses an index that lists templates: rebuilding under a running
+/// registry would race its pushes and reverts (stop every replica, or run it on an empty
+/// index as after a lost Redis).
+pub fn run_cli(config: Config, force: bool) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,6 +73,22 @@ pub fn run_cli(config: Config) -> i32 {
                 return 1;
             }
         };
+        if !force {
+            match meta.members(crate::meta::keys::TEMPLATES).await {
+                Ok(live) if !live.is_empty() => {
+                    eprintln!(
+                        "vmreg admin reindex: the index is live ({} templates); stop every replica and rerun with --force to rebuild over it",
+                        live.len()
+                    );
+                    return 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("vmreg admin reindex: {e}");
+                    return 1;
+                }
+            }
+        }
         match reindex(meta.as_ref(), blobs.as_ref()).await {
             Ok(report) => {
                 for w in &report.warnings {
