@@ -749,3 +749,69 @@ async fn referrers_list_the_manifests_whose_subject_is_a_digest() {
     )
     .await;
 }
+
+/// GETs `path` and answers its JSON body.
+async fn get_json(c: &Client, s: &Server, path: &str) -> Value {
+    c.get(s.at(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A manifest of its own for each `n`.
+fn numbered_manifest(n: u32) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{{"n":"{n}"}}}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn repositories_manifests_and_tags_are_capped_and_a_refusal_changes_nothing() {
+    let s = Server::start_with(&["--max-templates", "2", "--max-versions", "2"]);
+    let c = Client::new();
+    let put = |repo: &str, reference: &str, n: u32| {
+        c.put(s.at(&format!("/v2/{repo}/manifests/{reference}")))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .body(numbered_manifest(n))
+    };
+    let m = |n: u32| digest_of(&numbered_manifest(n));
+    put_manifest(&c, &s, "vm/a", "t1", &numbered_manifest(1)).await;
+    put_manifest(&c, &s, "vm/a", "t2", &numbered_manifest(2)).await;
+
+    // A third manifest, under a new tag or by digest, is refused and leaves nothing behind.
+    expect_error(put("vm/a", "t3", 3), StatusCode::FORBIDDEN, "DENIED").await;
+    expect_error(put("vm/a", &m(3), 3), StatusCode::FORBIDDEN, "DENIED").await;
+    for r in ["t3".to_string(), m(3)] {
+        let url = s.at(&format!("/v2/vm/a/manifests/{r}"));
+        expect_error(c.get(url), StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+    // At the cap what is there already goes through; a third tag does not.
+    put_manifest(&c, &s, "vm/a", "t1", &numbered_manifest(1)).await;
+    put_manifest(&c, &s, "vm/a", "t2", &numbered_manifest(1)).await;
+    expect_error(put("vm/a", "t9", 2), StatusCode::FORBIDDEN, "DENIED").await;
+    let tags = get_json(&c, &s, "/v2/vm/a/tags/list").await;
+    assert_eq!(tags["tags"], serde_json::json!(["t1", "t2"]));
+    // Room made by a delete is room again.
+    let t2 = s.at("/v2/vm/a/manifests/t2");
+    assert_eq!(status_of(c.delete(t2)).await, StatusCode::ACCEPTED);
+    put_manifest(&c, &s, "vm/a", "t9", &numbered_manifest(2)).await;
+
+    // Repositories: a second one fits; a third is refused by an upload, a mount or a manifest.
+    let blob = push_blob(&c, &s, "vm/b", b"layer").await;
+    let upload = s.at("/v2/vm/c/blobs/uploads/");
+    expect_error(c.post(upload.clone()), StatusCode::FORBIDDEN, "DENIED").await;
+    let mount = format!("{upload}?mount={blob}&from=vm/b");
+    expect_error(c.post(mount), StatusCode::FORBIDDEN, "DENIED").await;
+    expect_error(put("vm/c", "t1", 1), StatusCode::FORBIDDEN, "DENIED").await;
+    let catalog = get_json(&c, &s, "/v2/_catalog").await;
+    assert_eq!(catalog["repositories"], serde_json::json!(["vm/a", "vm/b"]));
+    // A repository that is there still takes uploads.
+    push_blob(&c, &s, "vm/a", b"another layer").await;
+}

@@ -39,6 +39,8 @@ fn table(e: &OciError) -> (StatusCode, &'static str) {
         E::TagInvalid => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
         E::PaginationInvalid => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         E::Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+        // As quota refusals are in other registries: clients show DENIED's message.
+        E::Full(_) => (StatusCode::FORBIDDEN, "DENIED"),
         E::Registry(r) => match r {
             RegistryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),

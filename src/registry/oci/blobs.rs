@@ -60,6 +60,7 @@ impl Registry {
             validate_repo(from)?;
         }
         let hex = sha256_of_digest(digest)?;
+        self.oci_check_repo_room(repo).await?;
         let link = keys::oci_blob(repo, digest);
         let source = from.map(|f| keys::oci_blob(f, digest));
         let record_key = keys::file(&blob_key(hex));

@@ -147,6 +147,9 @@ impl Registry {
             }
             Reference::Tag(t) => Some(t.to_string()),
         };
+        self.oci_check_repo_room(repo).await?;
+        self.oci_check_manifest_room(repo, &digest, tag.as_deref())
+            .await?;
         let object = object_keys::blob("oci", &uuid::Uuid::new_v4().simple().to_string());
         let fresh = FileRecord {
             key: blob_key(&hex),

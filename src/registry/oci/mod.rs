@@ -19,6 +19,7 @@
 //!   `oci:refs:<repo>@<digest>`; repositories are the set `oci:repos`.
 
 mod blobs;
+mod caps;
 mod listing;
 mod manifests;
 mod uploads;
@@ -71,6 +72,9 @@ pub enum OciError {
     /// A pagination parameter is not a number.
     #[error("invalid number of results requested")]
     PaginationInvalid,
+    /// A cap on what the registry holds is reached; nothing was changed.
+    #[error("denied: {0}")]
+    Full(String),
     /// A request the registry does not serve, such as a malformed referrers filter.
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),

@@ -38,6 +38,7 @@ impl Registry {
     /// Opens an upload session in `repo`; answers its id.
     pub async fn oci_start_upload(&self, repo: &str) -> OciResult<String> {
         validate_repo(repo)?;
+        self.oci_check_repo_room(repo).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let record = OciUpload {
             repo: repo.to_string(),
