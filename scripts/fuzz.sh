@@ -7,7 +7,8 @@
 # scripts/fuzz_session.py), each for half the time of the auth-off run. A 5xx (the fuzz runs with its backends up, so
 # not even the documented 503 may appear), a response outside the documented schema,
 # status codes, content types or headers, or a server that died, fails the run. Prints the
-# requests sent and the failures of each run.
+# requests sent and the failures of each run. A run that schemathesis itself crashes in (its
+# "Runtime Error", with no check failed) is shown and made once more; a second crash fails.
 #
 #   scripts/fuzz.sh                  uses target/debug/vmreg (built when missing)
 #   VMREG_FUZZ_SECONDS=40            time budget of each auth-off run, split between
@@ -88,6 +89,14 @@ else
     echo "fuzz: auth-on runs skipped: this build has no --enable-auth" >&2
 fi
 
+# True when a schemathesis report has no failed check and its only errors are its own
+# "Runtime Error"s.
+tool_error_only() {
+    local errors
+    errors=$(sed -n '/^Errors:/,/^$/p' "$1" | grep -c '🚫' || true)
+    ! grep -q '^Failures:' "$1" && [ "$errors" -eq 1 ] && grep -q '🚫 Runtime Error' "$1"
+}
+
 failed=0
 summary=()
 for backend in "${backends[@]}"; do
@@ -123,12 +132,25 @@ for backend in "${backends[@]}"; do
             st_auth=(--header "Authorization: $header")
             ;;
         esac
-        status=0
-        "$st" run "$url/openapi.json" \
-            --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
-            --max-time "$budget" --workers 2 --no-color --request-timeout 30 \
-            --report har --report-har-path "$work/$run.har" \
-            "${st_auth[@]}" >"$work/$run.log" 2>&1 || status=$?
+        rerun=""
+        for attempt in 1 2; do
+            status=0
+            "$st" run "$url/openapi.json" \
+                --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
+                --max-time "$budget" --workers 2 --no-color --request-timeout 30 \
+                --report har --report-har-path "$work/$run.har" \
+                "${st_auth[@]}" >"$work/$run.log" 2>&1 || status=$?
+            # schemathesis's own crash (a "Runtime Error": neither a failed check nor a
+            # network error) says nothing about vmreg: shown, and the run made once more.
+            if [ "$status" -ne 0 ] && [ "$attempt" = 1 ] && tool_error_only "$work/$run.log" \
+                && kill -0 "$server_pid" 2>/dev/null; then
+                echo "== fuzz $run: schemathesis failed internally, no check failed; running again:" >&2
+                sed -n '/= ERRORS =/,/= SUMMARY =/p' "$work/$run.log" >&2
+                rerun=" (run again after a schemathesis internal error)"
+                continue
+            fi
+            break
+        done
         alive=yes
         kill -0 "$server_pid" 2>/dev/null || alive=no
         stop_server
@@ -139,12 +161,12 @@ for backend in "${backends[@]}"; do
             failed=1
             [ "$failures" -gt 0 ] || failures="(schemathesis exit $status, server alive: $alive)"
             echo "== fuzz $run: FAILED; schemathesis said:" >&2
-            sed -n '/= FAILURES =/,/= SUMMARY =/p' "$work/$run.log" >&2
+            sed -n '/= \(FAILURES\|ERRORS\) =/,/= SUMMARY =/p' "$work/$run.log" >&2
             tail -30 "$work/$run.log" >&2
             echo "== server log:" >&2
             tail -40 "$work/server.log" >&2
         fi
-        line="fuzz: backend=$backend auth=$auth requests=$requests failures=$failures"
+        line="fuzz: backend=$backend auth=$auth requests=$requests failures=$failures$rerun"
         summary+=("$line")
         echo "$line"
     done
