@@ -111,21 +111,18 @@ pub async fn append(
     payload: web::Payload,
 ) -> Result<HttpResponse, OciApiError> {
     let (name, id) = path.into_inner();
-    let start = match req.headers().get(header::CONTENT_RANGE) {
-        None => None,
-        Some(v) => {
-            let parsed = v.to_str().ok().and_then(content_range_start);
-            match parsed {
-                Some(s) => Some(s),
-                None => {
-                    return Err(OciError::BlobUploadInvalid(
-                        "Content-Range must be <start>-<end>".into(),
-                    )
-                    .into())
-                }
-            }
-        }
-    };
+    let start = req
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(content_range_start)
+                .ok_or_else(|| {
+                    OciError::BlobUploadInvalid("Content-Range must be <start>-<end>".into())
+                })
+        })
+        .transpose()?;
     let received = state
         .registry
         .oci_append(&name, &id, start, body_stream(payload))
