@@ -9,6 +9,9 @@ use serde_json::Value;
 use sha2::Digest;
 
 const API_VERSION: &str = "docker-distribution-api-version";
+/// An image manifest with no layers.
+const EMPTY_MANIFEST: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
 
 fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -521,7 +524,7 @@ async fn blobs_are_mounted_across_repositories_and_deleted_per_repository() {
 async fn deleting_a_tag_keeps_the_manifest_and_deleting_a_digest_drops_its_tags() {
     let s = Server::start();
     let c = Client::new();
-    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let manifest = EMPTY_MANIFEST;
     let digest = digest_of(manifest);
     for (repo, reference) in [("vm/x", "v1"), ("vm/x", "v2"), ("vm/y", digest.as_str())] {
         put_manifest(&c, &s, repo, reference, manifest).await;
@@ -573,7 +576,7 @@ async fn deleting_a_tag_keeps_the_manifest_and_deleting_a_digest_drops_its_tags(
     // The same bytes held by another repository are still served there, byte for byte.
     let other = c.get(url("vm/y", &digest)).send().await.unwrap();
     assert_eq!(other.status(), StatusCode::OK);
-    assert_eq!(other.bytes().await.unwrap().as_ref(), &manifest[..]);
+    assert_eq!(other.bytes().await.unwrap().as_ref(), manifest);
     expect_error(
         c.delete(url("vm/x", &digest)),
         StatusCode::NOT_FOUND,
@@ -595,7 +598,7 @@ async fn deleting_a_tag_keeps_the_manifest_and_deleting_a_digest_drops_its_tags(
     // Pushed again after its delete, it is back.
     put_manifest(&c, &s, "vm/x", "v1", manifest).await;
     let back = c.get(url("vm/x", "v1")).send().await.unwrap();
-    assert_eq!(back.bytes().await.unwrap().as_ref(), &manifest[..]);
+    assert_eq!(back.bytes().await.unwrap().as_ref(), manifest);
 }
 
 /// Follows a listing's pages `n` at a time; answers every entry under `field` and the
@@ -665,7 +668,7 @@ async fn referrers_list_the_manifests_whose_subject_is_a_digest() {
     let s = Server::start();
     let c = Client::new();
     let repo = "art/app";
-    let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let image = EMPTY_MANIFEST;
     let image_digest = digest_of(image);
     put_manifest(&c, &s, repo, "v1", image).await;
     let artifact = |kind: &str, note: &str| {
