@@ -13,7 +13,8 @@ use crate::meta::{get_many_json, keys, MetaStore};
 use crate::model::FileRecord;
 use crate::store::ObjectInfo;
 
-use super::push::{UploadSession, UploadState};
+use super::push::UploadSession;
+use super::upload::UploadState;
 use super::RegistryResult;
 
 /// The file key part of the objects the OCI front door writes (`blobs/oci/<upload>`).

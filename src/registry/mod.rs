@@ -14,12 +14,12 @@ mod gc;
 mod inventory;
 pub mod limits;
 pub mod oci;
-mod parts;
 pub mod pull;
 pub mod push;
 pub mod reindex;
 pub mod sweep;
 pub mod templates;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{blob_key, hold, sha256_of_digest, validate_repo, OciError, OciResult};
 use crate::meta::{decode, keys, MetaTxExt};
 use crate::model::{now, FileRecord};
-use crate::registry::parts::PartPump;
-use crate::registry::push::UploadState;
+use crate::registry::upload::PartPump;
+use crate::registry::upload::UploadState;
 use crate::registry::{transact, Registry, RegistryError};
 use crate::store::keys as object_keys;
 

@@ -6,10 +6,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::budget::PartBuffer;
-use super::push::UploadState;
-use super::{Registry, RegistryError, RegistryResult};
+use super::UploadState;
 use crate::digest::ResumableSha256;
+use crate::registry::budget::PartBuffer;
+use crate::registry::{Registry, RegistryError, RegistryResult};
 use crate::store::{PartInfo, StoreError, StoreResult, UploadHandle};
 
 /// Bytes of parts one upload may have in flight; with parts larger than this (files over

@@ -1,0 +1,16 @@
+//! Pushing a version: negotiate, upload (streamed, resumable, hashed as it arrives),
+//! commit (verify, then append atomically), abort.
+//!
+//! One file per step: `session` holds what a negotiated push stores, `negotiate` opens
+//! it, `receive` streams a file's bytes through the shared upload machinery of
+//! [`super::upload`], `commit` makes the version and `abort` ends a push without one.
+
+mod abort;
+mod commit;
+mod negotiate;
+mod receive;
+mod session;
+#[cfg(test)]
+mod testing;
+
+pub use session::{SessionFile, UploadSession};

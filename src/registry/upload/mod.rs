@@ -1,0 +1,120 @@
+//! The upload machinery both front doors share: the state of one file's multipart upload,
+//! saved after every durable part, and the pump that sends its parts.
+
+mod pump;
+
+use serde::{Deserialize, Serialize};
+
+use super::{transact, Registry, RegistryError, RegistryResult};
+use crate::digest::ResumableSha256;
+use crate::meta::{decode, MetaTxExt};
+use crate::store::{PartInfo, UploadHandle};
+
+pub(crate) use pump::PartPump;
+
+/// How far one file's upload got; saved after every durable part.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UploadState {
+    /// The multipart upload, once started.
+    pub handle: Option<UploadHandle>,
+    /// Durable parts, contiguous from the start.
+    pub parts: Vec<PartInfo>,
+    /// Bytes in `parts`.
+    pub received: u64,
+    /// SHA-256 state over the received bytes.
+    pub hasher: ResumableSha256,
+    /// The final digest, once complete.
+    pub sha256: Option<String>,
+    /// The upload request that owns the file now. A newer request takes the file over, so
+    /// an older one still landing its last parts (its client died or reconnected) can no
+    /// longer record them and make the newer one fail.
+    #[serde(default)]
+    pub writer: Option<String>,
+}
+
+impl UploadState {
+    pub(crate) fn complete(&self) -> bool {
+        self.sha256.is_some()
+    }
+}
+
+impl Registry {
+    /// Saves a file's upload state if nobody else moved it since `expected` was read and
+    /// no newer request took the file over.
+    pub(crate) async fn save_state(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        state: &UploadState,
+    ) -> RegistryResult<()> {
+        transact(self.meta(), async |tx| {
+            let current = tx.get_json::<UploadState>(key).await?;
+            let moved = current.as_ref().map(|s| s.received) != expected
+                || current.is_some_and(|s| s.writer != state.writer);
+            if moved {
+                return Err(RegistryError::Conflict(
+                    "another upload of this file is running; ask for its status and resume".into(),
+                ));
+            }
+            tx.put_json(key, state);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes `writer` the owner of a file's upload, starting the multipart upload if
+    /// `stored` has none; returns the state it takes over.
+    pub(crate) async fn claim_upload(
+        &self,
+        object: &str,
+        state_key: &str,
+        writer: &str,
+        stored: Option<&UploadState>,
+    ) -> RegistryResult<UploadState> {
+        let started = match stored.and_then(|s| s.handle.clone()) {
+            Some(_) => None,
+            None => Some(self.blobs.begin_upload(object).await?),
+        };
+        let claimed = transact(self.meta(), async |tx| {
+            let mut current = tx
+                .get_json::<UploadState>(state_key)
+                .await?
+                .unwrap_or_default();
+            if current.handle.is_none() {
+                // Reset meanwhile (a digest mismatch): the client must ask where to restart.
+                let Some(handle) = started.clone() else {
+                    return Err(RegistryError::Conflict(
+                        "the upload of this file was restarted; ask for its status and resume"
+                            .into(),
+                    ));
+                };
+                current.handle = Some(handle);
+            }
+            current.writer = Some(writer.to_string());
+            tx.put_json(state_key, &current);
+            Ok(current)
+        })
+        .await;
+        if let Some(handle) = &started {
+            let ours = matches!(&claimed, Ok(c) if c.handle.as_ref() == Some(handle));
+            if !ours {
+                // Another request started the upload first; ours holds nothing yet.
+                let _ = self.blobs.abort_upload(handle).await;
+            }
+        }
+        claimed
+    }
+
+    pub(crate) async fn upload_state(
+        &self,
+        state_key: &str,
+    ) -> RegistryResult<Option<UploadState>> {
+        let found = self
+            .meta
+            .get_many(&[state_key.to_string()])
+            .await?
+            .pop()
+            .flatten();
+        Ok(found.map(|b| decode(state_key, &b)).transpose()?)
+    }
+}
