@@ -104,13 +104,26 @@ pub struct Template {
     pub arch: String,
     /// Epoch seconds of the first push.
     pub created: u64,
-    /// Epoch seconds of the latest push.
+    /// Epoch seconds of the push of the newest version it holds: always
+    /// [`Template::newest_push`], so that a revert rolls it back and the bucket's manifests
+    /// alone give it again.
     pub last_push: u64,
     /// Versions ordered by number; numbers are 0..len.
     pub versions: Vec<Version>,
 }
 
 impl Template {
+    /// The `last_push` the template's versions make: the creation of its newest version
+    /// (never before the template's own creation). Derived rather than kept, so that the
+    /// live index and `admin reindex`, which sees only the versions still in the bucket,
+    /// agree: a reverted push leaves no trace in either.
+    pub fn newest_push(&self) -> u64 {
+        self.versions
+            .iter()
+            .map(|v| v.created)
+            .fold(self.created, u64::max)
+    }
+
     /// Sum of the distinct files of all versions: a layer shared by tags counts once.
     pub fn size(&self) -> u64 {
         let mut seen = std::collections::HashMap::new();

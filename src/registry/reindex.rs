@@ -267,7 +267,6 @@ fn assemble(
         .map(|m| m.name.clone())
         .unwrap_or_default();
     let first = versions.iter().map(|v| v.created).min().unwrap_or(0);
-    let last = versions.iter().map(|v| v.created).max().unwrap_or(0);
     let (name, arch, created) = match record {
         Some(r) => (r.name, r.arch, r.created),
         None => {
@@ -277,14 +276,15 @@ fn assemble(
             (newest_name, String::new(), first)
         }
     };
-    let template = Template {
+    let mut template = Template {
         id,
         name,
         arch,
         created,
-        last_push: last.max(created),
+        last_push: 0,
         versions,
     };
+    template.last_push = template.newest_push();
     Some((template, manifests))
 }
 
@@ -402,7 +402,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
     use bytes::Bytes;
@@ -658,6 +658,61 @@ mod tests {
                 .await
                 .is_none(),
             "superseded versions reference nothing"
+        );
+    }
+
+    /// The live index and a rebuild from the bucket agree on `last_push` after a revert,
+    /// whatever seconds the pushes fell in: the reverted push counts in neither.
+    #[tokio::test]
+    async fn a_revert_leaves_the_last_push_a_rebuild_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(EmbeddedMeta::open(&dir.path().join("live.redb")).unwrap());
+        let blobs = Arc::new(Objects::default());
+        let b = Uuid::new_v4();
+        put_template(&blobs, b, "beta", "arm64", 1_795_825_146).await;
+        let base = file("base.ank", FileKind::Image, 100);
+        put_version(
+            &blobs,
+            b,
+            "beta",
+            0,
+            "only",
+            1_795_825_146,
+            vec![base.clone()],
+        )
+        .await;
+        // The next push falls in the next second, and is reverted.
+        let top = file("top.ank", FileKind::Image, 5);
+        put_version(
+            &blobs,
+            b,
+            "beta",
+            1,
+            "reverted",
+            1_795_825_147,
+            vec![top, base],
+        )
+        .await;
+        reindex(live.as_ref(), blobs.as_ref()).await.unwrap();
+        let pushed: Template = get(live.as_ref(), meta::keys::template(&b)).await.unwrap();
+        assert_eq!(pushed.last_push, 1_795_825_147);
+
+        let registry = crate::registry::Registry::new(live.clone(), blobs.clone(), 5 << 20, 1);
+        registry
+            .revert(&b, crate::registry::templates::RevertTarget::Latest)
+            .await
+            .unwrap();
+        let reverted: Template = get(live.as_ref(), meta::keys::template(&b)).await.unwrap();
+        let summary: TemplateSummary = get(live.as_ref(), meta::keys::summary(&b)).await.unwrap();
+
+        let flushed = EmbeddedMeta::open(&dir.path().join("flushed.redb")).unwrap();
+        reindex(&flushed, blobs.as_ref()).await.unwrap();
+        let rebuilt: Template = get(&flushed, meta::keys::template(&b)).await.unwrap();
+        assert_eq!(rebuilt, reverted, "the rebuild is the live template");
+        assert_eq!(
+            (reverted.last_push, summary.last_push),
+            (1_795_825_146, 1_795_825_146),
+            "a revert takes last_push back to the newest version left"
         );
     }
 

@@ -300,8 +300,20 @@ pub fn find_version<'a>(
         })
 }
 
-/// Writes a template and its listing summary.
+/// Writes a template and its listing summary, with the `last_push` its versions make
+/// (see [`Template::newest_push`]) whatever the caller set.
 pub(crate) fn write_template(tx: &mut Box<dyn MetaTx>, template: &Template) {
+    let derived;
+    let template = match template.newest_push() == template.last_push {
+        true => template,
+        false => {
+            derived = Template {
+                last_push: template.newest_push(),
+                ..template.clone()
+            };
+            &derived
+        }
+    };
     tx.put_json(&keys::template(&template.id), template);
     tx.put_json(
         &keys::summary(&template.id),
