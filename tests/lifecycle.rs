@@ -12,7 +12,7 @@ use clap::Parser;
 use common::*;
 use reqwest::Method;
 use serde_json::Value;
-use vmreg::meta::{get_many_json, keys, MetaStore};
+use vmreg::meta::{keys, MetaStore, MetaStoreExt};
 use vmreg::model::FileRecord;
 use vmreg::store::BlobStore;
 
@@ -71,11 +71,9 @@ fn problems(report: &Value) -> Vec<(String, String)> {
 }
 
 async fn record(meta: &dyn MetaStore, file_key: &str) -> FileRecord {
-    get_many_json::<FileRecord>(meta, &[keys::file(file_key)])
+    meta.get_json::<FileRecord>(&keys::file(file_key))
         .await
         .unwrap()
-        .pop()
-        .flatten()
         .unwrap_or_else(|| panic!("no record of {file_key}"))
 }
 
@@ -211,12 +209,7 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     put_record(&*meta, &shared).await;
     // stale_session: a session opened long ago.
     let key = keys::session(&stale);
-    let mut session: Value = serde_json::from_slice(
-        &meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0]
-            .clone()
-            .unwrap(),
-    )
-    .unwrap();
+    let mut session: Value = meta.get_json(&key).await.unwrap().unwrap();
     session["created"] = Value::from(1_000_000u64);
     let mut tx = meta.begin().await.unwrap();
     tx.put(&key, serde_json::to_vec(&session).unwrap());
@@ -348,8 +341,7 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     blobs.put(&orphan, vec![7u8; 321].into()).await.unwrap();
     abandon_upload(&s.ns, &*blobs, &fresh.name).await;
     let key = keys::session(&stale);
-    let raw = meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0].clone();
-    let mut session: Value = serde_json::from_slice(&raw.unwrap()).unwrap();
+    let mut session: Value = meta.get_json(&key).await.unwrap().unwrap();
     session["created"] = Value::from(1_000_000u64);
     let mut tx = meta.begin().await.unwrap();
     tx.put(&key, serde_json::to_vec(&session).unwrap());

@@ -23,7 +23,7 @@ pub use config::{AuthConfig, Secret};
 pub use identity::{AuthMethod, Identity};
 pub use permissions::{Access, Permission};
 
-use crate::meta::{MetaError, MetaStore};
+use crate::meta::{MetaError, MetaStore, MetaStoreExt};
 
 /// Why a request may not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -236,25 +236,20 @@ pub(crate) async fn read<T: DeserializeOwned>(
     meta: &dyn MetaStore,
     key: &str,
 ) -> Result<Option<T>, AuthError> {
-    Ok(read_many(meta, &[key.to_string()]).await?.pop())
+    Ok(meta.get_json(key).await?)
 }
 
 /// Reads and decodes the records under `keys` that exist, in order.
-pub(crate) async fn read_many<T: DeserializeOwned>(
+pub(crate) async fn read_many<T: DeserializeOwned + Send>(
     meta: &dyn MetaStore,
     keys: &[String],
 ) -> Result<Vec<T>, AuthError> {
-    let mut out = Vec::new();
-    for (key, value) in keys.iter().zip(meta.get_many(keys).await?) {
-        if let Some(bytes) = value {
-            out.push(crate::meta::decode(key, &bytes)?);
-        }
-    }
-    Ok(out)
+    let found = meta.get_many_json(keys).await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// The records of every member of `set`, sorted by member.
-pub(crate) async fn read_set<T: DeserializeOwned>(
+pub(crate) async fn read_set<T: DeserializeOwned + Send>(
     meta: &dyn MetaStore,
     set: &str,
     key_of: impl Fn(&str) -> String,

@@ -91,21 +91,40 @@ impl MetaTxExt for Box<dyn MetaTx> {
     }
 }
 
-/// Keys read per round trip by [`get_many_json`].
+/// Keys read per round trip by [`MetaStoreExt::get_many_json`].
 const READ_BATCH: usize = 256;
 
-/// Reads and decodes many JSON records outside any transaction, in batches.
-pub async fn get_many_json<T: DeserializeOwned>(
-    meta: &dyn MetaStore,
-    keys: &[String],
-) -> MetaResult<Vec<Option<T>>> {
-    let mut out = Vec::with_capacity(keys.len());
-    for batch in keys.chunks(READ_BATCH) {
-        for (key, value) in batch.iter().zip(meta.get_many(batch).await?) {
-            out.push(value.map(|bytes| decode(key, &bytes)).transpose()?);
-        }
+/// Typed reads on top of [`MetaStore`], outside any transaction.
+#[async_trait]
+pub trait MetaStoreExt {
+    /// Reads and decodes one JSON record.
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> MetaResult<Option<T>>;
+    /// Reads and decodes many JSON records, in batches.
+    async fn get_many_json<T: DeserializeOwned + Send>(
+        &self,
+        keys: &[String],
+    ) -> MetaResult<Vec<Option<T>>>;
+}
+
+#[async_trait]
+impl<M: MetaStore + ?Sized> MetaStoreExt for M {
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> MetaResult<Option<T>> {
+        let found = self.get_many(&[key.to_string()]).await?.pop().flatten();
+        found.map(|bytes| decode(key, &bytes)).transpose()
     }
-    Ok(out)
+
+    async fn get_many_json<T: DeserializeOwned + Send>(
+        &self,
+        keys: &[String],
+    ) -> MetaResult<Vec<Option<T>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(READ_BATCH) {
+            for (key, value) in batch.iter().zip(self.get_many(batch).await?) {
+                out.push(value.map(|bytes| decode(key, &bytes)).transpose()?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Decodes a stored JSON record.

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::meta::{get_many_json, keys, MetaStore};
+use crate::meta::{keys, MetaStore, MetaStoreExt};
 use crate::model::FileRecord;
 use crate::store::ObjectInfo;
 
@@ -68,7 +68,7 @@ pub(crate) async fn sessions(
 ) -> RegistryResult<Vec<(String, Option<UploadSession>)>> {
     let ids = meta.members(keys::SESSIONS).await?;
     let wanted: Vec<String> = ids.iter().map(|id| keys::session(id)).collect();
-    let found = get_many_json::<UploadSession>(meta, &wanted).await?;
+    let found = meta.get_many_json::<UploadSession>(&wanted).await?;
     Ok(ids.into_iter().zip(found).collect())
 }
 
@@ -85,7 +85,7 @@ pub(crate) async fn upload_states(
             names.push((id.clone(), f.key.clone()));
         }
     }
-    let found = get_many_json::<UploadState>(meta, &wanted).await?;
+    let found = meta.get_many_json::<UploadState>(&wanted).await?;
     Ok(names
         .into_iter()
         .zip(found)
@@ -118,7 +118,7 @@ pub(crate) async fn holders(
     let records: HashMap<String, FileRecord> = file_keys
         .iter()
         .cloned()
-        .zip(get_many_json::<FileRecord>(meta, &file_keys).await?)
+        .zip(meta.get_many_json::<FileRecord>(&file_keys).await?)
         .filter_map(|(k, r)| r.map(|r| (k, r)))
         .collect();
     Ok(objects

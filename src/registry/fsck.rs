@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::census::{self, Holder, BLOBS};
 use super::{Registry, RegistryResult};
-use crate::meta::{get_many_json, keys};
+use crate::meta::{keys, MetaStoreExt};
 use crate::model::{self, FileRecord, Template};
 use crate::store::{keys as object_keys, ObjectInfo};
 
@@ -143,7 +143,7 @@ impl Registry {
         let templates = self.fsck_templates(&mut report).await?;
         let expected = expected_files(&templates);
         let file_keys: Vec<String> = expected.keys().map(|k| keys::file(k)).collect();
-        let records = get_many_json::<FileRecord>(self.meta(), &file_keys).await?;
+        let records = self.meta().get_many_json::<FileRecord>(&file_keys).await?;
         // Sessions are read before the objects are listed, and judged per object after, so
         // an upload completed meanwhile is never taken for an orphan (see `census`).
         let sessions = census::sessions(self.meta()).await?;
@@ -208,7 +208,7 @@ impl Registry {
         let mut templates = Vec::new();
         for (id, found) in ids
             .iter()
-            .zip(get_many_json::<Template>(self.meta(), &wanted).await?)
+            .zip(self.meta().get_many_json::<Template>(&wanted).await?)
         {
             match found {
                 Some(t) => templates.push(t),

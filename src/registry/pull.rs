@@ -2,7 +2,7 @@
 
 use super::templates::find_version;
 use super::{Registry, RegistryError, RegistryResult};
-use crate::meta::{decode, keys};
+use crate::meta::{keys, MetaStoreExt};
 use crate::model::FileRecord;
 use crate::protocol::{Manifest, ManifestFile};
 use crate::store::{ByteStream, Redirect};
@@ -54,15 +54,8 @@ impl Registry {
     pub async fn file(&self, key: &str) -> RegistryResult<FileRecord> {
         crate::model::validate_file_name(key)?;
         let record_key = keys::file(key);
-        let found = self
-            .meta
-            .get_many(std::slice::from_ref(&record_key))
-            .await?
-            .into_iter()
-            .next()
-            .flatten();
-        match found {
-            Some(bytes) => Ok(decode(&record_key, &bytes)?),
+        match self.meta.get_json(&record_key).await? {
+            Some(record) => Ok(record),
             None => Err(RegistryError::NotFound(format!("file {key} not found"))),
         }
     }

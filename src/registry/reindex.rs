@@ -409,6 +409,7 @@ mod tests {
 
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
+    use crate::meta::MetaStoreExt;
     use crate::model::{FileKind, FileRef};
     use crate::store::{
         ByteStream, ObjectInfo, PartInfo, PendingUpload, Space, StoreError, StoreResult,
@@ -553,13 +554,7 @@ mod tests {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(meta: &dyn MetaStore, key: String) -> Option<T> {
-        let v = meta
-            .get_many(std::slice::from_ref(&key))
-            .await
-            .unwrap()
-            .pop()
-            .flatten()?;
-        Some(meta::decode(&key, &v).unwrap())
+        meta.get_json(&key).await.unwrap()
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use super::gc::{delete_objects, release, Release};
 use super::{transact, Registry, RegistryError, RegistryResult};
-use crate::meta::{decode, keys, MetaTx, MetaTxExt};
+use crate::meta::{decode, keys, MetaStoreExt, MetaTx, MetaTxExt};
 use crate::model::{self, StoredTemplate, Template, TemplateSummary};
 use crate::store::keys as object_keys;
 
@@ -102,10 +102,9 @@ impl Registry {
             .iter()
             .map(|i| keys::template(&listed[*i].summary.id))
             .collect();
-        let values = self.meta.get_many(&wanted).await?;
-        for ((i, key), value) in old.iter().zip(&wanted).zip(values) {
-            if let Some(bytes) = value {
-                let template: Template = decode(key, &bytes)?;
+        let values = self.meta.get_many_json::<Template>(&wanted).await?;
+        for (i, template) in old.iter().zip(values) {
+            if let Some(template) = template {
                 listed[*i].summary = TemplateSummary::from(&template);
             }
         }
@@ -114,10 +113,8 @@ impl Registry {
 
     /// A template with all its versions.
     pub async fn get(&self, id: &Uuid) -> RegistryResult<Template> {
-        let key = keys::template(id);
-        let values = self.meta.get_many(std::slice::from_ref(&key)).await?;
-        match values.into_iter().next().flatten() {
-            Some(bytes) => Ok(decode(&key, &bytes)?),
+        match self.meta.get_json(&keys::template(id)).await? {
+            Some(template) => Ok(template),
             None => Err(not_found(id)),
         }
     }
@@ -128,9 +125,8 @@ impl Registry {
             return self.get(&id).await;
         }
         let key = keys::template_name(id_or_name);
-        let values = self.meta.get_many(std::slice::from_ref(&key)).await?;
-        match values.into_iter().next().flatten() {
-            Some(bytes) => self.get(&decode::<Uuid>(&key, &bytes)?).await,
+        match self.meta.get_json::<Uuid>(&key).await? {
+            Some(id) => self.get(&id).await,
             None => Err(RegistryError::NotFound(format!(
                 "template {id_or_name:?} not found"
             ))),

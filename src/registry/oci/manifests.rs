@@ -10,7 +10,7 @@ use super::{
     blob_key, hold, sha256_of_digest, validate_oci_tag, validate_repo, OciError, OciResult,
 };
 use crate::digest::sha256_hex;
-use crate::meta::{decode, keys, MetaTxExt};
+use crate::meta::{keys, MetaStoreExt, MetaTxExt};
 use crate::model::FileRecord;
 use crate::registry::gc::{delete_objects, release, Release};
 use crate::registry::{transact, Registry, RegistryError};
@@ -197,9 +197,8 @@ impl Registry {
     }
 
     async fn oci_manifest_record(&self, key: &str) -> OciResult<ManifestRecord> {
-        let found = self.meta().get_many(&[key.to_string()]).await?.pop();
-        match found.flatten() {
-            Some(bytes) => Ok(decode(key, &bytes)?),
+        match self.meta().get_json(key).await? {
+            Some(record) => Ok(record),
             None => Err(OciError::ManifestUnknown),
         }
     }
@@ -210,15 +209,12 @@ impl Registry {
         let digest = match reference(reference_)? {
             Reference::Digest(d) => d.to_string(),
             Reference::Tag(tag) => {
-                let key = keys::oci_tag(repo, tag);
                 match self
                     .meta()
-                    .get_many(std::slice::from_ref(&key))
+                    .get_json::<String>(&keys::oci_tag(repo, tag))
                     .await?
-                    .pop()
-                    .flatten()
                 {
-                    Some(bytes) => decode::<String>(&key, &bytes)?,
+                    Some(digest) => digest,
                     None => return Err(OciError::ManifestUnknown),
                 }
             }
@@ -300,12 +296,14 @@ impl Registry {
             .iter()
             .map(|d| keys::oci_manifest(repo, d))
             .collect();
-        let found = self.meta().get_many(&record_keys).await?;
+        let found = self
+            .meta()
+            .get_many_json::<ManifestRecord>(&record_keys)
+            .await?;
         let mut out = Vec::new();
-        for ((digest, key), bytes) in digests.into_iter().zip(&record_keys).zip(found) {
+        for (digest, record) in digests.into_iter().zip(found) {
             // A manifest deleted since the set was read is no referrer.
-            let Some(bytes) = bytes else { continue };
-            let record: ManifestRecord = decode(key, &bytes)?;
+            let Some(record) = record else { continue };
             if artifact_type.is_some_and(|t| record.artifact_type.as_deref() != Some(t)) {
                 continue;
             }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::negotiate::{changed_in_place, check_name_free};
 use super::session::session_not_found;
 use crate::digest::is_sha256_hex;
-use crate::meta::{decode, keys, MetaTxExt};
+use crate::meta::{keys, MetaStoreExt, MetaTxExt};
 use crate::model::{self, FileRecord, FileRef, StoredManifest, Template, Version};
 use crate::protocol::{CommitRequest, Committed};
 use crate::registry::gc::delete_objects;
@@ -187,27 +187,12 @@ impl Registry {
     /// The version a session committed, while it exists.
     async fn committed_earlier(&self, session_id: &str) -> RegistryResult<Option<Committed>> {
         let key = keys::pushed(session_id);
-        let Some(id) = self
-            .meta
-            .get_many(std::slice::from_ref(&key))
-            .await?
-            .pop()
-            .flatten()
-        else {
+        let Some(id) = self.meta.get_json::<Uuid>(&key).await? else {
             return Ok(None);
         };
-        let id: Uuid = decode(&key, &id)?;
-        let tkey = keys::template(&id);
-        let Some(template) = self
-            .meta
-            .get_many(std::slice::from_ref(&tkey))
-            .await?
-            .pop()
-            .flatten()
-        else {
+        let Some(template) = self.meta.get_json::<Template>(&keys::template(&id)).await? else {
             return Ok(None);
         };
-        let template: Template = decode(&tkey, &template)?;
         Ok(template
             .versions
             .iter()

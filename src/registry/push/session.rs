@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::meta::{decode, keys};
+use crate::meta::{keys, MetaStoreExt};
 use crate::model::FileKind;
 use crate::protocol::{PlannedFile, PushPlan};
 use crate::registry::upload::UploadState;
@@ -68,16 +68,8 @@ impl Registry {
             )));
         }
         let key = keys::session(id);
-        let found = self
-            .meta
-            .get_many(std::slice::from_ref(&key))
-            .await?
-            .into_iter()
-            .next()
-            .flatten();
-        match found {
-            Some(bytes) => {
-                let session: UploadSession = decode(&key, &bytes)?;
+        match self.meta.get_json::<UploadSession>(&key).await? {
+            Some(session) => {
                 crate::telemetry::trace::record_template(&session.template);
                 Ok(session)
             }
@@ -94,16 +86,12 @@ impl Registry {
             .iter()
             .map(|f| keys::upload(&session.id, &f.key))
             .collect();
-        let values = self.meta.get_many(&wanted).await?;
-        let mut out = BTreeMap::new();
-        for ((file, name), value) in uploads.iter().zip(&wanted).zip(values) {
-            let state = match value {
-                Some(bytes) => decode(name, &bytes)?,
-                None => UploadState::default(),
-            };
-            out.insert(file.key.clone(), state);
-        }
-        Ok(out)
+        let values = self.meta.get_many_json::<UploadState>(&wanted).await?;
+        Ok(uploads
+            .iter()
+            .zip(values)
+            .map(|(file, state)| (file.key.clone(), state.unwrap_or_default()))
+            .collect())
     }
 
     /// The session's plan with the bytes received so far.

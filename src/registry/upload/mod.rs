@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{transact, Registry, RegistryError, RegistryResult};
 use crate::digest::ResumableSha256;
-use crate::meta::{decode, MetaTxExt};
+use crate::meta::{MetaStoreExt, MetaTxExt};
 use crate::store::{PartInfo, UploadHandle};
 
 pub(crate) use pump::PartPump;
@@ -109,12 +109,6 @@ impl Registry {
         &self,
         state_key: &str,
     ) -> RegistryResult<Option<UploadState>> {
-        let found = self
-            .meta
-            .get_many(&[state_key.to_string()])
-            .await?
-            .pop()
-            .flatten();
-        Ok(found.map(|b| decode(state_key, &b)).transpose()?)
+        Ok(self.meta.get_json(state_key).await?)
     }
 }
