@@ -6,29 +6,14 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 
-use clap::Parser;
+use common::stores::stores;
 use common::*;
 use reqwest::Method;
 use serde_json::Value;
 use vmreg::meta::{keys, MetaStore, MetaStoreExt};
 use vmreg::model::FileRecord;
 use vmreg::store::BlobStore;
-
-#[derive(Parser)]
-struct StoreFlags {
-    #[command(flatten)]
-    args: vmreg::config::ServeArgs,
-}
-
-/// The stores a namespace's servers use, opened by this process. On the embedded store
-/// the server must be stopped first (the database allows one process).
-async fn stores(ns: &Namespace) -> (Arc<dyn MetaStore>, Arc<dyn BlobStore>) {
-    let flags = StoreFlags::parse_from(std::iter::once("vmreg".to_string()).chain(ns.store_args()));
-    let config = vmreg::config::Config::resolve(flags.args, |n| std::env::var(n).ok()).unwrap();
-    vmreg::registry::backends::open(&config).await.unwrap()
-}
 
 /// Runs `vmreg admin <args>` on the namespace's stores; exit code and stdout.
 fn admin(ns: &Namespace, args: &[&str]) -> (i32, String) {
@@ -533,4 +518,74 @@ async fn reindex_refuses_a_live_index_unless_forced() {
     );
     let (code, report) = fsck(&s.ns, &[]);
     assert_eq!(code, 0, "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_uploads_past_the_session_lifetime_are_purged_by_gc() {
+    let mut s = Server::start();
+    let c = reqwest::Client::new();
+    let open = async |repo: &str| {
+        let reply = c
+            .post(s.at(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 202);
+        reply.headers()["location"].to_str().unwrap().to_string()
+    };
+    let (stale, fresh) = (open("old/vm").await, open("new/vm").await);
+    for loc in [&stale, &fresh] {
+        let reply = c
+            .patch(s.at(loc))
+            .header("content-range", "0-99")
+            .body(vec![5u8; 100])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 202);
+    }
+    s.kill();
+
+    // The first upload was started a week and a day ago.
+    let (meta, blobs) = stores(&s.ns).await;
+    let id = stale.rsplit('/').next().unwrap();
+    assert_eq!(
+        blobs
+            .list(&format!("uploads/oci/{id}/"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let key = keys::oci_upload(id);
+    let raw = meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0].clone();
+    let mut upload: Value = serde_json::from_slice(&raw.unwrap()).unwrap();
+    upload["created"] = Value::from(vmreg::model::now() - 8 * 24 * 3600);
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&key, serde_json::to_vec(&upload).unwrap());
+    assert!(tx.commit().await.unwrap());
+    drop((meta, blobs));
+
+    let dry = gc(&s.ns, &["--dry-run"]);
+    assert_eq!(dry["sessions"], 1, "{dry:#}");
+    let report = gc(&s.ns, &[]);
+    assert_eq!(report["sessions"], 1, "{report:#}");
+    let (meta, blobs) = stores(&s.ns).await;
+    assert_eq!(meta.members(keys::OCI_UPLOADS).await.unwrap().len(), 1);
+    assert!(
+        blobs
+            .list(&format!("uploads/oci/{id}/"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the expired upload's bytes are gone"
+    );
+    drop((meta, blobs));
+
+    s.restart();
+    let gone = c.get(s.at(&stale)).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    let kept = c.get(s.at(&fresh)).send().await.unwrap();
+    assert_eq!(kept.status().as_u16(), 204);
+    assert_eq!(kept.headers()["range"], "0-99");
 }

@@ -818,3 +818,189 @@ async fn repositories_manifests_and_tags_are_capped_and_a_refusal_changes_nothin
     // A repository that is there still takes uploads.
     push_blob(&c, &s, "vm/a", b"another layer").await;
 }
+
+fn sha512_of(bytes: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes)))
+}
+
+/// The objects holding OCI content (`blobs/oci/…`), read from the namespace's store.
+async fn oci_objects(ns: &Namespace) -> usize {
+    if !s3_backend() {
+        let dir = ns.dir.join("data/objects/blobs/oci");
+        return std::fs::read_dir(dir).map_or(0, |d| d.count());
+    }
+    let (_, blobs) = common::stores::stores(ns).await;
+    blobs.list("blobs/oci/").await.unwrap().len()
+}
+
+#[tokio::test]
+async fn sha512_digests_name_blobs_and_manifests_and_content_is_stored_once() {
+    // Small parts, so a chunked blob spans several and its SHA-512 is checked on the
+    // stored bytes.
+    let s = Server::start_with(&["--part-size", "5MiB"]);
+    let c = Client::new();
+    let small = payload(4096, 21);
+    let (d256, d512) = (digest_of(&small), sha512_of(&small));
+    let blob = |repo: &str, d: &str| s.at(&format!("/v2/{repo}/blobs/{d}"));
+
+    // Monolithic by SHA-512: 201 naming it in the asked algorithm.
+    let reply = c
+        .post(s.at(&format!("/v2/x/a/blobs/uploads/?digest={d512}")))
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    assert_eq!(reply.headers()["docker-content-digest"], d512.as_str());
+    assert_eq!(location(&reply), format!("/v2/x/a/blobs/{d512}"));
+    let got = c.get(blob("x/a", &d512)).send().await.unwrap();
+    assert_eq!(got.headers()["docker-content-digest"], d512.as_str());
+    assert!(got.bytes().await.unwrap() == small);
+    let ranged = c
+        .get(blob("x/a", &d512))
+        .header(header::RANGE, "bytes=4000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(ranged.bytes().await.unwrap() == small[4000..]);
+    // A blob is known by the digest it was pushed with.
+    expect_status(c.head(blob("x/a", &d256)), StatusCode::NOT_FOUND).await;
+    // The same content by SHA-256 in the same and another repository: one stored copy.
+    push_blob(&c, &s, "x/a", &small).await;
+    push_blob(&c, &s, "x/b", &small).await;
+    expect_status(c.head(blob("x/a", &d256)), StatusCode::OK).await;
+    assert_eq!(oci_objects(&s.ns).await, 1);
+
+    // A wrong SHA-512: 400 DIGEST_INVALID, nothing stored.
+    let wrong = sha512_of(b"other bytes");
+    expect_error(
+        c.post(s.at(&format!("/v2/x/a/blobs/uploads/?digest={wrong}")))
+            .body(small.clone()),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_status(c.head(blob("x/a", &wrong)), StatusCode::NOT_FOUND).await;
+
+    // Chunked across several parts, closed by SHA-512; then a wrong one leaves nothing.
+    let big = payload(12 << 20, 22);
+    let big512 = sha512_of(&big);
+    let loc = open_upload(&c, &s, "x/a").await;
+    let loc = patch_chunks(&c, &s, loc, &big, 3 << 20).await;
+    let done = c.put(with_digest(&s, &loc, &big512)).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    assert_eq!(done.headers()["docker-content-digest"], big512.as_str());
+    let got = c.get(blob("x/a", &big512)).send().await.unwrap();
+    assert!(got.bytes().await.unwrap() == big);
+    let loc = open_upload(&c, &s, "x/a").await;
+    let loc = patch_chunks(&c, &s, loc, &big[..6 << 20], 3 << 20).await;
+    let wrong_big = sha512_of(&big[..5 << 20]);
+    expect_error(
+        c.put(with_digest(&s, &loc, &wrong_big)),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_status(c.head(blob("x/a", &wrong_big)), StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        oci_objects(&s.ns).await,
+        2,
+        "the refused upload left no object"
+    );
+
+    // Mount by SHA-512 from a repository holding it; without `from` a session (content is
+    // discovered by SHA-256 only).
+    let mount = |repo: &str, q: String| c.post(s.at(&format!("/v2/{repo}/blobs/uploads/?{q}")));
+    let mounted = mount("x/c", format!("mount={d512}&from=x/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mounted.status(), StatusCode::CREATED);
+    assert_eq!(mounted.headers()["docker-content-digest"], d512.as_str());
+    expect_status(c.head(blob("x/c", &d512)), StatusCode::OK).await;
+    expect_status(mount("x/d", format!("mount={d512}")), StatusCode::ACCEPTED).await;
+    // Deleting by SHA-512 drops that hold only.
+    expect_status(c.delete(blob("x/a", &d512)), StatusCode::ACCEPTED).await;
+    expect_status(c.head(blob("x/a", &d512)), StatusCode::NOT_FOUND).await;
+    expect_status(c.head(blob("x/a", &d256)), StatusCode::OK).await;
+    expect_status(c.head(blob("x/c", &d512)), StatusCode::OK).await;
+
+    // Manifests by SHA-512: pushed, fetched and deleted by it, bytes as pushed.
+    let m512 = sha512_of(EMPTY_MANIFEST);
+    let put = put_manifest(&c, &s, "x/a", &m512, EMPTY_MANIFEST).await;
+    assert_eq!(put.headers()["docker-content-digest"], m512.as_str());
+    let manifest = |d: &str| s.at(&format!("/v2/x/a/manifests/{d}"));
+    let got = c.get(manifest(&m512)).send().await.unwrap();
+    assert_eq!(got.headers()["docker-content-digest"], m512.as_str());
+    assert!(got.bytes().await.unwrap() == EMPTY_MANIFEST);
+    let tagged = put_manifest(&c, &s, "x/a", "v1", EMPTY_MANIFEST).await;
+    let m256 = digest_of(EMPTY_MANIFEST);
+    assert_eq!(tagged.headers()["docker-content-digest"], m256.as_str());
+    assert_eq!(
+        oci_objects(&s.ns).await,
+        3,
+        "one manifest object for both digests"
+    );
+    expect_error(
+        c.put(manifest(&sha512_of(b"not it")))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .body(EMPTY_MANIFEST.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_status(c.delete(manifest(&m512)), StatusCode::ACCEPTED).await;
+    expect_status(c.get(manifest(&m512)), StatusCode::NOT_FOUND).await;
+    expect_status(c.get(manifest("v1")), StatusCode::OK).await;
+    expect_status(c.delete(manifest(&m256)), StatusCode::ACCEPTED).await;
+    assert_eq!(
+        oci_objects(&s.ns).await,
+        2,
+        "the manifest's content went with its last holder"
+    );
+}
+
+#[tokio::test]
+async fn open_uploads_are_capped_by_max_upload_sessions() {
+    let s = Server::start_with(&["--max-upload-sessions", "2"]);
+    let c = Client::new();
+    let data = payload(1000, 5);
+    let digest = digest_of(&data);
+    let first = open_upload(&c, &s, "cap/a").await;
+    let second = open_upload(&c, &s, "cap/b").await;
+    // Past the cap: 429 TOOMANYREQUESTS, for a session and a whole blob alike, and
+    // nothing is stored.
+    let post = |q: &str| c.post(s.at(&format!("/v2/cap/c/blobs/uploads/{q}")));
+    expect_error(post(""), StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+    expect_error(
+        post(&format!("?digest={digest}")).body(data.clone()),
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOOMANYREQUESTS",
+    )
+    .await;
+    expect_status(
+        c.head(s.at(&format!("/v2/cap/c/blobs/{digest}"))),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // The open ones go on; a cancelled one and a finished one free their places.
+    expect_status(c.delete(resolve(&s, &second)), StatusCode::NO_CONTENT).await;
+    let third = open_upload(&c, &s, "cap/c").await;
+    let done = c
+        .put(with_digest(&s, &third, &digest))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let first = patch_chunks(&c, &s, first, &data, 1000).await;
+    open_upload(&c, &s, "cap/d").await;
+    expect_error(post(""), StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
+    let status = c.get(resolve(&s, &first)).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status.headers()[header::RANGE], "0-999");
+}

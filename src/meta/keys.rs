@@ -90,6 +90,9 @@ pub fn oci_upload(id: &str) -> String {
     format!("oci:upl:{id}")
 }
 
+/// The set of open OCI blob upload ids, so they can be counted and expired.
+pub const OCI_UPLOADS: &str = "oci:upls";
+
 /// The multipart progress of an OCI blob upload (parts, bytes, hash state).
 pub fn oci_upload_parts(id: &str) -> String {
     format!("oci:parts:{id}")

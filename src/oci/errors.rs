@@ -41,6 +41,8 @@ fn table(e: &OciError) -> (StatusCode, &'static str) {
         E::Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         // As quota refusals are in other registries: clients show DENIED's message.
         E::Full(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        // Transient, unlike a full repository: clients back off and retry a 429.
+        E::TooManyUploads(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         E::Registry(r) => match r {
             RegistryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),

@@ -108,11 +108,13 @@ impl Registry {
             return self.purge_stale_sessions(ttl).await;
         }
         let cutoff = model::now().saturating_sub(ttl);
-        Ok(census::sessions(self.meta())
-            .await?
-            .iter()
-            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.created < cutoff))
-            .count())
+        let oci = self.oci_count_stale_uploads(ttl).await?;
+        Ok(oci
+            + census::sessions(self.meta())
+                .await?
+                .iter()
+                .filter(|(_, s)| s.as_ref().is_some_and(|s| s.created < cutoff))
+                .count())
     }
 
     async fn expire_commit_records(&self, ttl: u64, dry_run: bool) -> RegistryResult<usize> {

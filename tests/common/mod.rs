@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod pki;
+pub mod stores;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -2,22 +2,34 @@
 //! dropping the link (the content goes when nothing holds it), and mounted from another
 //! repository by adding a link, without moving a byte.
 
-use super::{blob_key, hold, sha256_of_digest, validate_repo, OciError, OciResult};
+use super::{
+    blob_key, hold, link_value, linked_content, read_link, sha256_of_digest, validate_repo,
+    OciError, OciResult,
+};
 use crate::meta::{decode, keys, MetaTxExt};
 use crate::model::FileRecord;
 use crate::registry::gc::{delete_objects, release, Release};
 use crate::registry::{transact, Registry, RegistryError};
 
 impl Registry {
-    /// The record of a blob `repo` holds.
+    /// The record of a blob `repo` holds under `digest`.
     pub async fn oci_blob(&self, repo: &str, digest: &str) -> OciResult<FileRecord> {
         validate_repo(repo)?;
-        let hex = sha256_of_digest(digest)?;
-        let record_key = keys::file(&blob_key(hex));
-        let found = self
-            .meta()
-            .get_many(&[keys::oci_blob(repo, digest), record_key.clone()])
-            .await?;
+        let link = keys::oci_blob(repo, digest);
+        let content = match sha256_of_digest(digest)? {
+            Some(hex) => hex.to_string(),
+            // Named by another algorithm: the link tells which content it holds.
+            None => {
+                let found = self.meta().get_many(std::slice::from_ref(&link)).await?;
+                let Some(bytes) = found.into_iter().next().flatten() else {
+                    return Err(OciError::BlobUnknown);
+                };
+                let value: serde_json::Value = decode(&link, &bytes)?;
+                linked_content(digest, &value).ok_or(OciError::BlobUnknown)?
+            }
+        };
+        let record_key = keys::file(&blob_key(&content));
+        let found = self.meta().get_many(&[link, record_key.clone()]).await?;
         match found.as_slice() {
             [Some(_), Some(bytes)] => Ok(decode(&record_key, bytes)?),
             _ => Err(OciError::BlobUnknown),
@@ -28,14 +40,14 @@ impl Registry {
     /// them any more.
     pub async fn oci_delete_blob(&self, repo: &str, digest: &str) -> OciResult<()> {
         validate_repo(repo)?;
-        let hex = sha256_of_digest(digest)?;
+        sha256_of_digest(digest)?;
         let link = keys::oci_blob(repo, digest);
         let released = transact(self.meta(), async |tx| {
-            if tx.get(&link).await?.is_none() {
+            let Some(content) = read_link(tx, &link, digest).await? else {
                 return Err(RegistryError::NotFound("blob".into()));
-            }
+            };
             tx.delete(&link);
-            release(tx, &blob_key(hex), Release::Unref).await
+            release(tx, &blob_key(&content), Release::Unref).await
         })
         .await
         .map_err(|e| match e {
@@ -47,8 +59,9 @@ impl Registry {
     }
 
     /// Makes `repo` hold a blob that `from` holds, or with no `from` any stored blob with
-    /// that digest (the spec's automatic content discovery). `None` when there is no such
-    /// blob, and the client must upload it.
+    /// that digest (the spec's automatic content discovery; by SHA-256 only, the digest
+    /// content is stored under). `None` when there is no such blob, and the client must
+    /// upload it.
     pub async fn oci_mount(
         &self,
         repo: &str,
@@ -59,24 +72,26 @@ impl Registry {
         if let Some(from) = from {
             validate_repo(from)?;
         }
-        let hex = sha256_of_digest(digest)?;
+        let by_sha256 = sha256_of_digest(digest)?.map(str::to_string);
         self.oci_check_repo_room(repo).await?;
         let link = keys::oci_blob(repo, digest);
         let source = from.map(|f| keys::oci_blob(f, digest));
-        let record_key = keys::file(&blob_key(hex));
         transact(self.meta(), async |tx| {
+            let content = match &source {
+                Some(source) => read_link(tx, source, digest).await?,
+                None => by_sha256.clone(),
+            };
+            let Some(content) = content else {
+                return Ok(None);
+            };
+            let record_key = keys::file(&blob_key(&content));
             let Some(record) = tx.get_json::<FileRecord>(&record_key).await? else {
                 return Ok(None);
             };
-            if let Some(source) = &source {
-                if tx.get(source).await?.is_none() {
-                    return Ok(None);
-                }
-            }
             if tx.get(&link).await?.is_some() {
                 return Ok(Some(record));
             }
-            tx.put_json(&link, &true);
+            tx.put_json(&link, &link_value(digest, &content));
             tx.set_add(keys::OCI_REPOS, repo);
             hold(tx, &record).await.map(Some)
         })

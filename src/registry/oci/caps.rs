@@ -1,6 +1,6 @@
 //! Caps on what OCI clients can grow, by the same settings as the vendor side: repositories
 //! count against `--max-templates`, and a repository's tags and its manifests each against
-//! `--max-versions`.
+//! `--max-versions`; open blob uploads against `--max-upload-sessions`.
 
 use super::{OciError, OciResult};
 use crate::meta::keys;
@@ -13,6 +13,20 @@ impl Registry {
         let hint = "delete unused repositories' manifests first (--max-templates)";
         self.oci_check_room(keys::OCI_REPOS, repo, max, "repositories", hint)
             .await
+    }
+
+    /// Refuses a new upload when as many are open as `--max-upload-sessions` allows (the
+    /// same cap as the vendor protocol's pushes, counted apart so neither front door can
+    /// starve the other).
+    pub(super) async fn oci_check_upload_room(&self) -> OciResult<()> {
+        let max = self.limits().max_upload_sessions;
+        if self.meta().count(keys::OCI_UPLOADS).await? < max {
+            return Ok(());
+        }
+        Err(OciError::TooManyUploads(format!(
+            "{max} blob uploads are open, the most this registry allows; retry once some \
+             finish, are cancelled or expire (--max-upload-sessions)"
+        )))
     }
 
     /// Refuses a new manifest, or a new tag when `tag` is given, in a full repository.

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    blob_key, hold, sha256_of_digest, validate_oci_tag, validate_repo, OciError, OciResult,
+    blob_key, hold, parse_digest, sha256_of_digest, validate_oci_tag, validate_repo, Algorithm,
+    OciError, OciResult,
 };
 use crate::digest::sha256_hex;
 use crate::meta::{keys, MetaStoreExt, MetaTxExt};
@@ -33,12 +34,16 @@ struct ManifestRecord {
     artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     annotations: Option<Value>,
+    /// The SHA-256 hex of the bytes, which the content is stored under, when the digest
+    /// naming the manifest is in another algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
 }
 
 /// A manifest as served.
 #[derive(Clone, Debug)]
 pub struct OciManifest {
-    /// `sha256:<hex>` of the bytes.
+    /// The digest of the bytes (`sha256:` or `sha512:`, as the manifest was named).
     pub digest: String,
     /// The media type it was pushed with.
     pub media_type: String,
@@ -79,10 +84,10 @@ fn parse(bytes: &[u8]) -> OciResult<Parsed> {
     let subject = match doc.get("subject") {
         None | Some(Value::Null) => None,
         Some(s) => match s.get("digest").and_then(Value::as_str) {
-            Some(d) if sha256_of_digest(d).is_ok() => Some(d.to_string()),
+            Some(d) if parse_digest(d).is_ok() => Some(d.to_string()),
             _ => {
                 return Err(OciError::ManifestInvalid(
-                    "subject must be a descriptor with a sha256 digest".into(),
+                    "subject must be a descriptor with a sha256 or sha512 digest".into(),
                 ))
             }
         },
@@ -98,15 +103,15 @@ fn parse(bytes: &[u8]) -> OciResult<Parsed> {
     })
 }
 
-/// The digest a reference names, or the tag it is.
+/// The digest a reference names (with its algorithm), or the tag it is.
 enum Reference<'a> {
-    Digest(&'a str),
+    Digest(&'a str, Algorithm),
     Tag(&'a str),
 }
 
 fn reference(reference: &str) -> OciResult<Reference<'_>> {
     match reference.contains(':') {
-        true => sha256_of_digest(reference).map(|_| Reference::Digest(reference)),
+        true => parse_digest(reference).map(|(a, _)| Reference::Digest(reference, a)),
         false => validate_oci_tag(reference).map(|()| Reference::Tag(reference)),
     }
 }
@@ -137,16 +142,26 @@ impl Registry {
         }
         let parsed = parse(&bytes)?;
         let hex = sha256_hex(&bytes);
-        let digest = format!("sha256:{hex}");
-        let tag = match reference(reference_)? {
-            Reference::Digest(d) if d == digest => None,
-            Reference::Digest(d) => {
-                return Err(OciError::DigestInvalid(format!(
-                    "the manifest's digest is {digest}, not {d}"
-                )))
-            }
-            Reference::Tag(t) => Some(t.to_string()),
+        // Named by a digest, the manifest is known by that digest's algorithm; by a tag,
+        // by its SHA-256. Its bytes are stored once, under their SHA-256, either way.
+        let named = reference(reference_)?;
+        let (algorithm, tag) = match named {
+            Reference::Digest(_, algorithm) => (algorithm, None),
+            Reference::Tag(t) => (Algorithm::Sha256, Some(t.to_string())),
         };
+        let digest = match algorithm {
+            Algorithm::Sha256 => format!("sha256:{hex}"),
+            other => other.digest(&other.hex(&bytes)),
+        };
+        let mismatched = match named {
+            Reference::Digest(d, _) => d != digest,
+            Reference::Tag(_) => false,
+        };
+        if mismatched {
+            return Err(OciError::DigestInvalid(format!(
+                "the manifest's digest is {digest}, not {reference_}"
+            )));
+        }
         self.oci_check_repo_room(repo).await?;
         self.oci_check_manifest_room(repo, &digest, tag.as_deref())
             .await?;
@@ -174,6 +189,7 @@ impl Registry {
                 subject: parsed.subject.clone(),
                 artifact_type: parsed.artifact_type.clone(),
                 annotations: parsed.annotations.clone(),
+                content: (algorithm != Algorithm::Sha256).then(|| hex.clone()),
             };
             tx.put_json(&record_key, &record);
             tx.set_add(&keys::oci_manifests(repo), &digest);
@@ -207,7 +223,7 @@ impl Registry {
     pub async fn oci_manifest(&self, repo: &str, reference_: &str) -> OciResult<OciManifest> {
         validate_repo(repo)?;
         let digest = match reference(reference_)? {
-            Reference::Digest(d) => d.to_string(),
+            Reference::Digest(d, _) => d.to_string(),
             Reference::Tag(tag) => {
                 match self
                     .meta()
@@ -248,9 +264,9 @@ impl Registry {
                 .await
                 .map_err(or_unknown(OciError::ManifestUnknown));
             }
-            Reference::Digest(d) => d,
+            Reference::Digest(d, _) => d,
         };
-        let hex = sha256_of_digest(digest)?;
+        let named = sha256_of_digest(digest)?.map(str::to_string);
         let tags = self.meta().members(&keys::oci_tags(repo)).await?;
         let record_key = keys::oci_manifest(repo, digest);
         let released = transact(self.meta(), async |tx| {
@@ -269,7 +285,13 @@ impl Registry {
                     tx.set_remove(&keys::oci_tags(repo), tag);
                 }
             }
-            release(tx, &blob_key(hex), Release::Unref).await
+            let Some(content) = record.content.as_ref().or(named.as_ref()) else {
+                return Err(RegistryError::Meta(crate::meta::MetaError::Corrupt {
+                    key: record_key.clone(),
+                    reason: "a manifest named by sha512 without its content's sha256".into(),
+                }));
+            };
+            release(tx, &blob_key(content), Release::Unref).await
         })
         .await
         .map_err(or_unknown(OciError::ManifestUnknown))?;
@@ -286,7 +308,7 @@ impl Registry {
         artifact_type: Option<&str>,
     ) -> OciResult<Vec<Referrer>> {
         validate_repo(repo)?;
-        sha256_of_digest(digest)?;
+        parse_digest(digest)?;
         let mut digests = self
             .meta()
             .members(&keys::oci_referrers(repo, digest))

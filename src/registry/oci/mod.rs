@@ -9,11 +9,15 @@
 //!   holding it, and its `refs` count the holders, so the reference counting of the vendor
 //!   API lets it go when the last holder does;
 //! - a repository holds a blob by a link `oci:blob:<repo>@<digest>` (one reference), made
-//!   by an upload that completes there or a mount; a blob is served only through a link;
-//! - an open upload is `oci:upl:<id>` (repository, tail) plus `oci:parts:<id>` (the
-//!   multipart state the part pump keeps); bytes past the last whole part wait in a
+//!   by an upload that completes there or a mount; a blob is served only through a link.
+//!   A link named by a `sha256:` digest holds `true`; one named by a `sha512:` digest
+//!   holds the content's SHA-256 hex, the name its one record is stored under;
+//! - an open upload is `oci:upl:<id>` (repository, start time, tail) plus
+//!   `oci:parts:<id>` (the multipart state the part pump keeps), its id in the set
+//!   `oci:upls` so uploads are counted and expired; bytes past the last whole part wait in a
 //!   `uploads/oci/<id>/tail-<end>` object, so memory stays bounded and any replica goes on;
-//! - a manifest is `oci:man:<repo>@<digest>` (media type, size, subject; one reference),
+//! - a manifest is `oci:man:<repo>@<digest>` (media type, size, subject, and the content's
+//!   SHA-256 when the digest is a `sha512:`; one reference),
 //!   listed in `oci:mans:<repo>`; a tag is `oci:tag:<repo>:<tag>` holding a digest, listed
 //!   in `oci:tags:<repo>`; the manifests whose `subject` is a digest are the set
 //!   `oci:refs:<repo>@<digest>`; repositories are the set `oci:repos`.
@@ -75,6 +79,9 @@ pub enum OciError {
     /// A cap on what the registry holds is reached; nothing was changed.
     #[error("denied: {0}")]
     Full(String),
+    /// Too many uploads are open; one may be retried once others finish or expire.
+    #[error("too many requests: {0}")]
+    TooManyUploads(String),
     /// A request the registry does not serve, such as a malformed referrers filter.
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
@@ -128,18 +135,101 @@ pub fn validate_oci_tag(tag: &str) -> OciResult<()> {
     }
 }
 
-/// The hex of a `sha256:<hex>` digest; other algorithms are refused as invalid.
-pub fn sha256_of_digest(digest: &str) -> OciResult<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex) if is_sha256_hex(hex) => Ok(hex),
+/// The digest algorithms the registry takes, as the spec registers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `sha256:<64 hex>`, the one every content record is named by.
+    Sha256,
+    /// `sha512:<128 hex>`.
+    Sha512,
+}
+
+impl Algorithm {
+    /// The lowercase hex digest of `bytes`.
+    pub fn hex(self, bytes: &[u8]) -> String {
+        use sha2::Digest as _;
+        match self {
+            Algorithm::Sha256 => crate::digest::sha256_hex(bytes),
+            Algorithm::Sha512 => hex::encode(sha2::Sha512::digest(bytes)),
+        }
+    }
+
+    /// `<algorithm>:<hex>`.
+    pub fn digest(self, hex: &str) -> String {
+        match self {
+            Algorithm::Sha256 => format!("sha256:{hex}"),
+            Algorithm::Sha512 => format!("sha512:{hex}"),
+        }
+    }
+}
+
+/// The algorithm and hex of a `sha256:<hex>` or `sha512:<hex>` digest; anything else
+/// (another algorithm, upper case, a wrong length) is refused as invalid.
+pub fn parse_digest(digest: &str) -> OciResult<(Algorithm, &str)> {
+    let lower_hex = |h: &str, len: usize| {
+        h.len() == len
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match digest.split_once(':') {
+        Some(("sha256", hex)) if is_sha256_hex(hex) => Ok((Algorithm::Sha256, hex)),
+        Some(("sha512", hex)) if lower_hex(hex, 128) => Ok((Algorithm::Sha512, hex)),
         _ => Err(OciError::DigestInvalid(format!(
-            "{digest:?} is not a sha256 digest"
+            "{digest:?} is not a sha256 or sha512 digest"
         ))),
     }
 }
 
+/// The hex of a `sha256:<hex>` digest, `None` for a valid digest in another algorithm
+/// (whose content is found through the link that names it); invalid digests are refused.
+pub fn sha256_of_digest(digest: &str) -> OciResult<Option<&str>> {
+    Ok(match parse_digest(digest)? {
+        (Algorithm::Sha256, hex) => Some(hex),
+        (Algorithm::Sha512, _) => None,
+    })
+}
+
 pub(crate) fn blob_key(hex: &str) -> String {
     format!("oci-sha256-{hex}")
+}
+
+/// The value of a repository's link to a blob named by `digest` whose content has the
+/// SHA-256 `content`: `true` when the digest is that SHA-256 (the link's name tells the
+/// content), else the content's SHA-256 hex, so a link named by a SHA-512 finds the one
+/// record the content is stored under.
+fn link_value(digest: &str, content: &str) -> serde_json::Value {
+    match sha256_of_digest(digest) {
+        Ok(Some(_)) => serde_json::Value::Bool(true),
+        _ => serde_json::Value::String(content.to_string()),
+    }
+}
+
+/// The SHA-256 hex of the content a link named by `digest` holds, from its value.
+fn linked_content(digest: &str, value: &serde_json::Value) -> Option<String> {
+    match (sha256_of_digest(digest), value) {
+        (Ok(Some(hex)), _) => Some(hex.to_string()),
+        (_, serde_json::Value::String(hex)) if is_sha256_hex(hex) => Some(hex.clone()),
+        _ => None,
+    }
+}
+
+/// Within a transaction: the SHA-256 hex of the content `link` (named by `digest`)
+/// holds, `None` when there is no such link.
+async fn read_link(
+    tx: &mut Box<dyn MetaTx>,
+    link: &str,
+    digest: &str,
+) -> Result<Option<String>, RegistryError> {
+    let Some(value) = tx.get_json::<serde_json::Value>(link).await? else {
+        return Ok(None);
+    };
+    match linked_content(digest, &value) {
+        Some(hex) => Ok(Some(hex)),
+        None => Err(RegistryError::Meta(crate::meta::MetaError::Corrupt {
+            key: link.to_string(),
+            reason: "the link names no content digest".into(),
+        })),
+    }
 }
 
 /// Takes one more reference on the content with `fresh`'s digest within the transaction:
@@ -175,9 +265,21 @@ mod tests {
         let hex = "a".repeat(64);
         assert_eq!(
             sha256_of_digest(&format!("sha256:{hex}")).ok(),
-            Some(hex.as_str())
+            Some(Some(hex.as_str()))
         );
+        let long = "b".repeat(128);
+        assert_eq!(
+            parse_digest(&format!("sha512:{long}")).ok(),
+            Some((Algorithm::Sha512, long.as_str()))
+        );
+        assert_eq!(sha256_of_digest(&format!("sha512:{long}")).ok(), Some(None));
+        assert!(parse_digest(&format!("sha512:{hex}")).is_err());
+        assert!(parse_digest(&format!("sha512:{}", "B".repeat(128))).is_err());
         assert!(sha256_of_digest("sha256:abc").is_err());
         assert!(sha256_of_digest(&format!("md5:{hex}")).is_err());
+        assert_eq!(
+            Algorithm::Sha512.hex(b"abc"),
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+        );
     }
 }

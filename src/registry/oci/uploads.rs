@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{blob_key, hold, sha256_of_digest, validate_repo, OciError, OciResult};
+use super::{
+    blob_key, hold, link_value, parse_digest, validate_repo, Algorithm, OciError, OciResult,
+};
 use crate::meta::{decode, keys, MetaTxExt};
 use crate::model::{now, FileRecord};
 use crate::registry::upload::PartPump;
@@ -39,6 +41,7 @@ impl Registry {
     pub async fn oci_start_upload(&self, repo: &str) -> OciResult<String> {
         validate_repo(repo)?;
         self.oci_check_repo_room(repo).await?;
+        self.oci_check_upload_room().await?;
         let id = uuid::Uuid::new_v4().to_string();
         let record = OciUpload {
             repo: repo.to_string(),
@@ -47,6 +50,7 @@ impl Registry {
         };
         transact(self.meta(), async |tx| {
             tx.put_json(&keys::oci_upload(&id), &record);
+            tx.set_add(keys::OCI_UPLOADS, &id);
             Ok(())
         })
         .await?;
@@ -225,7 +229,8 @@ impl Registry {
         ))
     }
 
-    /// Closes an upload with its last bytes: checks the digest and makes the blob.
+    /// Closes an upload with its last bytes: checks the digest (SHA-256 or SHA-512) and
+    /// makes the blob, stored under its SHA-256 whatever algorithm named it.
     pub async fn oci_finish<S, E>(
         &self,
         repo: &str,
@@ -237,19 +242,25 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let hex = sha256_of_digest(digest)?.to_string();
+        let (algorithm, declared) = parse_digest(digest)?;
         let (upload, mut state) = self.oci_load_upload(repo, id).await?;
         let rest = self.oci_stream(id, &upload, &mut state, body).await?;
         let object = object_keys::blob("oci", id);
         let size = state.received + rest.len() as u64;
         let mut hasher = state.hasher.clone();
         hasher.update(&rest);
-        let actual = hasher.finalize_hex();
-        if actual != hex {
+        let hex = hasher.finalize_hex();
+        // The digest is checked before the blob is stored when the bytes at hand tell it:
+        // a SHA-256 always (the parts keep its running state), a SHA-512 of a blob that
+        // never filled a part.
+        let early = match (algorithm, &state.handle) {
+            (Algorithm::Sha256, _) => Some(hex.clone()),
+            (Algorithm::Sha512, None) => Some(algorithm.hex(&rest)),
+            (Algorithm::Sha512, Some(_)) => None,
+        };
+        if let Some(actual) = early.filter(|a| a != declared) {
             self.oci_discard(id, &upload, &state).await?;
-            return Err(OciError::DigestInvalid(format!(
-                "declared sha256:{hex}, received sha256:{actual}"
-            )));
+            return Err(mismatch(digest, algorithm, &actual));
         }
         match state.handle.clone() {
             None => self.blobs().put(&object, rest.clone()).await?,
@@ -270,6 +281,16 @@ impl Registry {
                 self.blobs().complete_upload(&handle, &state.parts).await?;
             }
         }
+        if algorithm == Algorithm::Sha512 && state.handle.is_some() {
+            // No running SHA-512 is kept across parts: the stored bytes are read back
+            // once, streamed, to check it.
+            let actual = self.oci_sha512_of(&object).await?;
+            if actual != declared {
+                self.oci_discard(id, &upload, &state).await?;
+                let _ = self.blobs().delete(&object).await;
+                return Err(mismatch(digest, algorithm, &actual));
+            }
+        }
         let fresh = FileRecord {
             key: blob_key(&hex),
             size,
@@ -285,6 +306,7 @@ impl Registry {
             }
             tx.delete(&keys::oci_upload(id));
             tx.delete(&keys::oci_upload_parts(id));
+            tx.set_remove(keys::OCI_UPLOADS, id);
             tx.set_add(keys::OCI_REPOS, repo);
             // A repository that holds the blob already keeps its one reference.
             if let Some(record) = tx.get_json::<FileRecord>(&keys::file(&fresh.key)).await? {
@@ -292,7 +314,7 @@ impl Registry {
                     return Ok(record);
                 }
             }
-            tx.put_json(&link, &true);
+            tx.put_json(&link, &link_value(digest, &hex));
             hold(tx, &fresh).await
         })
         .await
@@ -310,6 +332,17 @@ impl Registry {
         Ok(held)
     }
 
+    /// The SHA-512 hex of a stored object, read as a stream.
+    async fn oci_sha512_of(&self, object: &str) -> OciResult<String> {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha512::new();
+        let mut stream = self.blobs().get(object, None).await?;
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+
     /// Forgets an upload and drops its bytes.
     async fn oci_discard(
         &self,
@@ -320,6 +353,7 @@ impl Registry {
         transact(self.meta(), async |tx| {
             tx.delete(&keys::oci_upload(id));
             tx.delete(&keys::oci_upload_parts(id));
+            tx.set_remove(keys::OCI_UPLOADS, id);
             Ok(())
         })
         .await?;
@@ -337,4 +371,67 @@ impl Registry {
         let (upload, state) = self.oci_load_upload(repo, id).await?;
         self.oci_discard(id, &upload, &state).await
     }
+
+    /// The open uploads started before `cutoff` (seconds since the epoch), by id with
+    /// their repository; ids left in the set without a record are answered with `None`.
+    async fn oci_uploads_before(
+        &self,
+        cutoff: u64,
+    ) -> Result<Vec<(String, Option<String>)>, RegistryError> {
+        let ids = self.meta().members(keys::OCI_UPLOADS).await?;
+        let wanted: Vec<String> = ids.iter().map(|id| keys::oci_upload(id)).collect();
+        let found = crate::meta::get_many_json::<OciUpload>(self.meta(), &wanted).await?;
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, upload)| match upload {
+                Some(u) if u.created < cutoff => Some((id, Some(u.repo))),
+                Some(_) => None,
+                None => Some((id, None)),
+            })
+            .collect())
+    }
+
+    /// How many open uploads are older than `max_age_secs`.
+    pub async fn oci_count_stale_uploads(&self, max_age_secs: u64) -> Result<usize, RegistryError> {
+        let cutoff = now().saturating_sub(max_age_secs);
+        let stale = self.oci_uploads_before(cutoff).await?;
+        Ok(stale.iter().filter(|(_, repo)| repo.is_some()).count())
+    }
+
+    /// Cancels the uploads older than `max_age_secs`, as the vendor protocol's stale
+    /// sessions are aborted; answers how many.
+    pub async fn oci_purge_stale_uploads(&self, max_age_secs: u64) -> Result<usize, RegistryError> {
+        let cutoff = now().saturating_sub(max_age_secs);
+        let mut purged = 0;
+        for (id, repo) in self.oci_uploads_before(cutoff).await? {
+            let Some(repo) = repo else {
+                // A member without a record (closed meanwhile): clear the membership.
+                transact(self.meta(), async |tx| {
+                    if tx.get(&keys::oci_upload(&id)).await?.is_none() {
+                        tx.set_remove(keys::OCI_UPLOADS, &id);
+                    }
+                    Ok(())
+                })
+                .await?;
+                continue;
+            };
+            match self.oci_cancel(&repo, &id).await {
+                Ok(()) => purged += 1,
+                // Closed or cancelled by its client meanwhile.
+                Err(OciError::BlobUploadUnknown) => {}
+                Err(OciError::Registry(e)) => return Err(e),
+                Err(e) => return Err(RegistryError::Conflict(e.to_string())),
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// The error for content whose digest is not the one declared.
+fn mismatch(declared: &str, algorithm: Algorithm, actual: &str) -> OciError {
+    OciError::DigestInvalid(format!(
+        "declared {declared}, received {}",
+        algorithm.digest(actual)
+    ))
 }

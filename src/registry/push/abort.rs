@@ -39,7 +39,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Aborts sessions older than `max_age_secs`; returns how many.
+    /// Aborts sessions older than `max_age_secs`, and OCI uploads as old; returns how many.
     pub async fn purge_stale_sessions(&self, max_age_secs: u64) -> RegistryResult<usize> {
         let cutoff = model::now().saturating_sub(max_age_secs);
         let mut purged = 0;
@@ -60,7 +60,7 @@ impl Registry {
                 _ => {}
             }
         }
-        Ok(purged)
+        Ok(purged + self.oci_purge_stale_uploads(max_age_secs).await?)
     }
 }
 
