@@ -6,7 +6,7 @@ use super::{
     blob_key, hold, link_value, linked_content, read_link, sha256_of_digest, validate_repo,
     OciError, OciResult,
 };
-use crate::meta::{decode, keys, MetaTxExt};
+use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::FileRecord;
 use crate::registry::gc::{delete_objects, release, Release};
 use crate::registry::{transact, Registry, RegistryError};
@@ -20,11 +20,8 @@ impl Registry {
             Some(hex) => hex.to_string(),
             // Named by another algorithm: the link tells which content it holds.
             None => {
-                let found = self.meta().get_many(std::slice::from_ref(&link)).await?;
-                let Some(bytes) = found.into_iter().next().flatten() else {
-                    return Err(OciError::BlobUnknown);
-                };
-                let value: serde_json::Value = decode(&link, &bytes)?;
+                let value = self.meta().get_json::<serde_json::Value>(&link).await?;
+                let value = value.ok_or(OciError::BlobUnknown)?;
                 linked_content(digest, &value).ok_or(OciError::BlobUnknown)?
             }
         };

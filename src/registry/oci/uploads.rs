@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     blob_key, hold, link_value, parse_digest, validate_repo, Algorithm, OciError, OciResult,
 };
-use crate::meta::{decode, keys, MetaTxExt};
+use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::{now, FileRecord};
 use crate::registry::upload::PartPump;
 use crate::registry::upload::UploadState;
@@ -380,7 +380,7 @@ impl Registry {
     ) -> Result<Vec<(String, Option<String>)>, RegistryError> {
         let ids = self.meta().members(keys::OCI_UPLOADS).await?;
         let wanted: Vec<String> = ids.iter().map(|id| keys::oci_upload(id)).collect();
-        let found = crate::meta::get_many_json::<OciUpload>(self.meta(), &wanted).await?;
+        let found = self.meta().get_many_json::<OciUpload>(&wanted).await?;
         Ok(ids
             .into_iter()
             .zip(found)
