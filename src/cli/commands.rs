@@ -14,8 +14,8 @@ use super::{Command, GlobalArgs, RegistryArgs};
 use crate::client::pull::{download_size, pull};
 use crate::client::push::{push, PushOptions};
 use crate::client::{
-    ClientError, ClientResult, Endpoint, Library, Registry, Reporter, Silent, Throttle, Transfer,
-    VersionSelector,
+    ClientError, ClientResult, Endpoint, Library, RegistryClient, Reporter, Silent, Throttle,
+    Transfer, VersionSelector,
 };
 
 /// Runs one command.
@@ -123,11 +123,11 @@ fn list_repos(g: &GlobalArgs) -> ClientResult<()> {
     Ok(())
 }
 
-fn registry(g: &GlobalArgs) -> ClientResult<Registry> {
+fn registry(g: &GlobalArgs) -> ClientResult<RegistryClient> {
     let remotes = Remotes::load(&config_path()?)?;
     let (url, remote) = remotes.resolve(g.remote.as_deref(), g.registry_path.as_deref())?;
     let env = |name: &str| std::env::var(name).ok();
-    Registry::connect(&Endpoint {
+    RegistryClient::connect(&Endpoint {
         url,
         cert: g.cert.clone(),
         key: g.key.clone(),

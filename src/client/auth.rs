@@ -51,7 +51,7 @@ pub struct Grant {
     generation: u64,
 }
 
-/// Hands out the `Authorization` header; one per [`super::Registry`], shared by its clones.
+/// Hands out the `Authorization` header; one per [`super::RegistryClient`], shared by its clones.
 pub struct Authenticator {
     credentials: Credentials,
     session: Mutex<Current>,

@@ -11,7 +11,7 @@ use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ClientError, Credentials, Endpoint, PrivateKey, Registry, Secret};
+use super::{ClientError, Credentials, Endpoint, PrivateKey, RegistryClient, Secret};
 
 const ROOT: &str = "the-root-token-42";
 
@@ -209,8 +209,8 @@ async fn serve(fake: Arc<Fake>, mut sock: tokio::net::TcpStream) {
     let _ = sock.write_all(out.as_bytes()).await;
 }
 
-fn connect(fake: &Fake, credentials: Credentials) -> Registry {
-    Registry::connect(&Endpoint {
+fn connect(fake: &Fake, credentials: Credentials) -> RegistryClient {
+    RegistryClient::connect(&Endpoint {
         url: fake.url.clone(),
         credentials,
         ..Endpoint::default()

@@ -34,9 +34,9 @@ pub struct Endpoint {
     pub credentials: Credentials,
 }
 
-/// A connected registry.
+/// The HTTP client of one registry: the CLI's side of its API.
 #[derive(Clone, Debug)]
-pub struct Registry {
+pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
     auth: std::sync::Arc<Authenticator>,
@@ -117,7 +117,7 @@ pub struct VersionSelector {
     pub number: Option<u32>,
 }
 
-impl Registry {
+impl RegistryClient {
     /// Builds the HTTP client with the endpoint's TLS options.
     pub fn connect(endpoint: &Endpoint) -> ClientResult<Self> {
         let base = endpoint.url.trim_end_matches('/').to_string();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use auth::Credentials;
 pub use error::{ClientError, ClientResult};
-pub use http::{Endpoint, Registry, VersionSelector};
+pub use http::{Endpoint, RegistryClient, VersionSelector};
 pub use library::Library;
 pub use progress::{Reporter, Silent};
 pub use secret::{PrivateKey, Secret};
@@ -36,7 +36,7 @@ pub use throttle::Throttle;
 #[derive(Clone)]
 pub struct Transfer {
     /// The registry.
-    pub registry: Registry,
+    pub registry: RegistryClient,
     /// The local VM library.
     pub library: Library,
     /// Files and byte ranges in flight at once.
