@@ -47,3 +47,20 @@ pub(crate) async fn transactions_are_atomic(meta: &dyn MetaStore) {
     assert_eq!(meta.count("s").await.unwrap(), 1);
     meta.ping().await.unwrap();
 }
+
+/// Finds the keys under a prefix, and only those, glob characters included.
+pub(crate) async fn keys_are_found_by_prefix(meta: &dyn MetaStore) {
+    let mut tx = meta.begin().await.unwrap();
+    for key in ["p:a", "p:b*", "p:[c]", "pq", "q:p:a", "p"] {
+        tx.put(key, b"1".to_vec());
+    }
+    tx.set_add("q:set", "x");
+    assert!(tx.commit().await.unwrap());
+    let mut found = meta.keys_with_prefix("p:").await.unwrap();
+    found.sort();
+    assert_eq!(found, vec!["p:[c]", "p:a", "p:b*"]);
+    let mut found = meta.keys_with_prefix("p:[").await.unwrap();
+    found.sort();
+    assert_eq!(found, vec!["p:[c]"], "a glob character is taken as itself");
+    assert!(meta.keys_with_prefix("none:").await.unwrap().is_empty());
+}

@@ -120,6 +120,20 @@ impl MetaStore for EmbeddedMeta {
         Ok(n)
     }
 
+    async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>> {
+        let r = self.db.begin_read().map_err(unavailable)?;
+        let table = r.open_table(KV).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(unavailable)? {
+            let (k, _) = item.map_err(unavailable)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         self.read_key("ping").map(|_| ())
     }
@@ -218,5 +232,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
         crate::meta::contract::transactions_are_atomic(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        crate::meta::contract::keys_are_found_by_prefix(&meta).await;
     }
 }

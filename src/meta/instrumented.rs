@@ -32,6 +32,16 @@ impl<T: MetaStore> MetaStore for Instrumented<T> {
         timed(self.name, "count", failed, self.inner.count(set)).await
     }
 
+    async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>> {
+        timed(
+            self.name,
+            "keys_with_prefix",
+            failed,
+            self.inner.keys_with_prefix(prefix),
+        )
+        .await
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         timed(self.name, "ping", failed, self.inner.ping()).await
     }

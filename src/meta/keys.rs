@@ -115,8 +115,11 @@ pub fn oci_tags(repo: &str) -> String {
 
 /// A repository's hold on an OCI blob (one reference on the blob's file record).
 pub fn oci_blob(repo: &str, digest: &str) -> String {
-    format!("oci:blob:{repo}@{digest}")
+    format!("{OCI_BLOB_LINKS}{repo}@{digest}")
 }
+
+/// The start of every [`oci_blob`] key, to walk them all.
+pub const OCI_BLOB_LINKS: &str = "oci:blob:";
 
 /// The set of the digests of an OCI repository's manifests.
 pub fn oci_manifests(repo: &str) -> String {

@@ -45,6 +45,11 @@ pub trait MetaStore: Send + Sync {
     async fn members(&self, set: &str) -> MetaResult<Vec<String>>;
     /// How many members a set has, without reading them.
     async fn count(&self, set: &str) -> MetaResult<u64>;
+    /// Every key that starts with `prefix`, in no particular order. It walks the whole
+    /// keyspace on Redis: for maintenance (gc, fsck), never on a request's path. A key
+    /// present from the start to the end of the walk is in the answer. Sets are keys too
+    /// on Redis: ask only for prefixes no set name has.
+    async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>>;
     /// Answers when the backend is reachable.
     async fn ping(&self) -> MetaResult<()>;
     /// A short name for logs and the start-up banner.

@@ -143,6 +143,33 @@ impl MetaStore for RedisMeta {
         conn.scard(self.key(set)).await.map_err(unavailable)
     }
 
+    async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>> {
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut found = std::collections::HashSet::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            // SCAN may answer a key twice; the set keeps it once.
+            found.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)),
+            );
+            if next == 0 {
+                return Ok(found.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
     async fn ping(&self) -> MetaResult<()> {
         let mut conn = self.conn.clone();
         let reply: String = redis::cmd("PING")
@@ -161,6 +188,21 @@ impl MetaStore for RedisMeta {
     fn describe(&self) -> String {
         format!("redis {} (prefix {:?})", self.url, self.prefix)
     }
+}
+
+/// Keys SCAN looks at per round trip.
+const SCAN_COUNT: usize = 1000;
+
+/// `s` as a glob pattern that matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 enum Op {
@@ -290,6 +332,13 @@ mod tests {
     async fn commits_atomically_and_reads_own_writes() {
         let meta = store().await;
         crate::meta::contract::transactions_are_atomic(&meta).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis at VMREG_TEST_REDIS_URL (scripts/test.sh)"]
+    async fn keys_are_found_by_prefix() {
+        let meta = store().await;
+        crate::meta::contract::keys_are_found_by_prefix(&meta).await;
     }
 
     #[tokio::test]
