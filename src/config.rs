@@ -48,6 +48,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     pub gc_grace: Option<Duration>,
+    /// Garbage collection aborts incomplete uploads this many days old, even those an open push holds (the vendor's bucket rule); 0 leaves them to the push's lifetime [env: VMREG_ABORT_INCOMPLETE_UPLOADS_DAYS, ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS] [default: 0]
+    #[arg(long)]
+    pub abort_incomplete_uploads_days: Option<u64>,
     /// Open connections per worker thread, at most; more wait in the listen backlog [env: VMREG_MAX_CONNECTIONS] [default: 1024]
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -239,6 +242,8 @@ pub struct Config {
     pub gc_interval: Duration,
     /// The periodic collection's grace window.
     pub gc_grace: Duration,
+    /// Age past which garbage collection aborts any incomplete upload; none when unset.
+    pub abort_uploads_after: Option<Duration>,
     /// Open connections per worker thread.
     pub max_connections: usize,
     /// Caps on the metadata clients can grow.
@@ -300,6 +305,13 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("body_idle_timeout", &["VMREG_BODY_IDLE_TIMEOUT"]),
     ("gc_interval", &["VMREG_GC_INTERVAL"]),
     ("gc_grace", &["VMREG_GC_GRACE"]),
+    (
+        "abort_incomplete_uploads_days",
+        &[
+            "VMREG_ABORT_INCOMPLETE_UPLOADS_DAYS",
+            "ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS",
+        ],
+    ),
     ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
     ("max_templates", &["VMREG_MAX_TEMPLATES"]),
     ("max_versions", &["VMREG_MAX_VERSIONS"]),
@@ -405,6 +417,9 @@ impl ServeArgs {
                 }
                 "gc_interval" => layer.gc_interval = Some(parse_duration(&value).map_err(bad)?),
                 "gc_grace" => layer.gc_grace = Some(parse_duration(&value).map_err(bad)?),
+                "abort_incomplete_uploads_days" => {
+                    layer.abort_incomplete_uploads_days = Some(parse_count(&value).map_err(bad)?)
+                }
                 "max_connections" => {
                     layer.max_connections = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
@@ -477,6 +492,9 @@ impl ServeArgs {
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
             gc_interval: self.gc_interval.or(lower.gc_interval),
             gc_grace: self.gc_grace.or(lower.gc_grace),
+            abort_incomplete_uploads_days: self
+                .abort_incomplete_uploads_days
+                .or(lower.abort_incomplete_uploads_days),
             max_connections: self.max_connections.or(lower.max_connections),
             max_templates: self.max_templates.or(lower.max_templates),
             max_versions: self.max_versions.or(lower.max_versions),
@@ -635,6 +653,10 @@ impl Config {
             body_idle_timeout,
             gc_interval: l.gc_interval.unwrap_or(DEFAULT_GC),
             gc_grace: l.gc_grace.unwrap_or(DEFAULT_GC),
+            abort_uploads_after: l
+                .abort_incomplete_uploads_days
+                .filter(|d| *d > 0)
+                .map(|d| Duration::from_secs(d.saturating_mul(24 * 3600))),
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
             limits,
             tls,
@@ -742,6 +764,9 @@ impl std::fmt::Display for Config {
             self.gc_interval.as_secs_f64(),
             self.gc_grace.as_secs_f64()
         )?;
+        if let Some(after) = self.abort_uploads_after {
+            writeln!(f, "  abort_uploads     after {}s", after.as_secs())?;
+        }
         writeln!(f, "  max_connections   {}", self.max_connections)?;
         let l = &self.limits;
         writeln!(

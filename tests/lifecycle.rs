@@ -17,10 +17,16 @@ use vmreg::store::BlobStore;
 
 /// Runs `vmreg admin <args>` on the namespace's stores; exit code and stdout.
 fn admin(ns: &Namespace, args: &[&str]) -> (i32, String) {
+    admin_with_env(ns, &[], args)
+}
+
+/// Runs `vmreg admin <args>` with these environment variables too.
+fn admin_with_env(ns: &Namespace, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
     let out = Command::new(vmreg_bin())
         .arg("admin")
         .args(args)
         .args(ns.store_args())
+        .envs(env.iter().copied())
         .output()
         .expect("run vmreg admin");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -488,8 +494,8 @@ async fn periodic_gc_runs_on_one_replica_at_a_time_and_moves_when_it_dies() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reindex_refuses_a_live_index_unless_forced() {
+/// A stopped server whose registry holds one template of one version; with its id.
+async fn one_template_stopped(seed: u64) -> (Server, String) {
     let mut s = Server::start();
     let a = new_id();
     push(
@@ -497,10 +503,16 @@ async fn reindex_refuses_a_live_index_unless_forced() {
         &a,
         &format!("a-{}", &a[..8]),
         "v1",
-        &[&image(10_000, 41)],
+        &[&image(10_000, seed)],
     )
     .await;
     s.kill();
+    (s, a)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reindex_refuses_a_live_index_unless_forced() {
+    let (s, _) = one_template_stopped(41).await;
     let out = Command::new(vmreg_bin())
         .args(["admin", "reindex"])
         .args(s.ns.store_args())
@@ -588,4 +600,221 @@ async fn oci_uploads_past_the_session_lifetime_are_purged_by_gc() {
     let kept = c.get(s.at(&fresh)).send().await.unwrap();
     assert_eq!(kept.status().as_u16(), 204);
     assert_eq!(kept.headers()["range"], "0-99");
+}
+
+/// An image manifest with no layers.
+const EMPTY_MANIFEST: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+
+/// The content record of OCI bytes.
+async fn oci_record(meta: &dyn MetaStore, data: &[u8]) -> FileRecord {
+    record(meta, &format!("oci-sha256-{}", sha256_hex(data))).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_collects_oci_blobs_nothing_holds_and_fsck_judges_them() {
+    let mut s = Server::start();
+    let c = reqwest::Client::new();
+    let (kept, dropped) = (b"an oci layer a repository holds", b"an oci layer deleted");
+    push_oci_blob(&s, kept).await;
+    push_oci_blob(&s, dropped).await;
+    let reply = c
+        .put(s.at("/v2/lifecycle/manifests/v1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(EMPTY_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 201);
+    let dropped_digest = format!("sha256:{}", sha256_hex(dropped));
+    let reply = c
+        .delete(s.at(&format!("/v2/lifecycle/blobs/{dropped_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    // An upload in flight: the bytes its first whole part made are held by its session.
+    let reply = c
+        .post(s.at("/v2/lifecycle/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    let location = reply.headers()["location"].to_str().unwrap().to_string();
+    let upload = location
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    s.kill();
+
+    let (meta, blobs) = stores(&s.ns).await;
+    let in_flight = format!("blobs/oci/{upload}");
+    blobs.put(&in_flight, vec![5u8; 64].into()).await.unwrap();
+    // Bytes a crash left between writing an object and recording it (a manifest PUT, or an
+    // upload completed but not recorded): nothing holds them.
+    let orphan = format!("blobs/oci/{}", uuid::Uuid::new_v4().simple());
+    blobs.put(&orphan, vec![6u8; 77].into()).await.unwrap();
+    let kept_object = oci_record(&*meta, kept).await.object;
+    let manifest_object = oci_record(&*meta, EMPTY_MANIFEST).await.object;
+    drop((meta, blobs));
+
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        problems(&report),
+        vec![("orphan_object".to_string(), orphan.clone())],
+        "{report:#}"
+    );
+    assert_eq!(report["oci_objects"], 4, "{report:#}");
+
+    let dry = gc(&s.ns, &["--dry-run", "--grace", "0s"]);
+    assert_eq!(dry["objects"], serde_json::json!([orphan]), "{dry:#}");
+    let young = gc(&s.ns, &[]);
+    assert_eq!(
+        young["objects"],
+        serde_json::json!([]),
+        "the grace keeps it"
+    );
+    let report = gc(&s.ns, &["--grace", "0s"]);
+    assert_eq!(report["objects"], serde_json::json!([orphan]), "{report:#}");
+    assert_eq!(report["bytes"], 77);
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    for held in [&kept_object, &manifest_object, &in_flight] {
+        assert!(object_exists(&s.ns, held).await, "{held} is kept");
+    }
+    assert!(!object_exists(&s.ns, &orphan).await);
+
+    // A content record counting other holders than there are is reported.
+    let (meta, _) = stores(&s.ns).await;
+    let mut miscounted = oci_record(&*meta, kept).await;
+    miscounted.refs = 3;
+    put_record(&*meta, &miscounted).await;
+    drop(meta);
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        vec![("ref_count_mismatch".to_string(), miscounted.key.clone())],
+        "{report:#}"
+    );
+
+    // What gc kept still serves.
+    s.restart();
+    let kept_digest = format!("sha256:{}", sha256_hex(kept));
+    for (path, want) in [
+        (format!("blobs/{kept_digest}"), &kept[..]),
+        ("manifests/v1".to_string(), EMPTY_MANIFEST),
+    ] {
+        let reply = c.get(s.at(&format!("/v2/lifecycle/{path}"))).send().await;
+        let body = reply.unwrap().bytes().await.unwrap();
+        assert_eq!(&body[..], want, "{path}");
+    }
+}
+
+/// Runs gc; the commit records it adopted and expired.
+fn commit_record_counts(ns: &Namespace) -> (u64, u64) {
+    let report = gc(ns, &[]);
+    let count = |name: &str| {
+        report[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{report:#}"))
+    };
+    (count("commit_records_adopted"), count("commit_records"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_adopts_commit_records_older_than_their_set_and_expires_them() {
+    let (s, a) = one_template_stopped(51).await;
+    let (meta, _) = stores(&s.ns).await;
+    // A commit record as written before commit records were listed in a set.
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&keys::pushed("legacy"), serde_json::to_vec(&a).unwrap());
+    assert!(tx.commit().await.unwrap());
+    drop(meta);
+
+    let dry = gc(&s.ns, &["--dry-run"]);
+    assert_eq!(dry["commit_records_adopted"], 1, "{dry:#}");
+    // Found now, it lives one more session lifetime.
+    assert_eq!(commit_record_counts(&s.ns), (1, 0));
+    let (meta, _) = stores(&s.ns).await;
+    let members = meta.members(keys::PUSHED).await.unwrap();
+    let adopted = members
+        .iter()
+        .find(|m| m.ends_with("/legacy"))
+        .unwrap_or_else(|| panic!("{members:?}"))
+        .clone();
+    let at: u64 = adopted.split('/').next().unwrap().parse().unwrap();
+    assert!(at + 60 > vmreg::model::now(), "dated when found: {adopted}");
+    // A week later it expires as the others do.
+    let mut tx = meta.begin().await.unwrap();
+    tx.set_remove(keys::PUSHED, &adopted);
+    tx.set_add(keys::PUSHED, &keys::pushed_member(1_000_000, "legacy"));
+    assert!(tx.commit().await.unwrap());
+    drop(meta);
+    assert_eq!(commit_record_counts(&s.ns), (0, 1));
+    let (meta, _) = stores(&s.ns).await;
+    assert!(
+        meta.get_json::<String>(&keys::pushed("legacy"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the legacy record is gone"
+    );
+    assert_eq!(meta.members(keys::PUSHED).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_aborts_uploads_older_than_the_vendors_days_even_when_a_push_holds_them() {
+    let mut s = Server::start();
+    let file = image(40_000, 61);
+    let b = new_id();
+    let open = negotiate(&s, &b, &format!("b-{}", &b[..8]), "wip", &[&file]).await;
+    s.kill();
+    let (_, blobs) = stores(&s.ns).await;
+    let handle = blobs
+        .begin_upload(&format!("blobs/{}/{open}", file.name))
+        .await
+        .unwrap();
+    if !s3_backend() {
+        backdate(
+            &s.ns.dir.join("data/uploads").join(&handle.upload_id),
+            "2 days ago",
+        );
+    }
+    drop(blobs);
+    let vendor = "ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS";
+
+    // Held by an open push (S3), or younger than a push's lifetime (local store): kept.
+    assert_eq!(gc(&s.ns, &["--grace", "0s"])["uploads"], 0);
+    let (code, out) = admin_with_env(&s.ns, &[(vendor, "3")], &["gc", "--json", "--grace", "0s"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["uploads"], 0);
+    let (code, out) = admin_with_env(&s.ns, &[(vendor, "1")], &["gc", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    if s3_backend() {
+        // An S3 upload cannot be made older than now: it is young, and kept.
+        assert_eq!(report["uploads"], 0, "{report:#}");
+        let (meta, blobs) = stores(&s.ns).await;
+        let registry = vmreg::registry::Registry::new(meta, blobs, 5 << 20, 1);
+        let options = vmreg::registry::sweep::GcOptions {
+            grace: std::time::Duration::from_secs(3600),
+            session_ttl: vmreg::registry::UPLOAD_SESSION_TTL,
+            dry_run: false,
+            abort_uploads_after: Some(std::time::Duration::ZERO),
+        };
+        assert_eq!(registry.collect(options).await.unwrap().uploads, 1);
+    } else {
+        assert_eq!(report["uploads"], 1, "two days old, past one: {report:#}");
+    }
+    let (_, blobs) = stores(&s.ns).await;
+    assert!(
+        blobs.list_uploads().await.unwrap().is_empty(),
+        "the upload is aborted"
+    );
 }

@@ -119,7 +119,7 @@ async fn serve(config: Config) -> Result<(), String> {
         false => actix_web::rt::spawn(collect_garbage(
             registry,
             config.gc_interval,
-            config.gc_grace,
+            crate::registry::sweep::GcOptions::of(&config, config.gc_grace, false),
         )),
     };
     let served = server.await.map_err(|e| e.to_string());
@@ -151,13 +151,12 @@ async fn purge_sessions(registry: Registry) {
 
 /// Every `interval`, the replica holding the lease collects garbage. The holder renews the
 /// lease for two intervals each time, so another replica takes over only once it is gone.
-async fn collect_garbage(registry: Registry, interval: Duration, grace: Duration) {
+async fn collect_garbage(
+    registry: Registry,
+    interval: Duration,
+    options: crate::registry::sweep::GcOptions,
+) {
     let me = uuid::Uuid::new_v4().simple().to_string();
-    let options = crate::registry::sweep::GcOptions {
-        grace,
-        session_ttl: crate::registry::UPLOAD_SESSION_TTL,
-        dry_run: false,
-    };
     loop {
         tokio::time::sleep(interval).await;
         match registry.take_gc_lease(&me, interval * 2).await {

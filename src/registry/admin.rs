@@ -88,11 +88,7 @@ pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 
 /// `vmreg admin gc`: removes (or with `dry_run` lists) what nothing holds; prints what.
 pub fn gc(config: Config, json: bool, dry_run: bool, grace: Duration) -> i32 {
-    let options = GcOptions {
-        grace,
-        session_ttl: super::UPLOAD_SESSION_TTL,
-        dry_run,
-    };
+    let options = GcOptions::of(&config, grace, dry_run);
     with_registry("gc", config, async |registry| {
         let report = registry.collect(options).await.map_err(|e| e.to_string())?;
         print_report(&report, json)?;

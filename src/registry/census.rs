@@ -6,6 +6,12 @@
 //! its file record names it or its session is open; once neither holds, nothing can ever
 //! reference it again, as session ids are never reused. This makes the judgement safe
 //! against concurrent pushes without a consistent snapshot of the whole index.
+//!
+//! An OCI object `blobs/oci/<id>` is written by the OCI upload `<id>`, or by a manifest
+//! PUT just before its record (a window of one transaction, which the grace window
+//! covers). It is held while that upload is open, or while a content record or a stored
+//! manifest names it (see [`super::oci::held`]); the records are read after the uploads,
+//! so an upload that completes in between is seen on one side or the other.
 
 use std::collections::{HashMap, HashSet};
 
@@ -49,14 +55,10 @@ pub(crate) fn blob_owner(object: &str) -> Option<(&str, &str)> {
 /// Why an object is kept, or that nothing holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Holder {
-    /// A file record names it.
+    /// A file record (or, for an OCI object, a content record or a manifest) names it.
     File,
     /// Its upload session is still open.
     Session,
-    /// An OCI blob (`blobs/oci/<upload>`): its record is named by content, which the key
-    /// does not tell, and OCI blobs are not counted by references yet, so it is never
-    /// judged an orphan.
-    Oci,
     /// Nothing: it can never be referenced again.
     Nobody,
 }
@@ -121,20 +123,26 @@ pub(crate) async fn holders(
         .zip(meta.get_many_json::<FileRecord>(&file_keys).await?)
         .filter_map(|(k, r)| r.map(|r| (k, r)))
         .collect();
+    let is_oci = |owner: Option<(&str, &str)>| owner.is_some_and(|(file, _)| file == OCI_FILE_KEY);
+    let oci_held = match owners.iter().any(|o| is_oci(*o)) {
+        true => super::oci::held::held_objects(meta).await?,
+        false => HashSet::new(),
+    };
     Ok(objects
         .iter()
         .zip(owners)
         .zip(open)
         .map(|((object, owner), open)| {
-            let named = owner
-                .and_then(|(file, _)| records.get(&keys::file(file)))
-                .is_some_and(|r| r.object == object.key);
-            let oci = owner.is_some_and(|(file, _)| file == OCI_FILE_KEY);
-            match (named, open && owner.is_some(), oci) {
-                (true, _, _) => Holder::File,
-                (false, true, _) => Holder::Session,
-                (false, false, true) => Holder::Oci,
-                (false, false, false) => Holder::Nobody,
+            let named = match is_oci(owner) {
+                true => oci_held.contains(&object.key),
+                false => owner
+                    .and_then(|(file, _)| records.get(&keys::file(file)))
+                    .is_some_and(|r| r.object == object.key),
+            };
+            match (named, open && owner.is_some()) {
+                (true, _) => Holder::File,
+                (false, true) => Holder::Session,
+                (false, false) => Holder::Nobody,
             }
         })
         .collect())

@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::census::{self, Holder, BLOBS};
-use super::{Registry, RegistryResult};
+use super::{oci, Registry, RegistryResult};
 use crate::meta::{keys, MetaStoreExt};
 use crate::model::{self, FileRecord, Template};
 use crate::store::{keys as object_keys, ObjectInfo};
@@ -79,7 +79,7 @@ pub struct FsckReport {
     pub bytes: u64,
     /// Open upload sessions.
     pub sessions: usize,
-    /// OCI blobs, not judged: they are not counted by references yet.
+    /// Of those objects, the ones the OCI front door wrote (judged like the others).
     pub oci_objects: usize,
     /// Whether every stored file was read and hashed.
     pub digests_checked: bool,
@@ -166,13 +166,14 @@ impl Registry {
             self.check_file(&mut report, options, key, want, &record, &by_key)
                 .await?;
         }
+        self.fsck_oci_content(&mut report, options, &by_key).await?;
 
         self.fsck_sessions(&mut report, options, &sessions).await?;
         for (object, holder) in objects
             .iter()
             .zip(census::holders(self.meta(), &objects).await?)
         {
-            if holder == Holder::Oci {
+            if census::blob_owner(&object.key).is_some_and(|(f, _)| f == census::OCI_FILE_KEY) {
                 report.oci_objects += 1;
             }
             if holder == Holder::Nobody {
@@ -285,6 +286,30 @@ impl Registry {
                     ),
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the OCI front door's content records as the versions' files are checked:
+    /// stored whole, and counting one reference per repository link and stored manifest.
+    async fn fsck_oci_content(
+        &self,
+        report: &mut FsckReport,
+        options: FsckOptions,
+        objects: &HashMap<&str, &ObjectInfo>,
+    ) -> RegistryResult<()> {
+        let records = oci::held::content_records(self.meta()).await?;
+        let refs = oci::held::expected_refs(self.meta()).await?;
+        for record in records {
+            report.files += 1;
+            let want = Expected {
+                size: record.size,
+                sha256: record.sha256.clone(),
+                refs: refs.get(&record.key).copied().unwrap_or(0),
+                by: format!("OCI content sha256:{}", record.sha256),
+            };
+            self.check_file(report, options, &record.key, &want, &record, objects)
+                .await?;
         }
         Ok(())
     }

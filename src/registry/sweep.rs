@@ -6,7 +6,12 @@
 //! - multipart uploads whose session is closed, once older than the grace window, and the
 //!   local store's temporary files no session holds, once older than a session's lifetime;
 //! - upload sessions past their lifetime (aborted as `abort` would), and the commit records
-//!   that answer a commit asked again, past the same lifetime.
+//!   that answer a commit asked again, past the same lifetime; a commit record written
+//!   before they were listed in a set is adopted into it, dated when found, so it expires
+//!   one lifetime later like the others (its own age is not recorded anywhere);
+//! - with [`GcOptions::abort_uploads_after`] (the vendor's
+//!   `ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS`), every multipart upload
+//!   older than that, whatever holds it, as the bucket lifecycle rule it names would.
 //!
 //! Deleting is safe against concurrent pushes without a lock: every judgement is made per
 //! object against the records a commit changes atomically. The grace window is a second
@@ -32,6 +37,20 @@ pub struct GcOptions {
     pub session_ttl: Duration,
     /// Report what would go, remove nothing.
     pub dry_run: bool,
+    /// Incomplete uploads older than this are aborted even when an open session holds them.
+    pub abort_uploads_after: Option<Duration>,
+}
+
+impl GcOptions {
+    /// The options of a configuration, with the sessions' standard lifetime.
+    pub fn of(config: &crate::config::Config, grace: Duration, dry_run: bool) -> Self {
+        Self {
+            grace,
+            session_ttl: super::UPLOAD_SESSION_TTL,
+            dry_run,
+            abort_uploads_after: config.abort_uploads_after,
+        }
+    }
 }
 
 /// What a collection removed (or, dry, would remove).
@@ -49,6 +68,8 @@ pub struct GcReport {
     pub sessions: usize,
     /// Commit records past their lifetime.
     pub commit_records: usize,
+    /// Commit records found outside the set of commit records, and added to it.
+    pub commit_records_adopted: usize,
 }
 
 impl std::fmt::Display for GcReport {
@@ -58,13 +79,15 @@ impl std::fmt::Display for GcReport {
         }
         write!(
             f,
-            "{} {} orphan objects ({} bytes), {} incomplete uploads, {} expired upload sessions, {} commit records",
+            "{} {} orphan objects ({} bytes), {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records",
             if self.dry_run { "would remove" } else { "removed" },
             self.objects.len(),
             self.bytes,
             self.uploads,
             self.sessions,
-            self.commit_records
+            self.commit_records,
+            if self.dry_run { "would adopt" } else { "adopted" },
+            self.commit_records_adopted
         )
     }
 }
@@ -91,6 +114,7 @@ impl Registry {
         };
         let ttl = options.session_ttl.as_secs();
         report.sessions = self.expire_sessions(ttl, options.dry_run).await?;
+        report.commit_records_adopted = self.adopt_commit_records(options.dry_run).await?;
         report.commit_records = self.expire_commit_records(ttl, options.dry_run).await?;
         self.collect_orphans(&options, &mut report).await?;
         report.uploads = self.collect_uploads(&options).await?;
@@ -115,6 +139,39 @@ impl Registry {
                 .iter()
                 .filter(|(_, s)| s.as_ref().is_some_and(|s| s.created < cutoff))
                 .count())
+    }
+
+    /// Lists in the commit-record set the records written before it existed. The keys are
+    /// walked before the set is read: a commit writes both at once, so a record seen
+    /// without its member is one that never had one.
+    async fn adopt_commit_records(&self, dry_run: bool) -> RegistryResult<usize> {
+        let found = self.meta().keys_with_prefix(&keys::pushed("")).await?;
+        let listed: std::collections::HashSet<String> = self
+            .meta()
+            .members(keys::PUSHED)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.split_once('/').map(|(_, s)| s.to_string()))
+            .collect();
+        let now = model::now();
+        let mut adopted = 0;
+        for key in found {
+            let Some(session) = key.strip_prefix(&keys::pushed("")) else {
+                continue;
+            };
+            if listed.contains(session) {
+                continue;
+            }
+            adopted += 1;
+            if !dry_run {
+                transact(self.meta(), async |tx| {
+                    tx.set_add(keys::PUSHED, &keys::pushed_member(now, session));
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(adopted)
     }
 
     async fn expire_commit_records(&self, ttl: u64, dry_run: bool) -> RegistryResult<usize> {
@@ -181,7 +238,10 @@ impl Registry {
                         })
                 }
             };
-            if !abandoned {
+            let expired = options
+                .abort_uploads_after
+                .is_some_and(|after| age >= after.as_secs());
+            if !abandoned && !expired {
                 continue;
             }
             removed += 1;

@@ -22,10 +22,11 @@ pub const MAX_MANIFEST: usize = 4 << 20;
 
 /// A stored manifest's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct ManifestRecord {
+pub(super) struct ManifestRecord {
     media_type: String,
     size: u64,
-    object: String,
+    /// The object holding the bytes.
+    pub(super) object: String,
     /// The digest its `subject` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
@@ -37,7 +38,7 @@ struct ManifestRecord {
     /// The SHA-256 hex of the bytes, which the content is stored under, when the digest
     /// naming the manifest is in another algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    content: Option<String>,
+    pub(super) content: Option<String>,
 }
 
 /// A manifest as served.

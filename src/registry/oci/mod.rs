@@ -24,6 +24,7 @@
 
 mod blobs;
 mod caps;
+pub(crate) mod held;
 mod listing;
 mod manifests;
 mod uploads;
