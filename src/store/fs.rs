@@ -136,10 +136,20 @@ impl BlobStore for FsStore {
         let size: u64 = parts.iter().map(|p| p.size).sum();
         let key = upload.key.clone();
         blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&from)
-                .map_err(|e| io_error(&key, e))?;
+            let gone = |e: std::io::Error| match e.kind() {
+                // Completed before (a retry after a lost reply, or a racing request): the
+                // object is there, made from these parts, as S3 answers a second completion.
+                std::io::ErrorKind::NotFound
+                    if file_metadata(&to)?.is_some_and(|m| m.len() == size) =>
+                {
+                    Ok(())
+                }
+                _ => Err(io_error(&key, e)),
+            };
+            let file = match std::fs::OpenOptions::new().write(true).open(&from) {
+                Ok(file) => file,
+                Err(e) => return gone(e),
+            };
             // A part rewritten after a resume may have left bytes past the end.
             file.set_len(size).map_err(unavailable)?;
             file.sync_all().map_err(unavailable)?;
@@ -147,7 +157,9 @@ impl BlobStore for FsStore {
                 .parent()
                 .ok_or_else(|| unavailable("object key has no parent"))?;
             std::fs::create_dir_all(dir).map_err(unavailable)?;
-            std::fs::rename(&from, &to).map_err(unavailable)?;
+            if let Err(e) = std::fs::rename(&from, &to) {
+                return gone(e);
+            }
             sync_dir(dir).map_err(unavailable)
         })
         .await
@@ -373,6 +385,14 @@ mod tests {
             !dir.path().join("objects/blobs").exists(),
             "emptied directories are removed"
         );
+    }
+
+    #[tokio::test]
+    async fn keeps_the_blob_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), 4).unwrap();
+        crate::store::contract::objects_round_trip(&store).await;
+        crate::store::contract::multipart_uploads(&store).await;
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //! object visible under its key at once, or `abort_upload`. This is S3's model; the local
 //! filesystem store follows it so that the service above has one code path.
 
+#[cfg(test)]
+mod contract;
 pub mod fs;
 pub mod instrumented;
 pub mod s3;

@@ -545,6 +545,7 @@ mod tests {
     //! `--include-ignored`, where a missing S3 fails.
 
     use super::*;
+    use crate::store::contract::pattern;
     use crate::store::BlobStore;
 
     fn required(name: &str) -> String {
@@ -578,13 +579,6 @@ mod tests {
             out.extend_from_slice(&chunk.expect("chunk"));
         }
         out
-    }
-
-    fn pattern(len: usize, seed: u8) -> Bytes {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect::<Vec<u8>>()
-            .into()
     }
 
     #[tokio::test]
@@ -651,6 +645,14 @@ mod tests {
             s3.presign_get("anything").await.unwrap().is_none(),
             "no redirects unless configured"
         );
+    }
+
+    #[tokio::test]
+    #[ignore = "needs S3 at VMREG_TEST_S3_ENDPOINT (scripts/test.sh)"]
+    async fn keeps_the_blob_store_contract() {
+        let s3 = store(false).await;
+        crate::store::contract::objects_round_trip(&s3).await;
+        crate::store::contract::multipart_uploads(&s3).await;
     }
 
     #[tokio::test]
