@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Garbage collection aborts incomplete uploads this many days old, even those an open push holds (the vendor's bucket rule); 0 leaves them to the push's lifetime [env: VMREG_ABORT_INCOMPLETE_UPLOADS_DAYS, ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS] [default: 0]
     #[arg(long)]
     pub abort_incomplete_uploads_days: Option<u64>,
+    /// How often a replica writes the pull times it noted; a replica killed outright loses at most this much of them [env: VMREG_PULL_FLUSH_INTERVAL] [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub pull_flush_interval: Option<Duration>,
     /// Open connections per worker thread, at most; more wait in the listen backlog [env: VMREG_MAX_CONNECTIONS] [default: 1024]
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -244,6 +248,8 @@ pub struct Config {
     pub gc_grace: Duration,
     /// Age past which garbage collection aborts any incomplete upload; none when unset.
     pub abort_uploads_after: Option<Duration>,
+    /// How often pull times noted in memory are written.
+    pub pull_flush_interval: Duration,
     /// Open connections per worker thread.
     pub max_connections: usize,
     /// Caps on the metadata clients can grow.
@@ -312,6 +318,7 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
             "ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS",
         ],
     ),
+    ("pull_flush_interval", &["VMREG_PULL_FLUSH_INTERVAL"]),
     ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
     ("max_templates", &["VMREG_MAX_TEMPLATES"]),
     ("max_versions", &["VMREG_MAX_VERSIONS"]),
@@ -420,6 +427,9 @@ impl ServeArgs {
                 "abort_incomplete_uploads_days" => {
                     layer.abort_incomplete_uploads_days = Some(parse_count(&value).map_err(bad)?)
                 }
+                "pull_flush_interval" => {
+                    layer.pull_flush_interval = Some(parse_duration(&value).map_err(bad)?)
+                }
                 "max_connections" => {
                     layer.max_connections = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
@@ -495,6 +505,7 @@ impl ServeArgs {
             abort_incomplete_uploads_days: self
                 .abort_incomplete_uploads_days
                 .or(lower.abort_incomplete_uploads_days),
+            pull_flush_interval: self.pull_flush_interval.or(lower.pull_flush_interval),
             max_connections: self.max_connections.or(lower.max_connections),
             max_templates: self.max_templates.or(lower.max_templates),
             max_versions: self.max_versions.or(lower.max_versions),
@@ -570,6 +581,12 @@ impl Config {
         let body_idle_timeout = l.body_idle_timeout.unwrap_or(DEFAULT_BODY_IDLE_TIMEOUT);
         if body_idle_timeout.is_zero() {
             return Err(ConfigError("body idle timeout must be above zero".into()));
+        }
+        let pull_flush_interval = l
+            .pull_flush_interval
+            .unwrap_or(crate::registry::pulls::PULL_FLUSH_INTERVAL);
+        if pull_flush_interval.is_zero() {
+            return Err(ConfigError("pull flush interval must be above zero".into()));
         }
         let limits = limits(&l)?;
         let tls = tls_settings(&l)?;
@@ -657,6 +674,7 @@ impl Config {
                 .abort_incomplete_uploads_days
                 .filter(|d| *d > 0)
                 .map(|d| Duration::from_secs(d.saturating_mul(24 * 3600))),
+            pull_flush_interval,
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
             limits,
             tls,
@@ -767,6 +785,11 @@ impl std::fmt::Display for Config {
         if let Some(after) = self.abort_uploads_after {
             writeln!(f, "  abort_uploads     after {}s", after.as_secs())?;
         }
+        writeln!(
+            f,
+            "  pull_flush        every {}s",
+            self.pull_flush_interval.as_secs_f64()
+        )?;
         writeln!(f, "  max_connections   {}", self.max_connections)?;
         let l = &self.limits;
         writeln!(

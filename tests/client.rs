@@ -268,7 +268,8 @@ fn http_get(url: &str) -> common::Reply {
 
 #[test]
 fn push_then_pull_into_an_empty_library_is_byte_identical() {
-    let server = Registry::start();
+    // Pulls are written every flush interval: a short one keeps the test short.
+    let server = Registry::start_with(&["--pull-flush-interval", "200ms"]);
     let src = Node::new();
     let (top, base, state) = (data(1, 3_000_000), data(2, 9_000_000), data(3, 700_000));
     src.make_vm(
@@ -313,10 +314,13 @@ fn push_then_pull_into_an_empty_library_is_byte_identical() {
     assert_eq!(u(&size["download_size"]), total);
     assert_eq!(u(&size["total_size"]), total);
     let last_pull = || u(&http_get(&server.at("/registry/v2/vm")).ok_body()[0]["last_pull"]);
+    let flushed = || std::thread::sleep(Duration::from_millis(600));
+    flushed();
     assert_eq!(last_pull(), 0, "a size check is not a pull");
 
     let pulled = dst.json(&server, &["pull", "vm1"]);
     assert_eq!(pulled["tag"], "v1");
+    flushed();
     assert!(last_pull() > 0, "a pull is recorded");
     assert_eq!(u(&pulled["bytes_received"]), total);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);

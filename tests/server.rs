@@ -633,7 +633,8 @@ fn assert_statuses_every_route_can_return(paths: &serde_json::Map<String, Value>
 
 #[tokio::test]
 async fn pull_manifest_and_ranged_downloads() {
-    let s = Server::start();
+    // Pulls are written every flush interval: a short one keeps the test short.
+    let s = Server::start_with(&["--pull-flush-interval", "200ms"]);
     let f = Fixture::push(&s).await;
     let m = get(&s.at(&format!(
         "/api/v1/templates/{}/manifest?tag={}",
@@ -658,6 +659,7 @@ async fn pull_manifest_and_ranged_downloads() {
     )))
     .await;
     assert_eq!(by_name.ok_body()["tag"], "vanilla");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert!(
         get(&s.at("/registry/v2/vm")).await.ok_body()[0]["last_pull"]
             .as_u64()

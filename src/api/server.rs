@@ -115,18 +115,33 @@ async fn serve(config: Config) -> Result<(), String> {
     .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .run();
     match config.gc_interval.is_zero() {
-        true => actix_web::rt::spawn(purge_sessions(registry)),
+        true => actix_web::rt::spawn(purge_sessions(registry.clone())),
         false => actix_web::rt::spawn(collect_garbage(
-            registry,
+            registry.clone(),
             config.gc_interval,
             crate::registry::sweep::GcOptions::of(&config, config.gc_grace, false),
         )),
     };
+    actix_web::rt::spawn(flush_pulls(registry.clone(), config.pull_flush_interval));
     let served = server.await.map_err(|e| e.to_string());
+    // The pulls noted since the last flush, so a clean shutdown loses none.
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "could not record the last pulls");
+    }
     if let Some(metrics) = metrics_server {
         metrics.stop(true).await;
     }
     served
+}
+
+/// Writes the pulls this replica noted, every `interval`.
+async fn flush_pulls(registry: Registry, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = registry.flush_pulls().await {
+            tracing::warn!(error = %e, "could not record pulls; kept for the next try");
+        }
+    }
 }
 
 /// With the periodic collection off, upload sessions idle past their lifetime are still

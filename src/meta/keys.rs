@@ -27,6 +27,11 @@ pub fn last_pull(id: &Uuid) -> String {
     format!("pull:{id}")
 }
 
+/// Epoch seconds of the latest pull of each tag of a template (`{tag: seconds}`).
+pub fn tag_pulls(id: &Uuid) -> String {
+    format!("tagpull:{id}")
+}
+
 /// A stored file: size, digest, object key, references and pins.
 pub fn file(key: &str) -> String {
     format!("file:{key}")

@@ -15,10 +15,13 @@ mod inventory;
 pub mod limits;
 pub mod oci;
 pub mod pull;
+pub mod pulls;
 pub mod push;
 pub mod reindex;
 pub mod sweep;
 pub mod templates;
+#[cfg(test)]
+mod test_support;
 pub mod upload;
 
 use std::sync::Arc;
@@ -75,6 +78,7 @@ pub struct Registry {
     upload_concurrency: usize,
     part_memory: Arc<budget::PartMemory>,
     limits: limits::Limits,
+    pulls: Arc<pulls::PullLog>,
 }
 
 impl Registry {
@@ -94,6 +98,7 @@ impl Registry {
             upload_concurrency: upload_concurrency.max(1),
             part_memory: Arc::new(budget::PartMemory::new(budget::DEFAULT_PART_MEMORY)),
             limits: limits::Limits::default(),
+            pulls: Arc::default(),
         }
     }
 

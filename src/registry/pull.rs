@@ -9,7 +9,7 @@ use crate::store::{ByteStream, Redirect};
 
 impl Registry {
     /// The manifest of a version (latest by default) of a template named by id or name;
-    /// records the pull when `record_pull` is set.
+    /// notes the pull when `record_pull` is set (written later, see [`super::pulls`]).
     pub async fn manifest(
         &self,
         id_or_name: &str,
@@ -41,11 +41,8 @@ impl Registry {
                 .collect(),
             size: version.size(),
         };
-        if !record_pull {
-            return Ok(manifest);
-        }
-        if let Err(e) = self.touch_pull(&template.id).await {
-            tracing::warn!(template = %template.id, error = %e, "could not record the pull");
+        if record_pull {
+            self.note_pull(template.id, &version.tag);
         }
         Ok(manifest)
     }

@@ -199,6 +199,7 @@ impl Registry {
                 remove_template_records(tx, &template);
             } else {
                 write_template(tx, &template);
+                forget_pulls(tx, &template, &removed).await?;
             }
             Ok(((template.versions.is_empty(), removed), objects))
         })
@@ -242,16 +243,6 @@ impl Registry {
         .await?;
         self.write_template_record(&template).await;
         Ok(())
-    }
-
-    /// Records that a template was pulled now.
-    pub async fn touch_pull(&self, id: &Uuid) -> RegistryResult<()> {
-        let now = model::now();
-        transact(self.meta(), async |tx| {
-            tx.put_json(&keys::last_pull(id), &now);
-            Ok(())
-        })
-        .await
     }
 
     /// Writes the template-level record beside the manifests, for reindexing.
@@ -319,11 +310,30 @@ pub(crate) fn write_template(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.set_add(keys::TEMPLATES, &template.id.to_string());
 }
 
+/// Drops the pull times of removed versions' tags, so a tag pushed again starts unpulled.
+async fn forget_pulls(
+    tx: &mut Box<dyn MetaTx>,
+    template: &Template,
+    removed: &[model::Version],
+) -> RegistryResult<()> {
+    let key = keys::tag_pulls(&template.id);
+    let Some(mut pulls) = tx.get_json::<super::pulls::TagPulls>(&key).await? else {
+        return Ok(());
+    };
+    let before = pulls.len();
+    pulls.retain(|tag, _| !removed.iter().any(|v| &v.tag == tag));
+    if pulls.len() != before {
+        tx.put_json(&key, &pulls);
+    }
+    Ok(())
+}
+
 fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.delete(&keys::template(&template.id));
     tx.delete(&keys::summary(&template.id));
     tx.delete(&keys::template_name(&template.name));
     tx.delete(&keys::last_pull(&template.id));
+    tx.delete(&keys::tag_pulls(&template.id));
     tx.set_remove(keys::TEMPLATES, &template.id.to_string());
 }
 
@@ -333,6 +343,7 @@ mod tests {
 
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
+    use crate::registry::test_support::push_one;
     use crate::store::fs::FsStore;
     use crate::store::{
         BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, StoreResult, UploadHandle,
@@ -394,33 +405,6 @@ mod tests {
         }
     }
 
-    async fn push_one(r: &Registry, id: Uuid, tag: &str, name: &str, data: &[u8]) {
-        let plan = r
-            .negotiate(crate::protocol::PushRequest {
-                id,
-                name: "ordered".into(),
-                tag: tag.into(),
-                description: String::new(),
-                arch: None,
-                config: serde_json::json!({}),
-                files: vec![crate::protocol::PushFile {
-                    name: name.into(),
-                    kind: model::FileKind::Image,
-                    size: data.len() as u64,
-                    sha256: Some(crate::digest::sha256_hex(data)),
-                }],
-            })
-            .await
-            .unwrap();
-        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
-            bytes::Bytes::copy_from_slice(data),
-        )]);
-        r.upload(&plan.session, name, 0, body).await.unwrap();
-        r.commit(&plan.session, crate::protocol::CommitRequest::default())
-            .await
-            .unwrap();
-    }
-
     /// A crash between the two deletions must leave files without a manifest (garbage),
     /// never a manifest without its files (which reindex would bring back broken).
     #[tokio::test]
@@ -433,8 +417,8 @@ mod tests {
         ));
         let r = Registry::new(meta, log.clone(), 5 << 20, 1);
         let id = Uuid::new_v4();
-        push_one(&r, id, "v1", "one.ank", b"first").await;
-        push_one(&r, id, "v2", "two.ank", b"second").await;
+        push_one(&r, id, "ordered", "v1", "one.ank", b"first").await;
+        push_one(&r, id, "ordered", "v2", "two.ank", b"second").await;
         for step in [0, 1] {
             log.1.lock().unwrap().clear();
             match step {

@@ -206,6 +206,16 @@ impl Server {
         }
     }
 
+    /// SIGTERM, as an orderly stop, and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: signals a child this struct started and has not yet reaped.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the process and starts it again on the same port and stores.
     pub fn restart(&mut self) {
         self.kill();

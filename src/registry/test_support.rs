@@ -1,0 +1,42 @@
+//! Helpers the service layer's unit tests share.
+
+use uuid::Uuid;
+
+use super::Registry;
+use crate::model::FileKind;
+use crate::protocol::{CommitRequest, PushFile, PushRequest};
+
+/// Pushes one version of template `template` holding one image layer `file` of `data`,
+/// through negotiation, upload and commit.
+pub(crate) async fn push_one(
+    r: &Registry,
+    id: Uuid,
+    template: &str,
+    tag: &str,
+    file: &str,
+    data: &[u8],
+) {
+    let plan = r
+        .negotiate(PushRequest {
+            id,
+            name: template.into(),
+            tag: tag.into(),
+            description: String::new(),
+            arch: None,
+            config: serde_json::json!({}),
+            files: vec![PushFile {
+                name: file.into(),
+                kind: FileKind::Image,
+                size: data.len() as u64,
+                sha256: Some(crate::digest::sha256_hex(data)),
+            }],
+        })
+        .await
+        .unwrap();
+    let body =
+        futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(data))]);
+    r.upload(&plan.session, file, 0, body).await.unwrap();
+    r.commit(&plan.session, CommitRequest::default())
+        .await
+        .unwrap();
+}
