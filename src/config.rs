@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Address to listen on, `host:port` or `:port` [env: VMREG_LISTEN, ANKA_LISTEN_ADDR] [default: 0.0.0.0:8089]
     #[arg(long)]
     pub listen: Option<String>,
+    /// The URL clients reach this server at, `http(s)://host[:port][/path]`, for the OCI token realm and `Location` headers; unset, those follow each request's `Host` and `X-Forwarded-*` [env: VMREG_PUBLIC_URL]
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// Directory of the embedded store (files and database) [env: VMREG_DATA_DIR, ANKA_BASE_PATH] [default: ./vmreg-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -232,6 +235,8 @@ pub struct RedisConfig {
 pub struct Config {
     /// `host:port` to bind.
     pub listen: String,
+    /// The URL clients reach the server at, without a trailing slash, when set.
+    pub public_url: Option<String>,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Grace period on shutdown.
@@ -298,6 +303,7 @@ pub struct ConfigError(pub String);
 pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("config", &["VMREG_CONFIG_FILE"]),
     ("listen", &["VMREG_LISTEN", "ANKA_LISTEN_ADDR"]),
+    ("public_url", &["VMREG_PUBLIC_URL"]),
     ("data_dir", &["VMREG_DATA_DIR", "ANKA_BASE_PATH"]),
     (
         "shutdown_timeout",
@@ -413,6 +419,7 @@ impl ServeArgs {
             match *field {
                 "config" => layer.config = Some(value.into()),
                 "listen" => layer.listen = Some(value),
+                "public_url" => layer.public_url = Some(value),
                 "data_dir" => layer.data_dir = Some(value.into()),
                 "shutdown_timeout" => {
                     layer.shutdown_timeout = Some(parse_duration(&value).map_err(bad)?)
@@ -495,6 +502,7 @@ impl ServeArgs {
         ServeArgs {
             config: self.config.or(lower.config),
             listen: self.listen.or(lower.listen),
+            public_url: self.public_url.or(lower.public_url),
             data_dir: self.data_dir.or(lower.data_dir),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
             part_size: self.part_size.or(lower.part_size),
@@ -564,6 +572,11 @@ impl Config {
 
     fn from_layer(l: ServeArgs) -> Result<Config, ConfigError> {
         let listen = normalize_listen(l.listen.as_deref().unwrap_or("0.0.0.0:8089"))?;
+        let public_url = l
+            .public_url
+            .as_deref()
+            .map(normalize_public_url)
+            .transpose()?;
         let part_size = l.part_size.unwrap_or(DEFAULT_PART_SIZE);
         if part_size < MIN_PART_SIZE {
             return Err(ConfigError(format!(
@@ -663,6 +676,7 @@ impl Config {
         Ok(Config {
             telemetry,
             listen,
+            public_url,
             data_dir: l.data_dir.unwrap_or_else(|| PathBuf::from("./vmreg-data")),
             shutdown_timeout: l.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             part_size,
@@ -685,6 +699,22 @@ impl Config {
             auth,
         })
     }
+}
+
+/// An absolute `http(s)` URL with a host, no query or fragment, its trailing `/` cut.
+fn normalize_public_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError(format!("public_url {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("has no host"));
+    }
+    if url.contains(['?', '#', ' ', '"']) {
+        return Err(bad("must have no query, fragment, space or quote"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// The metadata caps from a layer; each must allow at least one.
@@ -760,6 +790,9 @@ impl std::fmt::Display for Config {
     /// The effective configuration with secrets redacted, one setting a line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "  listen            {}", self.listen)?;
+        if let Some(url) = &self.public_url {
+            writeln!(f, "  public_url        {url}")?;
+        }
         writeln!(
             f,
             "  shutdown_timeout  {}s",
@@ -1264,5 +1297,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.shutdown_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn public_url_is_absolute_and_loses_its_trailing_slash() {
+        assert_eq!(
+            normalize_public_url("https://reg.example:8443/").unwrap(),
+            "https://reg.example:8443"
+        );
+        assert_eq!(
+            normalize_public_url("http://lb/vmreg").unwrap(),
+            "http://lb/vmreg"
+        );
+        for bad in [
+            "reg.example",
+            "https://",
+            "http:///x",
+            "https://a?b",
+            "ftp://a",
+        ] {
+            assert!(normalize_public_url(bad).is_err(), "{bad}");
+        }
     }
 }

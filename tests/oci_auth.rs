@@ -196,3 +196,87 @@ async fn an_api_key_logs_in_with_a_session_and_gets_what_its_groups_allow() {
         401
     );
 }
+
+#[tokio::test]
+async fn the_public_url_names_the_token_realm_and_every_location() {
+    let public = "https://registry.example:8443";
+    let s = Server::start_in_with_env(
+        Namespace::new(),
+        &["--enable-auth", "--root-token", ROOT_TOKEN],
+        &[("VMREG_PUBLIC_URL", "https://registry.example:8443/")],
+    );
+    let c = reqwest::Client::new();
+    // The realm is the public URL's, whatever host the request or a proxy names.
+    let refused = c
+        .get(s.at("/v2/ci/app/tags/list"))
+        .header("x-forwarded-host", "elsewhere.example")
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
+    assert_eq!(params(challenge)["realm"], format!("{public}/v2/token"));
+
+    // Uploads, blobs and manifests are located under it.
+    let root = basic("root", ROOT_TOKEN);
+    let opened = c
+        .post(s.at("/v2/ci/app/blobs/uploads/"))
+        .header("authorization", &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 202);
+    let loc = opened.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        loc.starts_with(&format!("{public}/v2/ci/app/blobs/uploads/")),
+        "{loc}"
+    );
+    let digest = format!("sha256:{}", sha256_hex(b"layer"));
+    let closed = c
+        .put(s.at(&format!("{}?digest={digest}", &loc[public.len()..])))
+        .header("authorization", &root)
+        .body(b"layer".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 201);
+    assert_eq!(
+        closed.headers()["location"],
+        format!("{public}/v2/ci/app/blobs/{digest}").as_str()
+    );
+    let manifest = br#"{"schemaVersion":2,"layers":[]}"#.to_vec();
+    let put = c
+        .put(s.at("/v2/ci/app/manifests/v1"))
+        .header("authorization", &root)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+    assert_eq!(
+        put.headers()["location"],
+        format!("{public}/v2/ci/app/manifests/{manifest_digest}").as_str()
+    );
+}
+
+#[test]
+fn a_public_url_that_is_not_an_absolute_http_url_is_refused_at_start() {
+    // Bounded: a server that took the setting would run until killed.
+    let out = std::process::Command::new("timeout")
+        .args([
+            "20",
+            vmreg_bin(),
+            "serve",
+            "--public-url",
+            "registry.example",
+        ])
+        .args(Namespace::new().store_args())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("public_url"), "{stderr}");
+}

@@ -32,6 +32,16 @@ pub struct AppState {
     /// The data directory, whose volume `/registry/disk` reports when the blob store has
     /// no size of its own (S3).
     pub data_dir: std::path::PathBuf,
+    /// The URL clients reach the server at (`--public-url`), when set.
+    pub public_url: Option<String>,
+}
+
+impl AppState {
+    /// What an absolute path is prefixed with in the links the server gives: the public
+    /// URL, or nothing (the link is relative to the request's own host).
+    pub fn link_base(&self) -> &str {
+        self.public_url.as_deref().unwrap_or("")
+    }
 }
 
 /// Every route of the server.

@@ -79,6 +79,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
+        public_url: config.public_url.clone(),
     });
     let access_logs = config.telemetry.access_logs;
     let metrics_server = match &config.telemetry.metrics_listen {

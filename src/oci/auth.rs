@@ -56,18 +56,21 @@ pub fn refusal(req: &HttpRequest, refused: ApiError) -> HttpResponse {
     }))
 }
 
-/// `Bearer realm="<this server>/v2/token",service="vmreg"[,scope="…"]`; the token
-/// endpoint itself challenges for `Basic`, the credentials it takes.
+/// `Bearer realm="<this server>/v2/token",service="vmreg"[,scope="…"]`, the server being
+/// `--public-url` or else the request's scheme and host; the token endpoint itself
+/// challenges for `Basic`, the credentials it takes.
 fn challenge(req: &HttpRequest) -> String {
     if req.path() == TOKEN_PATH {
         return format!("Basic realm=\"{SERVICE}\"");
     }
-    let info = req.connection_info();
-    let mut challenge = format!(
-        "Bearer realm=\"{}://{}{TOKEN_PATH}\",service=\"{SERVICE}\"",
-        info.scheme(),
-        info.host()
-    );
+    let public = req
+        .app_data::<actix_web::web::Data<crate::api::AppState>>()
+        .and_then(|s| s.public_url.clone());
+    let base = public.unwrap_or_else(|| {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    });
+    let mut challenge = format!("Bearer realm=\"{base}{TOKEN_PATH}\",service=\"{SERVICE}\"");
     if let Some(scope) = scope(req.method(), req.path()) {
         challenge.push_str(&format!(",scope=\"{scope}\""));
     }

@@ -39,7 +39,8 @@ pub async fn tags(
     let (n, last) = asked(&req)?;
     let page = state.registry.oci_tags(&name, n, last.as_deref()).await?;
     let body = serde_json::json!({ "name": name.as_str(), "tags": page.items });
-    Ok(reply(&format!("/v2/{name}/tags/list"), n, &page, body))
+    let path = format!("{}/v2/{name}/tags/list", state.link_base());
+    Ok(reply(&path, n, &page, body))
 }
 
 /// `GET /v2/_catalog`: the repository names, sorted.
@@ -50,5 +51,6 @@ pub async fn catalog(
     let (n, last) = asked(&req)?;
     let page = state.registry.oci_catalog(n, last.as_deref()).await?;
     let body = serde_json::json!({ "repositories": page.items });
-    Ok(reply("/v2/_catalog", n, &page, body))
+    let path = format!("{}/v2/_catalog", state.link_base());
+    Ok(reply(&path, n, &page, body))
 }

@@ -61,7 +61,10 @@ pub async fn put(
     let mut reply = HttpResponse::Created();
     reply
         .insert_header(super::base::API_VERSION)
-        .insert_header((header::LOCATION, format!("/v2/{name}/manifests/{digest}")))
+        .insert_header((
+            header::LOCATION,
+            format!("{}/v2/{name}/manifests/{digest}", state.link_base()),
+        ))
         .insert_header(("Docker-Content-Digest", digest))
         .insert_header((header::CONTENT_LENGTH, 0));
     if let Some(subject) = subject {

@@ -15,15 +15,15 @@ pub fn range_header(received: u64) -> String {
     format!("0-{}", received.saturating_sub(1))
 }
 
-fn location(name: &str, id: &str) -> String {
-    format!("/v2/{name}/blobs/uploads/{id}")
+fn location(base: &str, name: &str, id: &str) -> String {
+    format!("{base}/v2/{name}/blobs/uploads/{id}")
 }
 
-/// A 202 pointing at where the upload goes on.
-fn in_progress(name: &str, id: &str, received: u64) -> HttpResponse {
+/// A 202 pointing at where the upload goes on (`base`: see [`AppState::link_base`]).
+fn in_progress(base: &str, name: &str, id: &str, received: u64) -> HttpResponse {
     HttpResponse::Accepted()
         .insert_header(super::base::API_VERSION)
-        .insert_header((header::LOCATION, location(name, id)))
+        .insert_header((header::LOCATION, location(base, name, id)))
         .insert_header((header::RANGE, range_header(received)))
         .insert_header(("Docker-Upload-UUID", id))
         .insert_header((header::CONTENT_LENGTH, 0))
@@ -31,10 +31,10 @@ fn in_progress(name: &str, id: &str, received: u64) -> HttpResponse {
 }
 
 /// A 201 naming the blob made.
-fn created(name: &str, digest: &str) -> HttpResponse {
+fn created(base: &str, name: &str, digest: &str) -> HttpResponse {
     HttpResponse::Created()
         .insert_header(super::base::API_VERSION)
-        .insert_header((header::LOCATION, format!("/v2/{name}/blobs/{digest}")))
+        .insert_header((header::LOCATION, format!("{base}/v2/{name}/blobs/{digest}")))
         .insert_header(("Docker-Content-Digest", digest))
         .insert_header((header::CONTENT_LENGTH, 0))
         .finish()
@@ -56,11 +56,12 @@ pub async fn start(
     payload: web::Payload,
 ) -> Result<HttpResponse, OciApiError> {
     let registry = &state.registry;
+    let base = state.link_base();
     let q = query(&req);
     if let Some(digest) = q.get("mount") {
         let from = q.get("from").map(String::as_str);
         if registry.oci_mount(&name, digest, from).await?.is_some() {
-            return Ok(created(&name, digest));
+            return Ok(created(base, &name, digest));
         }
     }
     let id = registry.oci_start_upload(&name).await?;
@@ -69,9 +70,9 @@ pub async fn start(
             registry
                 .oci_finish(&name, &id, digest, body_stream(payload))
                 .await?;
-            Ok(created(&name, digest))
+            Ok(created(base, &name, digest))
         }
-        None => Ok(in_progress(&name, &id, 0)),
+        None => Ok(in_progress(base, &name, &id, 0)),
     }
 }
 
@@ -84,7 +85,7 @@ pub async fn status(
     let received = state.registry.oci_upload_status(&name, &id).await?;
     Ok(HttpResponse::NoContent()
         .insert_header(super::base::API_VERSION)
-        .insert_header((header::LOCATION, location(&name, &id)))
+        .insert_header((header::LOCATION, location(state.link_base(), &name, &id)))
         .insert_header((header::RANGE, range_header(received)))
         .insert_header(("Docker-Upload-UUID", id))
         .finish())
@@ -127,7 +128,7 @@ pub async fn append(
         .registry
         .oci_append(&name, &id, start, body_stream(payload))
         .await?;
-    Ok(in_progress(&name, &id, received))
+    Ok(in_progress(state.link_base(), &name, &id, received))
 }
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last bytes, if any, then 201.
@@ -148,7 +149,7 @@ pub async fn finish(
         .registry
         .oci_finish(&name, &id, digest, body_stream(payload))
         .await?;
-    Ok(created(&name, digest))
+    Ok(created(state.link_base(), &name, digest))
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`: 204.
