@@ -1004,3 +1004,127 @@ async fn open_uploads_are_capped_by_max_upload_sessions() {
     assert_eq!(status.status(), StatusCode::NO_CONTENT);
     assert_eq!(status.headers()[header::RANGE], "0-999");
 }
+
+/// A tart-shaped image in `repo` under `tags`: a config and two disk layers; answers
+/// the manifest's digest and the layers' total size.
+async fn push_vm_image(
+    c: &Client,
+    s: &Server,
+    repo: &str,
+    tags: &[&str],
+    seed: u8,
+) -> (String, u64) {
+    let config = br#"{"architecture":"arm64","os":"darwin"}"#;
+    let config_digest = push_blob(c, s, repo, config).await;
+    let disks = [payload(3000, seed), payload(5000, seed + 1)];
+    let mut layers = Vec::new();
+    for disk in &disks {
+        let digest = push_blob(c, s, repo, disk).await;
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.cirruslabs.tart.disk.v2",
+            "digest": digest, "size": disk.len(),
+        }));
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    }))
+    .unwrap();
+    for tag in tags {
+        put_manifest(c, s, repo, tag, &manifest).await;
+    }
+    (digest_of(&manifest), 8000)
+}
+
+/// The `/registry/v2/vm` row named `name`, if listed.
+async fn vendor_row(s: &Server, name: &str) -> Option<Value> {
+    let list = get(&s.at("/registry/v2/vm")).await;
+    list.ok_body()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .cloned()
+}
+
+#[tokio::test]
+async fn oci_repositories_are_listed_as_templates_and_deleted_through_either_api() {
+    let s = Server::start();
+    let c = Client::new();
+    let (_, size) = push_vm_image(&c, &s, "anka/sonoma", &["v1", "latest"], 40).await;
+    let (other, _) = push_vm_image(&c, &s, "tart/ventura", &["14.1"], 50).await;
+    // A repository without a tag is no template.
+    push_blob(&c, &s, "blobs/only", b"no manifest").await;
+
+    let row = vendor_row(&s, "anka/sonoma").await.expect("listed");
+    assert_eq!(row["size"], size);
+    assert_eq!(row["latest_tag"], "latest");
+    assert_eq!(row["version_count"], 2);
+    assert_eq!(
+        row["versions"],
+        serde_json::json!([
+            {"number": 0, "tag": "latest", "size": size},
+            {"number": 1, "tag": "v1", "size": size},
+        ])
+    );
+    assert!(vendor_row(&s, "blobs/only").await.is_none());
+    let id = row["id"].as_str().unwrap().to_string();
+    let v1 = get(&s.at("/registry/vm")).await;
+    assert!(v1
+        .ok_body()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t[&id] == "anka/sonoma"));
+    let html = c.get(s.at("/")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("anka/sonoma") && html.contains("tart/ventura"),
+        "{html}"
+    );
+
+    // Deleted through the vendor API: gone from both.
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/vm?id={id}")),
+        None,
+    )
+    .await
+    .ok_body();
+    assert!(vendor_row(&s, "anka/sonoma").await.is_none());
+    expect_error(
+        c.get(s.at("/v2/anka/sonoma/tags/list")),
+        StatusCode::NOT_FOUND,
+        "NAME_UNKNOWN",
+    )
+    .await;
+    expect_status(
+        c.get(s.at("/v2/anka/sonoma/manifests/v1")),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let catalog = get_json(&c, &s, "/v2/_catalog").await;
+    assert!(!catalog["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r == "anka/sonoma"));
+    call(
+        Method::DELETE,
+        &s.at(&format!("/registry/vm?id={id}")),
+        None,
+    )
+    .await
+    .assert_fail(404);
+
+    // Deleted through `/v2/`: gone from the vendor listing too.
+    assert!(vendor_row(&s, "tart/ventura").await.is_some());
+    expect_status(
+        c.delete(s.at(&format!("/v2/tart/ventura/manifests/{other}"))),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert!(vendor_row(&s, "tart/ventura").await.is_none());
+}

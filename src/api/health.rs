@@ -78,13 +78,13 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// page stays quick and small however many templates there are.
 pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut rows: Vec<(String, String)> = Vec::new();
-    state
-        .registry
-        .scan(|listed| {
-            let row = index_row(&listed.summary);
-            rows.push((listed.summary.name, row));
-        })
-        .await?;
+    let mut add = |listed: crate::registry::templates::ListedTemplate| {
+        let row = index_row(&listed.summary);
+        rows.push((listed.summary.name, row));
+    };
+    state.registry.scan(&mut add).await?;
+    // OCI repositories are listed as templates too (see registry::oci::bridge).
+    state.registry.oci_scan(&mut add).await?;
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let total = rows.len();
     let shown = state.registry.limits().max_page.min(total);

@@ -54,12 +54,13 @@ pub async fn reply(
     row: impl Fn(&ListedTemplate) -> Value,
 ) -> Result<HttpResponse, ApiError> {
     let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
-    registry
-        .scan(|t| {
-            let rendered = crate::meta::encode(&row(&t));
-            rows.push((t.summary.name, rendered));
-        })
-        .await?;
+    let mut add = |t: ListedTemplate| {
+        let rendered = crate::meta::encode(&row(&t));
+        rows.push((t.summary.name, rendered));
+    };
+    registry.scan(&mut add).await?;
+    // OCI repositories are listed as templates too (see registry::oci::bridge).
+    registry.oci_scan(&mut add).await?;
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let total = rows.len();
     if let Some(p) = page {

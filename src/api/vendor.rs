@@ -11,6 +11,7 @@ use super::params::{json_body, number, query, required_json};
 use super::{ok, ApiError, AppState};
 use crate::model::{FileKind, Template, Version};
 use crate::registry::templates::{parse_id, ListedTemplate, RevertTarget};
+use crate::registry::RegistryError;
 
 /// The vendor shows one template in two shapes: `/registry/vm?id=` (v1) gives every
 /// version `"state_files": []` and `"arch": ""` and the template its arch;
@@ -148,7 +149,14 @@ pub async fn delete_template(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = required_id(&req)?;
-    state.registry.delete_template(&id).await?;
+    match state.registry.delete_template(&id).await {
+        // An OCI repository listed as a template goes whole, as through `/v2/`.
+        Err(RegistryError::NotFound(e)) => match state.registry.oci_repository_of(&id).await? {
+            Some(repo) => state.registry.oci_delete_repository(&repo).await?,
+            None => return Err(RegistryError::NotFound(e).into()),
+        },
+        r => r?,
+    }
     Ok(ok(Value::Null))
 }
 

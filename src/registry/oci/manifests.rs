@@ -39,6 +39,9 @@ pub(super) struct ManifestRecord {
     /// naming the manifest is in another algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) content: Option<String>,
+    /// Bytes of what it lists (see [`listed_size`]); `None` in records made before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) listed_size: Option<u64>,
 }
 
 /// A manifest as served.
@@ -72,9 +75,22 @@ pub struct Referrer {
 
 /// What a manifest says about itself that the registry keeps.
 struct Parsed {
+    listed_size: u64,
     subject: Option<String>,
     artifact_type: Option<String>,
     annotations: Option<Value>,
+}
+
+/// The bytes a manifest lists: the sizes of its `layers` (an image, as a VM's disk
+/// pieces), or of its `manifests` (an index), summed.
+pub(super) fn listed_size(doc: &serde_json::Map<String, Value>) -> u64 {
+    let list = doc.get("layers").or_else(|| doc.get("manifests"));
+    list.and_then(Value::as_array).map_or(0, |items| {
+        items
+            .iter()
+            .filter_map(|d| d.get("size").and_then(Value::as_u64))
+            .fold(0u64, u64::saturating_add)
+    })
 }
 
 /// Reads the fields the registry indexes; anything else in the manifest is the client's.
@@ -98,6 +114,7 @@ fn parse(bytes: &[u8]) -> OciResult<Parsed> {
         .or_else(|| text(doc.get("config").and_then(|c| c.get("mediaType"))));
     let annotations = doc.get("annotations").filter(|a| a.is_object()).cloned();
     Ok(Parsed {
+        listed_size: listed_size(&doc),
         subject,
         artifact_type,
         annotations,
@@ -191,6 +208,7 @@ impl Registry {
                 artifact_type: parsed.artifact_type.clone(),
                 annotations: parsed.annotations.clone(),
                 content: (algorithm != Algorithm::Sha256).then(|| hex.clone()),
+                listed_size: Some(parsed.listed_size),
             };
             tx.put_json(&record_key, &record);
             tx.set_add(&keys::oci_manifests(repo), &digest);

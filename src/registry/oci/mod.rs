@@ -23,6 +23,7 @@
 //!   `oci:refs:<repo>@<digest>`; repositories are the set `oci:repos`.
 
 mod blobs;
+mod bridge;
 mod caps;
 pub(crate) mod held;
 mod listing;
@@ -35,6 +36,7 @@ use crate::model::FileRecord;
 
 use super::RegistryError;
 
+pub use bridge::repository_id;
 pub use listing::{page_size, Page, MAX_PAGE};
 pub use manifests::{OciManifest, Referrer, MAX_MANIFEST};
 
