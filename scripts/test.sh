@@ -44,6 +44,15 @@ if ! "$oras_venv/bin/python" -c 'import oras' 2>/dev/null; then
 fi
 export VMREG_TEST_ORAS_PYTHON="$PWD/$oras_venv/bin/python"
 
+# skopeo (Debian), a real OCI client for tests/oci_clients.rs.
+if ! command -v skopeo >/dev/null; then
+    echo "== installing skopeo"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq skopeo ||
+        echo "scripts/test.sh: could not install skopeo; tests/oci_clients.rs will fail" >&2
+fi
+
 failed=()
 # Runs one pass; a failure is recorded, not fatal, so the passes after it still run.
 pass() {
