@@ -66,9 +66,23 @@ pub struct Version {
     pub created: u64,
     /// The upload session that committed it; names its manifest object.
     pub push_id: String,
+    /// The commit's place in its template's history: taken from a counter that every
+    /// commit attempt moves on and nothing moves back, so no two manifests of a template
+    /// share one, and a later commit always has a larger one. 0 for versions committed
+    /// before it was kept (their manifests are ordered by number and time).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Version {
+    /// The key of the version's manifest in the bucket.
+    pub fn manifest_key(&self, template: &Uuid) -> String {
+        match self.seq {
+            0 => crate::store::keys::manifest(template, self.number, &self.push_id),
+            _ => crate::store::keys::push_manifest(template, &self.push_id),
+        }
+    }
+
     /// Sum of the sizes of the version's files.
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -367,6 +381,7 @@ mod tests {
             config: serde_json::Value::Null,
             created: 0,
             push_id: String::new(),
+            seq: 0,
         }
     }
 

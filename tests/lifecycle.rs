@@ -208,12 +208,18 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     // incomplete_upload: a multipart upload no session holds.
     let abandoned = abandon_upload(&s.ns, &*blobs, &fresh.name).await;
     // missing_manifest and stray_manifest.
-    let manifests = blobs.list(&format!("manifests/{a}/")).await.unwrap();
-    let v1_manifest = manifests
-        .iter()
-        .find(|k| k.contains("/v0000000000-"))
+    let a_id: uuid::Uuid = a.parse().unwrap();
+    let template: vmreg::model::Template = meta
+        .get_json(&keys::template(&a_id))
+        .await
         .unwrap()
-        .clone();
+        .unwrap();
+    let v1_manifest = template.versions[0].manifest_key(&a_id);
+    assert!(blobs
+        .list(&v1_manifest)
+        .await
+        .unwrap()
+        .contains(&v1_manifest));
     blobs.delete(&v1_manifest).await.unwrap();
     let stray = format!("manifests/{}/v0000000000-gone.json", uuid::Uuid::new_v4());
     blobs.put(&stray, b"{}".to_vec().into()).await.unwrap();

@@ -22,6 +22,11 @@ pub fn template_name(name: &str) -> String {
     format!("name:{name}")
 }
 
+/// The counter of a template's commit attempts (see [`crate::model::Version::seq`]).
+pub fn commit_seq(id: &Uuid) -> String {
+    format!("seq:{id}")
+}
+
 /// Epoch seconds of a template's latest pull.
 pub fn last_pull(id: &Uuid) -> String {
     format!("pull:{id}")

@@ -188,7 +188,8 @@ impl Registry {
                 );
             }
         }
-        self.fsck_manifests(&mut report, &templates).await?;
+        self.fsck_manifests(&mut report, &templates, &sessions)
+            .await?;
         report
             .problems
             .sort_by(|a, b| (a.kind, &a.subject).cmp(&(b.kind, &b.subject)));
@@ -386,13 +387,22 @@ impl Registry {
         &self,
         report: &mut FsckReport,
         templates: &[Template],
+        sessions: &[(String, Option<super::push::UploadSession>)],
     ) -> RegistryResult<()> {
         let stored: HashSet<String> = self.blobs().list("manifests/").await?.into_iter().collect();
-        let mut known: HashSet<String> = HashSet::new();
+        // A push's manifest is written before its commit: while the push is open, it is
+        // the commit in progress (or to be asked again), not a stray.
+        let mut known: HashSet<String> = sessions
+            .iter()
+            .filter_map(|(id, s)| {
+                s.as_ref()
+                    .map(|s| object_keys::push_manifest(&s.template, id))
+            })
+            .collect();
         for t in templates {
             known.insert(object_keys::template_record(&t.id));
             for v in &t.versions {
-                let key = object_keys::manifest(&t.id, v.number, &v.push_id);
+                let key = v.manifest_key(&t.id);
                 if !stored.contains(&key) {
                     report.add(
                         ProblemKind::MissingManifest,

@@ -1,9 +1,10 @@
 //! The service layer: every registry operation, with no HTTP types.
 //!
 //! Each operation that changes metadata runs as one optimistic transaction (see
-//! [`crate::meta`]) and touches the blob store only before (uploads) or after (deleting
-//! objects nothing references, writing manifests) it commits, so a crash at any point
-//! leaves no version pointing at missing bytes.
+//! [`crate::meta`]) and touches the blob store only before (uploads, a version's manifest)
+//! or after (deleting manifests, then objects nothing references) it commits, so a crash
+//! at any point leaves no version pointing at missing bytes and no committed version
+//! missing from the bucket.
 
 pub mod admin;
 pub mod backends;

@@ -158,11 +158,17 @@ pub async fn reindex(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<Rein
     }
 
     let mut templates: Vec<Template> = Vec::new();
+    let mut counters: Vec<(Uuid, u64)> = Vec::new();
     let mut files: HashMap<String, (u64, FileRecord)> = HashMap::new();
     for (id, f) in found {
-        let Some((template, manifests)) = assemble(id, f, &mut report) else {
+        let Some((template, manifests, seq)) = assemble(id, f, &mut report) else {
             continue;
         };
+        // The commit counter moves on from every manifest found, superseded ones too, so
+        // that no later commit shares a place in the history with one of them.
+        if seq > 0 {
+            counters.push((id, seq));
+        }
         for m in &manifests {
             for key in m.version.keys() {
                 let Some(file) = m.version.files.iter().find(|f| f.key() == key) else {
@@ -203,8 +209,45 @@ pub async fn reindex(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<Rein
     }
     let owners = name_owners(&templates, &mut report);
     let files: Vec<FileRecord> = files.into_values().map(|(_, r)| r).collect();
-    write(meta, &templates, &owners, files, &mut report).await?;
+    write(meta, &templates, &owners, &counters, files, &mut report).await?;
     Ok(report)
+}
+
+/// Replays a template's manifests in the order of their commits: each commit stacked its
+/// version on the `number` versions before it, so a manifest drops every version at or
+/// past its number (reverted ones whose manifests survived, and manifests written ahead
+/// of a commit that never came) and takes that place. Versions committed before `seq` was
+/// kept all have 0 and come first, ordered by number and time as they were.
+///
+/// A manifest written ahead of a commit that never came, with no commit after it, cannot
+/// be told from the latest version by the bucket alone, and comes back: its files were
+/// whole and verified before it was written. While the index lives, `abort` and gc remove
+/// such a manifest (see `push::commit`), so only a lost index in that window brings one
+/// back.
+fn replay(
+    id: Uuid,
+    mut manifests: Vec<StoredManifest>,
+    report: &mut ReindexReport,
+) -> Vec<StoredManifest> {
+    manifests.sort_by(|a, b| {
+        let key = |m: &StoredManifest| {
+            let v = &m.version;
+            (v.seq, v.number, v.created, v.push_id.clone())
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut live: Vec<StoredManifest> = Vec::new();
+    for m in manifests {
+        let keep = (m.version.number as usize).min(live.len());
+        for gone in live.drain(keep..) {
+            report.warnings.push(format!(
+                "template {id}: version {} of push {} is superseded; skipped",
+                gone.version.number, gone.version.push_id
+            ));
+        }
+        live.push(m);
+    }
+    live
 }
 
 /// Orders a template's manifests into dense versions; `None` when it has none.
@@ -212,7 +255,7 @@ fn assemble(
     id: Uuid,
     found: Found,
     report: &mut ReindexReport,
-) -> Option<(Template, Vec<StoredManifest>)> {
+) -> Option<(Template, Vec<StoredManifest>, u64)> {
     let Found { record, manifests } = found;
     if manifests.is_empty() {
         if record.is_some() {
@@ -222,34 +265,8 @@ fn assemble(
         }
         return None;
     }
-    // Two manifests with one number: a revert removed a version and a later push reused
-    // its number, but the old manifest survived. The newer commit is the live one.
-    let mut by_number: BTreeMap<u32, StoredManifest> = BTreeMap::new();
-    for m in manifests {
-        let number = m.version.number;
-        match by_number.get(&number) {
-            Some(kept)
-                if (kept.version.created, &kept.version.push_id)
-                    >= (m.version.created, &m.version.push_id) =>
-            {
-                report.warnings.push(format!(
-                    "template {id}: version {number} of push {} is superseded; skipped",
-                    m.version.push_id
-                ));
-            }
-            Some(kept) => {
-                report.warnings.push(format!(
-                    "template {id}: version {number} of push {} is superseded; skipped",
-                    kept.version.push_id
-                ));
-                by_number.insert(number, m);
-            }
-            None => {
-                by_number.insert(number, m);
-            }
-        }
-    }
-    let mut manifests: Vec<StoredManifest> = by_number.into_values().collect();
+    let seq = manifests.iter().map(|m| m.version.seq).max().unwrap_or(0);
+    let mut manifests = replay(id, manifests, report);
     for (i, m) in manifests.iter_mut().enumerate() {
         let dense = i as u32;
         if m.version.number != dense {
@@ -285,7 +302,7 @@ fn assemble(
         versions,
     };
     template.last_push = template.newest_push();
-    Some((template, manifests))
+    Some((template, manifests, seq))
 }
 
 /// The id each name belongs to. Names are unique in a live registry; should two templates
@@ -329,6 +346,7 @@ async fn write(
     meta: &dyn MetaStore,
     templates: &[Template],
     owners: &HashMap<String, Uuid>,
+    counters: &[(Uuid, u64)],
     mut files: Vec<FileRecord>,
     report: &mut ReindexReport,
 ) -> Result<(), String> {
@@ -361,6 +379,9 @@ async fn write(
             ));
         }
         writes.push(Write::Add(t.id.to_string()));
+    }
+    for (id, seq) in counters {
+        writes.push(Write::Put(meta::keys::commit_seq(id), meta::encode(seq)));
     }
     for f in &files {
         writes.push(Write::Put(meta::keys::file(&f.key), meta::encode(f)));
@@ -499,15 +520,28 @@ mod tests {
         }
     }
 
-    async fn put_version(
-        blobs: &Objects,
+    /// A manifest written ahead of a commit, `seq` its place in the history.
+    async fn put_pushed(blobs: &Objects, id: Uuid, number: u32, seq: u64, created: u64, tag: &str) {
+        let files = vec![file(&format!("{tag}.ank"), FileKind::Image, 10)];
+        let mut m = stored(id, "alpha", number, tag, created, files);
+        m.version.seq = seq;
+        put_manifest(blobs, m).await;
+    }
+
+    async fn put_manifest(blobs: &Objects, m: StoredManifest) {
+        let key = m.version.manifest_key(&m.id);
+        blobs.put(&key, meta::encode(&m).into()).await.unwrap();
+    }
+
+    /// A manifest as a version committed before `seq` was kept wrote it.
+    fn stored(
         id: Uuid,
         name: &str,
         number: u32,
         tag: &str,
         created: u64,
         files: Vec<FileRef>,
-    ) {
+    ) -> StoredManifest {
         let push_id = format!("push-{tag}-{created}");
         let objects = files
             .iter()
@@ -520,21 +554,15 @@ mod tests {
             files,
             config: serde_json::json!({"name": name}),
             created,
-            push_id: push_id.clone(),
+            push_id,
+            seq: 0,
         };
-        let m = StoredManifest {
+        StoredManifest {
             id,
             name: name.into(),
             version,
             objects,
-        };
-        blobs
-            .put(
-                &crate::store::keys::manifest(&id, number, &push_id),
-                meta::encode(&m).into(),
-            )
-            .await
-            .unwrap();
+        }
     }
 
     async fn put_template(blobs: &Objects, id: Uuid, name: &str, arch: &str, created: u64) {
@@ -565,39 +593,45 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let base = file("base.ank", FileKind::Image, 100);
         put_template(&blobs, a, "alpha", "arm64", 10).await;
-        put_version(
+        put_manifest(
             &blobs,
-            a,
-            "alpha",
-            0,
-            "v1",
-            10,
-            vec![base.clone(), file("nvram", FileKind::Nvram, 1)],
+            stored(
+                a,
+                "alpha",
+                0,
+                "v1",
+                10,
+                vec![base.clone(), file("nvram", FileKind::Nvram, 1)],
+            ),
         )
         .await;
         // A reverted v2 whose manifest survived, then the live v2 reusing number 1.
-        put_version(
+        put_manifest(
             &blobs,
-            a,
-            "alpha",
-            1,
-            "old",
-            20,
-            vec![file("gone.ank", FileKind::Image, 7), base.clone()],
+            stored(
+                a,
+                "alpha",
+                1,
+                "old",
+                20,
+                vec![file("gone.ank", FileKind::Image, 7), base.clone()],
+            ),
         )
         .await;
-        put_version(
+        put_manifest(
             &blobs,
-            a,
-            "alpha",
-            1,
-            "v2",
-            30,
-            vec![file("top.ank", FileKind::Image, 5), base.clone()],
+            stored(
+                a,
+                "alpha",
+                1,
+                "v2",
+                30,
+                vec![file("top.ank", FileKind::Image, 5), base.clone()],
+            ),
         )
         .await;
         put_template(&blobs, b, "beta", "", 40).await;
-        put_version(&blobs, b, "beta", 0, "only", 40, vec![base.clone()]).await;
+        put_manifest(&blobs, stored(b, "beta", 0, "only", 40, vec![base.clone()])).await;
 
         let report = reindex(&meta, &blobs).await.unwrap();
         assert_eq!(
@@ -666,26 +700,16 @@ mod tests {
         let b = Uuid::new_v4();
         put_template(&blobs, b, "beta", "arm64", 1_795_825_146).await;
         let base = file("base.ank", FileKind::Image, 100);
-        put_version(
+        put_manifest(
             &blobs,
-            b,
-            "beta",
-            0,
-            "only",
-            1_795_825_146,
-            vec![base.clone()],
+            stored(b, "beta", 0, "only", 1_795_825_146, vec![base.clone()]),
         )
         .await;
         // The next push falls in the next second, and is reverted.
         let top = file("top.ank", FileKind::Image, 5);
-        put_version(
+        put_manifest(
             &blobs,
-            b,
-            "beta",
-            1,
-            "reverted",
-            1_795_825_147,
-            vec![top, base],
+            stored(b, "beta", 1, "reverted", 1_795_825_147, vec![top, base]),
         )
         .await;
         reindex(live.as_ref(), blobs.as_ref()).await.unwrap();
@@ -711,6 +735,58 @@ mod tests {
         );
     }
 
+    /// Versions are replayed in the order of their commits, whatever the replicas' clocks
+    /// said; a manifest written ahead of a commit that never came is dropped by the next
+    /// commit that takes its place.
+    #[tokio::test]
+    async fn manifests_are_replayed_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = Objects::default();
+        let a = Uuid::new_v4();
+        put_template(&blobs, a, "alpha", "arm64", 10).await;
+        put_manifest(
+            &blobs,
+            stored(
+                a,
+                "alpha",
+                0,
+                "v0",
+                10,
+                vec![file("v0.ank", FileKind::Image, 1)],
+            ),
+        )
+        .await;
+        // Number 1 committed on a replica whose clock ran ahead, reverted (its manifest
+        // survived), and taken again by a later commit stamped earlier.
+        put_pushed(&blobs, a, 1, 2, 500, "reverted").await;
+        put_pushed(&blobs, a, 1, 3, 400, "later").await;
+        // A manifest written ahead of a commit that never came, then the commit that took
+        // its number.
+        put_pushed(&blobs, a, 2, 4, 450, "crashed").await;
+        put_pushed(&blobs, a, 2, 5, 460, "next").await;
+
+        let report = reindex(&meta, &blobs).await.unwrap();
+        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        let tags: Vec<(u32, &str)> = alpha
+            .versions
+            .iter()
+            .map(|v| (v.number, v.tag.as_str()))
+            .collect();
+        assert_eq!(tags, [(0, "v0"), (1, "later"), (2, "next")], "{report:?}");
+        assert_eq!(alpha.last_push, 460);
+        let counter: u64 = get(&meta, meta::keys::commit_seq(&a)).await.unwrap();
+        assert_eq!(
+            counter, 5,
+            "the next commit comes after every manifest found"
+        );
+        for gone in ["reverted.ank", "crashed.ank"] {
+            assert!(get::<FileRecord>(&meta, meta::keys::file(gone))
+                .await
+                .is_none());
+        }
+    }
+
     #[tokio::test]
     async fn gaps_are_closed_and_records_without_versions_skipped() {
         let dir = tempfile::tempdir().unwrap();
@@ -718,24 +794,28 @@ mod tests {
         let blobs = Objects::default();
         let (a, empty) = (Uuid::new_v4(), Uuid::new_v4());
         put_template(&blobs, a, "alpha", "amd64", 1).await;
-        put_version(
+        put_manifest(
             &blobs,
-            a,
-            "alpha",
-            0,
-            "v0",
-            1,
-            vec![file("x.ank", FileKind::Image, 1)],
+            stored(
+                a,
+                "alpha",
+                0,
+                "v0",
+                1,
+                vec![file("x.ank", FileKind::Image, 1)],
+            ),
         )
         .await;
-        put_version(
+        put_manifest(
             &blobs,
-            a,
-            "alpha",
-            2,
-            "v2",
-            3,
-            vec![file("x.ank", FileKind::Image, 1)],
+            stored(
+                a,
+                "alpha",
+                2,
+                "v2",
+                3,
+                vec![file("x.ank", FileKind::Image, 1)],
+            ),
         )
         .await;
         put_template(&blobs, empty, "empty", "", 1).await;

@@ -5,6 +5,9 @@
 //!   grace window;
 //! - multipart uploads whose session is closed, once older than the grace window, and the
 //!   local store's temporary files no session holds, once older than a session's lifetime;
+//! - manifests a push wrote ahead of a commit that never came (its session is closed and
+//!   no version has its push id; see `push::commit`), or that a revert failed to delete,
+//!   once older than the grace window;
 //! - upload sessions past their lifetime (aborted as `abort` would), and the commit records
 //!   that answer a commit asked again, past the same lifetime; a commit record written
 //!   before they were listed in a set is adopted into it, dated when found, so it expires
@@ -23,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::census::{self, Holder, BLOBS};
 use super::{transact, Registry, RegistryResult};
-use crate::meta::{keys, MetaTxExt};
-use crate::model;
+use crate::meta::{keys, MetaStoreExt, MetaTxExt};
+use crate::model::{self, Template};
 use crate::store::UploadHandle;
 use crate::telemetry::metrics::gc_run;
 
@@ -60,6 +63,8 @@ pub struct GcReport {
     pub dry_run: bool,
     /// Orphan objects.
     pub objects: Vec<String>,
+    /// Manifests of versions that were never committed, or are no longer.
+    pub manifests: Vec<String>,
     /// Bytes in those objects.
     pub bytes: u64,
     /// Incomplete multipart uploads and temporary files.
@@ -77,12 +82,16 @@ impl std::fmt::Display for GcReport {
         for object in &self.objects {
             writeln!(f, "orphan {object}")?;
         }
+        for manifest in &self.manifests {
+            writeln!(f, "uncommitted manifest {manifest}")?;
+        }
         write!(
             f,
-            "{} {} orphan objects ({} bytes), {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records",
+            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records",
             if self.dry_run { "would remove" } else { "removed" },
             self.objects.len(),
             self.bytes,
+            self.manifests.len(),
             self.uploads,
             self.sessions,
             self.commit_records,
@@ -117,11 +126,13 @@ impl Registry {
         report.commit_records_adopted = self.adopt_commit_records(options.dry_run).await?;
         report.commit_records = self.expire_commit_records(ttl, options.dry_run).await?;
         self.collect_orphans(&options, &mut report).await?;
+        self.collect_manifests(&options, &mut report).await?;
         report.uploads = self.collect_uploads(&options).await?;
         if !options.dry_run {
             gc_run("sessions", report.sessions as u64, 0);
             gc_run("commit_records", report.commit_records as u64, 0);
             gc_run("orphans", report.objects.len() as u64, report.bytes);
+            gc_run("manifests", report.manifests.len() as u64, 0);
             gc_run("uploads", report.uploads as u64, 0);
         }
         Ok(report)
@@ -212,6 +223,41 @@ impl Registry {
             }
             report.bytes += object.size;
             report.objects.push(object.key.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes the manifests of pushes that ended without their version.
+    pub(crate) async fn collect_manifests(
+        &self,
+        options: &GcOptions,
+        report: &mut GcReport,
+    ) -> RegistryResult<()> {
+        let cutoff = model::now().saturating_sub(options.grace.as_secs());
+        for object in self.blobs().list_objects("manifests/").await? {
+            let Some((id, push)) = crate::store::keys::push_manifest_owner(&object.key) else {
+                continue;
+            };
+            if object.modified > cutoff {
+                continue;
+            }
+            // The session first, the template after: a commit in between (which closes
+            // one and writes the other at once) is seen on one side or the other.
+            let open = self.meta().get_many(&[keys::session(push)]).await?;
+            if open.into_iter().next().flatten().is_some() {
+                continue;
+            }
+            let template = self
+                .meta()
+                .get_json::<Template>(&keys::template(&id))
+                .await?;
+            if template.is_some_and(|t| t.versions.iter().any(|v| v.push_id == push)) {
+                continue;
+            }
+            if !options.dry_run {
+                self.blobs().delete(&object.key).await?;
+            }
+            report.manifests.push(object.key);
         }
         Ok(())
     }

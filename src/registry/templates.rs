@@ -207,10 +207,7 @@ impl Registry {
         let (gone, removed) = removed;
         // Manifests go before the files they name: a crash in between leaves orphan files
         // (collected by gc), never a manifest that reindex would bring back without its files.
-        let mut manifests: Vec<String> = removed
-            .iter()
-            .map(|v| object_keys::manifest(id, v.number, &v.push_id))
-            .collect();
+        let mut manifests: Vec<String> = removed.iter().map(|v| v.manifest_key(id)).collect();
         if gone {
             match self.blobs.list(&object_keys::manifest_prefix(id)).await {
                 Ok(all) => manifests.extend(all),
@@ -334,6 +331,7 @@ fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.delete(&keys::template_name(&template.name));
     tx.delete(&keys::last_pull(&template.id));
     tx.delete(&keys::tag_pulls(&template.id));
+    tx.delete(&keys::commit_seq(&template.id));
     tx.set_remove(keys::TEMPLATES, &template.id.to_string());
 }
 
@@ -345,65 +343,7 @@ mod tests {
     use crate::meta::embedded::EmbeddedMeta;
     use crate::registry::test_support::push_one;
     use crate::store::fs::FsStore;
-    use crate::store::{
-        BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, StoreResult, UploadHandle,
-    };
-
-    /// The local store, remembering the order of deletions.
-    struct DeleteLog(FsStore, std::sync::Mutex<Vec<String>>);
-
-    #[async_trait::async_trait]
-    impl BlobStore for DeleteLog {
-        async fn begin_upload(&self, key: &str) -> StoreResult<UploadHandle> {
-            self.0.begin_upload(key).await
-        }
-        async fn write_part(
-            &self,
-            u: &UploadHandle,
-            n: u32,
-            o: u64,
-            d: bytes::Bytes,
-        ) -> StoreResult<PartInfo> {
-            self.0.write_part(u, n, o, d).await
-        }
-        async fn complete_upload(&self, u: &UploadHandle, p: &[PartInfo]) -> StoreResult<()> {
-            self.0.complete_upload(u, p).await
-        }
-        async fn abort_upload(&self, u: &UploadHandle) -> StoreResult<()> {
-            self.0.abort_upload(u).await
-        }
-        async fn put(&self, key: &str, data: bytes::Bytes) -> StoreResult<()> {
-            self.0.put(key, data).await
-        }
-        async fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
-            self.0.get(key, range).await
-        }
-        async fn read(&self, key: &str) -> StoreResult<bytes::Bytes> {
-            self.0.read(key).await
-        }
-        async fn delete(&self, key: &str) -> StoreResult<()> {
-            self.1.lock().unwrap().push(key.to_string());
-            self.0.delete(key).await
-        }
-        async fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
-            self.0.list_objects(prefix).await
-        }
-        async fn list_uploads(&self) -> StoreResult<Vec<PendingUpload>> {
-            self.0.list_uploads().await
-        }
-        async fn space(&self) -> StoreResult<Option<crate::store::Space>> {
-            self.0.space().await
-        }
-        async fn ping(&self) -> StoreResult<()> {
-            self.0.ping().await
-        }
-        fn min_part_size(&self) -> u64 {
-            self.0.min_part_size()
-        }
-        fn describe(&self) -> String {
-            self.0.describe()
-        }
-    }
+    use crate::store::testing::Watched;
 
     /// A crash between the two deletions must leave files without a manifest (garbage),
     /// never a manifest without its files (which reindex would bring back broken).
@@ -411,21 +351,18 @@ mod tests {
     async fn reverts_and_deletes_remove_manifests_before_files() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
-        let log = Arc::new(DeleteLog(
-            FsStore::open(dir.path(), 5 << 20).unwrap(),
-            Default::default(),
-        ));
+        let log = Arc::new(Watched::new(FsStore::open(dir.path(), 5 << 20).unwrap()));
         let r = Registry::new(meta, log.clone(), 5 << 20, 1);
         let id = Uuid::new_v4();
         push_one(&r, id, "ordered", "v1", "one.ank", b"first").await;
         push_one(&r, id, "ordered", "v2", "two.ank", b"second").await;
         for step in [0, 1] {
-            log.1.lock().unwrap().clear();
+            log.deletes.lock().unwrap().clear();
             match step {
                 0 => r.revert(&id, RevertTarget::Latest).await.unwrap(),
                 _ => r.delete_template(&id).await.unwrap(),
             }
-            let deleted = log.1.lock().unwrap().clone();
+            let deleted = log.deletes.lock().unwrap().clone();
             let first_blob = deleted.iter().position(|k| k.starts_with("blobs/"));
             let last_manifest = deleted.iter().rposition(|k| k.starts_with("manifests/"));
             assert!(
@@ -456,6 +393,7 @@ mod tests {
                 config: serde_json::json!({"hardware_model": "x"}),
                 created: 2,
                 push_id: "p".into(),
+                seq: 0,
             }],
         };
         // A summary as stored before: a count of versions, no list, no derived arch.

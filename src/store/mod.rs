@@ -10,6 +10,8 @@ mod contract;
 pub mod fs;
 pub mod instrumented;
 pub mod s3;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -159,9 +161,26 @@ pub mod keys {
         format!("manifests/{id}/")
     }
 
-    /// The immutable manifest of one committed version.
+    /// The manifest of a version committed before manifests were written ahead of the
+    /// commit (see [`push_manifest`]).
     pub fn manifest(id: &Uuid, number: u32, push_id: &str) -> String {
         format!("manifests/{id}/v{number:010}-{push_id}.json")
+    }
+
+    /// The manifest a push writes before its commit, named by the push alone so that the
+    /// push can rewrite it until the commit and remove it when it ends without one.
+    pub fn push_manifest(id: &Uuid, push_id: &str) -> String {
+        format!("manifests/{id}/{PUSH_MANIFEST}{push_id}.json")
+    }
+
+    /// The file name prefix of [`push_manifest`] keys.
+    pub const PUSH_MANIFEST: &str = "push-";
+
+    /// The template and push a [`push_manifest`] key names.
+    pub fn push_manifest_owner(key: &str) -> Option<(Uuid, &str)> {
+        let (id, file) = key.strip_prefix("manifests/")?.split_once('/')?;
+        let push = file.strip_prefix(PUSH_MANIFEST)?.strip_suffix(".json")?;
+        Some((id.parse().ok()?, push))
     }
 
     /// The template-level record (name, arch, creation) beside its manifests.

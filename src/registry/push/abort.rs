@@ -27,6 +27,12 @@ impl Registry {
             Ok(objects)
         })
         .await?;
+        // The manifest a commit of this push may have written goes before the files it
+        // names, as with a revert.
+        let manifest = crate::store::keys::push_manifest(&session.template, session_id);
+        if let Err(e) = self.blobs.delete(&manifest).await {
+            tracing::warn!(manifest, error = %e, "could not delete the manifest of an aborted push");
+        }
         for state in states.values() {
             if let Some(handle) = &state.handle {
                 let _ = match state.complete() {
