@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthConfig, Secret};
 use crate::registry::limits::Limits;
+use crate::registry::retention::{RetentionConfig, RetentionPolicy};
 
 /// One layer of settings (flags, environment or file); unset fields defer to lower layers.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
@@ -54,6 +55,17 @@ pub struct ServeArgs {
     /// Garbage collection aborts incomplete uploads this many days old, even those an open push holds (the vendor's bucket rule); 0 leaves them to the push's lifetime [env: VMREG_ABORT_INCOMPLETE_UPLOADS_DAYS, ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS] [default: 0]
     #[arg(long)]
     pub abort_incomplete_uploads_days: Option<u64>,
+    /// Retention for every template without an override: keep its newest this many tags (applied by the periodic collection) [env: VMREG_RETENTION_KEEP_LAST]
+    #[arg(long)]
+    pub retention_keep_last: Option<u32>,
+    /// Retention for every template without an override: keep the tags pulled or pushed within this long, e.g. 30d (applied by the periodic collection) [env: VMREG_RETENTION_UNUSED_FOR]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub retention_unused_for: Option<Duration>,
+    /// Retention overrides by template name, `{name: {keep_last, unused_for, include_latest}}`; each replaces the registry-wide policy for its template (config file only)
+    #[arg(skip)]
+    #[serde(default)]
+    pub retention_templates: Option<BTreeMap<String, TemplateRetention>>,
     /// How often a replica writes the pull times it noted; a replica killed outright loses at most this much of them [env: VMREG_PULL_FLUSH_INTERVAL] [default: 5s]
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -255,6 +267,8 @@ pub struct Config {
     pub abort_uploads_after: Option<Duration>,
     /// How often pull times noted in memory are written.
     pub pull_flush_interval: Duration,
+    /// The retention policies the periodic collection applies.
+    pub retention: RetentionConfig,
     /// Open connections per worker thread.
     pub max_connections: usize,
     /// Caps on the metadata clients can grow.
@@ -325,6 +339,8 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
         ],
     ),
     ("pull_flush_interval", &["VMREG_PULL_FLUSH_INTERVAL"]),
+    ("retention_keep_last", &["VMREG_RETENTION_KEEP_LAST"]),
+    ("retention_unused_for", &["VMREG_RETENTION_UNUSED_FOR"]),
     ("max_connections", &["VMREG_MAX_CONNECTIONS"]),
     ("max_templates", &["VMREG_MAX_TEMPLATES"]),
     ("max_versions", &["VMREG_MAX_VERSIONS"]),
@@ -434,6 +450,12 @@ impl ServeArgs {
                 "abort_incomplete_uploads_days" => {
                     layer.abort_incomplete_uploads_days = Some(parse_count(&value).map_err(bad)?)
                 }
+                "retention_keep_last" => {
+                    layer.retention_keep_last = Some(parse_count(&value).map_err(bad)?)
+                }
+                "retention_unused_for" => {
+                    layer.retention_unused_for = Some(parse_duration(&value).map_err(bad)?)
+                }
                 "pull_flush_interval" => {
                     layer.pull_flush_interval = Some(parse_duration(&value).map_err(bad)?)
                 }
@@ -514,6 +536,9 @@ impl ServeArgs {
                 .abort_incomplete_uploads_days
                 .or(lower.abort_incomplete_uploads_days),
             pull_flush_interval: self.pull_flush_interval.or(lower.pull_flush_interval),
+            retention_keep_last: self.retention_keep_last.or(lower.retention_keep_last),
+            retention_unused_for: self.retention_unused_for.or(lower.retention_unused_for),
+            retention_templates: self.retention_templates.or(lower.retention_templates),
             max_connections: self.max_connections.or(lower.max_connections),
             max_templates: self.max_templates.or(lower.max_templates),
             max_versions: self.max_versions.or(lower.max_versions),
@@ -602,6 +627,7 @@ impl Config {
             return Err(ConfigError("pull flush interval must be above zero".into()));
         }
         let limits = limits(&l)?;
+        let retention = retention(&l);
         let tls = tls_settings(&l)?;
         let cert_groups = match l.cert_groups_from.as_deref() {
             None | Some("o") => CertGroups::Organization,
@@ -689,6 +715,7 @@ impl Config {
                 .filter(|d| *d > 0)
                 .map(|d| Duration::from_secs(d.saturating_mul(24 * 3600))),
             pull_flush_interval,
+            retention,
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
             limits,
             tls,
@@ -715,6 +742,44 @@ fn normalize_public_url(url: &str) -> Result<String, ConfigError> {
         return Err(bad("must have no query, fragment, space or quote"));
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// A template's retention override in the config file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRetention {
+    /// Keep the newest this many tags.
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    /// Keep the tags pulled or pushed within this long.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub unused_for: Option<Duration>,
+    /// The latest tag may go too.
+    #[serde(default)]
+    pub include_latest: bool,
+}
+
+/// The retention policies from a layer.
+fn retention(l: &ServeArgs) -> RetentionConfig {
+    let templates = l.retention_templates.clone().unwrap_or_default();
+    RetentionConfig {
+        default: RetentionPolicy {
+            keep_last: l.retention_keep_last,
+            unused_for: l.retention_unused_for,
+            include_latest: false,
+        },
+        templates: templates
+            .into_iter()
+            .map(|(name, t)| {
+                let policy = RetentionPolicy {
+                    keep_last: t.keep_last,
+                    unused_for: t.unused_for,
+                    include_latest: t.include_latest,
+                };
+                (name, policy)
+            })
+            .collect(),
+    }
 }
 
 /// The metadata caps from a layer; each must allow at least one.
@@ -823,6 +888,9 @@ impl std::fmt::Display for Config {
             "  pull_flush        every {}s",
             self.pull_flush_interval.as_secs_f64()
         )?;
+        if !self.retention.is_empty() {
+            writeln!(f, "  retention         {}", self.retention)?;
+        }
         writeln!(f, "  max_connections   {}", self.max_connections)?;
         let l = &self.limits;
         writeln!(
@@ -935,7 +1003,7 @@ fn normalize_prefix(prefix: String) -> String {
 /// also a bare number of seconds (`10`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
-    let invalid = || format!("invalid duration {text:?} (examples: 10s, 1m30s, 500ms, 2h)");
+    let invalid = || format!("invalid duration {text:?} (examples: 10s, 1m30s, 500ms, 2h, 30d)");
     if text.is_empty() {
         return Err(invalid());
     }
@@ -961,6 +1029,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" => 86400.0,
             _ => return Err(invalid()),
         };
         total += n * scale;

@@ -39,6 +39,49 @@ enum AdminCommand {
     Fsck(FsckArgs),
     /// Remove objects, uploads, upload sessions and commit records nothing holds any more.
     Gc(GcArgs),
+    /// Remove the tags a retention policy no longer keeps (the given one, else the
+    /// configured ones); never a template's latest tag unless --include-latest.
+    Retention(RetentionArgs),
+}
+
+#[derive(clap::Args)]
+struct RetentionArgs {
+    #[command(flatten)]
+    stores: ServeArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep each template's newest this many tags.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep the tags pulled or pushed within this long (e.g. 30d, 12h).
+    #[arg(long, value_parser = vmreg::config::parse_duration)]
+    unused_for: Option<std::time::Duration>,
+    /// Only this template (name or id).
+    #[arg(long)]
+    template: Option<String>,
+    /// The latest tag may be removed too.
+    #[arg(long)]
+    include_latest: bool,
+}
+
+impl RetentionArgs {
+    /// The run these flags ask for: their policy when they give one, else the configured.
+    fn run(&self) -> vmreg::registry::retention::RetentionRun {
+        let policy = vmreg::registry::retention::RetentionPolicy {
+            keep_last: self.keep_last,
+            unused_for: self.unused_for,
+            include_latest: self.include_latest,
+        };
+        vmreg::registry::retention::RetentionRun {
+            policy: (!policy.is_empty()).then_some(policy),
+            template: self.template.clone(),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -101,6 +144,14 @@ fn main() {
                 .unwrap_or(vmreg::registry::admin::DEFAULT_GC_GRACE);
             vmreg::registry::admin::gc(config, args.json, args.dry_run, grace)
         }),
+        Command::Admin {
+            command: AdminCommand::Retention(args),
+        } => {
+            let run = args.run();
+            with_config(args.stores, |config| {
+                vmreg::registry::admin::retention(config, args.json, run)
+            })
+        }
     };
     std::process::exit(code);
 }

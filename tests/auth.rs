@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 const ROOT_TOKEN: &str = "matrix-root-token-0123456789";
 const JWT_SECRET: &str = "matrix-signing-secret-0123456789abcdefghij";
 
-const ALL_PERMS: [&str; 15] = [
+const ALL_PERMS: [&str; 16] = [
     "index",
     "get_disk_info",
     "list_vms",
@@ -34,6 +34,7 @@ const ALL_PERMS: [&str; 15] = [
     "view_permission_groups",
     "update_permission_groups",
     "delete_permission_groups",
+    "apply_retention",
 ];
 
 fn root() -> String {
@@ -928,6 +929,7 @@ async fn api_keys_in_the_vendors_shapes() {
         ("/tap/v1/hand", &["post"]),
         ("/tap/v1/shake", &["post"]),
         ("/admin/api/v1/permission", &["get"]),
+        ("/admin/api/v1/retention", &["post"]),
         ("/admin/api/v1/permission/group", &["get", "post"]),
         (
             "/admin/api/v1/permission/group/{group}",
@@ -1015,7 +1017,7 @@ async fn groups_are_seeded_from_the_config_file_and_administered_by_root() {
     .await;
     assert_eq!(bad.status, 400, "{bad:?}");
     let all = get_as(&format!("{base}/admin/api/v1/permission"), &root).await;
-    assert_eq!(all.json["body"].as_array().unwrap().len(), 15);
+    assert_eq!(all.json["body"].as_array().unwrap().len(), ALL_PERMS.len());
     let del = send(
         Method::DELETE,
         &format!("{base}/admin/api/v1/permission/group/readers"),

@@ -40,6 +40,7 @@ pub fn required(method: &Method, path: &str) -> Access {
         ["api", "v1", "templates", _, "manifest"] => Access::All(&[P::PullVm]),
         ["api", "v1", "files", _] => Access::Any(&[P::DownloadVm, P::DownloadFile]),
         ["admin", "api", "v1", "permission"] => Access::Admin(P::ViewPermissions),
+        ["admin", "api", "v1", "retention"] => Access::Admin(P::ApplyRetention),
         ["admin", "api", "v1", "permission", "group", ..] => {
             if is(&Method::GET) {
                 Access::Admin(P::ViewPermissionGroups)

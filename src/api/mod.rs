@@ -13,6 +13,7 @@ mod listing;
 mod metrics;
 pub mod observe;
 pub(crate) mod params;
+mod retention;
 pub mod server;
 mod tls;
 mod transfer;
@@ -97,6 +98,7 @@ fn configure_auth(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/tap/v1/hand").post(keys::hand))
         .service(resource("/tap/v1/shake").post(keys::shake))
         .service(resource("/admin/api/v1/permission").get(groups::permissions))
+        .service(resource("/admin/api/v1/retention").post(retention::apply))
         .service(
             resource("/admin/api/v1/permission/group")
                 .get(groups::list)

@@ -65,7 +65,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let auth = web::Data::new(auth);
     let registry = Registry::new(meta, blobs, config.part_size, concurrency)
         .with_part_memory(config.part_memory)
-        .with_limits(config.limits);
+        .with_limits(config.limits)
+        .with_retention(config.retention.clone());
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -183,6 +184,7 @@ async fn collect_garbage(
                 continue;
             }
         }
+        apply_retention(&registry).await;
         match registry.collect(options).await {
             Ok(report) => tracing::info!(
                 objects = report.objects.len(),
@@ -194,6 +196,22 @@ async fn collect_garbage(
             ),
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
+    }
+}
+
+/// The configured retention policies, applied by the replica holding the collection's
+/// lease before it collects.
+async fn apply_retention(registry: &Registry) {
+    if registry.retention().is_empty() {
+        return;
+    }
+    match registry.retain(Default::default()).await {
+        Ok(report) => tracing::info!(
+            tags = report.removed.len(),
+            templates = report.templates,
+            "retention ran"
+        ),
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
     }
 }
 

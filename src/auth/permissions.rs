@@ -40,11 +40,13 @@ pub enum Permission {
     UpdatePermissionGroups,
     /// Delete permission groups.
     DeletePermissionGroups,
+    /// Apply a retention policy (vmreg's; the vendor has no retention).
+    ApplyRetention,
 }
 
 impl Permission {
     /// Every permission with a one-line description.
-    pub const ALL: [(Permission, &'static str); 15] = [
+    pub const ALL: [(Permission, &'static str); 16] = [
         (Permission::Index, "View the HTML index page"),
         (Permission::GetDiskInfo, "Get the registry's disk space"),
         (Permission::ListVms, "List templates and read their details"),
@@ -71,6 +73,10 @@ impl Permission {
         (
             Permission::DeletePermissionGroups,
             "Delete permission groups",
+        ),
+        (
+            Permission::ApplyRetention,
+            "Remove the tags a retention policy no longer keeps",
         ),
     ];
 

@@ -86,6 +86,9 @@ pub fn pushed_member(at: u64, session: &str) -> String {
 /// The lease a replica holds while it runs the periodic garbage collection.
 pub const GC_LEASE: &str = "lease:gc";
 
+/// The lease a retention run holds, so that two runs never renumber one template at once.
+pub const RETENTION_LEASE: &str = "lease:retention";
+
 /// The template a push session committed to, kept after the session so that a client whose
 /// commit reply was lost learns that its version exists.
 pub fn pushed(session: &str) -> String {

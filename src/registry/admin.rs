@@ -38,7 +38,8 @@ fn with_registry(
                 return EXIT_FAILED;
             }
         };
-        let registry = Registry::new(meta, blobs, config.part_size, 1);
+        let registry = Registry::new(meta, blobs, config.part_size, 1)
+            .with_retention(config.retention.clone());
         match op(registry).await {
             Ok(code) => code,
             Err(e) => {
@@ -91,6 +92,20 @@ pub fn gc(config: Config, json: bool, dry_run: bool, grace: Duration) -> i32 {
     let options = GcOptions::of(&config, grace, dry_run);
     with_registry("gc", config, async |registry| {
         let report = registry.collect(options).await.map_err(|e| e.to_string())?;
+        print_report(&report, json)?;
+        Ok(0)
+    })
+}
+
+/// `vmreg admin retention`: applies `policy` (or, when `None`, the configured policies) to
+/// one template or all; with `dry_run` only lists what would go. Prints the tags.
+pub fn retention(config: Config, json: bool, run: super::retention::RetentionRun) -> i32 {
+    if run.policy.is_none() && config.retention.is_empty() {
+        eprintln!("vmreg admin retention: no policy: give --keep-last or --unused-for, or configure one (--retention-keep-last, --retention-unused-for, retention_templates)");
+        return EXIT_FAILED;
+    }
+    with_registry("retention", config, async |registry| {
+        let report = registry.retain(run).await.map_err(|e| e.to_string())?;
         print_report(&report, json)?;
         Ok(0)
     })

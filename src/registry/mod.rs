@@ -15,10 +15,12 @@ mod gc;
 mod inventory;
 pub mod limits;
 pub mod oci;
+pub mod prune;
 pub mod pull;
 pub mod pulls;
 pub mod push;
 pub mod reindex;
+pub mod retention;
 pub mod sweep;
 pub mod templates;
 #[cfg(test)]
@@ -80,6 +82,7 @@ pub struct Registry {
     part_memory: Arc<budget::PartMemory>,
     limits: limits::Limits,
     pulls: Arc<pulls::PullLog>,
+    retention: Arc<retention::RetentionConfig>,
 }
 
 impl Registry {
@@ -100,6 +103,7 @@ impl Registry {
             part_memory: Arc::new(budget::PartMemory::new(budget::DEFAULT_PART_MEMORY)),
             limits: limits::Limits::default(),
             pulls: Arc::default(),
+            retention: Arc::default(),
         }
     }
 

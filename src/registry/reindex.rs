@@ -265,6 +265,19 @@ fn assemble(
         }
         return None;
     }
+    // Two manifests of one push: retention moved a version committed before pushes had
+    // their own manifest key to its new number, and was cut off before it deleted the
+    // manifest under the old one. The lower number is the newer.
+    let mut by_push: BTreeMap<String, StoredManifest> = BTreeMap::new();
+    for m in manifests {
+        match by_push.get(&m.version.push_id) {
+            Some(kept) if kept.version.number <= m.version.number => {}
+            _ => {
+                by_push.insert(m.version.push_id.clone(), m);
+            }
+        }
+    }
+    let manifests: Vec<StoredManifest> = by_push.into_values().collect();
     let seq = manifests.iter().map(|m| m.version.seq).max().unwrap_or(0);
     let mut manifests = replay(id, manifests, report);
     for (i, m) in manifests.iter_mut().enumerate() {

@@ -305,9 +305,20 @@ impl Registry {
     /// Takes or renews the periodic collection's lease for `holder` for `ttl`; false when
     /// another replica holds it.
     pub async fn take_gc_lease(&self, holder: &str, ttl: Duration) -> RegistryResult<bool> {
+        self.take_lease(keys::GC_LEASE, holder, ttl).await
+    }
+
+    /// Takes or renews the lease stored under `key` for `holder` for `ttl`; false when
+    /// another holder has it.
+    pub(crate) async fn take_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> RegistryResult<bool> {
         transact(self.meta(), async |tx| {
             let now = now_ms();
-            if let Some(lease) = tx.get_json::<Lease>(keys::GC_LEASE).await? {
+            if let Some(lease) = tx.get_json::<Lease>(key).await? {
                 if lease.holder != holder && lease.until_ms > now {
                     return Ok(false);
                 }
@@ -316,8 +327,21 @@ impl Registry {
                 holder: holder.to_string(),
                 until_ms: now + ttl.as_millis() as u64,
             };
-            tx.put_json(keys::GC_LEASE, &lease);
+            tx.put_json(key, &lease);
             Ok(true)
+        })
+        .await
+    }
+
+    /// Gives up the lease under `key` when `holder` has it.
+    pub(crate) async fn drop_lease(&self, key: &str, holder: &str) -> RegistryResult<()> {
+        transact(self.meta(), async |tx| {
+            if let Some(lease) = tx.get_json::<Lease>(key).await? {
+                if lease.holder == holder {
+                    tx.delete(key);
+                }
+            }
+            Ok(())
         })
         .await
     }

@@ -189,12 +189,7 @@ impl Registry {
             let removed = template
                 .versions
                 .split_off(kept.min(template.versions.len()));
-            let mut objects = Vec::new();
-            for version in &removed {
-                for key in version.keys() {
-                    objects.extend(release(tx, &key, Release::Unref).await?);
-                }
-            }
+            let objects = release_versions(tx, &removed).await?;
             if template.versions.is_empty() {
                 remove_template_records(tx, &template);
             } else {
@@ -307,8 +302,23 @@ pub(crate) fn write_template(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.set_add(keys::TEMPLATES, &template.id.to_string());
 }
 
+/// Lets go of every file the removed versions reference; returns the objects to delete
+/// once the transaction commits.
+pub(crate) async fn release_versions(
+    tx: &mut Box<dyn MetaTx>,
+    removed: &[model::Version],
+) -> RegistryResult<Vec<String>> {
+    let mut objects = Vec::new();
+    for version in removed {
+        for key in version.keys() {
+            objects.extend(release(tx, &key, Release::Unref).await?);
+        }
+    }
+    Ok(objects)
+}
+
 /// Drops the pull times of removed versions' tags, so a tag pushed again starts unpulled.
-async fn forget_pulls(
+pub(crate) async fn forget_pulls(
     tx: &mut Box<dyn MetaTx>,
     template: &Template,
     removed: &[model::Version],
@@ -325,7 +335,7 @@ async fn forget_pulls(
     Ok(())
 }
 
-fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
+pub(crate) fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
     tx.delete(&keys::template(&template.id));
     tx.delete(&keys::summary(&template.id));
     tx.delete(&keys::template_name(&template.name));
