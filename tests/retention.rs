@@ -241,6 +241,9 @@ async fn retention_removes_exactly_what_the_policy_says_and_keeps_the_latest() {
     assert_eq!(cli(&["--include-latest"]), pairs(&[("charlie", "c0")]));
     let (code, out) = admin(&s.ns, &["fsck", "--json"]);
     assert_eq!(code, 0, "fsck is clean after retention: {out}");
+    // The bucket alone gives the same tags and numbers back.
+    let (code, out) = admin(&s.ns, &["reindex", "--force"]);
+    assert_eq!(code, 0, "{out}");
     if !s3_backend() {
         s.restart();
     }

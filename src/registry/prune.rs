@@ -1,10 +1,11 @@
 //! Removing chosen versions of a template, newest or not, as retention does.
 //!
 //! A revert removes versions from the end; retention removes any, so the versions after a
-//! removed one move down to keep numbers dense (0..len, as a pull by number expects). Each
-//! committed version has a manifest in the bucket named by its number, so the order is:
-//! 1. write the moved versions' manifests under their new numbers (the bucket holds what the
-//!    index will point at before it points there);
+//! removed one move down to keep numbers dense (0..len, as a pull by number expects). A
+//! manifest named by its push needs no change: reindex replays manifests by their commit
+//! counter. A manifest of an older version is named by its number, so the order is:
+//! 1. write such moved versions' manifests under their new numbers (the bucket holds what
+//!    the index will point at before it points there);
 //! 2. commit the index: versions removed and renumbered, their files released by reference
 //!    count, in one transaction that first checks the template is still as read in 1;
 //! 3. delete the removed versions' manifests, then the moved versions' old manifests, then
