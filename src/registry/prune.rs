@@ -172,3 +172,82 @@ fn split(template: &Template, push_ids: &BTreeSet<String>) -> (Vec<(u32, Version
         .collect();
     (kept, removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::embedded::EmbeddedMeta;
+    use crate::registry::test_support::push_one;
+    use crate::store::fs::FsStore;
+
+    fn numbered(t: &Template) -> Vec<(u32, &str)> {
+        t.versions
+            .iter()
+            .map(|v| (v.number, v.tag.as_str()))
+            .collect()
+    }
+
+    /// Versions committed before manifests were named by push: their manifests are named
+    /// by number, so removing an older version moves them, and the bucket alone still
+    /// gives the same versions back.
+    #[tokio::test]
+    async fn removing_an_old_version_moves_manifests_named_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
+        let blobs = Arc::new(FsStore::open(dir.path(), 5 << 20).unwrap());
+        let r = Registry::new(meta, blobs, 5 << 20, 1);
+        let id = Uuid::new_v4();
+        for (tag, data) in [("a", b"one"), ("b", b"two"), ("c", b"six")] {
+            push_one(&r, id, "legacy", tag, &format!("{tag}.ank"), data).await;
+        }
+        // Make every version look committed before the commit counter: seq 0, manifests
+        // named by number.
+        let mut template = r.get(&id).await.unwrap();
+        for v in &mut template.versions {
+            let key = v.manifest_key(&id);
+            let mut manifest: StoredManifest =
+                crate::meta::decode(&key, &r.blobs().read(&key).await.unwrap()).unwrap();
+            r.blobs().delete(&key).await.unwrap();
+            v.seq = 0;
+            manifest.version.seq = 0;
+            let legacy = v.manifest_key(&id);
+            let bytes = crate::meta::encode(&manifest);
+            r.blobs().put(&legacy, bytes.into()).await.unwrap();
+        }
+        transact(r.meta(), async |tx| {
+            write_template(tx, &template);
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+        let a = template.versions[0].push_id.clone();
+        let removed = r.remove_versions(&id, &BTreeSet::from([a])).await.unwrap();
+        assert_eq!(removed.len(), 1);
+        let kept = r.get(&id).await.unwrap();
+        assert_eq!(numbered(&kept), [(0, "b"), (1, "c")]);
+        let mut stored = r
+            .blobs()
+            .list(&object_keys::manifest_prefix(&id))
+            .await
+            .unwrap();
+        stored.retain(|k| !k.ends_with("/template.json"));
+        stored.sort();
+        let mut wanted: Vec<String> = kept.versions.iter().map(|v| v.manifest_key(&id)).collect();
+        wanted.sort();
+        assert_eq!(
+            stored, wanted,
+            "each kept version has one manifest, under its number"
+        );
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let fresh = EmbeddedMeta::open(&dir2.path().join("meta.redb")).unwrap();
+        crate::registry::reindex::reindex(&fresh, r.blobs())
+            .await
+            .unwrap();
+        let rebuilt: Template = fresh.get_json(&keys::template(&id)).await.unwrap().unwrap();
+        assert_eq!(numbered(&rebuilt), [(0, "b"), (1, "c")]);
+    }
+}
