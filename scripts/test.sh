@@ -49,7 +49,7 @@ if ! command -v skopeo >/dev/null; then
     echo "== installing skopeo"
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq skopeo ||
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq skopeo; } ||
         echo "scripts/test.sh: could not install skopeo; tests/oci_clients.rs will fail" >&2
 fi
 
