@@ -381,41 +381,6 @@ async fn a_killed_replica_s_upload_is_finished_by_another_with_only_the_missing_
 // ---------------------------------------------------------------------------------------
 // Rebuilding a flushed Redis from the bucket.
 
-async fn flush_redis_prefix(prefix: &str) -> usize {
-    let client = redis::Client::open(env("VMREG_TEST_REDIS_URL")).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
-    let pattern = format!("{prefix}*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        if !keys.is_empty() {
-            let n: usize = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .expect("del");
-            deleted += n;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    deleted
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
 async fn reindex_rebuilds_a_flushed_redis_from_the_bucket() {

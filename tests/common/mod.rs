@@ -578,3 +578,40 @@ pub async fn download(server: &Server, key: &str) -> Vec<u8> {
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// Deletes every Redis key under `prefix` (a server's `--redis-prefix`), as a lost Redis
+/// would; returns how many went.
+pub async fn flush_redis_prefix(prefix: &str) -> usize {
+    let client = redis::Client::open(required_env("VMREG_TEST_REDIS_URL")).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let n: usize = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+            deleted += n;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    deleted
+}
