@@ -234,7 +234,9 @@ impl Registry {
         report: &mut GcReport,
     ) -> RegistryResult<()> {
         let cutoff = model::now().saturating_sub(options.grace.as_secs());
-        for object in self.blobs().list_objects("manifests/").await? {
+        let listed = self.blobs().list_objects("manifests/").await?;
+        let mut removed = std::collections::HashSet::new();
+        for object in &listed {
             let Some((id, push)) = crate::store::keys::push_manifest_owner(&object.key) else {
                 continue;
             };
@@ -257,7 +259,58 @@ impl Registry {
             if !options.dry_run {
                 self.blobs().delete(&object.key).await?;
             }
-            report.manifests.push(object.key);
+            removed.insert(object.key.as_str());
+            report.manifests.push(object.key.clone());
+        }
+        // Templates that a manifest still names once this pass is done.
+        let named = listed
+            .iter()
+            .filter(|o| !is_record(&o.key) && !removed.contains(o.key.as_str()))
+            .filter_map(|o| template_of(&o.key))
+            .collect();
+        self.collect_template_records(&listed, &named, cutoff, options, report)
+            .await
+    }
+
+    /// Removes the template records that a delete (or a revert of the last version)
+    /// killed before it reached the bucket left behind: no manifest names their template,
+    /// the index does not hold it and no open push targets it.
+    async fn collect_template_records(
+        &self,
+        listed: &[crate::store::ObjectInfo],
+        named: &std::collections::HashSet<uuid::Uuid>,
+        cutoff: u64,
+        options: &GcOptions,
+        report: &mut GcReport,
+    ) -> RegistryResult<()> {
+        let records: Vec<_> = listed
+            .iter()
+            .filter(|o| is_record(&o.key) && o.modified <= cutoff)
+            .filter_map(|o| Some((template_of(&o.key)?, &o.key)))
+            .filter(|(id, _)| !named.contains(id))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Open pushes first, the index after, as for manifests: a push that writes a
+        // record holds a session until its commit puts the template in the index.
+        let pushing: std::collections::HashSet<uuid::Uuid> = census::sessions(self.meta())
+            .await?
+            .into_iter()
+            .filter_map(|(_, s)| s.map(|s| s.template))
+            .collect();
+        for (id, key) in records {
+            if pushing.contains(&id) {
+                continue;
+            }
+            let held = self.meta().get_many(&[keys::template(&id)]).await?;
+            if held.into_iter().next().flatten().is_some() {
+                continue;
+            }
+            if !options.dry_run {
+                self.blobs().delete(key).await?;
+            }
+            report.manifests.push(key.clone());
         }
         Ok(())
     }
@@ -345,4 +398,18 @@ impl Registry {
         })
         .await
     }
+}
+
+/// The template a key under `manifests/` belongs to.
+fn template_of(key: &str) -> Option<uuid::Uuid> {
+    key.strip_prefix("manifests/")?
+        .split_once('/')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// True for a template record (`manifests/<id>/template.json`).
+fn is_record(key: &str) -> bool {
+    template_of(key).is_some_and(|id| key == crate::store::keys::template_record(&id))
 }
