@@ -399,6 +399,13 @@ impl Registry {
                     .map(|s| object_keys::push_manifest(&s.template, id))
             })
             .collect();
+        // So is its template's record, which gc keeps while a push targets the template.
+        known.extend(
+            sessions
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .map(|s| object_keys::template_record(&s.template)),
+        );
         for t in templates {
             known.insert(object_keys::template_record(&t.id));
             for v in &t.versions {
