@@ -175,12 +175,10 @@ fn split(template: &Template, push_ids: &BTreeSet<String>) -> (Vec<(u32, Version
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
-    use crate::registry::test_support::push_one;
-    use crate::store::fs::FsStore;
+    use crate::registry::test_support::{push_one, registry};
 
     fn numbered(t: &Template) -> Vec<(u32, &str)> {
         t.versions
@@ -195,9 +193,7 @@ mod tests {
     #[tokio::test]
     async fn removing_an_old_version_moves_manifests_named_by_number() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
-        let blobs = Arc::new(FsStore::open(dir.path(), 5 << 20).unwrap());
-        let r = Registry::new(meta, blobs, 5 << 20, 1);
+        let r = registry(dir.path());
         let id = Uuid::new_v4();
         for (tag, data) in [("a", b"one"), ("b", b"two"), ("c", b"six")] {
             push_one(&r, id, "legacy", tag, &format!("{tag}.ank"), data).await;

@@ -151,7 +151,7 @@ mod tests {
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
     use crate::meta::{MetaResult, MetaStore, MetaTx};
-    use crate::registry::test_support::push_one;
+    use crate::registry::test_support::{push_one, registry};
     use crate::store::fs::FsStore;
 
     /// The embedded store, counting the transactions begun (every metadata write is one).
@@ -233,9 +233,7 @@ mod tests {
     #[tokio::test]
     async fn flushes_never_move_a_time_backwards_and_drop_what_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
-        let blobs = Arc::new(FsStore::open(dir.path(), 5 << 20).unwrap());
-        let r = Registry::new(meta, blobs, 5 << 20, 1);
+        let r = registry(dir.path());
         let id = Uuid::new_v4();
         push_one(&r, id, "pulled", "v1", "v1.ank", b"one").await;
         push_one(&r, id, "pulled", "v2", "v2.ank", b"two").await;

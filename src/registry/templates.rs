@@ -351,7 +351,7 @@ mod tests {
 
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
-    use crate::registry::test_support::push_one;
+    use crate::registry::test_support::{push_one, registry};
     use crate::store::fs::FsStore;
     use crate::store::testing::Watched;
 
@@ -386,9 +386,7 @@ mod tests {
     #[tokio::test]
     async fn summaries_written_before_version_lists_are_rebuilt_on_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(EmbeddedMeta::open(&dir.path().join("meta.redb")).unwrap());
-        let blobs = Arc::new(FsStore::open(dir.path(), 5 << 20).unwrap());
-        let registry = Registry::new(meta, blobs, 5 << 20, 2);
+        let registry = registry(dir.path());
         let template = Template {
             id: Uuid::new_v4(),
             name: "old".into(),

@@ -1,10 +1,22 @@
 //! Helpers the service layer's unit tests share.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::Registry;
+use crate::meta::embedded::EmbeddedMeta;
 use crate::model::FileKind;
 use crate::protocol::{CommitRequest, PushFile, PushRequest};
+use crate::store::fs::FsStore;
+
+/// A registry on the embedded metadata store and the disk store, both kept in `dir`.
+pub(crate) fn registry(dir: &Path) -> Registry {
+    let meta = Arc::new(EmbeddedMeta::open(&dir.join("meta.redb")).unwrap());
+    let blobs = Arc::new(FsStore::open(dir, 5 << 20).unwrap());
+    Registry::new(meta, blobs, 5 << 20, 2)
+}
 
 /// Pushes one version of template `template` holding one image layer `file` of `data`,
 /// through negotiation, upload and commit.

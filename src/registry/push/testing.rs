@@ -1,21 +1,13 @@
 //! Helpers for the push unit tests: a registry on the embedded stores in a temp dir.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::meta::embedded::EmbeddedMeta;
 use crate::model::FileKind;
 use crate::protocol::{PushFile, PushPlan, PushRequest};
 use crate::registry::Registry;
-use crate::store::fs::FsStore;
 
-pub(super) fn registry(dir: &std::path::Path) -> Registry {
-    let meta = Arc::new(EmbeddedMeta::open(&dir.join("meta.redb")).unwrap());
-    let blobs = Arc::new(FsStore::open(dir, 5 << 20).unwrap());
-    Registry::new(meta, blobs, 5 << 20, 2)
-}
+pub(super) use crate::registry::test_support::registry;
 
 pub(super) fn request(id: Uuid, tag: &str, files: &[(&str, &[u8])]) -> PushRequest {
     PushRequest {
