@@ -44,8 +44,10 @@ enum AdminCommand {
     Retention(RetentionArgs),
 }
 
+/// The flags of the admin commands that remove things: the stores, the report's form, and
+/// whether to remove at all.
 #[derive(clap::Args)]
-struct RetentionArgs {
+struct RemovalArgs {
     #[command(flatten)]
     stores: ServeArgs,
     /// Print the report as JSON.
@@ -54,6 +56,12 @@ struct RetentionArgs {
     /// List what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct RetentionArgs {
+    #[command(flatten)]
+    removal: RemovalArgs,
     /// Keep each template's newest this many tags.
     #[arg(long)]
     keep_last: Option<u32>,
@@ -79,7 +87,7 @@ impl RetentionArgs {
         vmreg::registry::retention::RetentionRun {
             policy: (!policy.is_empty()).then_some(policy),
             template: self.template.clone(),
-            dry_run: self.dry_run,
+            dry_run: self.removal.dry_run,
         }
     }
 }
@@ -87,13 +95,7 @@ impl RetentionArgs {
 #[derive(clap::Args)]
 struct GcArgs {
     #[command(flatten)]
-    stores: ServeArgs,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// List what would be removed; remove nothing.
-    #[arg(long)]
-    dry_run: bool,
+    removal: RemovalArgs,
     /// Keep objects and uploads younger than this, whatever holds them [default: 1h]
     #[arg(long, value_parser = vmreg::config::parse_duration)]
     grace: Option<std::time::Duration>,
@@ -138,18 +140,19 @@ fn main() {
         }),
         Command::Admin {
             command: AdminCommand::Gc(args),
-        } => with_config(args.stores, |config| {
+        } => with_config(args.removal.stores, |config| {
             let grace = args
                 .grace
                 .unwrap_or(vmreg::registry::admin::DEFAULT_GC_GRACE);
-            vmreg::registry::admin::gc(config, args.json, args.dry_run, grace)
+            vmreg::registry::admin::gc(config, args.removal.json, args.removal.dry_run, grace)
         }),
         Command::Admin {
             command: AdminCommand::Retention(args),
         } => {
             let run = args.run();
-            with_config(args.stores, |config| {
-                vmreg::registry::admin::retention(config, args.json, run)
+            let json = args.removal.json;
+            with_config(args.removal.stores, |config| {
+                vmreg::registry::admin::retention(config, json, run)
             })
         }
     };
