@@ -258,17 +258,7 @@ impl Registry {
 
     /// The manifest of the version a push committed, as the index holds it.
     async fn committed_manifest(&self, session_id: &str) -> RegistryResult<Option<StoredManifest>> {
-        let Some(id) = self
-            .meta
-            .get_json::<Uuid>(&keys::pushed(session_id))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let Some(template) = self.meta.get_json::<Template>(&keys::template(&id)).await? else {
-            return Ok(None);
-        };
-        let Some(version) = template.versions.iter().find(|v| v.push_id == session_id) else {
+        let Some((template, version)) = self.committed_version(session_id).await? else {
             return Ok(None);
         };
         let keys: Vec<String> = version.keys();
@@ -281,31 +271,47 @@ impl Registry {
             .collect();
         Ok(Some(StoredManifest {
             id: template.id,
-            name: template.name.clone(),
-            version: version.clone(),
+            name: template.name,
+            version,
             objects,
         }))
     }
 
     /// The version a session committed, while it exists.
     async fn committed_earlier(&self, session_id: &str) -> RegistryResult<Option<Committed>> {
-        let key = keys::pushed(session_id);
-        let Some(id) = self.meta.get_json::<Uuid>(&key).await? else {
+        Ok(self
+            .committed_version(session_id)
+            .await?
+            .map(|(template, v)| Committed {
+                id: template.id,
+                name: template.name,
+                tag: v.tag,
+                number: v.number,
+            }))
+    }
+
+    /// The template and the version a session committed, found through its commit record
+    /// while both exist.
+    async fn committed_version(
+        &self,
+        session_id: &str,
+    ) -> RegistryResult<Option<(Template, Version)>> {
+        let Some(id) = self
+            .meta
+            .get_json::<Uuid>(&keys::pushed(session_id))
+            .await?
+        else {
             return Ok(None);
         };
         let Some(template) = self.meta.get_json::<Template>(&keys::template(&id)).await? else {
             return Ok(None);
         };
-        Ok(template
+        let version = template
             .versions
             .iter()
             .find(|v| v.push_id == session_id)
-            .map(|v| Committed {
-                id: template.id,
-                name: template.name.clone(),
-                tag: v.tag.clone(),
-                number: v.number,
-            }))
+            .cloned();
+        Ok(version.map(|v| (template, v)))
     }
 }
 
