@@ -51,6 +51,12 @@ pub struct PushRequest {
     pub config: serde_json::Value,
     /// Every file of the version, image layers top first.
     pub files: Vec<PushFile>,
+    /// True when the client gives at commit the digests it did not know at negotiation: a
+    /// file sent without a digest that the registry holds under that name and size is then
+    /// planned `confirm` (not sent; hashed by the client while the others upload) instead
+    /// of being uploaded again. Older clients leave it out and send every such file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm_held: bool,
 }
 
 /// A file the client wants in the version.
@@ -100,9 +106,16 @@ pub struct PlannedFile {
     /// Send the body in multiples of this many bytes (except the end of the file), or
     /// bytes past the last whole part are discarded and must be sent again.
     pub part_size: u64,
-    /// The stored file's digest, for files the registry already has.
+    /// The stored file's digest, for files the registry already has. For a `confirm` file
+    /// it is only a hint: the version takes the file only when the client's own digest,
+    /// given at commit, equals it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// True for a file the registry holds under this name and size but whose digest the
+    /// client did not give at negotiation: not uploaded, and the commit needs the client's
+    /// digest of it (a different one is refused with 409, never taken as the old bytes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
 }
 
 /// Progress of one file's upload.
@@ -121,7 +134,8 @@ pub struct UploadProgress {
 /// Finishes a push.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CommitRequest {
-    /// SHA-256 of each file (by registry key) whose digest was not given at negotiation.
+    /// SHA-256 of each file (by registry key) whose digest was not given at negotiation:
+    /// the uploaded ones and the `confirm` ones.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
 }

@@ -42,6 +42,7 @@ pub(crate) async fn push_one(
                 size: data.len() as u64,
                 sha256: Some(crate::digest::sha256_hex(data)),
             }],
+            confirm_held: false,
         })
         .await
         .unwrap();

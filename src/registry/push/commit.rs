@@ -102,6 +102,15 @@ impl Registry {
         session: &UploadSession,
         req: &CommitRequest,
     ) -> RegistryResult<Vec<FileRef>> {
+        // A held file changed in place dooms the push: say so before anything else, as the
+        // client asks as soon as its digest differs, while its uploads still run.
+        for f in &session.files {
+            if let (Some(held), Some(claimed)) = (&f.held, req.digests.get(&f.key)) {
+                if held != claimed {
+                    return Err(changed_in_place(&f.name, held, Some(claimed)));
+                }
+            }
+        }
         let states = self.load_states(session).await?;
         let mut files = Vec::with_capacity(session.files.len());
         for f in &session.files {
@@ -352,11 +361,14 @@ async fn file_changes(
                 pins: Vec::new(),
             },
             (false, Some(mut record)) => {
-                if record.sha256 != file.sha256 {
-                    return Err(RegistryError::Conflict(format!(
-                        "SHA-256 mismatch for {}: the registry's copy differs",
-                        f.name
-                    )));
+                // The file was not sent: the version takes the registry's copy only when
+                // it holds the bytes the client has.
+                if record.size != file.size || record.sha256 != file.sha256 {
+                    return Err(changed_in_place(
+                        &f.name,
+                        &record.sha256,
+                        Some(&file.sha256),
+                    ));
                 }
                 record.pins.retain(|p| p != &session.id);
                 record.refs += 1;

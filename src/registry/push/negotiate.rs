@@ -129,6 +129,7 @@ impl Registry {
             for f in &req.files {
                 let key = model::file_key(&f.name, f.kind, f.sha256.as_deref().unwrap_or(""));
                 let record_key = keys::file(&key);
+                let mut held = None;
                 let present = match (tx.get_json::<FileRecord>(&record_key).await?, &f.sha256) {
                     (Some(record), _) if record.size != f.size => {
                         return Err(changed_in_place(&f.name, &record.sha256, None));
@@ -141,6 +142,14 @@ impl Registry {
                         tx.put_json(&record_key, &record);
                         Some(record.sha256)
                     }
+                    // Not sent, and not trusted either: the pin only keeps gc off the
+                    // file until the commit compares the client's digest with this one.
+                    (Some(mut record), None) if req.confirm_held => {
+                        record.pins.push(session_id.clone());
+                        tx.put_json(&record_key, &record);
+                        held = Some(record.sha256);
+                        None
+                    }
                     // Without a digest the file is sent, and compared when it is complete.
                     (_, None) | (None, _) => None,
                 };
@@ -150,8 +159,9 @@ impl Registry {
                     size: f.size,
                     sha256: f.sha256.clone().or(present.clone()),
                     key,
-                    upload: present.is_none(),
+                    upload: present.is_none() && held.is_none(),
                     part_size: self.part_size_for(f.size),
+                    held,
                 });
             }
             let session = UploadSession {
@@ -176,7 +186,66 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::registry;
+    use uuid::Uuid;
+
+    use super::super::testing::{push, registry, request};
+    use crate::protocol::CommitRequest;
+    use crate::registry::RegistryError;
+
+    #[tokio::test]
+    async fn a_held_file_without_a_digest_is_confirmed_at_commit_never_trusted_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let id = Uuid::new_v4();
+        let files: &[(&str, &[u8])] = &[("held.ank", b"layer")];
+        let plan = push(&r, request(id, "v0", files), files).await;
+        r.commit(&plan.session, CommitRequest::default())
+            .await
+            .unwrap();
+        let without_digest = |tag: &str, confirm_held: bool| {
+            let mut req = request(id, tag, files);
+            req.files[0].sha256 = None;
+            req.confirm_held = confirm_held;
+            req
+        };
+
+        // An older client, which does not confirm, sends the file again.
+        let old = r.negotiate(without_digest("old", false)).await.unwrap();
+        assert!(old.files[0].upload && !old.files[0].confirm);
+        r.abort(&old.session).await.unwrap();
+
+        // Held under that name and size: not sent, the registry's digest only a hint.
+        let plan = r.negotiate(without_digest("v1", true)).await.unwrap();
+        let held = &plan.files[0];
+        assert!(!held.upload && held.confirm);
+        assert_eq!(
+            held.sha256.as_deref(),
+            Some(crate::digest::sha256_hex(b"layer").as_str())
+        );
+        // Without the client's digest nothing is taken.
+        assert!(matches!(
+            r.commit(&plan.session, CommitRequest::default()).await,
+            Err(RegistryError::BadRequest(_))
+        ));
+        // Other bytes under the same name and size are refused, not served as the old ones.
+        let other = CommitRequest {
+            digests: [(held.key.clone(), crate::digest::sha256_hex(b"LAYER"))].into(),
+        };
+        match r.commit(&plan.session, other).await {
+            Err(RegistryError::Conflict(m)) => {
+                assert!(m.contains("changed since it was pushed"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.get(&id).await.unwrap().versions.len(), 1);
+        // The same bytes commit, referencing the one stored copy.
+        let same = CommitRequest {
+            digests: [(held.key.clone(), crate::digest::sha256_hex(b"layer"))].into(),
+        };
+        assert_eq!(r.commit(&plan.session, same).await.unwrap().number, 1);
+        let record = r.file("held.ank").await.unwrap();
+        assert_eq!((record.refs, record.pins.len()), (2, 0));
+    }
 
     #[test]
     fn part_sizes_fit_five_terabytes_in_ten_thousand_parts() {

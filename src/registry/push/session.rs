@@ -52,6 +52,11 @@ pub struct SessionFile {
     pub upload: bool,
     /// Part size for the upload.
     pub part_size: u64,
+    /// For a file held under this name and size that the client did not give a digest of:
+    /// the registry's digest, which the client's digest at commit must equal. The file is
+    /// pinned against gc meanwhile, but the version takes it only once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 pub(super) fn session_not_found(id: &str) -> RegistryError {
@@ -126,8 +131,9 @@ pub(super) fn plan(session: &UploadSession, states: &BTreeMap<String, UploadStat
                     part_size: f.part_size,
                     sha256: match f.upload {
                         true => state.and_then(|s| s.sha256.clone()),
-                        false => f.sha256.clone(),
+                        false => f.sha256.clone().or_else(|| f.held.clone()),
                     },
+                    confirm: f.held.is_some(),
                 }
             })
             .collect(),

@@ -26,6 +26,7 @@ pub(super) fn request(id: Uuid, tag: &str, files: &[(&str, &[u8])]) -> PushReque
                 sha256: Some(crate::digest::sha256_hex(data)),
             })
             .collect(),
+        confirm_held: false,
     }
 }
 
