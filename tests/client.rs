@@ -631,6 +631,62 @@ fn a_layer_changed_in_place_is_refused_and_never_replaced_by_the_old_bytes() {
 }
 
 #[test]
+fn a_first_push_reads_each_layer_once_and_a_second_push_reads_nothing() {
+    let server = Registry::start();
+    let src = Node::new();
+    let (top, base, nvram) = (data(74, 3_000_000), data(75, 2_000_000), b"nvram");
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[(&layer(1), &top), (&layer(0), &base)],
+        None,
+        nvram,
+    );
+    let first = src.json(&server, &["push", "-t", "v1", "vm1"]);
+    let layers = (top.len() + base.len()) as u64;
+    // Each layer is hashed while it is sent, not read once more beforehand; only the
+    // small nvram, whose digest names it, is hashed before it is sent.
+    assert_eq!(u(&first["bytes_sent"]), layers + nvram.len() as u64);
+    assert_eq!(u(&first["bytes_read"]), layers + 2 * nvram.len() as u64);
+
+    // What was hashed while sent is remembered: a new tag of the same files reads nothing.
+    let second = src.json(&server, &["push", "-t", "v2", "vm1"]);
+    assert_eq!((u(&second["bytes_sent"]), u(&second["bytes_read"])), (0, 0));
+    let dst = Node::new();
+    dst.json(&server, &["pull", "-t", "v2", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+}
+
+#[test]
+fn a_held_layer_the_digest_cache_does_not_know_is_confirmed_at_commit_not_sent() {
+    let server = Registry::start();
+    let first = Node::new();
+    let (top, base) = (data(76, 2_500_000), data(77, 4_000_000));
+    let vm: &[(&str, &[u8])] = &[(&layer(1), &top), (&layer(0), &base)];
+    first.make_vm(VM1, "vm1", vm, None, b"nv");
+    first.json(&server, &["push", "-t", "v1", "vm1"]);
+
+    // Another machine with the same files and an empty digest cache: the registry holds
+    // both layers under their names and sizes, so they are hashed (once) while nothing
+    // else moves, and the commit takes them only because the digests agree.
+    let other = Node::new();
+    other.make_vm(VM1, "vm1", vm, None, b"nv");
+    let pushed = other.json(&server, &["push", "-t", "v2", "vm1"]);
+    assert_eq!(u(&pushed["bytes_sent"]), 0, "{pushed}");
+    assert!(names(&pushed["uploaded"]).is_empty(), "{pushed}");
+    let layers = (top.len() + base.len()) as u64;
+    assert_eq!(u(&pushed["bytes_read"]), layers + 2, "{pushed}");
+    let again = other.json(&server, &["push", "-t", "v3", "vm1"]);
+    assert_eq!(u(&again["bytes_read"]), 0, "the digests are remembered");
+
+    let dst = Node::new();
+    dst.json(&server, &["pull", "-t", "v2", "vm1"]);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(1))), top);
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+}
+
+#[test]
 fn a_pull_over_a_local_layer_of_the_right_size_but_other_bytes_fetches_the_right_bytes() {
     let server = Registry::start();
     let src = Node::new();

@@ -54,22 +54,41 @@ impl DigestCache {
         }
     }
 
-    /// The file's SHA-256: remembered when the file is unchanged, else read and remembered.
-    pub fn sha256(&self, file: &Path) -> ClientResult<String> {
-        let meta = std::fs::metadata(file).map_err(|e| ClientError::io(file, e))?;
-        let key = file.display().to_string();
-        let known = self.entries.lock().ok().and_then(|e| e.get(&key).cloned());
-        if let Some(known) = known {
-            if known == Entry::of(&meta, known.sha256.clone()) {
-                return Ok(known.sha256);
+    /// The file's remembered SHA-256 when it is unchanged since; reads nothing of it.
+    pub fn known(&self, file: &Path) -> Option<String> {
+        let meta = std::fs::metadata(file).ok()?;
+        let known = self
+            .entries
+            .lock()
+            .ok()?
+            .get(&file.display().to_string())
+            .cloned()?;
+        (known == Entry::of(&meta, known.sha256.clone())).then_some(known.sha256)
+    }
+
+    /// Records the digest of bytes read from a file while it was sent, when the file is
+    /// still as `before` (its metadata when the reading began): a file touched meanwhile
+    /// may hold other bytes than those hashed.
+    pub fn record_unchanged(&self, file: &Path, sha256: &str, before: &std::fs::Metadata) {
+        if let Ok(after) = std::fs::metadata(file) {
+            if Entry::of(&after, String::new()) == Entry::of(before, String::new()) {
+                self.remember(
+                    file.display().to_string(),
+                    Entry::of(&after, sha256.to_string()),
+                );
             }
         }
+    }
+
+    /// The file's SHA-256: remembered when the file is unchanged, else read and remembered.
+    pub fn sha256(&self, file: &Path) -> ClientResult<String> {
+        if let Some(known) = self.known(file) {
+            return Ok(known);
+        }
+        let meta = std::fs::metadata(file).map_err(|e| ClientError::io(file, e))?;
         let digest = sha256_file(file)?;
         // The file may have changed while it was read: remember only what was stable.
-        let after = std::fs::metadata(file).map_err(|e| ClientError::io(file, e))?;
-        if Entry::of(&after, String::new()) == Entry::of(&meta, String::new()) {
-            self.remember(key, Entry::of(&meta, digest.clone()));
-        }
+        self.record_unchanged(file, &digest, &meta);
         Ok(digest)
     }
 

@@ -3,7 +3,8 @@
 //! hash state, so rerunning an interrupted push continues it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -13,9 +14,9 @@ use super::digests::DigestCache;
 use super::error::{ClientError, ClientResult};
 use super::journal::{Journal, JournalState};
 use super::library::{LocalFile, LocalVm};
-use super::staging::sha256_file;
-use super::upload::{upload_file, UploadJob};
+use super::upload::{upload_file, Meter, UploadJob};
 use super::Transfer;
+use crate::model::FileKind;
 use crate::protocol::{CommitRequest, Committed, PushFile, PushPlan, PushRequest};
 
 /// Times a commit whose reply was lost is asked again.
@@ -51,6 +52,9 @@ pub struct PushReport {
     pub uploaded: Vec<String>,
     /// Bytes sent by this run.
     pub bytes_sent: u64,
+    /// Bytes this run read from the VM's files, to send or to hash: each file is read at
+    /// most once, and not at all when the digest cache knows it and the registry has it.
+    pub bytes_read: u64,
     /// True when this run continued an interrupted push.
     pub resumed: bool,
 }
@@ -83,13 +87,17 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
             files: files.len(),
             uploaded: Vec::new(),
             bytes_sent: 0,
+            bytes_read: 0,
             resumed: true,
         });
     }
+    let cache = Arc::new(DigestCache::open(&t.library.state_dir()));
+    let meter = Arc::new(Meter::default());
     let (plan, resumed) = match resumable_plan(t, &journal, id, tag, &files).await? {
         Some(plan) => (plan, true),
         None => {
-            let digests = hash_all(t, &files).await?;
+            // Only digests known without reading: the others are hashed while files upload.
+            let digests = known_digests(&cache, &files, &meter).await?;
             let request = push_request(&vm, id, &name, tag, &opts.description, &files, &digests)?;
             let plan = t.registry.negotiate(&request).await?;
             journal.begin(JournalState {
@@ -103,44 +111,46 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
             (plan, false)
         }
     };
-    let mut jobs = Vec::new();
-    let mut digests = BTreeMap::new();
-    for (index, planned) in plan.files.iter().enumerate() {
-        let local = files
-            .iter()
-            .find(|f| f.name == planned.name && f.kind == planned.kind)
-            .ok_or_else(|| {
-                ClientError::Invalid(format!(
-                    "the registry's plan names {} which the VM lacks",
-                    planned.name
-                ))
-            })?;
-        if planned.upload {
-            jobs.push(UploadJob {
-                index,
-                name: local.name.clone(),
-                key: planned.key.clone(),
-                path: local.path.clone(),
-                size: local.size,
-                part_size: planned.part_size,
-                received: planned.received,
-            });
-        } else {
-            let digest = match &planned.sha256 {
-                Some(d) => d.clone(),
-                None => hash_local(local).await?,
-            };
-            digests.insert(planned.key.clone(), digest);
-        }
-    }
-    let sent = Arc::new(AtomicU64::new(0));
+    let work = plan_work(&plan, &files)?;
     t.reporter.start(
-        jobs.len(),
-        jobs.iter().map(|j| j.size - j.received.min(j.size)).sum(),
+        work.uploads.len(),
+        work.uploads
+            .iter()
+            .map(|j| j.size - j.received.min(j.size))
+            .sum(),
     );
-    let uploaded = upload_all(t, &plan.session, &jobs, &journal, &sent).await;
+    let refused = AtomicBool::new(false);
+    let confirming = async {
+        let confirmed = confirm_held(t, &cache, &work.held, &meter).await?;
+        let changed =
+            |(key, digest): (&String, &String)| work.hints.get(key).is_some_and(|h| h != digest);
+        if confirmed.iter().any(changed) {
+            // The registry refuses such a push at commit: ask it now, not after the uploads.
+            refused.store(true, Ordering::SeqCst);
+            let request = CommitRequest { digests: confirmed };
+            return Err(match t.registry.commit(&plan.session, &request).await {
+                Err(e) => e,
+                Ok(_) => ClientError::Invalid("the registry took a changed file".into()),
+            });
+        }
+        Ok(confirmed)
+    };
+    let uploading = upload_all(t, &plan.session, &work.uploads, &journal, &meter, &cache);
+    let transferred = futures_util::future::try_join(uploading, confirming).await;
     t.reporter.finish();
-    digests.extend(uploaded?);
+    let mut digests = work.pinned;
+    match transferred {
+        Ok((uploaded, confirmed)) => {
+            digests.extend(uploaded);
+            digests.extend(confirmed);
+        }
+        Err(e) if refused.load(Ordering::SeqCst) && !e.is_transient() => {
+            let _ = t.registry.abort(&plan.session).await;
+            journal.remove();
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
     t.reporter.note("committing");
     let committed = match commit(t, &plan.session, &CommitRequest { digests }).await {
         Ok(committed) => committed,
@@ -161,32 +171,98 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
         number: committed.number,
         total_size: files.iter().map(|f| f.size).sum(),
         files: files.len(),
-        uploaded: jobs.iter().map(|j| j.name.clone()).collect(),
-        bytes_sent: sent.load(std::sync::atomic::Ordering::SeqCst),
+        uploaded: work.uploads.iter().map(|j| j.name.clone()).collect(),
+        bytes_sent: meter.sent.load(Ordering::SeqCst),
+        bytes_read: meter.read.load(Ordering::SeqCst),
         resumed,
     })
 }
 
-/// Runs the uploads, `concurrency` at a time; returns each file's digest by key.
+/// What a plan asks of the local files: uploads, held files to hash and confirm, and the
+/// digests of files the registry pinned.
+struct Work {
+    uploads: Vec<UploadJob>,
+    /// Held files to hash, by key.
+    held: Vec<(String, PathBuf)>,
+    /// The registry's digests of the held files, by key.
+    hints: BTreeMap<String, String>,
+    /// Digests of the pinned files, by key.
+    pinned: BTreeMap<String, String>,
+}
+
+fn plan_work(plan: &PushPlan, files: &[LocalFile]) -> ClientResult<Work> {
+    let mut work = Work {
+        uploads: Vec::new(),
+        held: Vec::new(),
+        hints: BTreeMap::new(),
+        pinned: BTreeMap::new(),
+    };
+    for (index, planned) in plan.files.iter().enumerate() {
+        let local = files
+            .iter()
+            .find(|f| f.name == planned.name && f.kind == planned.kind)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "the registry's plan names {} which the VM lacks",
+                    planned.name
+                ))
+            })?;
+        if planned.upload {
+            work.uploads.push(UploadJob {
+                index,
+                name: local.name.clone(),
+                key: planned.key.clone(),
+                path: local.path.clone(),
+                size: local.size,
+                part_size: planned.part_size,
+                received: planned.received,
+            });
+            continue;
+        }
+        // A digest the registry echoes is ours for a file it pinned for it; a held file's
+        // is only a hint, confirmed by hashing the local file (free when the cache knows it).
+        match planned.sha256.clone().filter(|_| !planned.confirm) {
+            Some(digest) => {
+                work.pinned.insert(planned.key.clone(), digest);
+            }
+            None => {
+                if let Some(hint) = &planned.sha256 {
+                    work.hints.insert(planned.key.clone(), hint.clone());
+                }
+                work.held.push((planned.key.clone(), local.path.clone()));
+            }
+        }
+    }
+    Ok(work)
+}
+
+/// Runs the uploads, `concurrency` at a time; returns each file's digest by key, and
+/// remembers it in the digest cache so that the next push reads nothing of the file.
 async fn upload_all(
     t: &Transfer,
     session: &str,
     jobs: &[UploadJob],
     journal: &Arc<Journal>,
-    sent: &Arc<AtomicU64>,
+    meter: &Arc<Meter>,
+    cache: &Arc<DigestCache>,
 ) -> ClientResult<BTreeMap<String, String>> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
     let results: Vec<(String, String)> = stream::iter(jobs.iter().cloned())
         .map(|job| {
-            let (t, session, journal, sent) = (
+            let (t, session, journal, meter, cache) = (
                 t.clone(),
                 session.to_string(),
                 journal.clone(),
-                sent.clone(),
+                meter.clone(),
+                cache.clone(),
             );
             async move {
                 let handle = tokio::spawn(async move {
-                    let digest = upload_file(&t, &session, &job, &journal, &sent).await?;
+                    let before = std::fs::metadata(&job.path).ok();
+                    let digest = upload_file(&t, &session, &job, &journal, &meter).await?;
+                    if let Some(before) = before {
+                        cache.record_unchanged(&job.path, &digest, &before);
+                    }
                     Ok::<_, ClientError>((job.key, digest))
                 });
                 handle.await.unwrap_or_else(|e| {
@@ -198,6 +274,28 @@ async fn upload_all(
         .try_collect()
         .await?;
     Ok(results.into_iter().collect())
+}
+
+/// Hashes the held files (those the registry has under their name and size, which the
+/// digest cache does not know), while the uploads run; returns their digests by key.
+async fn confirm_held(
+    t: &Transfer,
+    cache: &Arc<DigestCache>,
+    held: &[(String, PathBuf)],
+    meter: &Arc<Meter>,
+) -> ClientResult<BTreeMap<String, String>> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(held.iter().cloned())
+        .map(|(key, path)| {
+            let (cache, meter) = (cache.clone(), meter.clone());
+            async move {
+                let digest = hash_file(cache, meter, path).await?;
+                Ok::<_, ClientError>((key, digest))
+            }
+        })
+        .buffer_unordered(t.concurrency.max(1))
+        .try_collect()
+        .await
 }
 
 /// Commits, asking again when the reply is lost: the registry answers a repeated commit
@@ -329,36 +427,47 @@ fn push_request(
         arch,
         config,
         files: push_files,
+        confirm_held: true,
     })
 }
 
-/// The SHA-256 of every file by name, several files at once; the library's digest cache
-/// answers for files unchanged since they were last hashed. The registry pins a file it
-/// has only when the digests agree, so a layer changed in place is never taken for the
-/// copy the registry holds.
-async fn hash_all(t: &Transfer, files: &[LocalFile]) -> ClientResult<BTreeMap<String, String>> {
-    use futures_util::stream::{self, StreamExt, TryStreamExt};
-    let cache = Arc::new(DigestCache::open(&t.library.state_dir()));
-    stream::iter(files.iter().cloned())
-        .map(|f| {
-            let cache = cache.clone();
-            async move {
-                let digest = tokio::task::spawn_blocking(move || cache.sha256(&f.path))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ClientError::Invalid(format!("hash task failed: {e}")))
-                    })?;
-                Ok::<_, ClientError>((f.name, digest))
+/// The digests to give at negotiation, by name: those the digest cache knows of unchanged
+/// files, and the nvram's (small, and needed then). The registry pins a file it has only
+/// when the digests agree, so a layer changed in place is never taken for its copy.
+async fn known_digests(
+    cache: &Arc<DigestCache>,
+    files: &[LocalFile],
+    meter: &Arc<Meter>,
+) -> ClientResult<BTreeMap<String, String>> {
+    let mut digests = BTreeMap::new();
+    for f in files {
+        let digest = match (cache.known(&f.path), f.kind) {
+            (Some(known), _) => known,
+            (None, FileKind::Nvram) => {
+                hash_file(cache.clone(), meter.clone(), f.path.clone()).await?
             }
-        })
-        .buffer_unordered(t.concurrency.max(1))
-        .try_collect()
-        .await
+            (None, _) => continue,
+        };
+        digests.insert(f.name.clone(), digest);
+    }
+    Ok(digests)
 }
 
-async fn hash_local(file: &LocalFile) -> ClientResult<String> {
-    let path = file.path.clone();
-    tokio::task::spawn_blocking(move || sha256_file(&path))
-        .await
-        .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))
+/// The file's SHA-256 through the digest cache, counting what is read.
+async fn hash_file(
+    cache: Arc<DigestCache>,
+    meter: Arc<Meter>,
+    path: PathBuf,
+) -> ClientResult<String> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(known) = cache.known(&path) {
+            return Ok(known);
+        }
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let digest = cache.sha256(&path)?;
+        meter.read.fetch_add(size, Ordering::Relaxed);
+        Ok(digest)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ClientError::Invalid(format!("hash task failed: {e}"))))
 }

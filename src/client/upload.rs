@@ -43,13 +43,24 @@ pub struct UploadJob {
     pub received: u64,
 }
 
-/// Uploads what the registry lacks of the file; returns the file's SHA-256.
+/// What a push moved: bytes sent to the registry and bytes read from local files (to send
+/// or to hash), so that a run can show it read each file at most once.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Bytes sent in upload bodies.
+    pub sent: AtomicU64,
+    /// Bytes read from local files.
+    pub read: AtomicU64,
+}
+
+/// Uploads what the registry lacks of the file, hashing it as it is read; returns the
+/// file's SHA-256.
 pub async fn upload_file(
     t: &Transfer,
     session: &str,
     job: &UploadJob,
     journal: &Arc<Journal>,
-    sent: &Arc<AtomicU64>,
+    meter: &Arc<Meter>,
 ) -> ClientResult<String> {
     let mut received = job.received.min(job.size);
     let mut attempts = 0;
@@ -83,7 +94,7 @@ pub async fn upload_file(
                 Err(e) => return Err(e),
             }
         }
-        let hasher = resume_hasher(journal, job, received).await?;
+        let hasher = resume_hasher(journal, job, received, meter).await?;
         // An empty file still needs one (empty) upload so that the registry stores it.
         if received >= job.size && (job.size > 0 || sent_once) {
             let digest = hasher.finalize_hex();
@@ -99,7 +110,7 @@ pub async fn upload_file(
             received,
             hasher,
             journal.clone(),
-            sent.clone(),
+            meter.clone(),
             activity.clone(),
         );
         let upload = t
@@ -172,6 +183,7 @@ async fn resume_hasher(
     journal: &Arc<Journal>,
     job: &UploadJob,
     upto: u64,
+    meter: &Arc<Meter>,
 ) -> ClientResult<ResumableSha256> {
     let mut hasher = journal
         .checkpoint_before(&job.key, upto)
@@ -180,6 +192,7 @@ async fn resume_hasher(
         return Ok(hasher);
     }
     let path = job.path.clone();
+    let meter = meter.clone();
     tokio::task::spawn_blocking(move || {
         let mut file = std::fs::File::open(&path).map_err(|e| ClientError::io(&path, e))?;
         file.seek(SeekFrom::Start(hasher.len()))
@@ -189,6 +202,7 @@ async fn resume_hasher(
             let want = (upto - hasher.len()).min(READ_CHUNK) as usize;
             file.read_exact(&mut buf[..want])
                 .map_err(|e| ClientError::io(&path, e))?;
+            meter.read.fetch_add(want as u64, Ordering::Relaxed);
             hasher.update(&buf[..want]);
         }
         Ok(hasher)
@@ -205,7 +219,7 @@ fn body_from(
     start: u64,
     mut hasher: ResumableSha256,
     journal: Arc<Journal>,
-    sent: Arc<AtomicU64>,
+    meter: Arc<Meter>,
     activity: Arc<Activity>,
 ) -> reqwest::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
@@ -215,6 +229,7 @@ fn body_from(
         job.part_size.max(1),
         job.key.clone(),
     );
+    let read_meter = meter.clone();
     tokio::task::spawn_blocking(move || {
         let mut read = || -> std::io::Result<()> {
             let mut file = std::fs::File::open(&path)?;
@@ -225,6 +240,7 @@ fn body_from(
                 let n = READ_CHUNK.min(boundary - pos).min(size - pos) as usize;
                 let mut buf = vec![0u8; n];
                 file.read_exact(&mut buf)?;
+                read_meter.read.fetch_add(n as u64, Ordering::Relaxed);
                 hasher.update(&buf);
                 pos += n as u64;
                 if pos % part == 0 || pos == size {
@@ -248,10 +264,10 @@ fn body_from(
     let throttle = t.throttle.clone();
     let index = job.index;
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
-        let (reporter, throttle, sent, activity) = (
+        let (reporter, throttle, meter, activity) = (
             reporter.clone(),
             throttle.clone(),
-            sent.clone(),
+            meter.clone(),
             activity.clone(),
         );
         async move {
@@ -267,7 +283,7 @@ fn body_from(
                 if let Some(throttle) = &throttle {
                     throttle.take(bytes.len() as u64).await;
                 }
-                sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                meter.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 activity.touch();
                 reporter.advance(index, bytes.len() as u64);
             }
