@@ -824,3 +824,147 @@ async fn gc_aborts_uploads_older_than_the_vendors_days_even_when_a_push_holds_th
         "the upload is aborted"
     );
 }
+
+/// One step of a push, asked again while the registry answers 503 (busy under contention).
+async fn call_until_served(method: Method, url: &str, body: Option<Vec<u8>>) -> Reply {
+    for _ in 0..40 {
+        let reply = call(method.clone(), url, body.clone()).await;
+        if reply.status != 503 {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{method} {url}: still busy");
+}
+
+/// Pushes a version through negotiation, uploads and commit; panics on any refusal.
+async fn push_through(s: &Server, id: &str, name: &str, tag: &str, files: &[&TestFile]) {
+    let request = serde_json::to_vec(&push_request(id, name, tag, files)).unwrap();
+    let plan = call_until_served(Method::POST, &s.at("/api/v1/push"), Some(request)).await;
+    let plan = plan.ok_body().clone();
+    let session = plan["session"].as_str().unwrap();
+    for planned in plan["files"].as_array().unwrap() {
+        if planned["upload"] == true {
+            let file = files.iter().find(|f| f.name == planned["name"]).unwrap();
+            let key = encode_path(planned["key"].as_str().unwrap());
+            let url = s.at(&format!("/api/v1/push/{session}/files/{key}?offset=0"));
+            call_until_served(Method::PUT, &url, Some(file.data.clone()))
+                .await
+                .ok_body();
+        }
+    }
+    let commit = s.at(&format!("/api/v1/push/{session}/commit"));
+    let done = call_until_served(Method::POST, &commit, None).await;
+    assert_eq!(done.ok_body()["tag"], tag, "{name} {tag}");
+}
+
+/// Invariant 3 under load: gc with no grace at all, run over and over (by the server's
+/// periodic task, and on S3 + Redis also by `vmreg admin gc` processes beside it), races
+/// 200 pushes of templates that share layers by name and content, while throwaway
+/// templates holding a layer of their own are deleted as soon as they are pushed, so that
+/// layer's records and objects come and go. Every version pulls byte-identical after, and
+/// fsck is clean after one more pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_racing_200_pushes_that_reuse_layers_never_removes_a_referenced_file() {
+    use futures_util::stream::{self, StreamExt};
+    const PUSHES: usize = 200;
+    const TEMPLATES: usize = 8;
+    let mut s = Server::start_with(&["--gc-interval", "100ms", "--gc-grace", "0s"]);
+    let run = &new_id()[..8];
+    let shared: Vec<TestFile> = (0..4)
+        .map(|i| {
+            TestFile::new(
+                &format!("shared-{run}-{i}.ank"),
+                "image",
+                20_000 + i * 7_000,
+                40 + i as u64,
+            )
+        })
+        .collect();
+    let churn = TestFile::new(&format!("churn-{run}.ank"), "image", 30_000, 49);
+    let nvram = TestFile::new("nvram", "nvram", 2048, 50);
+    let templates: Vec<String> = (0..TEMPLATES).map(|_| new_id()).collect();
+    // Push k: its own top layer, two shared layers, the shared nvram; every tenth goes to a
+    // throwaway template (with the churn layer) that is deleted once committed.
+    let tops: Vec<TestFile> = (0..PUSHES)
+        .map(|k| image(5_000 + k * 37, 1000 + k as u64))
+        .collect();
+    let doomed = |k: usize| k % 10 == 9;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_gc = (s3_backend()).then(|| {
+        let (ns, stop) = (s.ns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                gc(&ns, &["--grace", "0s"]);
+                runs += 1;
+            }
+            runs
+        })
+    });
+    let started = std::time::Instant::now();
+    let gc_before = gc_runs(&s);
+    stream::iter(0..PUSHES)
+        .for_each_concurrent(8, |k| {
+            let (s, shared, churn, nvram, tops, templates) =
+                (&s, &shared, &churn, &nvram, &tops, &templates);
+            async move {
+                let (a, b) = (&shared[k % 4], &shared[(k + 1) % 4]);
+                let tag = format!("v{k}");
+                if doomed(k) {
+                    let id = new_id();
+                    let name = format!("doomed-{run}-{k}");
+                    push_through(s, &id, &name, &tag, &[&tops[k], churn, a, nvram]).await;
+                    let url = s.at(&format!("/registry/vm?id={id}"));
+                    call_until_served(Method::DELETE, &url, None)
+                        .await
+                        .ok_body();
+                } else {
+                    let id = &templates[k % TEMPLATES];
+                    let name = format!("t{}-{run}", k % TEMPLATES);
+                    push_through(s, id, &name, &tag, &[&tops[k], a, b, nvram]).await;
+                }
+            }
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let admin_runs = admin_gc.map(|t| t.join().unwrap()).unwrap_or(0);
+    let periodic_runs = gc_runs(&s) - gc_before;
+    println!(
+        "{PUSHES} pushes in {:.1} s beside {periodic_runs} periodic and {admin_runs} admin gc runs",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        periodic_runs + admin_runs >= 5,
+        "gc ran along: {periodic_runs} + {admin_runs}"
+    );
+
+    // Every version of the kept templates pulls byte-identical.
+    let mut fetched: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for k in (0..PUSHES).filter(|k| !doomed(*k)) {
+        let id = &templates[k % TEMPLATES];
+        let url = s.at(&format!("/api/v1/templates/{id}/manifest?tag=v{k}"));
+        let manifest = get(&url).await.ok_body().clone();
+        let expected = [&tops[k], &shared[k % 4], &shared[(k + 1) % 4], &nvram];
+        let files = manifest["files"].as_array().unwrap();
+        assert_eq!(files.len(), expected.len(), "v{k}: {manifest}");
+        for (file, want) in files.iter().zip(expected) {
+            assert_eq!(file["sha256"], want.sha256(), "v{k}: {}", file["name"]);
+            let key = file["key"].as_str().unwrap().to_string();
+            if !fetched.contains_key(&key) {
+                let bytes = download(&s, &key).await;
+                fetched.insert(key.clone(), bytes);
+            }
+            assert!(fetched[&key] == want.data, "v{k}: {key} differs");
+        }
+    }
+    for k in (0..PUSHES).filter(|k| doomed(*k)) {
+        assert!(!fetched.keys().any(|key| key == &tops[k].name));
+    }
+
+    s.kill();
+    gc(&s.ns, &["--grace", "0s"]);
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "clean after one more pass: {report:#}");
+}
