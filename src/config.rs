@@ -134,6 +134,12 @@ pub struct ServeArgs {
     /// Parts of one upload sent to S3 at once [env: VMREG_S3_UPLOAD_CONCURRENCY, ANKA_BACKEND_S3_UPLOAD_CONCURRENCY] [default: 4]
     #[arg(long)]
     pub s3_upload_concurrency: Option<usize>,
+    /// Ranges of one download read from S3 at once; 1 reads a download as one GET [env: VMREG_S3_READ_CONCURRENCY] [default: 4]
+    #[arg(long)]
+    pub s3_read_concurrency: Option<usize>,
+    /// MiB of recently read chunks shared by concurrent downloads of the same file; 0 turns sharing off [env: VMREG_S3_READ_CACHE_MIB] [default: 64]
+    #[arg(long)]
+    pub s3_read_cache_mib: Option<u64>,
     /// Answer downloads with a 307 to a presigned S3 URL [env: VMREG_S3_REDIRECT]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub s3_redirect: Option<bool>,
@@ -195,6 +201,10 @@ pub struct S3Config {
     pub path_style: bool,
     /// Parts of one upload in flight at once.
     pub upload_concurrency: usize,
+    /// Ranges of one download read at once (1: one GET per download).
+    pub read_concurrency: usize,
+    /// Bytes of recently read chunks shared by concurrent downloads (0: no sharing).
+    pub read_cache: u64,
     /// Answer downloads with presigned redirects.
     pub redirect: bool,
 }
@@ -387,6 +397,8 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
             "ANKA_BACKEND_S3_UPLOAD_CONCURRENCY",
         ],
     ),
+    ("s3_read_concurrency", &["VMREG_S3_READ_CONCURRENCY"]),
+    ("s3_read_cache_mib", &["VMREG_S3_READ_CACHE_MIB"]),
     ("s3_redirect", &["VMREG_S3_REDIRECT"]),
     ("redis_url", &["VMREG_REDIS_URL"]),
     ("redis_prefix", &["VMREG_REDIS_PREFIX"]),
@@ -489,6 +501,13 @@ impl ServeArgs {
                     layer.s3_upload_concurrency =
                         Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
+                "s3_read_concurrency" => {
+                    layer.s3_read_concurrency =
+                        Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
+                "s3_read_cache_mib" => {
+                    layer.s3_read_cache_mib = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
                 "s3_redirect" => layer.s3_redirect = Some(parse_bool(&value).map_err(bad)?),
                 "redis_url" => layer.redis_url = Some(value),
                 "redis_prefix" => layer.redis_prefix = Some(value),
@@ -562,6 +581,8 @@ impl ServeArgs {
             s3_region: self.s3_region.or(lower.s3_region),
             s3_path_style: self.s3_path_style.or(lower.s3_path_style),
             s3_upload_concurrency: self.s3_upload_concurrency.or(lower.s3_upload_concurrency),
+            s3_read_concurrency: self.s3_read_concurrency.or(lower.s3_read_concurrency),
+            s3_read_cache_mib: self.s3_read_cache_mib.or(lower.s3_read_cache_mib),
             s3_redirect: self.s3_redirect.or(lower.s3_redirect),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_prefix: self.redis_prefix.or(lower.redis_prefix),
@@ -659,6 +680,8 @@ impl Config {
                 region: l.s3_region,
                 path_style: l.s3_path_style.unwrap_or(false),
                 upload_concurrency: l.s3_upload_concurrency.unwrap_or(4).max(1),
+                read_concurrency: l.s3_read_concurrency.unwrap_or(4).max(1),
+                read_cache: l.s3_read_cache_mib.unwrap_or(64).saturating_mul(1 << 20),
                 redirect: l.s3_redirect.unwrap_or(false),
             }),
             None => None,
@@ -933,6 +956,12 @@ impl std::fmt::Display for Config {
                 )?;
                 writeln!(f, "  s3_path_style     {}", s3.path_style)?;
                 writeln!(f, "  s3_concurrency    {}", s3.upload_concurrency)?;
+                writeln!(
+                    f,
+                    "  s3_reads          {} at once, {} MiB shared",
+                    s3.read_concurrency,
+                    s3.read_cache >> 20
+                )?;
                 writeln!(f, "  s3_redirect       {}", s3.redirect)?;
             }
             None => writeln!(

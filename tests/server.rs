@@ -1385,3 +1385,88 @@ async fn a_version_pushed_from_another_vm_keeps_the_templates_uuid_and_name() {
     assert_eq!(config.ok_body()["uuid"], id.as_str());
     assert_eq!(config.ok_body()["name"], "tmpl");
 }
+
+/// `vmreg_s3_bytes_read_total` from the server's metrics.
+async fn s3_bytes_read(s: &Server) -> u64 {
+    let text = reqwest::get(s.at("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vmreg_s3_bytes_read_total "))
+        .expect("the metric is exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn large_downloads_are_exact_across_read_pieces_and_shared_by_concurrent_readers() {
+    // Bigger than several of the S3 store's read pieces (4 MiB), and not a multiple of one.
+    let size = 13 * (1 << 20) + 12_345;
+    let s = Server::start();
+    let file = unique_image(size, 41);
+    let id = new_id();
+    push(&s, &id, "pieces", "v1", &[&file]).await;
+    let url = s.at(&format!("/api/v1/files/{}", file.name));
+    assert_eq!(download(&s, &file.name).await, file.data);
+
+    let client = reqwest::Client::new();
+    for (start, end) in [
+        (4_194_000, 8_388_700),
+        (1, size - 1),
+        (4 << 20, 12 << 20),
+        (8 << 20, size),
+        (size - 10, size),
+    ] {
+        let r = client
+            .get(&url)
+            .header("Range", format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 206, "{start}..{end}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {start}-{}/{size}", end - 1)
+        );
+        assert!(
+            r.bytes().await.unwrap() == file.data[start..end],
+            "bytes {start}..{end} differ"
+        );
+    }
+    let r = client
+        .get(&url)
+        .header("Range", "bytes=5000000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert!(r.bytes().await.unwrap() == file.data[5_000_000..]);
+    let r = client
+        .get(&url)
+        .header("Range", format!("bytes={size}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 416);
+
+    // Eight readers at once: each gets every byte; on S3 the replica reads the file from
+    // the bucket about once for all of them, not once each.
+    let before = s3_bytes_read(&s).await;
+    let readers = (0..8).map(|_| download(&s, &file.name));
+    for got in futures_util::future::join_all(readers).await {
+        assert!(got == file.data, "a concurrent download differs");
+    }
+    let read = s3_bytes_read(&s).await - before;
+    if s3_backend() {
+        assert!(
+            read <= 2 * size as u64,
+            "8 concurrent downloads read {read} bytes from S3 for a {size}-byte file"
+        );
+    } else {
+        assert_eq!(read, 0, "the disk store reads no S3");
+    }
+}

@@ -68,6 +68,9 @@ impl Registry {
                 return Err(RegistryError::RangeNotSatisfiable { size: record.size });
             }
         }
+        // The size is known, so a whole file is asked for as its full range: the store
+        // can then read it as several ranges at once.
+        let range = range.or((record.size > 0).then_some((0, record.size)));
         Ok(self.blobs.get(&record.object, range).await?)
     }
 

@@ -9,7 +9,9 @@
 mod contract;
 pub mod fs;
 pub mod instrumented;
+pub mod ranged;
 pub mod s3;
+pub mod shared;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -19,7 +21,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 /// A failure of the blob backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// No object under that key.
     #[error("object {0} not found")]

@@ -5,6 +5,7 @@
 //! chunk. Every call has a deadline so an unreachable S3 turns into a 503 in seconds.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,13 +22,16 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
+use super::ranged::{ordered, slice};
+use super::shared::{Chunk, SharedReads};
 use super::{
     BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, Redirect, StoreError, StoreResult,
     UploadHandle,
 };
 use crate::config::S3Config;
+use crate::telemetry::metrics;
 
 /// One TCP/TLS connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,6 +51,10 @@ const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_UPLOAD_RATE: u64 = 2 * 1024 * 1024;
 /// How long a presigned download URL stays valid.
 const PRESIGN_TTL: Duration = Duration::from_secs(20 * 60);
+/// Bytes per GET when a download is read as several ranges at once: big enough that the
+/// per-request cost is small, small enough that `read_concurrency` of them per download
+/// stay a few MiB.
+pub const READ_CHUNK: u64 = 4 << 20;
 
 /// Files kept in an S3-compatible bucket.
 pub struct S3Store {
@@ -56,6 +64,10 @@ pub struct S3Store {
     redirect: bool,
     min_part_size: u64,
     endpoint: String,
+    /// Ranges of one download fetched at once; 1 reads each download as one GET.
+    read_concurrency: usize,
+    /// Chunks shared by concurrent downloads of the same object, when enabled.
+    shared: Option<Arc<SharedReads>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -149,7 +161,52 @@ impl S3Store {
             redirect: config.redirect,
             min_part_size,
             endpoint,
+            read_concurrency: config.read_concurrency.max(1),
+            shared: (config.read_cache > 0).then(|| SharedReads::new(config.read_cache)),
         }
+    }
+
+    fn reader(&self, key: &str) -> Reader {
+        Reader {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            full: Arc::from(self.full(key)),
+            key: Arc::from(key),
+        }
+    }
+
+    /// Bytes `start..end` of `key` read as [`READ_CHUNK`] pieces, `read_concurrency` at
+    /// once, in order; with shared reads, whole aligned chunks are fetched once for every
+    /// download that wants them and each takes its slice.
+    fn parallel_get(&self, key: &str, start: u64, end: u64) -> ByteStream {
+        let reader = self.reader(key);
+        let shared = self.shared.clone();
+        // Held by the stream: this download counts as a reader of the object until it ends.
+        let downloading = shared.as_ref().map(|s| s.reader(&reader.full));
+        ordered(
+            start,
+            end,
+            READ_CHUNK,
+            self.read_concurrency,
+            move |piece| {
+                let _ = &downloading;
+                let reader = reader.clone();
+                let Some(shared) = &shared else {
+                    return async move { Ok(reader.fetch(piece.start, piece.end).await?.to_vec()) }
+                        .boxed();
+                };
+                let from = piece.index * READ_CHUNK;
+                let full = reader.full.clone();
+                let whole = shared.chunk(&full, piece.index, move || async move {
+                    reader.fetch(from, from + READ_CHUNK).await
+                });
+                async move {
+                    let chunk = whole.await?;
+                    Ok(slice(&chunk, piece.start - from, piece.end - from))
+                }
+                .boxed()
+            },
+        )
     }
 
     fn full(&self, key: &str) -> String {
@@ -178,7 +235,47 @@ impl S3Store {
     }
 }
 
-/// Turns the SDK's body into our stream, with an idle deadline per chunk.
+/// What a GET of one object needs, owned, so pieces can be fetched from spawned futures.
+#[derive(Clone)]
+struct Reader {
+    client: Client,
+    bucket: String,
+    /// The key in the bucket (with the store's prefix).
+    full: Arc<str>,
+    /// The key as the registry names it, for errors.
+    key: Arc<str>,
+}
+
+impl Reader {
+    /// One GET of the bytes `start..end`, or the whole object, as its body stream.
+    async fn get(&self, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
+        let key = &*self.key;
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&*self.full);
+        if let Some((start, end)) = range {
+            req = req.range(format!("bytes={start}-{}", end - 1));
+        }
+        let call = req.send();
+        let out = deadline("get", key, CALL_TIMEOUT, async {
+            call.await.map_err(|e| sdk_error("get", key, e))
+        })
+        .await?;
+        Ok(body_stream(key.to_string(), out.body))
+    }
+
+    /// The bytes `start..end` (fewer where the object ends first), whole, in the buffers
+    /// they arrived in.
+    async fn fetch(&self, start: u64, end: u64) -> StoreResult<Chunk> {
+        let parts: Vec<Bytes> = self.get(Some((start, end))).await?.try_collect().await?;
+        Ok(Arc::from(parts))
+    }
+}
+
+/// Turns the SDK's body into our stream, with an idle deadline per chunk; counts the
+/// bytes read from S3.
 fn body_stream(key: String, body: SdkByteStream) -> ByteStream {
     futures_util::stream::try_unfold((key, body), |(key, mut body)| async move {
         match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
@@ -187,7 +284,10 @@ fn body_stream(key: String, body: SdkByteStream) -> ByteStream {
                 BODY_IDLE_TIMEOUT.as_secs()
             ))),
             Ok(None) => Ok(None),
-            Ok(Some(Ok(chunk))) => Ok(Some((chunk, (key, body)))),
+            Ok(Some(Ok(chunk))) => {
+                metrics::s3_bytes_read(chunk.len() as u64);
+                Ok(Some((chunk, (key, body))))
+            }
             Ok(Some(Err(e))) => Err(unavailable(&format!("get {key}"), e)),
         }
     })
@@ -351,23 +451,22 @@ impl BlobStore for S3Store {
     }
 
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<ByteStream> {
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key));
-        if let Some((start, end)) = range {
-            if end <= start {
-                return Ok(futures_util::stream::empty().boxed());
+        match range {
+            Some((start, end)) if end <= start => Ok(futures_util::stream::empty().boxed()),
+            Some((start, end)) if self.read_concurrency > 1 && end - start > READ_CHUNK => {
+                // The first piece is awaited here so that a missing object or an
+                // unreachable S3 is an error before the response starts, as with one GET.
+                let mut pieces = self.parallel_get(key, start, end);
+                match pieces.next().await {
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(first)) => Ok(futures_util::stream::once(async { Ok(first) })
+                        .chain(pieces)
+                        .boxed()),
+                    None => Ok(futures_util::stream::empty().boxed()),
+                }
             }
-            req = req.range(format!("bytes={start}-{}", end - 1));
+            range => self.reader(key).get(range).await,
         }
-        let call = req.send();
-        let out = deadline("get", key, CALL_TIMEOUT, async {
-            call.await.map_err(|e| sdk_error("get", key, e))
-        })
-        .await?;
-        Ok(body_stream(key.to_string(), out.body))
     }
 
     async fn read(&self, key: &str) -> StoreResult<Bytes> {
@@ -565,6 +664,8 @@ mod tests {
             region: std::env::var("VMREG_TEST_S3_REGION").ok(),
             path_style: true,
             upload_concurrency: 4,
+            read_concurrency: 4,
+            read_cache: 8 << 20,
             redirect,
         };
         S3Store::connect(&config, 5 * 1024 * 1024)
@@ -718,6 +819,8 @@ mod tests {
             region: Some("garage".into()),
             path_style: true,
             upload_concurrency: 1,
+            read_concurrency: 1,
+            read_cache: 0,
             redirect: false,
         };
         let started = std::time::Instant::now();

@@ -215,6 +215,14 @@ family!(
     ["direction"]
 );
 family!(
+    S3_BYTES_READ,
+    AtomicU64,
+    Counter,
+    "vmreg_s3_bytes_read_total",
+    "Bytes read from S3 by downloads and checks (downloads sharing a chunk read it once)",
+    []
+);
+family!(
     IN_FLIGHT,
     AtomicI64,
     Gauge,
@@ -327,6 +335,13 @@ impl Direction {
 /// Counts bytes of a push or pull.
 pub fn transferred(direction: Direction, bytes: u64) {
     TRANSFERRED.with(&[direction.label()], |c| {
+        c.fetch_add(bytes, Ordering::Relaxed);
+    });
+}
+
+/// Counts bytes read from S3.
+pub fn s3_bytes_read(bytes: u64) {
+    S3_BYTES_READ.with(&[], |c| {
         c.fetch_add(bytes, Ordering::Relaxed);
     });
 }
@@ -477,6 +492,7 @@ static STARTED: LazyLock<()> = LazyLock::new(|| {
         g.store(1, Ordering::Relaxed)
     });
     part_buffers_in_use(0);
+    s3_bytes_read(0);
     for direction in [Direction::Push, Direction::Pull] {
         transferred(direction, 0);
         IN_FLIGHT.with(&[direction.label()], |_| {});
@@ -486,11 +502,12 @@ static STARTED: LazyLock<()> = LazyLock::new(|| {
 /// Every metric in the Prometheus text format (version 0.0.4).
 pub fn render() -> String {
     LazyLock::force(&STARTED);
-    let families: [&dyn Encode; 13] = [
+    let families: [&dyn Encode; 14] = [
         &BUILD_INFO,
         &HTTP_REQUESTS,
         &HTTP_DURATION,
         &TRANSFERRED,
+        &S3_BYTES_READ,
         &IN_FLIGHT,
         &PART_BUFFERS,
         &STORE_DURATION,
@@ -546,5 +563,10 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert_eq!(text.matches("# TYPE vmreg_build_info").count(), 1);
+        assert!(text.contains("# TYPE vmreg_s3_bytes_read_total counter"));
+        assert!(
+            text.contains("\nvmreg_s3_bytes_read_total "),
+            "an unlabelled counter"
+        );
     }
 }
