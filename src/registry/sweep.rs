@@ -7,7 +7,8 @@
 //!   local store's temporary files no session holds, once older than a session's lifetime;
 //! - manifests a push wrote ahead of a commit that never came (its session is closed and
 //!   no version has its push id; see `push::commit`), or that a revert failed to delete,
-//!   once older than the grace window;
+//!   and older manifests named by number (`v<n>-<push>.json`) whose push id no version of
+//!   the template has any more, once older than the grace window;
 //! - upload sessions past their lifetime (aborted as `abort` would), and the commit records
 //!   that answer a commit asked again, past the same lifetime; a commit record written
 //!   before they were listed in a set is adopted into it, dated when found, so it expires
@@ -227,7 +228,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes the manifests of pushes that ended without their version.
+    /// Removes the manifests of pushes that ended without their version, and those of
+    /// versions no longer held. A manifest of a held version is kept whatever its number:
+    /// retention writes a moved version's manifest under its new number before the index
+    /// moves it.
     pub(crate) async fn collect_manifests(
         &self,
         options: &GcOptions,
@@ -237,7 +241,7 @@ impl Registry {
         let listed = self.blobs().list_objects("manifests/").await?;
         let mut removed = std::collections::HashSet::new();
         for object in &listed {
-            let Some((id, push)) = crate::store::keys::push_manifest_owner(&object.key) else {
+            let Some((id, push)) = crate::store::keys::manifest_owner(&object.key) else {
                 continue;
             };
             if object.modified > cutoff {
@@ -412,4 +416,77 @@ fn template_of(key: &str) -> Option<uuid::Uuid> {
 /// True for a template record (`manifests/<id>/template.json`).
 fn is_record(key: &str) -> bool {
     template_of(key).is_some_and(|id| key == crate::store::keys::template_record(&id))
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::{GcOptions, GcReport};
+    use crate::registry::test_support::{one_layer, push_one, registry};
+    use crate::store::keys as object_keys;
+
+    #[tokio::test]
+    async fn manifests_named_by_number_go_once_no_version_or_open_push_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let id = Uuid::new_v4();
+        push_one(&r, id, "old", "v0", "a.ank", b"layer").await;
+        let held = r.get(&id).await.unwrap().versions[0].push_id.clone();
+        let open = r
+            .negotiate(one_layer(id, "old", "v1", "b.ank", b"other"))
+            .await
+            .unwrap()
+            .session;
+        // As an older release named manifests: by number, also for a version reverted
+        // since, and one a push in flight wrote.
+        let keep = [
+            object_keys::manifest(&id, 0, &held),
+            object_keys::manifest(&id, 1, &open),
+        ];
+        let gone = object_keys::manifest(&id, 1, "0123456789abcdef0123456789abcdef");
+        for key in keep.iter().chain([&gone]) {
+            r.blobs().put(key, b"{}".to_vec().into()).await.unwrap();
+        }
+        let options = |grace| GcOptions {
+            grace,
+            session_ttl: crate::registry::UPLOAD_SESSION_TTL,
+            dry_run: false,
+            abort_uploads_after: None,
+        };
+        let collect = async |grace| {
+            let mut report = GcReport::default();
+            r.collect_manifests(&options(grace), &mut report)
+                .await
+                .unwrap();
+            report.manifests
+        };
+        // Young ones wait out the grace window.
+        assert!(collect(std::time::Duration::from_secs(3600))
+            .await
+            .is_empty());
+        assert_eq!(collect(std::time::Duration::ZERO).await, vec![gone.clone()]);
+        let listed = r
+            .blobs()
+            .list(&object_keys::manifest_prefix(&id))
+            .await
+            .unwrap();
+        assert!(!listed.contains(&gone));
+        assert!(keep.iter().all(|k| listed.contains(k)), "{listed:?}");
+    }
+
+    #[test]
+    fn manifest_keys_name_their_template_and_push_in_both_namings() {
+        let id = Uuid::new_v4();
+        let by_number = object_keys::manifest(&id, 7, "abc");
+        let by_push = object_keys::push_manifest(&id, "abc");
+        assert_eq!(object_keys::manifest_owner(&by_number), Some((id, "abc")));
+        assert_eq!(object_keys::manifest_owner(&by_push), Some((id, "abc")));
+        let record = object_keys::template_record(&id);
+        assert_eq!(object_keys::manifest_owner(&record), None);
+        assert_eq!(
+            object_keys::manifest_owner(&format!("manifests/{id}/vx-abc.json")),
+            None
+        );
+    }
 }

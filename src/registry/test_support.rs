@@ -18,6 +18,32 @@ pub(crate) fn registry(dir: &Path) -> Registry {
     Registry::new(meta, blobs, 5 << 20, 2)
 }
 
+/// The negotiation of one version of template `template` holding one image layer `file`
+/// of `data`.
+pub(crate) fn one_layer(
+    id: Uuid,
+    template: &str,
+    tag: &str,
+    file: &str,
+    data: &[u8],
+) -> PushRequest {
+    PushRequest {
+        id,
+        name: template.into(),
+        tag: tag.into(),
+        description: String::new(),
+        arch: None,
+        config: serde_json::json!({}),
+        files: vec![PushFile {
+            name: file.into(),
+            kind: FileKind::Image,
+            size: data.len() as u64,
+            sha256: Some(crate::digest::sha256_hex(data)),
+        }],
+        confirm_held: false,
+    }
+}
+
 /// Pushes one version of template `template` holding one image layer `file` of `data`,
 /// through negotiation, upload and commit.
 pub(crate) async fn push_one(
@@ -29,21 +55,7 @@ pub(crate) async fn push_one(
     data: &[u8],
 ) {
     let plan = r
-        .negotiate(PushRequest {
-            id,
-            name: template.into(),
-            tag: tag.into(),
-            description: String::new(),
-            arch: None,
-            config: serde_json::json!({}),
-            files: vec![PushFile {
-                name: file.into(),
-                kind: FileKind::Image,
-                size: data.len() as u64,
-                sha256: Some(crate::digest::sha256_hex(data)),
-            }],
-            confirm_held: false,
-        })
+        .negotiate(one_layer(id, template, tag, file, data))
         .await
         .unwrap();
     let body =

@@ -178,10 +178,19 @@ pub mod keys {
     /// The file name prefix of [`push_manifest`] keys.
     pub const PUSH_MANIFEST: &str = "push-";
 
-    /// The template and push a [`push_manifest`] key names.
-    pub fn push_manifest_owner(key: &str) -> Option<(Uuid, &str)> {
+    /// The template and push a version's manifest key names, in either naming
+    /// ([`push_manifest`], or the older [`manifest`]).
+    pub fn manifest_owner(key: &str) -> Option<(Uuid, &str)> {
         let (id, file) = key.strip_prefix("manifests/")?.split_once('/')?;
-        let push = file.strip_prefix(PUSH_MANIFEST)?.strip_suffix(".json")?;
+        let file = file.strip_suffix(".json")?;
+        let push = match file.strip_prefix(PUSH_MANIFEST) {
+            Some(push) => push,
+            None => {
+                let (number, push) = file.strip_prefix('v')?.split_once('-')?;
+                let numeric = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+                numeric.then_some(push)?
+            }
+        };
         Some((id.parse().ok()?, push))
     }
 
