@@ -189,6 +189,28 @@ async fn retention_removes_exactly_what_the_policy_says_and_keeps_the_latest() {
 
     let report = retention(&s, policy, None).await;
     assert_eq!(removed(report.ok_body()), want, "{report:?}");
+    // The four removed tags' own layers went (the shared base stays), and count as
+    // retention's removals; the dry run counted nothing.
+    let gone = [&layers[0], &layers[2], &d_layers[0], &d_layers[1]];
+    let bytes: usize = gone.iter().map(|l| l.data.len()).sum();
+    assert_eq!(
+        (&report.ok_body()["objects"], &report.ok_body()["bytes"]),
+        (&Value::from(4), &Value::from(bytes)),
+        "{report:?}"
+    );
+    let metrics = reqwest::get(s.at("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "vmreg_gc_runs_total{kind=\"retention\"} 1".to_string(),
+        "vmreg_gc_objects_removed_total{kind=\"retention\"} 4".to_string(),
+        format!("vmreg_gc_bytes_removed_total{{kind=\"retention\"}} {bytes}"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     let after = tags(&s).await;
     assert_eq!(after["alpha"], ["a1", "a3"]);
     assert_eq!(after["delta"], ["d2"]);

@@ -40,23 +40,24 @@ struct Moved {
 impl Registry {
     /// Removes the versions of template `id` whose push ids are in `push_ids`, keeping the
     /// rest in order and renumbering them densely; removes the template when none remain.
-    /// Returns the versions removed (those of `push_ids` the template still held).
+    /// Returns the versions removed (those of `push_ids` the template still held) and the
+    /// stored files deleted with them.
     pub async fn remove_versions(
         &self,
         id: &Uuid,
         push_ids: &BTreeSet<String>,
-    ) -> RegistryResult<Vec<Version>> {
+    ) -> RegistryResult<Removed> {
         for _ in 0..ATTEMPTS {
             let Some(read) = self
                 .meta()
                 .get_json::<Template>(&keys::template(id))
                 .await?
             else {
-                return Ok(Vec::new());
+                return Ok(Removed::default());
             };
             let (kept, removed) = split(&read, push_ids);
             if removed.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Removed::default());
             }
             let moved = self.write_moved_manifests(id, &kept).await?;
             let committed = transact(self.meta(), async |tx| {
@@ -97,7 +98,12 @@ impl Registry {
             let old: Vec<String> = moved.iter().map(|m| m.old.clone()).collect();
             delete_objects(self.blobs(), &old).await;
             delete_objects(self.blobs(), &objects).await;
-            return Ok(removed);
+            let bytes = released_bytes(&removed, &objects);
+            return Ok(Removed {
+                versions: removed,
+                objects: objects.len() as u64,
+                bytes,
+            });
         }
         Err(RegistryError::Busy)
     }
@@ -152,6 +158,31 @@ impl Registry {
         let new: Vec<String> = moved.iter().map(|m| m.new.clone()).collect();
         delete_objects(self.blobs(), &new).await;
     }
+}
+
+/// What a removal took away.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// The versions removed.
+    pub versions: Vec<Version>,
+    /// Stored files that no version held any more, deleted with them.
+    pub objects: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
+}
+
+/// Bytes of the released `objects` (named `blobs/<file key>/<upload>`), from the sizes
+/// the removed versions give their files.
+fn released_bytes(removed: &[Version], objects: &[String]) -> u64 {
+    let sizes: std::collections::BTreeMap<String, u64> = removed
+        .iter()
+        .flat_map(|v| v.files.iter().map(|f| (f.key(), f.size)))
+        .collect();
+    objects
+        .iter()
+        .filter_map(|o| o.strip_prefix("blobs/")?.rsplit_once('/'))
+        .filter_map(|(key, _)| sizes.get(key))
+        .sum()
 }
 
 /// The versions kept, each with its number before (renumbered densely), and removed.
@@ -221,7 +252,7 @@ mod tests {
 
         let a = template.versions[0].push_id.clone();
         let removed = r.remove_versions(&id, &BTreeSet::from([a])).await.unwrap();
-        assert_eq!(removed.len(), 1);
+        assert_eq!(removed.versions.len(), 1);
         let kept = r.get(&id).await.unwrap();
         assert_eq!(numbered(&kept), [(0, "b"), (1, "c")]);
         let mut stored = r

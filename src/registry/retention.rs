@@ -161,6 +161,10 @@ pub struct RetentionReport {
     pub templates: usize,
     /// The tags removed, by template, oldest first.
     pub removed: Vec<RemovedTag>,
+    /// Stored files deleted because no tag held them any more (none on a dry run).
+    pub objects: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
 }
 
 impl std::fmt::Display for RetentionReport {
@@ -182,7 +186,11 @@ impl std::fmt::Display for RetentionReport {
             },
             self.removed.len(),
             self.templates
-        )
+        )?;
+        match self.dry_run {
+            true => Ok(()),
+            false => write!(f, ", {} files ({} bytes)", self.objects, self.bytes),
+        }
     }
 }
 
@@ -216,6 +224,11 @@ impl Registry {
             ));
         }
         let result = self.retain_held(&run, &holder).await;
+        if let Ok(report) = &result {
+            if !report.dry_run {
+                crate::telemetry::metrics::gc_run("retention", report.objects, report.bytes);
+            }
+        }
         if let Err(e) = self.drop_lease(keys::RETENTION_LEASE, &holder).await {
             tracing::warn!(error = %e, "could not give up the retention lease");
         }
@@ -277,7 +290,13 @@ impl Registry {
             }
             let push_ids: BTreeSet<String> = chosen.iter().map(|v| v.push_id.clone()).collect();
             let removed = self.remove_versions(&id, &push_ids).await?;
-            let gone: BTreeSet<&str> = removed.iter().map(|v| v.push_id.as_str()).collect();
+            report.objects += removed.objects;
+            report.bytes += removed.bytes;
+            let gone: BTreeSet<&str> = removed
+                .versions
+                .iter()
+                .map(|v| v.push_id.as_str())
+                .collect();
             report.removed.extend(
                 chosen
                     .into_iter()
