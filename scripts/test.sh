@@ -53,6 +53,15 @@ if ! command -v skopeo >/dev/null; then
         echo "scripts/test.sh: could not install skopeo; tests/oci_clients.rs will fail" >&2
 fi
 
+# docker-registry (Debian's distribution 2.8), the reference server of tests/oci_differential.rs.
+if ! command -v docker-registry >/dev/null; then
+    echo "== installing docker-registry"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-registry; } ||
+        echo "scripts/test.sh: could not install docker-registry; tests/oci_differential.rs will fail" >&2
+fi
+
 failed=()
 # Runs one pass; a failure is recorded, not fatal, so the passes after it still run.
 pass() {
@@ -67,11 +76,11 @@ pass() {
 # The lifecycle suite's lease test needs two replicas on one store, which the embedded
 # store (one process per database) cannot have: it runs in the S3 pass only.
 pass "embedded backend (local disk + redb): unit tests and black-box suites" \
-    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test oci_auth --test oci_clients --test lifecycle --test retention -- --include-ignored \
+    env VMREG_TEST_BACKEND=embedded cargo test --no-fail-fast --lib --bins --test server --test client --test golden --test auth --test operations --test limits --test hostile --test tls --test oci --test oci_auth --test oci_clients --test oci_differential --test lifecycle --test retention -- --include-ignored \
     --skip periodic_gc_runs_on_one_replica_at_a_time_and_moves_when_it_dies
 
 pass "S3 (Garage) + Redis backend: black-box suites and multi-replica tests" \
-    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test crash --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test oci_clients --test lifecycle --test retention -- --include-ignored
+    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test crash --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test oci_clients --test oci_differential --test lifecycle --test retention -- --include-ignored
 
 pass "operations: a real Prometheus scrapes vmreg" \
     bash scripts/check-prometheus.sh target/debug/vmreg
