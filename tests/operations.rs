@@ -28,6 +28,12 @@ async fn scrape(url: &str) -> HashMap<String, f64> {
     parse_metrics(&reply.text().await.unwrap())
 }
 
+/// The exposition as text, to look for what must not be in it.
+async fn metrics_text(s: &Server) -> String {
+    let reply = reqwest::get(s.at("/metrics")).await.unwrap();
+    reply.text().await.unwrap()
+}
+
 fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
@@ -168,12 +174,7 @@ async fn metrics_count_requests_bytes_and_store_calls_by_template() {
         ) >= 1.0
     );
     // Raw paths and ids never become label values.
-    let text = reqwest::get(s.at("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&s).await;
     assert!(!text.contains("no-such-id-4711") && !text.contains(&id) && !text.contains(&key));
     assert_eq!(
         value(&after, "vmreg_transfers_in_flight{direction=\"push\"}"),
@@ -286,4 +287,61 @@ async fn refused_requests_are_counted_by_reason() {
         1.0
     );
     assert!(!text.contains("not-the-token") && !s.log().contains("not-the-token"));
+}
+
+#[tokio::test]
+async fn oci_requests_are_counted_by_route_template() {
+    let s = Server::start();
+    let c = reqwest::Client::new();
+    let data = b"an OCI blob".to_vec();
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let reply = c
+        .post(s.at("/v2/secret-team/secret-vm/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let upload = reply.headers()["location"].to_str().unwrap().to_string();
+    let reply = c
+        .patch(s.at(&upload))
+        .header("content-range", format!("0-{}", data.len() - 1))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let reply = c
+        .put(s.at(&format!("{upload}?digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let blob = s.at(&format!("/v2/secret-team/secret-vm/blobs/{digest}"));
+    assert_eq!(c.head(&blob).send().await.unwrap().status(), 200);
+    let missing = s.at("/v2/secret-team/secret-vm/manifests/secret-tag");
+    assert_eq!(c.get(&missing).send().await.unwrap().status(), 404);
+
+    let m = scrape(&s.at("/metrics")).await;
+    for (method, route, status) in [
+        ("POST", "/v2/{name:.+}/blobs/uploads/", 202),
+        ("PATCH", "/v2/{name:.+}/blobs/uploads/{id}", 202),
+        ("PUT", "/v2/{name:.+}/blobs/uploads/{id}", 201),
+        ("HEAD", "/v2/{name:.+}/blobs/{digest}", 200),
+        ("GET", "/v2/{name:.+}/manifests/{reference}", 404),
+    ] {
+        let series = format!(
+            "vmreg_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"
+        );
+        assert_eq!(value(&m, &series), 1.0, "{series}");
+        let timed = format!(
+            "vmreg_http_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\"}}"
+        );
+        assert!(value(&m, &timed) >= 1.0, "{timed}");
+    }
+    // Repository names, tags, digests and upload ids never become label values.
+    let text = metrics_text(&s).await;
+    let id = upload.rsplit('/').next().unwrap();
+    for raw in ["secret-team", "secret-vm", "secret-tag", &digest[7..], id] {
+        assert!(!text.contains(raw), "{raw} is in the metrics");
+    }
 }

@@ -492,3 +492,54 @@ async fn a_dead_collector_never_slows_requests() {
         assert!(server.log().contains("trace_id="), "tracing was on");
     }
 }
+
+#[tokio::test]
+async fn oci_requests_are_spans_named_by_their_route_template() {
+    let (endpoint, received) = http_collector();
+    let server = start_traced(&[], &tracing_env(&endpoint));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let c = reqwest::Client::new();
+    let reply = c
+        .post(server.at("/v2/tart/secret-vm/blobs/uploads/"))
+        .header("traceparent", &parent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let upload = reply.headers()["location"].to_str().unwrap().to_string();
+    let reply = c
+        .get(server.at("/v2/tart/secret-vm/manifests/v1"))
+        .header("traceparent", &parent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 404);
+    let spans = received.wait_until("both OCI requests' spans", |spans| {
+        trace_of(spans, trace).0.len() >= 2
+    });
+    let (requests, all) = trace_of(&spans, trace);
+    let mut named: Vec<(&str, Option<String>)> = requests
+        .iter()
+        .map(|s| (s.name.as_str(), attr(s, "status")))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        vec![
+            (
+                "GET /v2/{name:.+}/manifests/{reference}",
+                Some("404".into())
+            ),
+            ("POST /v2/{name:.+}/blobs/uploads/", Some("202".into())),
+        ]
+    );
+    // Span names and routes are templates: no repository name, no upload id.
+    let id = upload.rsplit('/').next().unwrap();
+    for span in all {
+        let route = attr(span, "route").unwrap_or_default();
+        for text in [span.name.as_str(), route.as_str()] {
+            assert!(!text.contains("secret-vm") && !text.contains(id), "{text}");
+        }
+    }
+}
