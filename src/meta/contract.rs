@@ -37,6 +37,16 @@ pub(crate) async fn transactions_are_atomic(meta: &dyn MetaStore) {
     assert_eq!(members, vec!["x", "y"]);
     assert_eq!(meta.count("s").await.unwrap(), 2);
     assert_eq!(meta.count("none").await.unwrap(), 0);
+    let mut many = meta
+        .members_many(&["t".into(), "none".into(), "s".into()])
+        .await
+        .unwrap();
+    many[2].sort();
+    assert_eq!(
+        many,
+        vec![vec!["z"], vec![], vec!["x", "y"]],
+        "in the order asked"
+    );
 
     let mut tx = meta.begin().await.unwrap();
     tx.delete("a");

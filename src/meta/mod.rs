@@ -43,6 +43,15 @@ pub trait MetaStore: Send + Sync {
     async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>>;
     /// The members of a set.
     async fn members(&self, set: &str) -> MetaResult<Vec<String>>;
+    /// The members of several sets, in the order asked. The default asks set by set;
+    /// a networked backend answers in one round trip.
+    async fn members_many(&self, sets: &[String]) -> MetaResult<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(sets.len());
+        for set in sets {
+            out.push(self.members(set).await?);
+        }
+        Ok(out)
+    }
     /// How many members a set has, without reading them.
     async fn count(&self, set: &str) -> MetaResult<u64>;
     /// Every key that starts with `prefix`, in no particular order. It walks the whole

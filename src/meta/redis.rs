@@ -138,6 +138,21 @@ impl MetaStore for RedisMeta {
         conn.smembers(self.key(set)).await.map_err(unavailable)
     }
 
+    async fn members_many(&self, sets: &[String]) -> MetaResult<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(sets.len());
+        let mut conn = self.conn.clone();
+        for chunk in sets.chunks(MGET_CHUNK) {
+            let mut pipe = redis::pipe();
+            for set in chunk {
+                pipe.smembers(self.key(set));
+            }
+            let members: Vec<Vec<String>> =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            out.extend(members);
+        }
+        Ok(out)
+    }
+
     async fn count(&self, set: &str) -> MetaResult<u64> {
         let mut conn = self.conn.clone();
         conn.scard(self.key(set)).await.map_err(unavailable)

@@ -21,79 +21,70 @@ use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 /// The template id of an OCI repository: the first 16 bytes of the SHA-256 of
 /// `oci:<name>`, shaped as a random (version 4) UUID.
 pub fn repository_id(repo: &str) -> Uuid {
-    let digest = crate::digest::sha256_hex(format!("oci:{repo}").as_bytes());
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("oci:{repo}").as_bytes());
     let mut bytes = [0u8; 16];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&digest[i * 2..i * 2 + 2], 16).unwrap_or(0);
-    }
+    bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 impl Registry {
-    /// Visits every OCI repository that holds a tag, as a listed template.
+    /// Visits every OCI repository that holds a tag, as a listed template. One pass
+    /// whatever the number of repositories: their tag sets in one read, every tag in one
+    /// read, every manifest they point at in one read.
     pub async fn oci_scan(&self, mut visit: impl FnMut(ListedTemplate)) -> RegistryResult<()> {
-        for repo in self.meta().members(keys::OCI_REPOS).await? {
-            if let Some(listed) = self.oci_listed(&repo).await? {
-                visit(listed);
-            }
+        let repos = self.meta().members(keys::OCI_REPOS).await?;
+        let tag_sets: Vec<String> = repos.iter().map(|r| keys::oci_tags(r)).collect();
+        let mut tags = self.meta().members_many(&tag_sets).await?;
+        for repo_tags in &mut tags {
+            repo_tags.sort();
         }
-        Ok(())
-    }
-
-    /// A repository as a listed template; `None` when it holds no tag.
-    async fn oci_listed(&self, repo: &str) -> RegistryResult<Option<ListedTemplate>> {
-        let mut tags = self.meta().members(&keys::oci_tags(repo)).await?;
-        tags.sort();
-        let tag_keys: Vec<String> = tags.iter().map(|t| keys::oci_tag(repo, t)).collect();
-        let digests = self.meta().get_many_json::<String>(&tag_keys).await?;
+        let tag_keys: Vec<String> = repos
+            .iter()
+            .zip(&tags)
+            .flat_map(|(repo, repo_tags)| repo_tags.iter().map(|t| keys::oci_tag(repo, t)))
+            .collect();
+        let mut digests = self
+            .meta()
+            .get_many_json::<String>(&tag_keys)
+            .await?
+            .into_iter();
         // Each manifest read once, however many tags point at it.
-        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
-        for digest in digests.iter().flatten() {
-            sizes.insert(digest.clone(), 0);
+        let mut pointed: Vec<Vec<(String, Option<String>)>> = Vec::with_capacity(repos.len());
+        let mut sizes: BTreeMap<(usize, String), u64> = BTreeMap::new();
+        for (i, repo_tags) in tags.into_iter().enumerate() {
+            let repo_pointed: Vec<(String, Option<String>)> = repo_tags
+                .into_iter()
+                .map(|tag| (tag, digests.next().flatten()))
+                .collect();
+            for digest in repo_pointed.iter().filter_map(|(_, d)| d.clone()) {
+                sizes.insert((i, digest), 0);
+            }
+            pointed.push(repo_pointed);
         }
-        let record_keys: Vec<String> = sizes.keys().map(|d| keys::oci_manifest(repo, d)).collect();
+        let record_keys: Vec<String> = sizes
+            .keys()
+            .map(|(i, d)| keys::oci_manifest(&repos[*i], d))
+            .collect();
         let records = self
             .meta()
             .get_many_json::<ManifestRecord>(&record_keys)
             .await?;
-        for ((_, size), record) in sizes.iter_mut().zip(records) {
+        for (size, record) in sizes.values_mut().zip(records) {
             if let Some(record) = record {
                 *size = self.oci_listed_size(&record).await?;
             }
         }
-        let versions: Vec<VersionSummary> = tags
-            .into_iter()
-            .zip(digests)
-            .filter_map(|(tag, digest)| Some((tag, *sizes.get(&digest?)?)))
-            .enumerate()
-            .map(|(number, (tag, size))| VersionSummary {
-                number: number as u32,
-                tag,
-                size,
-            })
-            .collect();
-        let Some(last) = versions.last() else {
-            return Ok(None);
-        };
-        let latest_tag = match versions.iter().any(|v| v.tag == "latest") {
-            true => "latest".to_string(),
-            false => last.tag.clone(),
-        };
-        let summary = TemplateSummary {
-            id: repository_id(repo),
-            name: repo.to_string(),
-            size: sizes.values().fold(0u64, |a, b| a.saturating_add(*b)),
-            arch: String::new(),
-            created: 0,
-            last_push: 0,
-            latest_tag,
-            versions: versions.len() as u32,
-            version_list: Some(versions),
-        };
-        Ok(Some(ListedTemplate {
-            summary,
-            last_pull: 0,
-        }))
+        for (i, (repo, repo_pointed)) in repos.iter().zip(pointed).enumerate() {
+            let repo_sizes: BTreeMap<&str, u64> = sizes
+                .range((i, String::new())..(i + 1, String::new()))
+                .map(|((_, d), size)| (d.as_str(), *size))
+                .collect();
+            if let Some(listed) = listed(repo, repo_pointed, &repo_sizes) {
+                visit(listed);
+            }
+        }
+        Ok(())
     }
 
     /// The bytes a stored manifest lists, read from its bytes for records made before
@@ -147,10 +138,64 @@ impl Registry {
     }
 }
 
+/// A repository as a listed template from its tags (sorted), the manifest each points at
+/// and those manifests' sizes; `None` when no tag points at a stored manifest.
+fn listed(
+    repo: &str,
+    pointed: Vec<(String, Option<String>)>,
+    sizes: &BTreeMap<&str, u64>,
+) -> Option<ListedTemplate> {
+    let versions: Vec<VersionSummary> = pointed
+        .into_iter()
+        .filter_map(|(tag, digest)| Some((tag, *sizes.get(digest?.as_str())?)))
+        .enumerate()
+        .map(|(number, (tag, size))| VersionSummary {
+            number: number as u32,
+            tag,
+            size,
+        })
+        .collect();
+    let last = versions.last()?;
+    let latest_tag = match versions.iter().any(|v| v.tag == "latest") {
+        true => "latest".to_string(),
+        false => last.tag.clone(),
+    };
+    let summary = TemplateSummary {
+        id: repository_id(repo),
+        name: repo.to_string(),
+        size: sizes.values().fold(0u64, |a, b| a.saturating_add(*b)),
+        arch: String::new(),
+        created: 0,
+        last_push: 0,
+        latest_tag,
+        versions: versions.len() as u32,
+        version_list: Some(versions),
+    };
+    Some(ListedTemplate {
+        summary,
+        last_pull: 0,
+    })
+}
+
 /// An OCI failure as the vendor API reports it: the stores' own errors as they are.
 fn into_registry(e: OciError) -> RegistryError {
     match e {
         OciError::Registry(e) => e,
         other => RegistryError::Conflict(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repository_id;
+
+    #[test]
+    fn a_repository_keeps_its_template_id() {
+        // Pinned: an id that changed would orphan every client that stored it.
+        assert_eq!(
+            repository_id("tart/sonoma").to_string(),
+            "fd098f40-c923-4f8c-a6bf-8aaa123c23ee"
+        );
+        assert_ne!(repository_id("tart/sonoma"), repository_id("tart/sequoia"));
     }
 }
