@@ -608,6 +608,66 @@ async fn oci_uploads_past_the_session_lifetime_are_purged_by_gc() {
     assert_eq!(kept.headers()["range"], "0-99");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_uploads_opened_before_their_set_are_adopted_by_gc_and_then_expire() {
+    let mut s = Server::start();
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for repo in ["legacy/old", "legacy/new"] {
+        let reply = c
+            .post(s.at(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 202);
+        let loc = reply.headers()["location"].to_str().unwrap().to_string();
+        ids.push((loc.rsplit('/').next().unwrap().to_string(), loc));
+    }
+    s.kill();
+
+    // As opened before the set existed: records without members; the first one old.
+    let (meta, _) = stores(&s.ns).await;
+    let key = keys::oci_upload(&ids[0].0);
+    let raw = meta.get_many(std::slice::from_ref(&key)).await.unwrap()[0].clone();
+    let mut upload: Value = serde_json::from_slice(&raw.unwrap()).unwrap();
+    upload["created"] = Value::from(vmreg::model::now() - 8 * 24 * 3600);
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&key, serde_json::to_vec(&upload).unwrap());
+    for (id, _) in &ids {
+        tx.set_remove(keys::OCI_UPLOADS, id);
+    }
+    assert!(tx.commit().await.unwrap());
+    drop(meta);
+
+    let dry = gc(&s.ns, &["--dry-run"]);
+    assert_eq!(dry["oci_uploads_adopted"], 2, "{dry:#}");
+    let (meta, _) = stores(&s.ns).await;
+    assert!(
+        meta.members(keys::OCI_UPLOADS).await.unwrap().is_empty(),
+        "a dry run adopts nothing"
+    );
+    drop(meta);
+    let report = gc(&s.ns, &[]);
+    assert_eq!(report["oci_uploads_adopted"], 2, "{report:#}");
+    assert_eq!(
+        report["sessions"], 1,
+        "the old one expired in the same run: {report:#}"
+    );
+    let (meta, _) = stores(&s.ns).await;
+    assert_eq!(
+        meta.members(keys::OCI_UPLOADS).await.unwrap(),
+        vec![ids[1].0.clone()]
+    );
+    drop(meta);
+    assert_eq!(gc(&s.ns, &[])["oci_uploads_adopted"], 0);
+
+    s.restart();
+    let gone = c.get(s.at(&ids[0].1)).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    let kept = c.get(s.at(&ids[1].1)).send().await.unwrap();
+    assert_eq!(kept.status().as_u16(), 204);
+}
+
 /// An image manifest with no layers.
 const EMPTY_MANIFEST: &[u8] =
     br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;

@@ -12,7 +12,9 @@
 //! - upload sessions past their lifetime (aborted as `abort` would), and the commit records
 //!   that answer a commit asked again, past the same lifetime; a commit record written
 //!   before they were listed in a set is adopted into it, dated when found, so it expires
-//!   one lifetime later like the others (its own age is not recorded anywhere);
+//!   one lifetime later like the others (its own age is not recorded anywhere); an OCI
+//!   upload opened before open uploads were listed in a set is adopted into it too, and
+//!   expires by its own recorded age;
 //! - with [`GcOptions::abort_uploads_after`] (the vendor's
 //!   `ANKA_BACKEND_S3_ABORT_INCOMPLETE_MULTIPART_UPLOAD_DAYS`), every multipart upload
 //!   older than that, whatever holds it, as the bucket lifecycle rule it names would.
@@ -76,6 +78,8 @@ pub struct GcReport {
     pub commit_records: usize,
     /// Commit records found outside the set of commit records, and added to it.
     pub commit_records_adopted: usize,
+    /// OCI uploads found outside the set of open uploads, and added to it.
+    pub oci_uploads_adopted: usize,
 }
 
 impl std::fmt::Display for GcReport {
@@ -88,7 +92,7 @@ impl std::fmt::Display for GcReport {
         }
         write!(
             f,
-            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records",
+            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records, {} unlisted OCI uploads",
             if self.dry_run { "would remove" } else { "removed" },
             self.objects.len(),
             self.bytes,
@@ -97,7 +101,8 @@ impl std::fmt::Display for GcReport {
             self.sessions,
             self.commit_records,
             if self.dry_run { "would adopt" } else { "adopted" },
-            self.commit_records_adopted
+            self.commit_records_adopted,
+            self.oci_uploads_adopted
         )
     }
 }
@@ -123,6 +128,8 @@ impl Registry {
             ..GcReport::default()
         };
         let ttl = options.session_ttl.as_secs();
+        // Adopted first, so an old one expires in this very run.
+        report.oci_uploads_adopted = self.oci_adopt_uploads(options.dry_run).await?;
         report.sessions = self.expire_sessions(ttl, options.dry_run).await?;
         report.commit_records_adopted = self.adopt_commit_records(options.dry_run).await?;
         report.commit_records = self.expire_commit_records(ttl, options.dry_run).await?;

@@ -392,6 +392,40 @@ impl Registry {
             .collect())
     }
 
+    /// Lists in the set of open uploads those opened before the set existed, which
+    /// would otherwise be neither counted against `--max-upload-sessions` nor expired;
+    /// answers how many (with `dry_run`, how many it would). The keys are walked before
+    /// the set is read: an upload opens with both at once, so a record seen without its
+    /// member is one that never had one.
+    pub async fn oci_adopt_uploads(&self, dry_run: bool) -> Result<usize, RegistryError> {
+        let prefix = keys::oci_upload("");
+        let found = self.meta().keys_with_prefix(&prefix).await?;
+        let listed: std::collections::HashSet<String> = self
+            .meta()
+            .members(keys::OCI_UPLOADS)
+            .await?
+            .into_iter()
+            .collect();
+        let mut adopted = 0;
+        for key in &found {
+            let Some(id) = key.strip_prefix(&prefix).filter(|id| !listed.contains(*id)) else {
+                continue;
+            };
+            adopted += 1;
+            if !dry_run {
+                transact(self.meta(), async |tx| {
+                    // Closed meanwhile: nothing to adopt.
+                    if tx.get(key).await?.is_some() {
+                        tx.set_add(keys::OCI_UPLOADS, id);
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        Ok(adopted)
+    }
+
     /// How many open uploads are older than `max_age_secs`.
     pub async fn oci_count_stale_uploads(&self, max_age_secs: u64) -> Result<usize, RegistryError> {
         let cutoff = now().saturating_sub(max_age_secs);
