@@ -17,15 +17,16 @@
 #
 #   scripts/bench-peer.sh [RUNS]          (default 3)
 #
-# Environment: BENCH_SIZES_MIB (blob sizes, default "1024"; e.g. "1024 4096", a size is
+# Environment: BENCH_SIZES_MIB (blob sizes, default "1024 2048"; e.g. "1024 4096", a size is
 # skipped unless the disk has 3x it and 2 GiB more free), VMREG_BIN (default
-# target/release/vmreg, built if missing), CONCURRENCY (client streams, default 4),
+# target/release/vmreg, built if missing), CONCURRENCY (the client's parallel uploads and
+# downloads of ranges, default 4),
 # BENCH_DIR (scratch). Installs docker-registry (apt) when absent; needs curl, python3,
 # and what scripts/test-services.sh installs (redis-server, garage).
 set -euo pipefail
 
 RUNS=${1:-3}
-SIZES=${BENCH_SIZES_MIB:-1024}
+SIZES=${BENCH_SIZES_MIB:-1024 2048}
 CONCURRENCY=${CONCURRENCY:-4}
 PART=8388608
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
