@@ -198,6 +198,11 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     let mut shared = record(&*meta, &nvram_key).await;
     shared.refs = 7;
     put_record(&*meta, &shared).await;
+    // stray_upload_part: a part record whose upload state is gone.
+    let gone_upload = keys::upload("0123456789abcdef0123456789abcdef", &fresh.name);
+    let mut tx = meta.begin().await.unwrap();
+    tx.put(&keys::upload_part(&gone_upload, 1), b"{}".to_vec());
+    assert!(tx.commit().await.unwrap());
     // stale_session: a session opened long ago.
     let key = keys::session(&stale);
     let mut session: Value = meta.get_json(&key).await.unwrap().unwrap();
@@ -243,6 +248,7 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
         ("orphan_object", forgotten.clone()),
         ("stale_session", stale.clone()),
         ("incomplete_upload", incomplete_subject),
+        ("stray_upload_part", gone_upload.clone()),
         ("missing_manifest", v1_manifest.clone()),
         ("stray_manifest", stray.clone()),
     ];
@@ -273,7 +279,7 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
             .lines()
             .last()
             .unwrap()
-            .starts_with("NOT CLEAN: 10 problems"),
+            .starts_with("NOT CLEAN: 11 problems"),
         "{text}"
     );
 
@@ -345,6 +351,11 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     // A commit record a week old, beside the fresh one of v1.
     tx.put(&keys::pushed("oldpush"), serde_json::to_vec(&a).unwrap());
     tx.set_add(keys::PUSHED, &keys::pushed_member(1_000_000, "oldpush"));
+    // Two part records an upload left behind when its state went without them.
+    let gone_upload = keys::upload("0123456789abcdef0123456789abcdef", &fresh.name);
+    for n in [1, 2] {
+        tx.put(&keys::upload_part(&gone_upload, n), b"{}".to_vec());
+    }
     assert!(tx.commit().await.unwrap());
     let objects_before = blobs.list("").await.unwrap();
     drop((meta, blobs));
@@ -354,6 +365,7 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["objects"], serde_json::json!([orphan]));
     assert_eq!(dry["bytes"], 321);
+    assert_eq!(dry["upload_parts"], 2, "{dry:#}");
     assert_eq!(
         (&dry["uploads"], &dry["sessions"], &dry["commit_records"]),
         (&Value::from(1), &Value::from(1), &Value::from(1)),
@@ -371,6 +383,7 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     let report = gc(&s.ns, &[]);
     assert_eq!(report["objects"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["uploads"], if s3_backend() { 0 } else { 1 });
+    assert_eq!(report["upload_parts"], 2, "{report:#}");
     assert_eq!(
         (&report["sessions"], &report["commit_records"]),
         (&Value::from(1), &Value::from(1))
@@ -379,6 +392,7 @@ async fn gc_removes_what_nothing_holds_and_never_a_version_or_a_push_in_flight()
     let report = gc(&s.ns, &["--grace", "0s"]);
     assert_eq!(report["objects"], serde_json::json!([orphan]), "{report:#}");
     assert_eq!(report["uploads"], if s3_backend() { 1 } else { 0 });
+    assert_eq!(report["upload_parts"], 0, "{report:#}");
     let (code, report) = fsck(&s.ns, &[]);
     assert_eq!(code, 0, "one pass leaves the registry clean: {report:#}");
     assert_eq!(report["oci_objects"], 1, "the OCI blob is kept");

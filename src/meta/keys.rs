@@ -52,6 +52,21 @@ pub fn upload(session: &str, file_key: &str) -> String {
     format!("upl:{session}:{file_key}")
 }
 
+/// The start of every [`upload_part`] key, to walk them all.
+pub const UPLOAD_PARTS: &str = "part:";
+
+/// One durable part of the upload whose state is under `state_key` (an [`upload`] or an
+/// [`oci_upload_parts`] key), kept apart so that recording a part writes only that part.
+pub fn upload_part(state_key: &str, number: u32) -> String {
+    format!("{UPLOAD_PARTS}{state_key}#{number}")
+}
+
+/// The state key and part number an [`upload_part`] key names.
+pub fn parse_upload_part(key: &str) -> Option<(&str, u32)> {
+    let (state, number) = key.strip_prefix(UPLOAD_PARTS)?.rsplit_once('#')?;
+    Some((state, number.parse().ok()?))
+}
+
 /// The set of all API key ids.
 pub const API_KEYS: &str = "apikeys";
 /// The set of all permission group names.

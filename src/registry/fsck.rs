@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::census::{self, Holder, BLOBS};
+use super::upload::StrayParts;
 use super::{oci, Registry, RegistryResult};
 use crate::meta::{keys, MetaStoreExt};
 use crate::model::{self, FileRecord, Template};
@@ -45,6 +46,8 @@ pub enum ProblemKind {
     StaleSession,
     /// A multipart upload (or temporary file) that no open upload session holds.
     IncompleteUpload,
+    /// Records of upload parts whose upload state is gone.
+    StrayUploadPart,
     /// A committed version without its manifest in the bucket.
     MissingManifest,
     /// A manifest in the bucket for a version the index does not hold.
@@ -354,6 +357,16 @@ impl Registry {
                 ),
                 Some(_) => {}
             }
+        }
+        for (state, numbers) in StrayParts::find(self.meta()).await?.0 {
+            report.add(
+                ProblemKind::StrayUploadPart,
+                &state,
+                format!(
+                    "{} part records left by an upload that no longer records them",
+                    numbers.len()
+                ),
+            );
         }
         let states = census::upload_states(self.meta(), sessions).await?;
         let held: HashSet<&str> = states

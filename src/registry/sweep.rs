@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::census::{self, Holder, BLOBS};
+use super::upload::StrayParts;
 use super::{transact, Registry, RegistryResult};
 use crate::meta::{keys, MetaStoreExt, MetaTxExt};
 use crate::model::{self, Template};
@@ -80,6 +81,8 @@ pub struct GcReport {
     pub commit_records_adopted: usize,
     /// OCI uploads found outside the set of open uploads, and added to it.
     pub oci_uploads_adopted: usize,
+    /// Records of upload parts whose upload state is gone.
+    pub upload_parts: usize,
 }
 
 impl std::fmt::Display for GcReport {
@@ -92,7 +95,7 @@ impl std::fmt::Display for GcReport {
         }
         write!(
             f,
-            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records; {} {} unlisted commit records, {} unlisted OCI uploads",
+            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records, {} stray upload part records; {} {} unlisted commit records, {} unlisted OCI uploads",
             if self.dry_run { "would remove" } else { "removed" },
             self.objects.len(),
             self.bytes,
@@ -100,6 +103,7 @@ impl std::fmt::Display for GcReport {
             self.uploads,
             self.sessions,
             self.commit_records,
+            self.upload_parts,
             if self.dry_run { "would adopt" } else { "adopted" },
             self.commit_records_adopted,
             self.oci_uploads_adopted
@@ -136,6 +140,12 @@ impl Registry {
         self.collect_orphans(&options, &mut report).await?;
         self.collect_manifests(&options, &mut report).await?;
         report.uploads = self.collect_uploads(&options).await?;
+        // After the sessions expired above, so that their parts are gone with them.
+        let stray = StrayParts::find(self.meta()).await?;
+        report.upload_parts = stray.len();
+        if !options.dry_run {
+            stray.remove(self.meta()).await?;
+        }
         if !options.dry_run {
             gc_run("sessions", report.sessions as u64, 0);
             gc_run("commit_records", report.commit_records as u64, 0);

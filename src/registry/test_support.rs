@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::Registry;
 use crate::meta::embedded::EmbeddedMeta;
+use crate::meta::{MetaResult, MetaStore, MetaTx};
 use crate::model::FileKind;
 use crate::protocol::{CommitRequest, PushFile, PushRequest};
 use crate::store::fs::FsStore;
@@ -64,4 +65,91 @@ pub(crate) async fn push_one(
     r.commit(&plan.session, CommitRequest::default())
         .await
         .unwrap();
+}
+
+/// The embedded store, counting the bytes (keys and values) its transactions write.
+pub(crate) struct ByteCountingMeta {
+    inner: EmbeddedMeta,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ByteCountingMeta {
+    /// Wraps `inner`.
+    pub(crate) fn new(inner: EmbeddedMeta) -> Self {
+        Self {
+            inner,
+            written: Arc::default(),
+        }
+    }
+
+    /// Bytes written by the transactions committed or begun so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for ByteCountingMeta {
+    async fn begin(&self) -> MetaResult<Box<dyn MetaTx>> {
+        Ok(Box::new(ByteCountingTx {
+            inner: self.inner.begin().await?,
+            written: self.written.clone(),
+        }))
+    }
+    async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn members(&self, set: &str) -> MetaResult<Vec<String>> {
+        self.inner.members(set).await
+    }
+    async fn count(&self, set: &str) -> MetaResult<u64> {
+        self.inner.count(set).await
+    }
+    async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>> {
+        self.inner.keys_with_prefix(prefix).await
+    }
+    async fn ping(&self) -> MetaResult<()> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+struct ByteCountingTx {
+    inner: Box<dyn MetaTx>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ByteCountingTx {
+    fn add(&self, bytes: usize) {
+        self.written
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaTx for ByteCountingTx {
+    async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    fn put(&mut self, key: &str, value: Vec<u8>) {
+        self.add(key.len() + value.len());
+        self.inner.put(key, value)
+    }
+    fn delete(&mut self, key: &str) {
+        self.add(key.len());
+        self.inner.delete(key)
+    }
+    fn set_add(&mut self, set: &str, member: &str) {
+        self.add(set.len() + member.len());
+        self.inner.set_add(set, member)
+    }
+    fn set_remove(&mut self, set: &str, member: &str) {
+        self.add(set.len() + member.len());
+        self.inner.set_remove(set, member)
+    }
+    async fn commit(self: Box<Self>) -> MetaResult<bool> {
+        self.inner.commit().await
+    }
 }

@@ -14,7 +14,7 @@ use super::{
 use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::{now, FileRecord};
 use crate::registry::upload::PartPump;
-use crate::registry::upload::UploadState;
+use crate::registry::upload::{delete_state, UploadState};
 use crate::registry::{transact, Registry, RegistryError};
 use crate::store::keys as object_keys;
 
@@ -213,7 +213,7 @@ impl Registry {
                     .begin_upload(&object_keys::blob("oci", id))
                     .await?;
                 state.handle = Some(h.clone());
-                if let Err(e) = self.save_state(state_key, None, state).await {
+                if let Err(e) = self.save_state(state_key, None, state, None).await {
                     let _ = self.blobs().abort_upload(&h).await;
                     return Err(e.into());
                 }
@@ -278,7 +278,10 @@ impl Registry {
                     pump.send_tail(&mut state).await?;
                     pump.drain(&mut state).await?;
                 }
-                self.blobs().complete_upload(&handle, &state.parts).await?;
+                let parts = self
+                    .upload_parts(&keys::oci_upload_parts(id), &state)
+                    .await?;
+                self.blobs().complete_upload(&handle, &parts).await?;
             }
         }
         if algorithm == Algorithm::Sha512 && state.handle.is_some() {
@@ -305,7 +308,7 @@ impl Registry {
                 return Err(RegistryError::NotFound("upload cancelled".into()));
             }
             tx.delete(&keys::oci_upload(id));
-            tx.delete(&keys::oci_upload_parts(id));
+            delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
             tx.set_add(keys::OCI_REPOS, repo);
             // A repository that holds the blob already keeps its one reference.
@@ -352,7 +355,7 @@ impl Registry {
     ) -> OciResult<()> {
         transact(self.meta(), async |tx| {
             tx.delete(&keys::oci_upload(id));
-            tx.delete(&keys::oci_upload_parts(id));
+            delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
             Ok(())
         })

@@ -4,6 +4,7 @@ use super::session::session_not_found;
 use crate::meta::keys;
 use crate::model;
 use crate::registry::gc::{delete_objects, release, Release};
+use crate::registry::upload::delete_state;
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 
 impl Registry {
@@ -20,7 +21,7 @@ impl Registry {
                 objects.extend(release(tx, &f.key, Release::Unpin(session_id)).await?);
             }
             for f in session.files.iter().filter(|f| f.upload) {
-                tx.delete(&keys::upload(session_id, &f.key));
+                delete_state(tx, &keys::upload(session_id, &f.key)).await?;
             }
             tx.delete(&keys::session(session_id));
             tx.set_remove(keys::SESSIONS, session_id);

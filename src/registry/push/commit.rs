@@ -14,6 +14,7 @@ use crate::model::{self, FileRecord, FileRef, StoredManifest, StoredTemplate, Te
 use crate::protocol::{CommitRequest, Committed};
 use crate::registry::gc::delete_objects;
 use crate::registry::templates::write_template;
+use crate::registry::upload::delete_state;
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 use crate::store::keys as object_keys;
 
@@ -231,7 +232,7 @@ impl Registry {
         }
         for (key, record) in &changes.records {
             tx.put_json(&keys::file(key), record);
-            tx.delete(&keys::upload(session_id, key));
+            delete_state(tx, &keys::upload(session_id, key)).await?;
         }
         let version = manifest.version;
         template.versions.push(version.clone());

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::session::SessionFile;
 use crate::meta::{keys, MetaTxExt};
 use crate::protocol::UploadProgress;
-use crate::registry::upload::{PartPump, UploadState};
+use crate::registry::upload::{delete_state, write_state, PartPump, UploadState};
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 use crate::store::{keys as object_keys, UploadHandle};
 
@@ -178,11 +178,7 @@ impl Registry {
                 if file.size > 0 {
                     let _ = self.blobs.abort_upload(&handle).await;
                 }
-                transact(self.meta(), async |tx| {
-                    tx.delete(state_key);
-                    Ok(())
-                })
-                .await?;
+                transact(self.meta(), async |tx| delete_state(tx, state_key).await).await?;
                 return Err(RegistryError::BadRequest(format!(
                     "SHA-256 mismatch for {}: declared {declared}, received {digest}; upload it again",
                     file.name
@@ -190,7 +186,8 @@ impl Registry {
             }
         }
         if file.size > 0 {
-            if let Err(e) = self.blobs.complete_upload(&handle, &state.parts).await {
+            let parts = self.upload_parts(state_key, &state).await?;
+            if let Err(e) = self.blobs.complete_upload(&handle, &parts).await {
                 // An older request that received the same last part may have completed it.
                 return match self.upload_state(state_key).await? {
                     Some(done) if done.complete() => Ok(done),
@@ -208,7 +205,7 @@ impl Registry {
                     "another upload of this file is running; ask for its status and resume".into(),
                 ));
             }
-            tx.put_json(state_key, &state);
+            write_state(tx, state_key, current.as_ref(), &state, None);
             Ok(())
         })
         .await?;

@@ -2,6 +2,7 @@
 //! saved after every durable part, and the pump that sends its parts.
 
 mod pump;
+mod stored;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,15 +12,32 @@ use crate::meta::{MetaStoreExt, MetaTxExt};
 use crate::store::{PartInfo, UploadHandle};
 
 pub(crate) use pump::PartPump;
+pub(crate) use stored::{delete_state, write_state, StrayParts};
+
+/// The layout of the upload state this code writes: the small record below, and each
+/// durable part in a record of its own ([`keys::upload_part`](crate::meta::keys::upload_part)).
+/// Records written before had no `layout` and held the whole part list under `parts`.
+pub(crate) const LAYOUT: u32 = 2;
 
 /// How far one file's upload got; saved after every durable part.
+///
+/// A record of [`LAYOUT`] has no `parts` field, which older code requires: a replica still
+/// running it refuses the record as corrupt instead of taking the upload for partless.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UploadState {
+    /// The record's layout; [`LAYOUT`] whenever this code writes it.
+    #[serde(default, serialize_with = "stored::current_layout")]
+    pub layout: u32,
     /// The multipart upload, once started.
     pub handle: Option<UploadHandle>,
-    /// Durable parts, contiguous from the start.
-    pub parts: Vec<PartInfo>,
-    /// Bytes in `parts`.
+    /// Durable parts, numbered from 1, contiguous, each in a record of its own.
+    #[serde(default)]
+    pub count: u32,
+    /// The part list of a record of the older layout, which kept it inline; moved to
+    /// records of their own by the first write of this code.
+    #[serde(rename = "parts", default, skip_serializing)]
+    pub(crate) legacy_parts: Vec<PartInfo>,
+    /// Bytes in the durable parts.
     pub received: u64,
     /// SHA-256 state over the received bytes.
     pub hasher: ResumableSha256,
@@ -36,27 +54,34 @@ impl UploadState {
     pub(crate) fn complete(&self) -> bool {
         self.sha256.is_some()
     }
+
+    /// Durable parts, whichever layout the record was read in.
+    pub(crate) fn recorded(&self) -> u32 {
+        self.count.max(self.legacy_parts.len() as u32)
+    }
 }
 
 impl Registry {
-    /// Saves a file's upload state if nobody else moved it since `expected` was read and
-    /// no newer request took the file over.
+    /// Saves a file's upload state, with `part` its newest durable part when one was
+    /// added, if nobody else moved it since `expected` was read and no newer request took
+    /// the file over.
     pub(crate) async fn save_state(
         &self,
         key: &str,
         expected: Option<u64>,
         state: &UploadState,
+        part: Option<&PartInfo>,
     ) -> RegistryResult<()> {
         transact(self.meta(), async |tx| {
             let current = tx.get_json::<UploadState>(key).await?;
             let moved = current.as_ref().map(|s| s.received) != expected
-                || current.is_some_and(|s| s.writer != state.writer);
+                || current.as_ref().is_some_and(|s| s.writer != state.writer);
             if moved {
                 return Err(RegistryError::Conflict(
                     "another upload of this file is running; ask for its status and resume".into(),
                 ));
             }
-            tx.put_json(key, state);
+            stored::write_state(tx, key, current.as_ref(), state, part);
             Ok(())
         })
         .await
@@ -76,10 +101,8 @@ impl Registry {
             None => Some(self.blobs.begin_upload(object).await?),
         };
         let claimed = transact(self.meta(), async |tx| {
-            let mut current = tx
-                .get_json::<UploadState>(state_key)
-                .await?
-                .unwrap_or_default();
+            let stored = tx.get_json::<UploadState>(state_key).await?;
+            let mut current = stored.clone().unwrap_or_default();
             if current.handle.is_none() {
                 // Reset meanwhile (a digest mismatch): the client must ask where to restart.
                 let Some(handle) = started.clone() else {
@@ -91,7 +114,8 @@ impl Registry {
                 current.handle = Some(handle);
             }
             current.writer = Some(writer.to_string());
-            tx.put_json(state_key, &current);
+            current.count = current.recorded();
+            stored::write_state(tx, state_key, stored.as_ref(), &current, None);
             Ok(current)
         })
         .await;

@@ -57,7 +57,7 @@ impl<'a> PartPump<'a> {
             handle,
             state_key,
             hasher: state.hasher.clone(),
-            next_number: state.parts.len() as u32 + 1,
+            next_number: state.recorded() + 1,
             next_offset: state.received,
             in_flight: VecDeque::new(),
             filling: None,
@@ -192,10 +192,10 @@ impl<'a> PartPump<'a> {
             written.map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
         let expected = Some(state.received);
         state.received += part.size;
-        state.parts.push(part);
+        state.count = state.recorded() + 1;
         state.hasher = next.hasher;
         self.registry
-            .save_state(self.state_key, expected, state)
+            .save_state(self.state_key, expected, state, Some(&part))
             .await
     }
 
