@@ -1,6 +1,7 @@
 //! Real OCI clients against the real binary: oras-py (PyPI) pushes and pulls artifacts,
 //! chunked and monolithic, with authentication off and on; skopeo (Debian) copies an OCI
-//! layout of a tart-shaped VM (one disk piece of 512 MiB) up and back; the `oci-client`
+//! layout of a tart-shaped VM (one disk piece of 512 MiB) up and back, twice, and an index of
+//! `tar+gzip` layers; the `oci-client`
 //! crate pushes and pulls one, chunked and monolithic, anonymously and through the token
 //! flow. `scripts/test.sh` installs oras into `target/oras-venv` (naming its Python in
 //! `VMREG_TEST_ORAS_PYTHON`) and skopeo with apt; without them their tests fail rather
@@ -183,6 +184,22 @@ fn skopeo_copies_a_tart_vm_layout_up_and_back_byte_for_byte() {
     // The manifest is served as pushed, bytes and all.
     let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &remote]);
     assert!(raw == manifest, "{}", String::from_utf8_lossy(&raw));
+    // Pushing the same VM again under another tag moves only its manifest: every blob is
+    // found by HEAD, no upload is opened.
+    let (uploads, manifests) = (
+        requests(&server, "POST", UPLOADS_ROUTE),
+        requests(&server, "PUT", MANIFESTS_ROUTE),
+    );
+    assert!(uploads > 0.0, "the first copy opened uploads");
+    skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--dest-tls-verify=false",
+        &source,
+        &remote.replace(":v1", ":v2"),
+    ]);
+    assert_eq!(requests(&server, "POST", UPLOADS_ROUTE), uploads);
+    assert_eq!(requests(&server, "PUT", MANIFESTS_ROUTE), manifests + 1.0);
     // The source goes before the copy back: the 512 MiB piece exists twice at most.
     std::fs::remove_dir_all(&up).unwrap();
     // And back: every layer arrives with its bytes.
@@ -208,6 +225,141 @@ fn skopeo_copies_a_tart_vm_layout_up_and_back_byte_for_byte() {
     }
     let back = std::fs::read(down.join("blobs/sha256").join(sha256_hex(&manifest))).unwrap();
     assert!(back == manifest, "the pulled manifest is the pushed one");
+}
+
+const UPLOADS_ROUTE: &str = "/v2/{name:.+}/blobs/uploads/";
+const MANIFESTS_ROUTE: &str = "/v2/{name:.+}/manifests/{reference}";
+
+/// Requests `server` answered for `method` on the route template `route`, any status, as
+/// its `/metrics` counts them.
+fn requests(server: &Server, method: &str, route: &str) -> f64 {
+    let url = server.at("/metrics");
+    let text = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() });
+    let series = format!("vmreg_http_requests_total{{method=\"{method}\",route=\"{route}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `sh -c script` in `dir`; fails the test with its output. Answers its stdout.
+fn shell(dir: &std::path::Path, script: &str) -> Vec<u8> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// An OCI layout holding, under tag `1.0`, an index of two platform images whose layers
+/// are `tar+gzip` (the shape of Homebrew's bottles, which Anka pulls as OCI tags), made
+/// with the system's tar and gzip so that they are real archives. Answers the index's
+/// bytes and every blob's digest.
+fn bottle_layout(dir: &std::path::Path) -> (Vec<u8>, Vec<String>) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    let mut digests = Vec::new();
+    for (arch, seed) in [("arm64", 90u64), ("amd64", 91)] {
+        let src = dir.join(format!("src-{arch}"));
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(src.join("bin/tool"), pseudo_random(200_000, seed)).unwrap();
+        let tgz = shell(dir, &format!("tar -C src-{arch} -cf - . | gzip -n"));
+        let tar = shell(dir, &format!("tar -C src-{arch} -cf - ."));
+        std::fs::remove_dir_all(&src).unwrap();
+        let mut layer = layout_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &tgz);
+        layer["annotations"] = serde_json::json!({"org.opencontainers.image.title": format!("tool--1.0.{arch}.bottle.tar.gz")});
+        let config = layout_blob(
+            dir,
+            "application/vnd.oci.image.config.v1+json",
+            serde_json::to_vec(&serde_json::json!({
+                "architecture": arch,
+                "os": "darwin",
+                "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&tar))]},
+            }))
+            .unwrap()
+            .as_slice(),
+        );
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": [layer],
+        }))
+        .unwrap();
+        let mut descriptor =
+            layout_blob(dir, "application/vnd.oci.image.manifest.v1+json", &manifest);
+        descriptor["platform"] = serde_json::json!({"architecture": arch, "os": "darwin"});
+        for d in [&layer, &config, &descriptor] {
+            digests.push(d["digest"].as_str().unwrap().to_string());
+        }
+        manifests.push(descriptor);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut descriptor = layout_blob(dir, "application/vnd.oci.image.index.v1+json", &index);
+    descriptor["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "1.0"});
+    let layout = serde_json::json!({"schemaVersion": 2, "manifests": [descriptor]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&layout).unwrap()).unwrap();
+    (index, digests)
+}
+
+#[test]
+#[ignore = "needs skopeo: scripts/test.sh installs it"]
+fn skopeo_round_trips_an_index_of_tar_gzip_layers() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (up, down) = (work.path().join("up"), work.path().join("down"));
+    let (index, digests) = bottle_layout(&up);
+    let host = server.at("");
+    let remote = format!(
+        "docker://{}/homebrew/core/tool:1.0",
+        host.trim_start_matches("http://").trim_end_matches('/')
+    );
+    let source = format!("oci:{}:1.0", up.display());
+    skopeo(&[
+        "copy",
+        "--all",
+        "--insecure-policy",
+        "--dest-tls-verify=false",
+        &source,
+        &remote,
+    ]);
+    // The index is served as pushed, bytes and all, and each platform's image by digest.
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &remote]);
+    assert!(raw == index, "{}", String::from_utf8_lossy(&raw));
+    let target = format!("oci:{}:1.0", down.display());
+    skopeo(&[
+        "copy",
+        "--all",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        &remote,
+        &target,
+    ]);
+    for digest in &digests {
+        let hex = digest.trim_start_matches("sha256:");
+        let back = std::fs::read(down.join("blobs/sha256").join(hex)).unwrap();
+        assert_eq!(sha256_hex(&back), hex);
+        assert_eq!(
+            back,
+            std::fs::read(up.join("blobs/sha256").join(hex)).unwrap()
+        );
+    }
+    let back = std::fs::read(down.join("blobs/sha256").join(sha256_hex(&index))).unwrap();
+    assert!(back == index, "the pulled index is the pushed one");
 }
 
 /// The `oci-client` crate (dev-dependency), a Rust client with chunked and monolithic
