@@ -20,7 +20,9 @@
 # Environment: BENCH_SIZES_MIB (blob sizes, default "1024 2048"; e.g. "1024 4096", a size is
 # skipped unless the disk has 3x it and 2 GiB more free), VMREG_BIN (default
 # target/release/vmreg, built if missing), CONCURRENCY (the client's parallel uploads and
-# downloads of ranges, default 4),
+# downloads of ranges, default 4), PARALLEL (default 1: with N > 1 the two registries' columns
+# push the blob to N repositories at once and pull it N times at once, N uploads in flight as
+# with `PARALLEL=4 BENCH_SIZES_MIB=2048`; their rates count all N copies),
 # BENCH_DIR (scratch). Installs docker-registry (apt) when absent; needs curl, python3,
 # and what scripts/test-services.sh installs (redis-server, garage).
 set -euo pipefail
@@ -28,6 +30,7 @@ set -euo pipefail
 RUNS=${1:-3}
 SIZES=${BENCH_SIZES_MIB:-1024 2048}
 CONCURRENCY=${CONCURRENCY:-4}
+PARALLEL=${PARALLEL:-1}
 PART=8388608
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
@@ -161,6 +164,17 @@ s3_pull() { s3_curl -o "$2" "$VMREG_TEST_S3_ENDPOINT/$VMREG_TEST_S3_BUCKET/$1/bl
 
 oci_pull() { curl -sSf -o "$3" "$1/v2/$REPO/blobs/$2"; }
 
+# Runs "$@" once per repository bench/vm1..$PARALLEL at once ({} in an argument becomes the
+# copy's number); fails if any copy fails.
+each_copy() {
+    local i pids=() pid
+    for i in $(seq "$PARALLEL"); do
+        REPO=bench/vm$i "${@//\{\}/$i}" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+}
+
 # `vmreg registry` with its JSON report in $WORK/client.json.
 client() {
     VMREG_CONFIG=$WORK/remotes.yaml "$BIN" registry -a "$URL" --concurrency "$CONCURRENCY" --json "$@" \
@@ -192,11 +206,14 @@ measure() {
 # An OCI push then pull of the blob through the server $1 at $2: sets PUSH_RATE and
 # PUSH_CPU, and RATE and CPU for the pull.
 oci_round() {
-    measure "$1" oci_push "$2" "$BLOB" "$DIGEST"
+    local i
+    MOVED=$((PARALLEL * BYTES)) measure "$1" each_copy oci_push "$2" "$BLOB" "$DIGEST"
     PUSH_RATE=$RATE PUSH_CPU=$CPU
-    measure "$1" oci_pull "$2" "$DIGEST" "$WORK/pulled"
-    same "$BLOB" "$WORK/pulled"
-    rm -f "$WORK/pulled"
+    MOVED=$((PARALLEL * BYTES)) measure "$1" each_copy oci_pull "$2" "$DIGEST" "$WORK/pulled{}"
+    for i in $(seq "$PARALLEL"); do
+        same "$BLOB" "$WORK/pulled$i"
+        rm -f "$WORK/pulled$i"
+    done
 }
 
 row() { printf '%-6s %14s %14s %14s %14s %14s %14s %14s %14s\n' "$@"; }
@@ -208,9 +225,9 @@ echo "bench-peer: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg),
 s3_config
 for mib in $SIZES; do
     free_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
-    # The source, the store's copy and a pulled copy, and 2 GiB left for everything else.
-    if ((free_mib < 3 * mib + 2048)); then
-        echo "bench-peer: skipping $mib MiB: $free_mib MiB free, needs $((3 * mib + 2048))" >&2
+    # The source, the store's copy and PARALLEL pulled copies, and 2 GiB for the rest.
+    if ((free_mib < (2 + PARALLEL) * mib + 2048)); then
+        echo "bench-peer: skipping $mib MiB: $free_mib MiB free, needs $(((2 + PARALLEL) * mib + 2048))" >&2
         continue
     fi
     rm -rf "$WORK/src"
@@ -226,7 +243,7 @@ for mib in $SIZES; do
     bench_stop_server
 
     declare -a SP SL DP DL OP OL CP CL SPC SLC DPC DLC OPC OLC CPC CLC
-    echo "== $mib MiB: MB/s (server CPU s/GiB)"
+    echo "== $mib MiB: MB/s (server CPU s/GiB); peer and oci: $PARALLEL upload(s) and pull(s) at once"
     row run "S3 push" "peer push" "oci push" "client push" "S3 pull" "peer pull" "oci pull" "client pull"
     for run in $(seq "$RUNS"); do
         key=$(fresh_prefix)
@@ -271,8 +288,10 @@ for mib in $SIZES; do
         "$ol ($(median "${OLC[@]}"))" "$cl ($(median "${CLC[@]}"))"
     echo "vmreg/docker-registry (medians): push OCI $(ratio "$op" "$dp"), client $(ratio "$cp" "$dp");" \
         "pull OCI $(ratio "$ol" "$dl"), client $(ratio "$cl" "$dl")"
-    echo "vmreg/S3 direct (medians): push OCI $(ratio "$op" "$sp"), client $(ratio "$cp" "$sp");" \
-        "pull OCI $(ratio "$ol" "$sl"), client $(ratio "$cl" "$sl")"
+    if ((PARALLEL == 1)); then
+        echo "vmreg/S3 direct (medians): push OCI $(ratio "$op" "$sp"), client $(ratio "$cp" "$sp");" \
+            "pull OCI $(ratio "$ol" "$sl"), client $(ratio "$cl" "$sl")"
+    fi
     unset SP SL DP DL OP OL CP CL SPC SLC DPC DLC OPC OLC CPC CLC
     rm -rf "$WORK/src"
 done
