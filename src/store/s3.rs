@@ -192,13 +192,12 @@ impl S3Store {
                 let _ = &downloading;
                 let reader = reader.clone();
                 let Some(shared) = &shared else {
-                    return async move { Ok(reader.fetch(piece.start, piece.end).await?.to_vec()) }
-                        .boxed();
+                    return async move { reader.fetch(piece.start, piece.end).await }.boxed();
                 };
                 let from = piece.index * READ_CHUNK;
                 let full = reader.full.clone();
                 let whole = shared.chunk(&full, piece.index, move || async move {
-                    reader.fetch(from, from + READ_CHUNK).await
+                    Ok(Chunk::from(reader.fetch(from, from + READ_CHUNK).await?))
                 });
                 async move {
                     let chunk = whole.await?;
@@ -268,9 +267,8 @@ impl Reader {
 
     /// The bytes `start..end` (fewer where the object ends first), whole, in the buffers
     /// they arrived in.
-    async fn fetch(&self, start: u64, end: u64) -> StoreResult<Chunk> {
-        let parts: Vec<Bytes> = self.get(Some((start, end))).await?.try_collect().await?;
-        Ok(Arc::from(parts))
+    async fn fetch(&self, start: u64, end: u64) -> StoreResult<Vec<Bytes>> {
+        self.get(Some((start, end))).await?.try_collect().await
     }
 }
 
