@@ -58,6 +58,36 @@ pub(crate) async fn transactions_are_atomic(meta: &dyn MetaStore) {
     meta.ping().await.unwrap();
 }
 
+/// Reads many keys in one call, in the order asked, its own writes included.
+pub(crate) async fn a_transaction_reads_many_keys_in_order(meta: &dyn MetaStore) {
+    let mut tx = meta.begin().await.unwrap();
+    tx.put("m:a", b"1".to_vec());
+    tx.put("m:b", b"2".to_vec());
+    assert!(tx.commit().await.unwrap());
+    let mut tx = meta.begin().await.unwrap();
+    tx.put("m:c", b"3".to_vec());
+    tx.delete("m:a");
+    let keys: Vec<String> = ["m:c", "m:none", "m:b", "m:a", "m:b"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(
+        tx.get_many(&keys).await.unwrap(),
+        vec![
+            Some(b"3".to_vec()),
+            None,
+            Some(b"2".to_vec()),
+            None,
+            Some(b"2".to_vec())
+        ]
+    );
+    assert!(tx.commit().await.unwrap());
+    assert_eq!(
+        meta.get_many(&keys[..3]).await.unwrap(),
+        vec![Some(b"3".to_vec()), None, Some(b"2".to_vec())]
+    );
+}
+
 /// Finds the keys under a prefix, and only those, glob characters included.
 pub(crate) async fn keys_are_found_by_prefix(meta: &dyn MetaStore) {
     let mut tx = meta.begin().await.unwrap();

@@ -235,6 +235,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_transaction_reads_many_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        crate::meta::contract::a_transaction_reads_many_keys_in_order(&meta).await;
+    }
+
+    #[tokio::test]
     async fn keys_are_found_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();

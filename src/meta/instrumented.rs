@@ -63,6 +63,10 @@ impl MetaTx for InstrumentedTx {
         timed(self.name, "tx_get", failed, self.inner.get(key)).await
     }
 
+    async fn get_many(&mut self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
+        timed(self.name, "tx_get_many", failed, self.inner.get_many(keys)).await
+    }
+
     fn put(&mut self, key: &str, value: Vec<u8>) {
         self.inner.put(key, value)
     }

@@ -70,6 +70,15 @@ pub trait MetaStore: Send + Sync {
 pub trait MetaTx: Send {
     /// Reads a key; the transaction fails to commit if the key changes before then.
     async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>>;
+    /// Reads several keys, each watched as [`MetaTx::get`] watches one, in the order
+    /// asked. The default reads key by key; a networked backend answers in one round trip.
+    async fn get_many(&mut self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
     /// Buffers a write.
     fn put(&mut self, key: &str, value: Vec<u8>);
     /// Buffers a deletion.

@@ -261,6 +261,33 @@ impl MetaTx for RedisTx {
         Ok(value)
     }
 
+    async fn get_many(&mut self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
+        let full: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
+        let unseen: Vec<&String> = full
+            .iter()
+            .filter(|k| !self.seen.contains_key(*k))
+            .collect();
+        for chunk in unseen.chunks(MGET_CHUNK) {
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(unavailable)?;
+            for (key, value) in chunk.iter().zip(values) {
+                if self.seen.contains_key(*key) {
+                    continue; // asked twice in one call
+                }
+                self.reads
+                    .push(((*key).clone(), fingerprint(value.as_deref())));
+                self.seen.insert((*key).clone(), value);
+            }
+        }
+        Ok(full
+            .iter()
+            .map(|k| self.seen.get(k).cloned().flatten())
+            .collect())
+    }
+
     fn put(&mut self, key: &str, value: Vec<u8>) {
         let full = format!("{}{key}", self.prefix);
         self.seen.insert(full.clone(), Some(value.clone()));
@@ -351,6 +378,13 @@ mod tests {
 
     #[tokio::test]
     #[ignore = "needs Redis at VMREG_TEST_REDIS_URL (scripts/test.sh)"]
+    async fn a_transaction_reads_many_keys_in_order() {
+        let meta = store().await;
+        crate::meta::contract::a_transaction_reads_many_keys_in_order(&meta).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis at VMREG_TEST_REDIS_URL (scripts/test.sh)"]
     async fn keys_are_found_by_prefix() {
         let meta = store().await;
         crate::meta::contract::keys_are_found_by_prefix(&meta).await;
@@ -394,6 +428,25 @@ mod tests {
             meta.get_many(&["fresh".into()]).await.unwrap(),
             vec![Some(b"c".to_vec())]
         );
+
+        // Keys read together are watched each, present or absent.
+        for changed in ["n", "fresh", "absent"] {
+            let mut e = meta.begin().await.unwrap();
+            let read: Vec<String> = ["n", "fresh", "absent"].map(String::from).to_vec();
+            e.get_many(&read).await.unwrap();
+            e.put("out", b"e".to_vec());
+            let mut f = meta.begin().await.unwrap();
+            f.put(changed, b"f".to_vec());
+            assert!(f.commit().await.unwrap());
+            assert!(
+                !e.commit().await.unwrap(),
+                "e read {changed} before f changed it"
+            );
+            let mut undo = meta.begin().await.unwrap();
+            undo.delete("absent");
+            assert!(undo.commit().await.unwrap());
+        }
+        assert_eq!(meta.get_many(&["out".into()]).await.unwrap(), vec![None]);
     }
 
     #[tokio::test]
