@@ -214,8 +214,7 @@ async fn fsck_is_clean_on_a_healthy_registry_and_names_every_kind_of_damage() {
     let abandoned = abandon_upload(&s.ns, &*blobs, &fresh.name).await;
     // missing_manifest and stray_manifest.
     let a_id: uuid::Uuid = a.parse().unwrap();
-    let template: vmreg::model::Template = meta
-        .get_json(&keys::template(&a_id))
+    let template = vmreg::registry::template_record::get(&*meta, &a_id)
         .await
         .unwrap()
         .unwrap();

@@ -7,14 +7,38 @@ pub const TEMPLATES: &str = "templates";
 /// The set of open upload session ids.
 pub const SESSIONS: &str = "sessions";
 
-/// A template with its versions.
+/// A template's head record: its name, arch and the slots of its versions (see
+/// `registry::template_record`); the whole template in records of the older layout.
 pub fn template(id: &Uuid) -> String {
     format!("tpl:{id}")
+}
+
+/// The start of every [`template_version`] key, to walk them all.
+pub const TEMPLATE_VERSIONS: &str = "tplv:";
+
+/// One version of a template, in the slot its head gave it.
+pub fn template_version(id: &Uuid, slot: u64) -> String {
+    format!("{TEMPLATE_VERSIONS}{id}:{slot}")
+}
+
+/// The template and slot a [`template_version`] key names.
+pub fn parse_template_version(key: &str) -> Option<(Uuid, u64)> {
+    let (id, slot) = key.strip_prefix(TEMPLATE_VERSIONS)?.rsplit_once(':')?;
+    Some((Uuid::parse_str(id).ok()?, slot.parse().ok()?))
 }
 
 /// The listing summary of a template.
 pub fn summary(id: &Uuid) -> String {
     format!("sum:{id}")
+}
+
+/// The start of every [`summary_block`] key, to walk them all.
+pub const SUMMARY_BLOCKS: &str = "sumv:";
+
+/// The listing rows of one block of a template's versions (see
+/// `registry::summary_record`).
+pub fn summary_block(id: &Uuid, block: u64) -> String {
+    format!("{SUMMARY_BLOCKS}{id}:{block}")
 }
 
 /// The id owning a template name.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::census::{self, Holder, BLOBS};
 use super::upload::StrayParts;
-use super::{oci, Registry, RegistryResult};
+use super::{oci, template_record, Registry, RegistryResult};
 use crate::meta::{keys, MetaStoreExt};
 use crate::model::{self, FileRecord, Template};
 use crate::store::{keys as object_keys, ObjectInfo};
@@ -48,6 +48,8 @@ pub enum ProblemKind {
     IncompleteUpload,
     /// Records of upload parts whose upload state is gone.
     StrayUploadPart,
+    /// Version records that no template head lists.
+    StrayVersionRecord,
     /// A committed version without its manifest in the bucket.
     MissingManifest,
     /// A manifest in the bucket for a version the index does not hold.
@@ -201,28 +203,33 @@ impl Registry {
     }
 
     async fn fsck_templates(&self, report: &mut FsckReport) -> RegistryResult<Vec<Template>> {
-        let ids = self.meta().members(keys::TEMPLATES).await?;
-        // An id that is no uuid reads as a key nothing is stored under: a missing template.
-        let wanted: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                id.parse()
-                    .map_or_else(|_| id.clone(), |id| keys::template(&id))
-            })
-            .collect();
+        let members = self.meta().members(keys::TEMPLATES).await?;
+        // An id that is no uuid names no template: a missing template.
+        let ids: Vec<Uuid> = members.iter().filter_map(|m| m.parse().ok()).collect();
+        let mut loaded = template_record::load_many(self.meta(), &ids)
+            .await?
+            .into_iter();
         let mut templates = Vec::new();
-        for (id, found) in ids
-            .iter()
-            .zip(self.meta().get_many_json::<Template>(&wanted).await?)
-        {
+        for member in &members {
+            let found = match member.parse::<Uuid>() {
+                Ok(_) => loaded.next().flatten(),
+                Err(_) => None,
+            };
             match found {
-                Some(t) => templates.push(t),
+                Some(t) => templates.push(t.template),
                 None => report.add(
                     ProblemKind::MissingTemplate,
-                    id,
+                    member,
                     "listed among the templates, but has no record",
                 ),
             }
+        }
+        for (id, slots) in template_record::StrayVersions::find(self.meta()).await?.0 {
+            report.add(
+                ProblemKind::StrayVersionRecord,
+                keys::template(&id),
+                format!("{} version records its head does not list", slots.len()),
+            );
         }
         report.templates = templates.len();
         report.versions = templates.iter().map(|t| t.versions.len()).sum();

@@ -21,7 +21,9 @@ pub mod pulls;
 pub mod push;
 pub mod reindex;
 pub mod retention;
+mod summary_record;
 pub mod sweep;
+pub mod template_record;
 pub mod templates;
 #[cfg(test)]
 mod test_support;

@@ -1,13 +1,15 @@
 //! Removing chosen versions of a template, newest or not, as retention does.
 //!
 //! A revert removes versions from the end; retention removes any, so the versions after a
-//! removed one move down to keep numbers dense (0..len, as a pull by number expects). A
-//! manifest named by its push needs no change: reindex replays manifests by their commit
-//! counter. A manifest of an older version is named by its number, so the order is:
+//! removed one move down to keep numbers dense (0..len, as a pull by number expects).
+//! Numbers are positions, worked out when a template is read (see `template_record`), so
+//! the index rewrites no kept version, and a manifest named by its push needs no change
+//! either: reindex replays manifests by their commit counter. Only a manifest of a version
+//! committed before that counter was kept is named by its number, so the order is:
 //! 1. write such moved versions' manifests under their new numbers (the bucket holds what
 //!    the index will point at before it points there);
-//! 2. commit the index: versions removed and renumbered, their files released by reference
-//!    count, in one transaction that first checks the template is still as read in 1;
+//! 2. commit the index: versions removed, their files released by reference count, in one
+//!    transaction that first checks the template is still as read in 1;
 //! 3. delete the removed versions' manifests, then the moved versions' old manifests, then
 //!    the released files (manifests before files, as a revert does).
 //!
@@ -23,8 +25,7 @@ use uuid::Uuid;
 
 use super::gc::delete_objects;
 use super::templates::{forget_pulls, release_versions, remove_template_records, write_template};
-use super::{transact, Registry, RegistryError, RegistryResult};
-use crate::meta::{keys, MetaStoreExt, MetaTxExt};
+use super::{template_record, transact, Registry, RegistryError, RegistryResult};
 use crate::model::{StoredManifest, Template, Version};
 use crate::store::{keys as object_keys, StoreError};
 
@@ -48,11 +49,7 @@ impl Registry {
         push_ids: &BTreeSet<String>,
     ) -> RegistryResult<Removed> {
         for _ in 0..ATTEMPTS {
-            let Some(read) = self
-                .meta()
-                .get_json::<Template>(&keys::template(id))
-                .await?
-            else {
+            let Some(read) = template_record::get(self.meta(), id).await? else {
                 return Ok(Removed::default());
             };
             let (kept, removed) = split(&read, push_ids);
@@ -61,18 +58,19 @@ impl Registry {
             }
             let moved = self.write_moved_manifests(id, &kept).await?;
             let committed = transact(self.meta(), async |tx| {
-                let Some(mut template) = tx.get_json::<Template>(&keys::template(id)).await? else {
+                let Some(before) = template_record::load_tx(tx, self.meta(), id).await? else {
                     return Ok(None);
                 };
-                if template != read {
+                if before.template != read {
                     return Ok(None);
                 }
                 let objects = release_versions(tx, &removed).await?;
+                let mut template = before.template.clone();
                 template.versions = kept.iter().map(|(_, v)| v.clone()).collect();
                 match template.versions.is_empty() {
-                    true => remove_template_records(tx, &template),
+                    true => remove_template_records(tx, &before),
                     false => {
-                        write_template(tx, &template);
+                        write_template(tx, Some(&before), &template);
                         forget_pulls(tx, &template, &removed).await?;
                     }
                 }
@@ -244,7 +242,8 @@ mod tests {
             r.blobs().put(&legacy, bytes.into()).await.unwrap();
         }
         transact(r.meta(), async |tx| {
-            write_template(tx, &template);
+            let before = template_record::load_tx(tx, r.meta(), &id).await?;
+            write_template(tx, before.as_ref(), &template);
             Ok(())
         })
         .await
@@ -274,7 +273,7 @@ mod tests {
         crate::registry::reindex::reindex(&fresh, r.blobs())
             .await
             .unwrap();
-        let rebuilt: Template = fresh.get_json(&keys::template(&id)).await.unwrap().unwrap();
+        let rebuilt = template_record::get(&fresh, &id).await.unwrap().unwrap();
         assert_eq!(numbered(&rebuilt), [(0, "b"), (1, "c")]);
     }
 }

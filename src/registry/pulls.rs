@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::{transact, Registry, RegistryResult};
 use crate::meta::{keys, MetaStoreExt, MetaTxExt};
-use crate::model::TemplateSummary;
 
 /// How often a replica writes the pulls it noted, unless configured otherwise.
 pub const PULL_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,8 +108,7 @@ impl Registry {
             for (id, noted) in batch {
                 // Reading the summary makes a concurrent delete or revert conflict with
                 // this write, so no pull record outlives its template or tag.
-                let Some(summary) = tx.get_json::<TemplateSummary>(&keys::summary(id)).await?
-                else {
+                let Some(summary) = super::summary_record::load_tx(tx, id).await? else {
                     continue;
                 };
                 let stored: u64 = tx.get_json(&keys::last_pull(id)).await?.unwrap_or(0);

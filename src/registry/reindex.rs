@@ -13,9 +13,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::meta::{self, MetaStore};
-use crate::model::{
-    FileRecord, StoredManifest, StoredTemplate, Template, TemplateSummary, Version,
-};
+use crate::model::{FileRecord, StoredManifest, StoredTemplate, Template, Version};
 use crate::store::BlobStore;
 
 /// Manifests read at once.
@@ -352,6 +350,7 @@ fn name_owners(templates: &[Template], report: &mut ReindexReport) -> HashMap<St
 /// One buffered write of the rebuild.
 enum Write {
     Put(String, Vec<u8>),
+    Delete(String),
     Add(String),
 }
 
@@ -379,12 +378,15 @@ async fn write(
     }
 
     let mut writes: Vec<Write> = Vec::new();
+    let mut rebuilt: std::collections::HashSet<String> = std::collections::HashSet::new();
     for t in templates {
-        writes.push(Write::Put(meta::keys::template(&t.id), meta::encode(t)));
-        writes.push(Write::Put(
-            meta::keys::summary(&t.id),
-            meta::encode(&TemplateSummary::from(t)),
-        ));
+        let records = super::template_record::records(t)
+            .into_iter()
+            .chain(super::summary_record::records(t));
+        for (key, value) in records {
+            rebuilt.insert(key.clone());
+            writes.push(Write::Put(key, value));
+        }
         if owners.get(&t.name) == Some(&t.id) {
             writes.push(Write::Put(
                 meta::keys::template_name(&t.name),
@@ -395,6 +397,26 @@ async fn write(
     }
     for (id, seq) in counters {
         writes.push(Write::Put(meta::keys::commit_seq(id), meta::encode(seq)));
+    }
+    // Over a live index (`--force`), a template may hold version records and listing
+    // blocks in slots the rebuild does not use: they go, so no record its head does not
+    // list stays behind.
+    let ids: std::collections::HashSet<Uuid> = templates.iter().map(|t| t.id).collect();
+    for prefix in [meta::keys::TEMPLATE_VERSIONS, meta::keys::SUMMARY_BLOCKS] {
+        let found = meta
+            .keys_with_prefix(prefix)
+            .await
+            .map_err(|e| format!("listing the index: {e}"))?;
+        for key in found {
+            let of_rebuilt = key
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(id, _)| Uuid::parse_str(id).ok())
+                .is_some_and(|id| ids.contains(&id));
+            if of_rebuilt && !rebuilt.contains(&key) {
+                writes.push(Write::Delete(key));
+            }
+        }
     }
     for f in &files {
         writes.push(Write::Put(meta::keys::file(&f.key), meta::encode(f)));
@@ -411,6 +433,7 @@ async fn write(
             for w in batch {
                 match w {
                     Write::Put(key, value) => tx.put(key, value.clone()),
+                    Write::Delete(key) => tx.delete(key),
                     Write::Add(member) => tx.set_add(meta::keys::TEMPLATES, member),
                 }
             }
@@ -444,7 +467,7 @@ mod tests {
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
     use crate::meta::MetaStoreExt;
-    use crate::model::{FileKind, FileRef};
+    use crate::model::{FileKind, FileRef, TemplateSummary};
     use crate::store::{
         ByteStream, ObjectInfo, PartInfo, PendingUpload, Space, StoreError, StoreResult,
         UploadHandle,
@@ -598,6 +621,13 @@ mod tests {
         meta.get_json(&key).await.unwrap()
     }
 
+    async fn load(meta: &dyn MetaStore, id: &Uuid) -> Template {
+        crate::registry::template_record::get(meta, id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn rebuilds_templates_names_summaries_and_file_refs() {
         let dir = tempfile::tempdir().unwrap();
@@ -659,7 +689,7 @@ mod tests {
         want.sort();
         assert_eq!(ids, want);
 
-        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        let alpha = load(&meta, &a).await;
         assert_eq!(alpha.name, "alpha");
         assert_eq!(alpha.arch, "arm64");
         assert_eq!(alpha.created, 10);
@@ -676,7 +706,10 @@ mod tests {
         );
         assert_eq!(alpha.versions[1].description, "about v2");
 
-        let summary: TemplateSummary = get(&meta, meta::keys::summary(&a)).await.unwrap();
+        let summary = crate::registry::summary_record::get(&meta, &a)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(summary, TemplateSummary::from(&alpha));
         let owner: String = get(&meta, meta::keys::template_name("beta")).await.unwrap();
         assert_eq!(owner, b.to_string());
@@ -726,7 +759,7 @@ mod tests {
         )
         .await;
         reindex(live.as_ref(), blobs.as_ref()).await.unwrap();
-        let pushed: Template = get(live.as_ref(), meta::keys::template(&b)).await.unwrap();
+        let pushed = load(live.as_ref(), &b).await;
         assert_eq!(pushed.last_push, 1_795_825_147);
 
         let registry = crate::registry::Registry::new(live.clone(), blobs.clone(), 5 << 20, 1);
@@ -734,12 +767,15 @@ mod tests {
             .revert(&b, crate::registry::templates::RevertTarget::Latest)
             .await
             .unwrap();
-        let reverted: Template = get(live.as_ref(), meta::keys::template(&b)).await.unwrap();
-        let summary: TemplateSummary = get(live.as_ref(), meta::keys::summary(&b)).await.unwrap();
+        let reverted = load(live.as_ref(), &b).await;
+        let summary = crate::registry::summary_record::get(live.as_ref(), &b)
+            .await
+            .unwrap()
+            .unwrap();
 
         let flushed = EmbeddedMeta::open(&dir.path().join("flushed.redb")).unwrap();
         reindex(&flushed, blobs.as_ref()).await.unwrap();
-        let rebuilt: Template = get(&flushed, meta::keys::template(&b)).await.unwrap();
+        let rebuilt = load(&flushed, &b).await;
         assert_eq!(rebuilt, reverted, "the rebuild is the live template");
         assert_eq!(
             (reverted.last_push, summary.last_push),
@@ -780,7 +816,7 @@ mod tests {
         put_pushed(&blobs, a, 2, 5, 460, "next").await;
 
         let report = reindex(&meta, &blobs).await.unwrap();
-        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        let alpha = load(&meta, &a).await;
         let tags: Vec<(u32, &str)> = alpha
             .versions
             .iter()
@@ -840,7 +876,7 @@ mod tests {
         let report = reindex(&meta, &blobs).await.unwrap();
         assert_eq!((report.templates, report.versions, report.files), (1, 2, 1));
         assert!(report.warnings.len() >= 3, "{:?}", report.warnings);
-        let alpha: Template = get(&meta, meta::keys::template(&a)).await.unwrap();
+        let alpha = load(&meta, &a).await;
         assert_eq!(
             alpha.versions.iter().map(|v| v.number).collect::<Vec<_>>(),
             vec![0, 1]

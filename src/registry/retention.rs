@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::pulls::TagPulls;
 use super::{Registry, RegistryError, RegistryResult};
-use crate::meta::{keys, MetaStoreExt};
+use crate::meta::keys;
 use crate::model::{self, Template, Version};
 
 /// What a template keeps.
@@ -259,11 +259,7 @@ impl Registry {
         for id in ids {
             self.take_lease(keys::RETENTION_LEASE, holder, LEASE_TTL)
                 .await?;
-            let Some(template) = self
-                .meta()
-                .get_json::<Template>(&keys::template(&id))
-                .await?
-            else {
+            let Some(template) = super::template_record::get(self.meta(), &id).await? else {
                 continue;
             };
             report.templates += 1;

@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use super::census::{self, Holder, BLOBS};
 use super::upload::StrayParts;
-use super::{transact, Registry, RegistryResult};
-use crate::meta::{keys, MetaStoreExt, MetaTxExt};
-use crate::model::{self, Template};
+use super::{template_record, transact, Registry, RegistryResult};
+use crate::meta::{keys, MetaTxExt};
+use crate::model;
 use crate::store::UploadHandle;
 use crate::telemetry::metrics::gc_run;
 
@@ -83,6 +83,8 @@ pub struct GcReport {
     pub oci_uploads_adopted: usize,
     /// Records of upload parts whose upload state is gone.
     pub upload_parts: usize,
+    /// Version records that no template head lists.
+    pub version_records: usize,
 }
 
 impl std::fmt::Display for GcReport {
@@ -95,7 +97,7 @@ impl std::fmt::Display for GcReport {
         }
         write!(
             f,
-            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records, {} stray upload part records; {} {} unlisted commit records, {} unlisted OCI uploads",
+            "{} {} orphan objects ({} bytes), {} uncommitted manifests, {} incomplete uploads, {} expired upload sessions, {} commit records, {} stray upload part records, {} stray version records; {} {} unlisted commit records, {} unlisted OCI uploads",
             if self.dry_run { "would remove" } else { "removed" },
             self.objects.len(),
             self.bytes,
@@ -104,6 +106,7 @@ impl std::fmt::Display for GcReport {
             self.sessions,
             self.commit_records,
             self.upload_parts,
+            self.version_records,
             if self.dry_run { "would adopt" } else { "adopted" },
             self.commit_records_adopted,
             self.oci_uploads_adopted
@@ -143,6 +146,11 @@ impl Registry {
         // After the sessions expired above, so that their parts are gone with them.
         let stray = StrayParts::find(self.meta()).await?;
         report.upload_parts = stray.len();
+        if !options.dry_run {
+            stray.remove(self.meta()).await?;
+        }
+        let stray = template_record::StrayVersions::find(self.meta()).await?;
+        report.version_records = stray.len();
         if !options.dry_run {
             stray.remove(self.meta()).await?;
         }
@@ -270,10 +278,7 @@ impl Registry {
             if open.into_iter().next().flatten().is_some() {
                 continue;
             }
-            let template = self
-                .meta()
-                .get_json::<Template>(&keys::template(&id))
-                .await?;
+            let template = template_record::get(self.meta(), &id).await?;
             if template.is_some_and(|t| t.versions.iter().any(|v| v.push_id == push)) {
                 continue;
             }
@@ -324,8 +329,7 @@ impl Registry {
             if pushing.contains(&id) {
                 continue;
             }
-            let held = self.meta().get_many(&[keys::template(&id)]).await?;
-            if held.into_iter().next().flatten().is_some() {
+            if template_record::exists(self.meta(), &id).await? {
                 continue;
             }
             if !options.dry_run {

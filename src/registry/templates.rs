@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::gc::{delete_objects, release, Release};
-use super::{transact, Registry, RegistryError, RegistryResult};
+use super::{summary_record, template_record, transact, Registry, RegistryError, RegistryResult};
 use crate::meta::{decode, keys, MetaStoreExt, MetaTx, MetaTxExt};
 use crate::model::{self, StoredTemplate, Template, TemplateSummary};
 use crate::store::keys as object_keys;
@@ -70,18 +70,25 @@ impl Registry {
                 wanted.push(keys::summary(id));
                 wanted.push(keys::last_pull(id));
             }
-            let values = self.meta.get_many(&wanted).await?;
-            let mut out = Vec::with_capacity(chunk.len());
-            for (pair, names) in values.chunks(2).zip(wanted.chunks(2)) {
+            let mut values = self.meta.get_many(&wanted).await?.into_iter();
+            let mut found = Vec::with_capacity(chunk.len());
+            let mut pulls = Vec::with_capacity(chunk.len());
+            for names in wanted.chunks(2) {
+                let (summary, pull) = (values.next().flatten(), values.next().flatten());
                 // A member whose summary is gone is a template deleted between the reads.
-                let Some(bytes) = &pair[0] else { continue };
-                let summary: TemplateSummary = decode(&names[0], bytes)?;
-                let last_pull = match &pair[1] {
-                    Some(b) => decode(&names[1], b)?,
+                let Some(bytes) = summary else { continue };
+                found.push((names[0].clone(), bytes));
+                pulls.push(match pull {
+                    Some(b) => decode(&names[1], &b)?,
                     None => 0,
-                };
-                out.push(ListedTemplate { summary, last_pull });
+                });
             }
+            let summaries = summary_record::decode_many(self.meta(), &found).await?;
+            let mut out: Vec<ListedTemplate> = summaries
+                .into_iter()
+                .zip(pulls)
+                .map(|(summary, last_pull)| ListedTemplate { summary, last_pull })
+                .collect();
             self.refresh_old_summaries(&mut out).await?;
             out.into_iter().for_each(&mut visit);
         }
@@ -98,14 +105,11 @@ impl Registry {
         if old.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<String> = old
-            .iter()
-            .map(|i| keys::template(&listed[*i].summary.id))
-            .collect();
-        let values = self.meta.get_many_json::<Template>(&wanted).await?;
-        for (i, template) in old.iter().zip(values) {
-            if let Some(template) = template {
-                listed[*i].summary = TemplateSummary::from(&template);
+        let ids: Vec<Uuid> = old.iter().map(|i| listed[*i].summary.id).collect();
+        let loaded = template_record::load_many(self.meta(), &ids).await?;
+        for (i, found) in old.iter().zip(loaded) {
+            if let Some(found) = found {
+                listed[*i].summary = TemplateSummary::from(&found.template);
             }
         }
         Ok(())
@@ -113,7 +117,7 @@ impl Registry {
 
     /// A template with all its versions.
     pub async fn get(&self, id: &Uuid) -> RegistryResult<Template> {
-        match self.meta.get_json(&keys::template(id)).await? {
+        match template_record::get(self.meta(), id).await? {
             Some(template) => Ok(template),
             None => Err(not_found(id)),
         }
@@ -182,18 +186,19 @@ impl Registry {
         keep: impl Fn(&Template) -> RegistryResult<usize>,
     ) -> RegistryResult<()> {
         let (removed, objects) = transact(self.meta(), async |tx| {
-            let Some(mut template) = tx.get_json::<Template>(&keys::template(id)).await? else {
+            let Some(before) = template_record::load_tx(tx, self.meta(), id).await? else {
                 return Err(not_found(id));
             };
+            let mut template = before.template.clone();
             let kept = keep(&template)?;
             let removed = template
                 .versions
                 .split_off(kept.min(template.versions.len()));
             let objects = release_versions(tx, &removed).await?;
             if template.versions.is_empty() {
-                remove_template_records(tx, &template);
+                remove_template_records(tx, &before);
             } else {
-                write_template(tx, &template);
+                write_template(tx, Some(&before), &template);
                 forget_pulls(tx, &template, &removed).await?;
             }
             Ok(((template.versions.is_empty(), removed), objects))
@@ -225,11 +230,12 @@ impl Registry {
     pub async fn set_arch(&self, id: &Uuid, arch: &str) -> RegistryResult<()> {
         model::validate_arch(arch)?;
         let template = transact(self.meta(), async |tx| {
-            let Some(mut template) = tx.get_json::<Template>(&keys::template(id)).await? else {
+            let Some(before) = template_record::load_tx(tx, self.meta(), id).await? else {
                 return Err(not_found(id));
             };
+            let mut template = before.template.clone();
             template.arch = arch.to_string();
-            write_template(tx, &template);
+            write_template(tx, Some(&before), &template);
             Ok(template)
         })
         .await?;
@@ -279,25 +285,16 @@ pub fn find_version<'a>(
         })
 }
 
-/// Writes a template and its listing summary, with the `last_push` its versions make
+/// Writes a template and its listing summary, only what changed since `before` (as read
+/// in this transaction; `None` for a new template), with the `last_push` its versions make
 /// (see [`Template::newest_push`]) whatever the caller set.
-pub(crate) fn write_template(tx: &mut Box<dyn MetaTx>, template: &Template) {
-    let derived;
-    let template = match template.newest_push() == template.last_push {
-        true => template,
-        false => {
-            derived = Template {
-                last_push: template.newest_push(),
-                ..template.clone()
-            };
-            &derived
-        }
-    };
-    tx.put_json(&keys::template(&template.id), template);
-    tx.put_json(
-        &keys::summary(&template.id),
-        &TemplateSummary::from(template),
-    );
+pub(crate) fn write_template(
+    tx: &mut Box<dyn MetaTx>,
+    before: Option<&template_record::Loaded>,
+    template: &Template,
+) {
+    let slots = template_record::save(tx, before, template);
+    summary_record::save(tx, before, template, &slots);
     tx.put_json(&keys::template_name(&template.name), &template.id);
     tx.set_add(keys::TEMPLATES, &template.id.to_string());
 }
@@ -335,9 +332,11 @@ pub(crate) async fn forget_pulls(
     Ok(())
 }
 
-pub(crate) fn remove_template_records(tx: &mut Box<dyn MetaTx>, template: &Template) {
-    tx.delete(&keys::template(&template.id));
-    tx.delete(&keys::summary(&template.id));
+/// Buffers the deletion of every record of the template `before` as read.
+pub(crate) fn remove_template_records(tx: &mut Box<dyn MetaTx>, before: &template_record::Loaded) {
+    template_record::delete(tx, before);
+    summary_record::delete(tx, before);
+    let template = &before.template;
     tx.delete(&keys::template_name(&template.name));
     tx.delete(&keys::last_pull(&template.id));
     tx.delete(&keys::tag_pulls(&template.id));
@@ -410,7 +409,7 @@ mod tests {
             "last_push": 2, "latest_tag": "vanilla", "versions": 1,
         });
         transact(registry.meta(), async |tx| {
-            write_template(tx, &template);
+            write_template(tx, None, &template);
             tx.put_json(&keys::summary(&template.id), &old);
             Ok(())
         })

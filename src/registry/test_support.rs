@@ -67,10 +67,18 @@ pub(crate) async fn push_one(
         .unwrap();
 }
 
-/// The embedded store, counting the bytes (keys and values) its transactions write.
+/// The embedded store, counting the bytes (keys and values) its transactions write, in
+/// all and by the kind of key (its text up to the first `:`).
 pub(crate) struct ByteCountingMeta {
     inner: EmbeddedMeta,
     written: Arc<std::sync::atomic::AtomicU64>,
+    by_kind: Arc<ByKind>,
+}
+
+type ByKind = std::sync::Mutex<std::collections::HashMap<String, u64>>;
+
+fn kind_of(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(kind, _)| kind)
 }
 
 impl ByteCountingMeta {
@@ -79,7 +87,13 @@ impl ByteCountingMeta {
         Self {
             inner,
             written: Arc::default(),
+            by_kind: Arc::default(),
         }
+    }
+
+    /// Bytes written so far under keys of `kind` (`tpl` for `tpl:…`).
+    pub(crate) fn written_to(&self, kind: &str) -> u64 {
+        self.by_kind.lock().unwrap().get(kind).copied().unwrap_or(0)
     }
 
     /// Bytes written by the transactions committed or begun so far.
@@ -94,6 +108,7 @@ impl MetaStore for ByteCountingMeta {
         Ok(Box::new(ByteCountingTx {
             inner: self.inner.begin().await?,
             written: self.written.clone(),
+            by_kind: self.by_kind.clone(),
         }))
     }
     async fn get_many(&self, keys: &[String]) -> MetaResult<Vec<Option<Vec<u8>>>> {
@@ -119,12 +134,19 @@ impl MetaStore for ByteCountingMeta {
 struct ByteCountingTx {
     inner: Box<dyn MetaTx>,
     written: Arc<std::sync::atomic::AtomicU64>,
+    by_kind: Arc<ByKind>,
 }
 
 impl ByteCountingTx {
-    fn add(&self, bytes: usize) {
+    fn add(&self, key: &str, bytes: usize) {
         self.written
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::SeqCst);
+        *self
+            .by_kind
+            .lock()
+            .unwrap()
+            .entry(kind_of(key).to_string())
+            .or_default() += bytes as u64;
     }
 }
 
@@ -134,19 +156,19 @@ impl MetaTx for ByteCountingTx {
         self.inner.get(key).await
     }
     fn put(&mut self, key: &str, value: Vec<u8>) {
-        self.add(key.len() + value.len());
+        self.add(key, key.len() + value.len());
         self.inner.put(key, value)
     }
     fn delete(&mut self, key: &str) {
-        self.add(key.len());
+        self.add(key, key.len());
         self.inner.delete(key)
     }
     fn set_add(&mut self, set: &str, member: &str) {
-        self.add(set.len() + member.len());
+        self.add(set, set.len() + member.len());
         self.inner.set_add(set, member)
     }
     fn set_remove(&mut self, set: &str, member: &str) {
-        self.add(set.len() + member.len());
+        self.add(set, set.len() + member.len());
         self.inner.set_remove(set, member)
     }
     async fn commit(self: Box<Self>) -> MetaResult<bool> {

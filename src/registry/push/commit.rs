@@ -13,6 +13,7 @@ use crate::meta::{encode, keys, MetaStoreExt, MetaTx, MetaTxExt};
 use crate::model::{self, FileRecord, FileRef, StoredManifest, StoredTemplate, Template, Version};
 use crate::protocol::{CommitRequest, Committed};
 use crate::registry::gc::delete_objects;
+use crate::registry::template_record;
 use crate::registry::templates::write_template;
 use crate::registry::upload::delete_state;
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
@@ -159,12 +160,10 @@ impl Registry {
         if tx.get(&keys::session(session_id)).await?.is_none() {
             return Err(session_not_found(session_id));
         }
-        let existing = tx
-            .get_json::<Template>(&keys::template(&session.template))
-            .await?;
-        let new_template = existing.is_none();
-        let mut template = match existing {
-            Some(t) => t,
+        let before = template_record::load_tx(tx, self.meta(), &session.template).await?;
+        let new_template = before.is_none();
+        let mut template = match &before {
+            Some(t) => t.template.clone(),
             None => {
                 check_name_free(tx, &session.name, &session.template).await?;
                 self.check_template_count().await?;
@@ -237,7 +236,7 @@ impl Registry {
         let version = manifest.version;
         template.versions.push(version.clone());
         self.check_record_size(&template.name, encode(&template).len())?;
-        write_template(tx, &template);
+        write_template(tx, before.as_ref(), &template);
         tx.delete(&keys::session(session_id));
         tx.set_remove(keys::SESSIONS, session_id);
         tx.put_json(&keys::pushed(session_id), &template.id);
@@ -313,7 +312,7 @@ impl Registry {
         else {
             return Ok(None);
         };
-        let Some(template) = self.meta.get_json::<Template>(&keys::template(&id)).await? else {
+        let Some(template) = template_record::get(self.meta(), &id).await? else {
             return Ok(None);
         };
         let version = template
@@ -516,8 +515,10 @@ mod tests {
         crate::registry::reindex::reindex(&fresh, blobs.as_ref())
             .await
             .unwrap();
-        let rebuilt: crate::model::Template =
-            fresh.get_json(&keys::template(&id)).await.unwrap().unwrap();
+        let rebuilt = crate::registry::template_record::get(&fresh, &id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rebuilt, r.get(&id).await.unwrap());
         let fresh: &dyn MetaStore = &fresh;
         assert!(fresh

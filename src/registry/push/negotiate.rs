@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::session::{plan, SessionFile, UploadSession};
 use crate::meta::{keys, MetaTxExt};
-use crate::model::{self, FileKind, FileRecord, FileRef, Template};
+use crate::model::{self, FileKind, FileRecord, FileRef};
 use crate::protocol::{PushPlan, PushRequest};
-use crate::registry::{transact, Registry, RegistryError, RegistryResult};
+use crate::registry::{template_record, transact, Registry, RegistryError, RegistryResult};
 
 const MAX_DESCRIPTION: usize = 4096;
 const MAX_FILES: usize = 1000;
@@ -108,7 +108,8 @@ impl Registry {
         self.check_session_count().await?;
         let session_id = Uuid::new_v4().simple().to_string();
         let session = transact(self.meta(), async |tx| {
-            let name = match tx.get_json::<Template>(&keys::template(&req.id)).await? {
+            let existing = template_record::load_tx(tx, self.meta(), &req.id).await?;
+            let name = match existing.map(|l| l.template) {
                 Some(t) => {
                     if t.versions.iter().any(|v| v.tag == req.tag) {
                         return Err(RegistryError::Conflict(format!(
