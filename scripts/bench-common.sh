@@ -8,7 +8,10 @@
 #   bench_write_vm LIB UUID MIB…      writes VM `bench` into library LIB: one layer of
 #                                    random bytes per MIB (the first is the hard drive)
 #                                    and an nvram; prints the layer files' names
+#   bench_start_vmreg_s3 PART        starts it on S3 + Redis (scripts/test-services.sh's
+#                                    variables) under fresh prefixes, with PART-byte parts
 #   now, mbps BYTES T0 T1, median N…  timing and arithmetic
+#   cpu_secs PID, per_gib A B BYTES, ratio A B, fresh_prefix
 
 bench_write_vm() {
     local lib=$1 uuid=$2 i=0 file config
@@ -57,7 +60,25 @@ bench_stop_server() {
     SERVER_PID=
 }
 
+# vmreg on S3 + Redis under fresh prefixes (so every push sends every byte); sets URL.
+bench_start_vmreg_s3() {
+    local prefix
+    prefix=$(fresh_prefix)
+    rm -rf "$WORK/data"
+    bench_start_server -- --data-dir "$WORK/data" --part-size "$1" \
+        --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix "$prefix:" \
+        --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
+        --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix "$prefix"
+}
+
 now() { date +%s.%N; }
+
+# User + system CPU seconds the process $1 (all its threads) has used so far.
+cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+# CPU seconds per GiB between readings $1 and $2 for $3 bytes.
+per_gib() { python3 -c "import sys; a,b,n=map(float,sys.argv[1:]); print(f'{(b-a)/(n/2**30):.2f}')" "$1" "$2" "$3"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+fresh_prefix() { echo "b$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')"; }
 
 # MB/s (10^6 bytes per second) of $1 bytes moved between times $2 and $3.
 mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/(t1-t0)/1e6:.1f}')" "$1" "$2" "$3"; }

@@ -93,7 +93,6 @@ check() {
     got=sha256:$(curl -sSf "$1/v2/$REPO/blobs/$DIGEST" | sha256sum | cut -d' ' -f1)
     [[ $got == "$DIGEST" ]] || { echo "bench-herd: pulled bytes through $1 differ" >&2; exit 1; }
 }
-ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 echo "bench-herd: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(basename "$BIN")" \
     "from $(dirname "$BIN" | xargs basename), ${SERVE_ARGS:-default read settings}" >&2

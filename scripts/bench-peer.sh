@@ -76,14 +76,6 @@ VMREG_SERVICES_QUIET=1 vmreg_services_start
 
 UUID=8c3f9e2a-4d6f-4a0b-9e5b-2f7a8b9c0d1e
 REPO=bench/vm
-TICKS=$(getconf CLK_TCK)
-
-# User + system CPU seconds the process $1 (all its threads) has used so far.
-cpu_secs() { awk -v t="$TICKS" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
-# CPU seconds per GiB between readings $1 and $2 for $3 bytes.
-per_gib() { python3 -c "import sys; a,b,n=map(float,sys.argv[1:]); print(f'{(b-a)/(n/2**30):.2f}')" "$1" "$2" "$3"; }
-ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
-fresh_prefix() { echo "b$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])')"; }
 
 # docker-registry on the same bucket under its own root directory; sets PEER_PID, PEER_URL.
 # It panics when AWS_CA_BUNDLE is set, and needs no other AWS variable.
@@ -127,16 +119,7 @@ EOF
     }
 }
 
-# vmreg on S3 + Redis under fresh prefixes (so every push sends every byte); sets URL.
-start_vmreg() {
-    local prefix
-    prefix=$(fresh_prefix)
-    rm -rf "$WORK/data"
-    bench_start_server -- --data-dir "$WORK/data" --part-size "$PART" \
-        --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix "$prefix:" \
-        --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
-        --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix "$prefix"
-}
+start_vmreg() { bench_start_vmreg_s3 "$PART"; }
 
 # Monolithic OCI blob upload of $2 (digest $3) to the registry at $1.
 oci_push() {
