@@ -659,6 +659,40 @@ fn a_first_push_reads_each_layer_once_and_a_second_push_reads_nothing() {
 }
 
 #[test]
+fn a_pulled_vm_pushed_again_reads_none_of_its_files() {
+    let server = Registry::start();
+    let src = Node::new();
+    let (top, base) = (data(78, 2_500_000), data(79, 3_500_000));
+    src.make_vm(
+        VM1,
+        "vm1",
+        &[(&layer(1), &top), (&layer(0), &base)],
+        None,
+        b"nv",
+    );
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+
+    // The pull verified every file as it arrived and remembers its digest, so pushing the
+    // pulled VM as a new tag neither reads nor sends any of them.
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    let pushed = dst.json(&server, &["push", "-t", "v2", "vm1"]);
+    assert_eq!(
+        (u(&pushed["bytes_sent"]), u(&pushed["bytes_read"])),
+        (0, 0),
+        "{pushed}"
+    );
+
+    // A layer overwritten after the pull is hashed again on the next pull, not taken as
+    // present from the cache, and fetched anew.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dst.lib.join("img_lib").join(layer(0)), data(80, base.len())).unwrap();
+    let pulled = dst.json(&server, &["pull", "vm1"]);
+    assert_eq!(names(&pulled["downloaded"]), vec![layer(0)], "{pulled}");
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), base);
+}
+
+#[test]
 fn a_held_layer_the_digest_cache_does_not_know_is_confirmed_at_commit_not_sent() {
     let server = Registry::start();
     let first = Node::new();

@@ -72,7 +72,8 @@ pub async fn pull(
     shrink: bool,
 ) -> ClientResult<PullReport> {
     let manifest = t.registry.manifest(template, version, true).await?;
-    let placed = place(&t.library, &manifest)?;
+    let cache = DigestCache::open(&t.library.state_dir());
+    let placed = place(&t.library, &cache, &manifest)?;
     check_conflict(&t.library, &manifest)?;
     let wanted: Vec<Wanted> = placed
         .iter()
@@ -90,6 +91,8 @@ pub async fn pull(
         }
         std::fs::rename(part, &p.dest).map_err(|e| ClientError::io(&p.dest, e))?;
         let _ = std::fs::remove_file(sidecar);
+        // Verified while it arrived: a later push or pull of this file reads none of it.
+        cache.record(&p.dest, &p.file.sha256);
     }
     t.library
         .write_config(manifest.id, &pulled_config(&manifest))?;
@@ -118,7 +121,8 @@ pub async fn download_size(
     version: &VersionSelector,
 ) -> ClientResult<DownloadSize> {
     let manifest = t.registry.manifest(template, version, false).await?;
-    let placed = place(&t.library, &manifest)?;
+    let cache = DigestCache::open(&t.library.state_dir());
+    let placed = place(&t.library, &cache, &manifest)?;
     Ok(DownloadSize {
         id: manifest.id,
         name: manifest.name.clone(),
@@ -148,8 +152,7 @@ fn to_wanted(index: usize, p: &Placed) -> Wanted {
 /// Where each file goes and whether the library already has it: a local file is present
 /// when its digest is the registry's (from the library's digest cache when unchanged), so
 /// a layer of the right size but other bytes is fetched again.
-fn place(library: &Library, manifest: &Manifest) -> ClientResult<Vec<Placed>> {
-    let cache = DigestCache::open(&library.state_dir());
+fn place(library: &Library, cache: &DigestCache, manifest: &Manifest) -> ClientResult<Vec<Placed>> {
     let mut placed = Vec::new();
     for f in &manifest.files {
         validate_file_name(&f.name)
