@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -68,10 +70,13 @@ impl Node {
 
     /// The client command with this node's config file and library, aimed at `server`.
     fn cmd(&self, server: &Server, args: &[&str]) -> Command {
+        self.cmd_at(&server.url, args)
+    }
+
+    /// The client command aimed at the registry URL `url`.
+    fn cmd_at(&self, url: &str, args: &[&str]) -> Command {
         let mut cmd = client(&self.dir.join("remotes.yaml"));
-        cmd.args(["-a", &server.url, "--lib"])
-            .arg(&self.lib)
-            .args(args);
+        cmd.args(["-a", url, "--lib"]).arg(&self.lib).args(args);
         cmd
     }
 
@@ -733,6 +738,101 @@ fn a_pull_over_a_local_layer_of_the_right_size_but_other_bytes_fetches_the_right
     std::fs::write(dst.lib.join("img_lib").join(layer(0)), data(73, 200_000)).unwrap();
     dst.json(&server, &["pull", "vm1"]);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), right);
+}
+
+/// A TCP proxy in front of the registry at `target` that flips the first byte of every
+/// `marker` in what the registry sends back: bytes corrupted on the wire. Returns its URL.
+fn corrupting_proxy(target: &str, marker: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || flip_markers(server, client, marker));
+        }
+    });
+    url
+}
+
+fn flip_markers(mut from: TcpStream, mut to: TcpStream, marker: &[u8]) {
+    // A tail that may be the start of a marker waits for the next read, briefly.
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let (mut held, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+    loop {
+        let mut keep = 0;
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                held.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while let Some(i) = held[at..].windows(marker.len()).position(|w| w == marker) {
+                    held[at + i] ^= 0xff;
+                    at += i + 1;
+                }
+                keep = (1..marker.len())
+                    .rev()
+                    .find(|&k| held.ends_with(&marker[..k]))
+                    .unwrap_or(0);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        let send = held.len() - keep;
+        if to.write_all(&held[..send]).is_err() {
+            return;
+        }
+        held.drain(..send);
+    }
+    let _ = to.write_all(&held);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn bytes_corrupted_on_the_wire_are_refused_and_never_put_in_place() {
+    const MARKER: &[u8] = b"<vmreg: flip this byte in flight>";
+    let server = Registry::start();
+    let src = Node::new();
+    // Three ranges of 8 MiB pulled at once; the damage lands in the middle one.
+    let mut big = data(96, 24 << 20);
+    big[(13 << 20) + 7..][..MARKER.len()].copy_from_slice(MARKER);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    src.json(&server, &["push", "-t", "v1", "vm1"]);
+
+    let dst = Node::new();
+    let before = dst.snapshot();
+    let proxy = corrupting_proxy(&server.url, MARKER);
+    let out = dst.cmd_at(&proxy, &["pull", "vm1"]).output().unwrap();
+    assert!(!out.status.success(), "a corrupted pull succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&layer(0)) && err.contains("checksum"),
+        "stderr names the file: {err}"
+    );
+    assert_eq!(dst.snapshot(), before, "nothing unverified is put in place");
+
+    // The damaged staged file is not resumed from: a clean pull fetches it all again (the
+    // 2-byte nvram may have been staged and verified already).
+    let pulled = dst.json(&server, &["pull", "vm1"]);
+    let received = u(&pulled["bytes_received"]);
+    assert!(
+        (big.len() as u64..=big.len() as u64 + 2).contains(&received),
+        "{pulled}"
+    );
+    assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
 }
 
 #[test]

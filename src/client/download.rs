@@ -1,20 +1,22 @@
 //! Fetches files into the library's staging area: several files and several byte ranges of
 //! a big file at once, resumable, every file verified before the caller may use it.
 //!
-//! A follower per file hashes the bytes in order as soon as they are written (from the page
-//! cache, while the download goes on), so verifying costs no second pass at the end. Files
-//! and their progress live in the staging area ([`super::staging`]).
+//! A follower per file hashes the bytes in order as soon as they are written, while the
+//! download goes on, so verifying costs no second pass at the end: from the buffers just
+//! written when they are still in memory ([`super::fresh`]), else read back from the page
+//! cache. Files and their progress live in the staging area ([`super::staging`]).
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, ClientResult};
+use super::fresh::{Batch, Fresh};
 use super::http::next_chunk;
 use super::library::write_atomic;
 use super::staging::{saved_state, staging_paths, PartState};
@@ -37,6 +39,11 @@ pub struct Wanted {
 
 /// Bytes buffered before each positional write; bounds memory per stream.
 const WRITE_BUF: usize = 1 << 20;
+/// Network chunks at least this big are written as they came; smaller ones are copied
+/// together first, so that a batch costs few writes.
+const KEEP_CHUNK: usize = 64 << 10;
+/// Written bytes kept in memory for the hash, for all the files of a pull together.
+const HASH_AHEAD: usize = 16 << 20;
 /// Sidecar updates happen at most once per this many bytes of a stream.
 const SAVE_EVERY: u64 = 16 << 20;
 /// A download stream with no data for this long is retried.
@@ -56,6 +63,8 @@ struct Slot {
     state: Mutex<PartState>,
     /// Woken whenever more bytes are written, for the follower.
     written: tokio::sync::Notify,
+    /// Written bytes the follower has not hashed yet, while memory allows.
+    fresh: Fresh,
     /// Whether the reporter has been told the file started (when its first range does).
     announced: AtomicBool,
     saving: Mutex<()>,
@@ -93,8 +102,9 @@ pub async fn fetch_all(t: &Transfer, wanted: &[Wanted]) -> ClientResult<Staged> 
     let mut queue = VecDeque::new();
     let mut slots = Vec::new();
     let mut remaining = 0;
+    let pool = Arc::new(AtomicUsize::new(0));
     for w in wanted {
-        let slot = Arc::new(open_slot(&dir, w)?);
+        let slot = Arc::new(open_slot(&dir, w, Fresh::new(pool.clone(), HASH_AHEAD))?);
         let state = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         remaining += w.size - state.bytes_done();
         let pending: Vec<usize> = (0..state.done.len())
@@ -156,7 +166,7 @@ struct Shared {
     received: AtomicU64,
 }
 
-fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
+fn open_slot(dir: &Path, w: &Wanted, fresh: Fresh) -> ClientResult<Slot> {
     if !crate::digest::is_sha256_hex(&w.sha256) {
         return Err(ClientError::Invalid(format!(
             "{}: the registry gave no valid digest",
@@ -182,6 +192,7 @@ fn open_slot(dir: &Path, w: &Wanted) -> ClientResult<Slot> {
         file,
         state: Mutex::new(state),
         written: tokio::sync::Notify::new(),
+        fresh,
         announced: AtomicBool::new(false),
         saving: Mutex::new(()),
     };
@@ -258,12 +269,12 @@ async fn stream_range(
     let mut resp = t.registry.download(&slot.wanted.key, start, end).await?;
     let mut pos = start;
     let mut unsaved = 0u64;
-    let mut buf = BytesMut::with_capacity(WRITE_BUF);
-    while pos + (buf.len() as u64) < end {
+    let mut batch = Pending::default();
+    while pos + (batch.len as u64) < end {
         let Some(mut chunk) = next_chunk(&mut resp, IDLE).await? else {
             break;
         };
-        let room = (end - pos - buf.len() as u64) as usize;
+        let room = (end - pos - batch.len as u64) as usize;
         // A server that ignored the range sends the whole file: keep only what was asked.
         chunk.truncate(room);
         if let Some(throttle) = &t.throttle {
@@ -273,13 +284,11 @@ async fn stream_range(
             .received
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         t.reporter.advance(slot.wanted.index, chunk.len() as u64);
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= WRITE_BUF {
-            let n = write(slot, pos, buf.split().freeze()).await?;
+        batch.push(chunk);
+        if batch.len >= WRITE_BUF {
+            let n = write(slot, job.chunk, pos, batch.take()).await?;
             pos += n;
             unsaved += n;
-            slot.state.lock().unwrap_or_else(|p| p.into_inner()).done[job.chunk] += n;
-            slot.written.notify_one();
             if unsaved >= SAVE_EVERY {
                 slot.save()?;
                 unsaved = 0;
@@ -289,11 +298,8 @@ async fn stream_range(
             break;
         }
     }
-    if !buf.is_empty() {
-        let n = write(slot, pos, buf.split().freeze()).await?;
-        pos += n;
-        slot.state.lock().unwrap_or_else(|p| p.into_inner()).done[job.chunk] += n;
-        slot.written.notify_one();
+    if batch.len > 0 {
+        pos += write(slot, job.chunk, pos, batch.take()).await?;
     }
     slot.save()?;
     if pos < end && !shared.failed.load(Ordering::SeqCst) {
@@ -305,16 +311,60 @@ async fn stream_range(
     Ok(())
 }
 
-async fn write(slot: &Arc<Slot>, pos: u64, data: bytes::Bytes) -> ClientResult<u64> {
-    let slot = slot.clone();
-    tokio::task::spawn_blocking(move || {
-        slot.file
-            .write_all_at(&data, pos)
-            .map_err(|e| ClientError::io(&slot.part, e))?;
-        Ok(data.len() as u64)
+/// Network chunks gathered for one write: big ones as they came (no copy), runs of small
+/// ones copied together.
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    small: BytesMut,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        if chunk.len() >= KEEP_CHUNK {
+            self.seal();
+            self.batch.push(chunk);
+        } else {
+            self.small.extend_from_slice(&chunk);
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            self.batch.push(self.small.split().freeze());
+        }
+    }
+
+    fn take(&mut self) -> Batch {
+        self.seal();
+        self.len = 0;
+        std::mem::take(&mut self.batch)
+    }
+}
+
+/// Writes a batch at `pos` of chunk `chunk`, offers it to the follower's memory and counts
+/// it as done; returns its length.
+async fn write(slot: &Arc<Slot>, chunk: usize, pos: u64, batch: Batch) -> ClientResult<u64> {
+    let s = slot.clone();
+    let (batch, n) = tokio::task::spawn_blocking(move || {
+        let mut at = pos;
+        for buf in &batch {
+            s.file
+                .write_all_at(buf, at)
+                .map_err(|e| ClientError::io(&s.part, e))?;
+            at += buf.len() as u64;
+        }
+        Ok((batch, at - pos))
     })
     .await
-    .unwrap_or_else(|e| Err(ClientError::Invalid(format!("write task failed: {e}"))))
+    .unwrap_or_else(|e| Err(ClientError::Invalid(format!("write task failed: {e}"))))?;
+    // Kept before it counts as written: the follower reads back only what it cannot find.
+    slot.fresh.keep(pos, batch);
+    slot.state.lock().unwrap_or_else(|p| p.into_inner()).done[chunk] += n;
+    slot.written.notify_one();
+    Ok(n)
 }
 
 /// Tells the reporter about a file once, when work on it begins.
@@ -358,13 +408,22 @@ async fn follow(t: &Transfer, shared: &Shared, slot: &Arc<Slot>) -> ClientResult
         let upto = ready.min(hasher.len() + HASH_STEP);
         let s = slot.clone();
         hasher = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; WRITE_BUF];
+            let mut buf = Vec::new();
             while hasher.len() < upto {
-                let n = (upto - hasher.len()).min(WRITE_BUF as u64) as usize;
+                let at = hasher.len();
+                // A kept batch lies wholly within what is written (it was kept before it
+                // counted as written), so it may run past `upto`.
+                if let Some(batch) = s.fresh.take(at) {
+                    batch.iter().for_each(|b| hasher.update(b));
+                    continue;
+                }
+                let stop = s.fresh.next_after(at).map_or(upto, |next| next.min(upto));
+                let n = (stop - at).min(WRITE_BUF as u64) as usize;
+                buf.resize(n, 0);
                 s.file
-                    .read_exact_at(&mut buf[..n], hasher.len())
+                    .read_exact_at(&mut buf, at)
                     .map_err(|e| ClientError::io(&s.part, e))?;
-                hasher.update(&buf[..n]);
+                hasher.update(&buf);
             }
             Ok(hasher)
         })

@@ -9,6 +9,7 @@ mod auth_tests;
 pub mod digests;
 pub mod download;
 pub mod error;
+pub mod fresh;
 pub mod http;
 pub mod journal;
 pub mod library;
