@@ -8,6 +8,10 @@
 //! | negotiate | `POST /push` [`PushRequest`] | [`PushPlan`] |
 //! | status | `GET /push/{session}` | [`PushPlan`] (with bytes received so far) |
 //! | upload | `PUT /push/{session}/files/{key}?offset=N`, raw body | [`UploadProgress`] |
+//!
+//! An upload's `offset` is any multiple of the file's `part_size` (or its size): a file
+//! may be sent as several ranges at once, in any order; parts already durable are not
+//! written again.
 //! | commit | `POST /push/{session}/commit` [`CommitRequest`] | [`Committed`] |
 //! | abort | `DELETE /push/{session}` | null |
 //! | manifest | `GET /templates/{id or name}/manifest[?tag=T or ?version=N]` | [`Manifest`] |
@@ -101,8 +105,13 @@ pub struct PlannedFile {
     pub size: u64,
     /// True when the registry lacks the file and it must be uploaded.
     pub upload: bool,
-    /// Bytes already received durably (resume from here).
+    /// Bytes already received durably from the start of the file (resume from here).
     pub received: u64,
+    /// Every durable byte range `[start, end)`, in order, when the file was sent as
+    /// several ranges (the first one being `[0, received)` when `received` > 0): a client
+    /// resuming ranges sends only the parts outside them. Empty when nothing is durable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub durable: Vec<[u64; 2]>,
     /// Send the body in multiples of this many bytes (except the end of the file), or
     /// bytes past the last whole part are discarded and must be sent again.
     pub part_size: u64,
@@ -123,8 +132,11 @@ pub struct PlannedFile {
 pub struct UploadProgress {
     /// The file's registry key.
     pub key: String,
-    /// Bytes received durably.
+    /// Bytes received durably from the start of the file.
     pub received: u64,
+    /// Every durable byte range `[start, end)`, as in [`PlannedFile::durable`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub durable: Vec<[u64; 2]>,
     /// Size declared at negotiation.
     pub size: u64,
     /// True once every byte arrived and the file is stored.

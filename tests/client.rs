@@ -246,19 +246,27 @@ fn kill9(child: &mut Child) {
 
 /// Bytes the registry holds durably of the push journaled in `node`'s library.
 fn durable_at_registry(server: &Server, node: &Node) -> u64 {
+    pushed_files(server, node)
+        .iter()
+        .map(|f| u(&f["received"]))
+        .sum()
+}
+
+/// The files of the push `node`'s journal names, as the registry's status shows them.
+fn pushed_files(server: &Server, node: &Node) -> Vec<Value> {
     let journal = node.lib.join(format!(".vmreg/push/{VM1}.json"));
     let Some(session) = std::fs::read(&journal)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v["session"].as_str().map(str::to_string))
     else {
-        return 0;
+        return Vec::new();
     };
     let reply = http_get(&server.at(&format!("/api/v1/push/{session}")));
     reply.json["body"]["files"]
         .as_array()
-        .map(|f| f.iter().map(|f| u(&f["received"])).sum())
-        .unwrap_or(0)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn http_get(url: &str) -> common::Reply {
@@ -606,6 +614,69 @@ fn a_push_killed_mid_file_resumes_without_resending_what_arrived() {
     let dst = Node::new();
     dst.json(&server, &["pull", "vm1"]);
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))), big);
+}
+
+/// Bytes of the pushed files the registry holds durably, in any ranges.
+fn durable_ranges_at_registry(server: &Server, node: &Node) -> u64 {
+    pushed_files(server, node)
+        .iter()
+        .flat_map(|f| f["durable"].as_array().cloned().unwrap_or_default())
+        .map(|r| u(&r[1]) - u(&r[0]))
+        .sum()
+}
+
+#[test]
+fn a_push_of_4_ranges_killed_mid_file_resends_only_what_was_not_durable() {
+    const PART: u64 = 5 << 20;
+    let server = Registry::start_with(&["--part-size", "5MiB"]);
+    let src = Node::new();
+    let big = data(51, 96 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let mut child = src
+        .cmd(
+            &server,
+            &[
+                "--json",
+                "--limit-rate",
+                "8M",
+                "push",
+                "--ranges",
+                "4",
+                "-t",
+                "v1",
+                "vm1",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("32 MiB at the registry", Duration::from_secs(60), || {
+        durable_ranges_at_registry(&server, &src) >= 32 << 20
+    });
+    kill9(&mut child);
+    // Parts the killed client's requests still had in flight land meanwhile; what the
+    // rerun reads at its start is what it may skip.
+    std::thread::sleep(Duration::from_millis(500));
+    let durable = durable_ranges_at_registry(&server, &src);
+
+    let pushed = src.json(&server, &["push", "--ranges", "4", "-t", "v1", "vm1"]);
+    assert_eq!(pushed["resumed"], true);
+    let sent = u(&pushed["bytes_sent"]);
+    let missing = big.len() as u64 - durable;
+    assert!(
+        sent <= missing + 4 * PART,
+        "the rerun sent {sent} bytes; {missing} were not durable"
+    );
+    assert!(
+        u(&pushed["bytes_read"]) <= big.len() as u64,
+        "the rerun read the file more than once: {}",
+        pushed["bytes_read"]
+    );
+
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    assert!(dst.read(&format!("img_lib/{}", layer(0))) == big);
 }
 
 #[test]

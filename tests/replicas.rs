@@ -1067,3 +1067,49 @@ async fn an_oci_chunked_upload_moves_between_replicas() {
         .unwrap();
     assert!(got.bytes().await.unwrap() == data);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn two_ranges_of_one_file_through_two_replicas_assemble() {
+    require_s3_services();
+    let a = Server::start_with(&["--part-size", "5MiB"]);
+    let b = a.replica();
+    let id = new_id();
+    let file = image(6 * (5 << 20) + 777, 61);
+    let plan = send_json(
+        Method::POST,
+        &a.at("/api/v1/push"),
+        &push_request(&id, &format!("halves-{}", &id[..8]), "t", &[&file]),
+    )
+    .await;
+    let plan = plan.ok_body().clone();
+    let session = plan["session"].as_str().unwrap().to_string();
+    let part = plan["files"][0]["part_size"].as_u64().unwrap() as usize;
+    assert_eq!(part, 5 << 20);
+    let key = encode_path(&file.name);
+    let range = |s: &Server, start: usize, end: usize| {
+        let url = s.at(&format!(
+            "/api/v1/push/{session}/files/{key}?offset={start}"
+        ));
+        let body = file.data[start..end].to_vec();
+        async move { call(Method::PUT, &url, Some(body)).await }
+    };
+    // Parts 4.. through b, 1..=3 through a, at once: the hash of the parts a replica did
+    // not receive comes from the other's recorded state or is read back from the store.
+    let (first, second) =
+        tokio::join!(range(&a, 0, 3 * part), range(&b, 3 * part, file.data.len()));
+    let done = [
+        first.ok_body()["complete"].clone(),
+        second.ok_body()["complete"].clone(),
+    ];
+    assert!(done.contains(&json!(true)), "{done:?}");
+    let committed = call(
+        Method::POST,
+        &b.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await;
+    assert_eq!(committed.ok_body()["number"], 0);
+    assert!(download(&a, &file.name).await == file.data);
+    assert!(download(&b, &file.name).await == file.data);
+}

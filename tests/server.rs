@@ -1470,3 +1470,148 @@ async fn large_downloads_are_exact_across_read_pieces_and_shared_by_concurrent_r
         assert_eq!(read, 0, "the disk store reads no S3");
     }
 }
+
+/// A negotiated push of `file` on a server with 5 MiB parts: the session and a function
+/// giving the upload URL at an offset.
+async fn ranged_session(s: &Server, file: &TestFile, declared: &str) -> (String, u64) {
+    let id = new_id();
+    let mut req = push_request(&id, &format!("ranges-{}", &id[..8]), "t", &[file]);
+    req["files"][0]["sha256"] = json!(declared);
+    let plan = send_json(Method::POST, &s.at("/api/v1/push"), &req).await;
+    let plan = plan.ok_body().clone();
+    let part = plan["files"][0]["part_size"].as_u64().unwrap();
+    assert_eq!(part, 5 << 20, "the server was started with 5 MiB parts");
+    (plan["session"].as_str().unwrap().to_string(), part)
+}
+
+/// Sends part `n` (1-based) of `data` on its own.
+async fn put_part(s: &Server, session: &str, key: &str, data: &[u8], part: u64, n: u64) -> Reply {
+    let start = (n - 1) * part;
+    let end = (start + part).min(data.len() as u64);
+    call(
+        Method::PUT,
+        &s.at(&format!(
+            "/api/v1/push/{session}/files/{key}?offset={start}"
+        )),
+        Some(data[start as usize..end as usize].to_vec()),
+    )
+    .await
+}
+
+async fn file_status(s: &Server, session: &str) -> Value {
+    get(&s.at(&format!("/api/v1/push/{session}")))
+        .await
+        .ok_body()["files"][0]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_sent_as_ranges_in_any_order_assembles_byte_identical() {
+    let s = Server::start_with(&["--part-size", "5MiB"]);
+    let file = unique_image(4 * (5 << 20) + 4321, 41);
+    let (session, part) = ranged_session(&s, &file, &file.sha256()).await;
+    let key = file.name.as_str();
+    let size = file.data.len() as u64;
+
+    // Parts 3 and 5 (the short tail) first, at once.
+    let (p3, p5) = tokio::join!(
+        put_part(&s, &session, key, &file.data, part, 3),
+        put_part(&s, &session, key, &file.data, part, 5)
+    );
+    assert_eq!(p3.ok_body()["complete"], false);
+    assert_eq!(
+        p5.ok_body()["received"],
+        0,
+        "nothing durable from the start yet"
+    );
+    let status = file_status(&s, &session).await;
+    assert_eq!(status["received"], 0);
+    assert_eq!(
+        status["durable"],
+        json!([[2 * part, 3 * part], [4 * part, size]])
+    );
+
+    // A body at an offset that is no part boundary: refused, nothing changes.
+    let misaligned = call(
+        Method::PUT,
+        &s.at(&format!(
+            "/api/v1/push/{session}/files/{key}?offset={}",
+            part + 1
+        )),
+        Some(file.data[part as usize + 1..].to_vec()),
+    )
+    .await;
+    misaligned.assert_fail(409);
+    assert_eq!(file_status(&s, &session).await, status);
+
+    // Different bytes for a durable part are dropped, never stored: the file still
+    // assembles from the bytes that were durable.
+    let mut other = file.data.clone();
+    other[(2 * part) as usize..(3 * part) as usize].fill(0xAB);
+    put_part(&s, &session, key, &other, part, 3).await.ok_body();
+    assert_eq!(file_status(&s, &session).await, status);
+
+    // Parts 1 and 2 as one body, 4 alone, at once: the last to land completes the file.
+    let first_two = s.at(&format!("/api/v1/push/{session}/files/{key}?offset=0"));
+    let (p12, p4) = tokio::join!(
+        call(
+            Method::PUT,
+            &first_two,
+            Some(file.data[..2 * part as usize].to_vec()),
+        ),
+        put_part(&s, &session, key, &file.data, part, 4)
+    );
+    let done = [
+        p12.ok_body()["complete"].clone(),
+        p4.ok_body()["complete"].clone(),
+    ];
+    assert!(done.contains(&json!(true)), "{done:?}");
+    let status = file_status(&s, &session).await;
+    assert_eq!(
+        (status["received"].as_u64(), &status["durable"]),
+        (Some(size), &json!([[0, size]]))
+    );
+    assert_eq!(status["sha256"], file.sha256().as_str());
+
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .ok_body();
+    assert!(
+        download(&s, key).await == file.data,
+        "the object differs from the file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_whose_bytes_differ_from_the_declared_digest_are_refused() {
+    let s = Server::start_with(&["--part-size", "5MiB"]);
+    let file = unique_image(3 * (5 << 20) + 99, 42);
+    let declared = sha256_hex(b"something else");
+    let (session, part) = ranged_session(&s, &file, &declared).await;
+    let key = file.name.as_str();
+    for n in [4, 3, 1] {
+        put_part(&s, &session, key, &file.data, part, n)
+            .await
+            .ok_body();
+    }
+    let last = put_part(&s, &session, key, &file.data, part, 2).await;
+    last.assert_fail(400);
+    assert!(last.json["message"]
+        .as_str()
+        .unwrap()
+        .contains("SHA-256 mismatch"));
+    let status = file_status(&s, &session).await;
+    assert_eq!(status["received"], 0, "the file starts over: {status}");
+    assert!(status.get("durable").is_none(), "{status}");
+    call(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        None,
+    )
+    .await
+    .assert_fail(409);
+}

@@ -31,7 +31,8 @@ pub async fn status(
     Ok(ok(state.registry.push_status(&path).await?))
 }
 
-/// `PUT /api/v1/push/{session}/files/{key}?offset=N`, the raw bytes as the body.
+/// `PUT /api/v1/push/{session}/files/{key}?offset=N`, the raw bytes as the body; `N` is
+/// any multiple of the file's part size, so a file may be sent as several ranges at once.
 pub async fn upload(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -45,11 +46,18 @@ pub async fn upload(
         })?,
         None => 0,
     };
+    // The body's length bounds the parts this request claims; without one it claims the
+    // rest of the file.
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let _in_flight = metrics::transfer_started(Direction::Push);
     let counted = payload.inspect_ok(|b| metrics::transferred(Direction::Push, b.len() as u64));
     Ok(ok(state
         .registry
-        .upload(&session, &key, offset, counted)
+        .upload_range(&session, &key, offset, len, counted)
         .await?))
 }
 

@@ -36,12 +36,14 @@ pub async fn dispatch(args: RegistryArgs) -> ClientResult<()> {
             description,
             tag,
             existing,
+            ranges,
             vm,
         } => {
             let opts = PushOptions {
                 tag,
                 description: description.unwrap_or_default(),
                 existing,
+                ranges: usize::from(ranges),
             };
             push_cmd(g, &vm, &opts).await
         }

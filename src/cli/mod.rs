@@ -143,6 +143,9 @@ pub enum Command {
         /// Push the VM as the next tag of this existing registry template (name or id)
         #[arg(short = 'v', long = "existing", value_name = "EXISTING")]
         existing: Option<String>,
+        /// Send each file of 64 MiB or more as this many ranges at once, over as many connections (1: one stream per file)
+        #[arg(long, env = "VMREG_PUSH_RANGES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+        ranges: u16,
         /// Local VM name or UUID
         vm: String,
     },

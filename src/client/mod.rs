@@ -16,6 +16,7 @@ pub mod library;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod ranges;
 pub mod secret;
 pub mod staging;
 pub mod tap;

@@ -14,6 +14,7 @@ use super::digests::DigestCache;
 use super::error::{ClientError, ClientResult};
 use super::journal::{Journal, JournalState};
 use super::library::{LocalFile, LocalVm};
+use super::ranges::upload_ranges;
 use super::upload::{upload_file, Meter, UploadJob};
 use super::Transfer;
 use crate::model::FileKind;
@@ -31,7 +32,13 @@ pub struct PushOptions {
     pub description: String,
     /// Push as the next tag of this registry template (name or id) instead of the VM's own.
     pub existing: Option<String>,
+    /// Send each file of at least [`RANGED_FROM`] bytes as this many ranges at once (its
+    /// parts striped over as many connections); 0 or 1 sends every file as one stream.
+    pub ranges: usize,
 }
+
+/// The smallest file sent as several ranges: below it one stream moves a file fast enough.
+pub const RANGED_FROM: u64 = 64 << 20;
 
 /// What a push did.
 #[derive(Clone, Debug, Serialize)]
@@ -135,7 +142,15 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
         }
         Ok(confirmed)
     };
-    let uploading = upload_all(t, &plan.session, &work.uploads, &journal, &meter, &cache);
+    let uploading = upload_all(
+        t,
+        &plan.session,
+        &work.uploads,
+        opts.ranges,
+        &journal,
+        &meter,
+        &cache,
+    );
     let transferred = futures_util::future::try_join(uploading, confirming).await;
     t.reporter.finish();
     let mut digests = work.pinned;
@@ -216,6 +231,7 @@ fn plan_work(plan: &PushPlan, files: &[LocalFile]) -> ClientResult<Work> {
                 size: local.size,
                 part_size: planned.part_size,
                 received: planned.received,
+                durable: planned.durable.clone(),
             });
             continue;
         }
@@ -236,12 +252,13 @@ fn plan_work(plan: &PushPlan, files: &[LocalFile]) -> ClientResult<Work> {
     Ok(work)
 }
 
-/// Runs the uploads, `concurrency` at a time; returns each file's digest by key, and
+/// Runs the uploads, `concurrency` at a time, large files as `ranges` ranges each; returns each file's digest by key, and
 /// remembers it in the digest cache so that the next push reads nothing of the file.
 async fn upload_all(
     t: &Transfer,
     session: &str,
     jobs: &[UploadJob],
+    ranges: usize,
     journal: &Arc<Journal>,
     meter: &Arc<Meter>,
     cache: &Arc<DigestCache>,
@@ -259,7 +276,11 @@ async fn upload_all(
             async move {
                 let handle = tokio::spawn(async move {
                     let before = std::fs::metadata(&job.path).ok();
-                    let digest = upload_file(&t, &session, &job, &journal, &meter).await?;
+                    let ranged = ranges > 1 && job.size >= RANGED_FROM && job.size > job.part_size;
+                    let digest = match ranged {
+                        true => upload_ranges(&t, &session, &job, ranges, &journal, &meter).await?,
+                        false => upload_file(&t, &session, &job, &journal, &meter).await?,
+                    };
                     if let Some(before) = before {
                         cache.record_unchanged(&job.path, &digest, &before);
                     }

@@ -39,8 +39,10 @@ pub struct UploadJob {
     pub size: u64,
     /// The registry's part size: bodies are cut at its multiples.
     pub part_size: u64,
-    /// Bytes the registry already holds.
+    /// Bytes the registry already holds from the start of the file.
     pub received: u64,
+    /// Every byte range `[start, end)` the registry holds (a file sent as ranges).
+    pub durable: Vec<[u64; 2]>,
 }
 
 /// What a push moved: bytes sent to the registry and bytes read from local files (to send
@@ -146,19 +148,25 @@ pub async fn upload_file(
         if now > received {
             attempts = 0;
         } else {
-            attempts += 1;
-            if attempts >= ATTEMPTS {
-                return Err(ClientError::Network(format!(
-                    "{}: upload makes no progress; giving up",
-                    job.name
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempts))).await;
+            no_progress(&mut attempts, &job.name).await?;
         }
         received = now.min(job.size);
         t.reporter
             .file_start(job.index, &job.name, job.size, received);
     }
+}
+
+/// Counts an attempt that moved nothing and pauses before the next, longer each time;
+/// gives up after [`ATTEMPTS`] in a row.
+pub(super) async fn no_progress(attempts: &mut u32, name: &str) -> ClientResult<()> {
+    *attempts += 1;
+    if *attempts >= ATTEMPTS {
+        return Err(ClientError::Network(format!(
+            "{name}: upload makes no progress; giving up"
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(500 * u64::from(*attempts))).await;
+    Ok(())
 }
 
 /// How many bytes of the file the registry holds.

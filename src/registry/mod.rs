@@ -82,6 +82,7 @@ pub struct Registry {
     part_size: u64,
     upload_concurrency: usize,
     part_memory: Arc<budget::PartMemory>,
+    frontiers: Arc<upload::Frontiers>,
     limits: limits::Limits,
     pulls: Arc<pulls::PullLog>,
     retention: Arc<retention::RetentionConfig>,
@@ -103,6 +104,7 @@ impl Registry {
             part_size,
             upload_concurrency: upload_concurrency.max(1),
             part_memory: Arc::new(budget::PartMemory::new(budget::DEFAULT_PART_MEMORY)),
+            frontiers: Arc::new(upload::Frontiers::new(budget::DEFAULT_PART_MEMORY / 4)),
             limits: limits::Limits::default(),
             pulls: Arc::default(),
             retention: Arc::default(),
@@ -118,6 +120,9 @@ impl Registry {
     /// The same registry with `bytes` of memory for all upload part buffers together.
     pub fn with_part_memory(mut self, bytes: u64) -> Self {
         self.part_memory = Arc::new(budget::PartMemory::new(bytes));
+        // Parts held ahead of a hash frontier are not in flight: a quarter of the budget
+        // on top of it.
+        self.frontiers = Arc::new(upload::Frontiers::new(bytes / 4));
         self
     }
 

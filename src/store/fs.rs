@@ -393,6 +393,7 @@ mod tests {
         let store = FsStore::open(dir.path(), 4).unwrap();
         crate::store::contract::objects_round_trip(&store).await;
         crate::store::contract::multipart_uploads(&store).await;
+        crate::store::contract::parts_in_any_order(&store).await;
     }
 
     #[tokio::test]

@@ -752,6 +752,7 @@ mod tests {
         let s3 = store(false).await;
         crate::store::contract::objects_round_trip(&s3).await;
         crate::store::contract::multipart_uploads(&s3).await;
+        crate::store::contract::parts_in_any_order(&s3).await;
     }
 
     #[tokio::test]

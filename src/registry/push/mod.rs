@@ -2,12 +2,13 @@
 //! commit (verify, then append atomically), abort.
 //!
 //! One file per step: `session` holds what a negotiated push stores, `negotiate` opens
-//! it, `receive` streams a file's bytes through the shared upload machinery of
-//! [`super::upload`], `commit` makes the version and `abort` ends a push without one.
+//! it, `receive` streams a file's bytes, or a range of them, and `ranges` writes and
+//! records its parts in any order (over the state of [`super::upload`]), `commit` makes the version and `abort` ends a push without one.
 
 mod abort;
 mod commit;
 mod negotiate;
+mod ranges;
 mod receive;
 mod session;
 #[cfg(test)]

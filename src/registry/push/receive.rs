@@ -1,5 +1,7 @@
-//! Receiving a pushed file: the body is streamed into parts (see [`PartPump`]), hashed as
-//! it arrives, and checked against its declared digest once complete.
+//! Receiving a pushed file, or a range of it: the body is cut into parts at the file's
+//! part boundaries, parts already durable are skipped and the others written and recorded
+//! in any order (see [`RangeWriter`]); the file is checked against its declared digest
+//! once its last part lands.
 
 use std::fmt::Display;
 
@@ -7,23 +9,44 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use uuid::Uuid;
 
+use super::ranges::{record_digest, Filling, RangeWriter};
 use super::session::SessionFile;
-use crate::meta::{keys, MetaTxExt};
+use crate::digest::ResumableSha256;
+use crate::meta::keys;
 use crate::protocol::UploadProgress;
-use crate::registry::upload::{delete_state, write_state, PartPump, UploadState};
-use crate::registry::{transact, Registry, RegistryError, RegistryResult};
+use crate::registry::upload::{part_at, part_count, Claim, UploadState};
+use crate::registry::{Registry, RegistryError, RegistryResult};
 use crate::store::{keys as object_keys, UploadHandle};
 
 impl Registry {
-    /// Receives bytes of one file from `offset` on. Parts are written as they fill, several
-    /// in flight; each durable part is recorded so a cut connection loses at most the
-    /// parts in flight. Bytes past the last whole part of a body that stops short of the
-    /// file's end are discarded.
+    /// Receives bytes of one file from `offset` on, to its end or until the body stops.
     pub async fn upload<S, E>(
         &self,
         session_id: &str,
         key: &str,
         offset: u64,
+        body: S,
+    ) -> RegistryResult<UploadProgress>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        self.upload_range(session_id, key, offset, None, body).await
+    }
+
+    /// Receives `len` bytes (when known) of one file from `offset`, a multiple of the
+    /// file's part size. Parts are written as they fill, several in flight, in any order
+    /// with the other ranges of the file; each durable part is recorded so a cut
+    /// connection loses at most the parts in flight. A part already durable is not
+    /// written again: its bytes in the body are dropped (the whole-file digest check
+    /// covers the stored bytes, never the dropped ones). Bytes past the last whole part
+    /// of a body that stops short of the file's end are discarded.
+    pub async fn upload_range<S, E>(
+        &self,
+        session_id: &str,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
         mut body: S,
     ) -> RegistryResult<UploadProgress>
     where
@@ -47,11 +70,21 @@ impl Registry {
                 file.size
             )));
         }
+        let part_size = file.part_size.max(1);
         let state_key = keys::upload(&session.id, key);
         let stored = self.upload_state(&state_key).await?;
+        if offset % part_size != 0 && offset != file.size {
+            // A conflict, as the older protocol answered an offset past what arrived: its
+            // clients ask for the status and resume from a part boundary.
+            return Err(RegistryError::Conflict(format!(
+                "upload of {key} is at byte {}; a body starts at a multiple of the part size {part_size}, not at {offset}",
+                stored.as_ref().map_or(0, |s| s.received)
+            )));
+        }
         let progress = |s: &UploadState| UploadProgress {
             key: key.to_string(),
             received: s.received,
+            durable: s.durable_ranges(file.size, part_size),
             size: file.size,
             complete: s.complete(),
         };
@@ -62,154 +95,124 @@ impl Registry {
         let writer = Uuid::new_v4().simple().to_string();
         let object = object_keys::blob(key, &session.id);
         if file.size == 0 {
-            self.blobs.put(&object, Bytes::new()).await?;
-            let state = UploadState {
-                handle: Some(UploadHandle {
-                    key: object,
-                    upload_id: String::new(),
-                }),
-                writer: Some(writer),
-                ..UploadState::default()
-            };
             return self
-                .finish_upload(file, &state_key, None, state)
+                .receive_empty(file, &state_key, object)
                 .await
                 .map(|s| progress(&s));
         }
+        let parts = part_count(file.size, part_size);
+        let first = part_at(offset, part_size).min(parts);
+        let last = match len {
+            Some(len) if len > 0 => part_at(offset + len - 1, part_size).clamp(first, parts),
+            _ => parts,
+        };
+        let claim = Claim {
+            writer: writer.clone(),
+            first,
+            last,
+        };
         let mut state = self
-            .claim_upload(&object, &state_key, &writer, stored.as_ref())
+            .claim_upload(&object, &state_key, claim, stored.as_ref())
             .await?;
         if state.complete() {
             return Ok(progress(&state));
         }
-        if offset > state.received {
-            return Err(RegistryError::Conflict(format!(
-                "upload of {key} is at byte {}, not {offset}; resume from there",
-                state.received
-            )));
-        }
-        // A client that read the status while an older request was still landing parts
-        // starts below what is durable now: skip what is here rather than refuse, so that
-        // it never sends the rest of the file into a refusal.
-        let mut skip = state.received - offset;
         let Some(handle) = state.handle.clone() else {
             return Err(RegistryError::Conflict(format!(
                 "upload of {key} was never started"
             )));
         };
 
-        let part_size = file.part_size as usize;
-        let mut pump = PartPump::new(self, handle, &state_key, &state, part_size);
-        let mut body_ended = false;
+        let mut parts_out = RangeWriter::new(self, file, &state_key, &writer, handle, &state).await;
+        let mut at = offset;
+        let mut filling: Option<Filling> = None;
         loop {
             // Parts that land while the client is slow are recorded at once, so that the
             // status a resuming client reads is as far as the bytes durably are.
             let next = {
-                let front = pump.front_write();
+                let oldest = parts_out.oldest();
                 tokio::select! {
                     biased;
                     chunk = body.next() => Ok(chunk),
-                    Some(written) = async { match front { Some(w) => Some(w.await), None => None } } => Err(written),
-                }
-            };
-            let next = match next {
-                Ok(next) => next,
-                Err(written) => {
-                    pump.record_front(written, &mut state).await?;
-                    continue;
+                    Some(written) = async { match oldest { Some(w) => Some(w.await), None => None } } => Err(written),
                 }
             };
             let mut chunk = match next {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
                     tracing::info!(session = session_id, key, error = %e, "upload body cut short");
                     break;
                 }
-                None => {
-                    body_ended = true;
-                    break;
+                Ok(None) => break,
+                Err(written) => {
+                    parts_out.land(written, &mut state).await?;
+                    continue;
                 }
             };
-            if skip > 0 {
-                let n = skip.min(chunk.len() as u64);
-                skip -= n;
-                let _ = chunk.split_to(n as usize);
-            }
-            if pump.next_offset() + (pump.buffered() + chunk.len()) as u64 > file.size {
-                pump.drain(&mut state).await?;
+            if at + chunk.len() as u64 > file.size {
+                self.put_back(filling.take());
+                parts_out.drain(&mut state).await?;
                 return Err(RegistryError::BadRequest(format!(
                     "body runs past the {} bytes declared for {key}",
                     file.size
                 )));
             }
-            pump.feed(chunk, &mut state).await?;
+            while !chunk.is_empty() {
+                let number = part_at(at, part_size);
+                let part_end = (u64::from(number) * part_size).min(file.size);
+                let mut part = match filling.take() {
+                    Some(part) => part,
+                    None if state.holds(number) => Filling::Skip,
+                    None => Filling::Write(self.part_memory.take(part_size as usize).await),
+                };
+                let take = (part_end - at).min(chunk.len() as u64) as usize;
+                part.add(chunk.split_to(take));
+                at += take as u64;
+                match part {
+                    Filling::Write(buffer) if at == part_end => {
+                        parts_out.write(number, buffer, &mut state).await?;
+                    }
+                    Filling::Skip if at == part_end => {}
+                    unfinished => filling = Some(unfinished),
+                }
+            }
         }
-        if body_ended && pump.next_offset() + pump.buffered() as u64 == file.size {
-            pump.send_tail(&mut state).await?;
-        }
-        pump.drain(&mut state).await?;
-        if state.received == file.size {
-            let expected = Some(state.received);
-            state = self
-                .finish_upload(file, &state_key, expected, state)
-                .await?;
+        self.put_back(filling.take());
+        parts_out.drain(&mut state).await?;
+        if state.received == file.size && !state.complete() {
+            state = parts_out.finish(state).await?;
         }
         Ok(progress(&state))
     }
 
-    /// Checks a fully received file against its declared digest and makes it an object.
-    async fn finish_upload(
+    /// A part a body stopped short of: its buffer goes back to the part memory.
+    fn put_back(&self, filling: Option<Filling>) {
+        if let Some(Filling::Write(buffer)) = filling {
+            self.part_memory.put_back(buffer);
+        }
+    }
+
+    /// Stores an empty file: one empty object, checked against its declared digest.
+    async fn receive_empty(
         &self,
         file: &SessionFile,
         state_key: &str,
-        expected: Option<u64>,
-        mut state: UploadState,
+        object: String,
     ) -> RegistryResult<UploadState> {
-        let digest = state.hasher.finalize_hex();
-        let Some(handle) = state.handle.clone() else {
-            return Err(RegistryError::Conflict(format!(
-                "upload of {} was never started",
-                file.key
+        let hasher = ResumableSha256::default();
+        let digest = hasher.finalize_hex();
+        if let Some(declared) = file.sha256.as_ref().filter(|d| **d != digest) {
+            return Err(RegistryError::BadRequest(format!(
+                "SHA-256 mismatch for {}: declared {declared}, received {digest}; upload it again",
+                file.name
             )));
+        }
+        self.blobs.put(&object, Bytes::new()).await?;
+        let handle = UploadHandle {
+            key: object,
+            upload_id: String::new(),
         };
-        if let Some(declared) = &file.sha256 {
-            if *declared != digest {
-                // Start the file over: the bytes are not the ones declared.
-                if file.size > 0 {
-                    let _ = self.blobs.abort_upload(&handle).await;
-                }
-                transact(self.meta(), async |tx| delete_state(tx, state_key).await).await?;
-                return Err(RegistryError::BadRequest(format!(
-                    "SHA-256 mismatch for {}: declared {declared}, received {digest}; upload it again",
-                    file.name
-                )));
-            }
-        }
-        if file.size > 0 {
-            let parts = self.upload_parts(state_key, &state).await?;
-            if let Err(e) = self.blobs.complete_upload(&handle, &parts).await {
-                // An older request that received the same last part may have completed it.
-                return match self.upload_state(state_key).await? {
-                    Some(done) if done.complete() => Ok(done),
-                    _ => Err(e.into()),
-                };
-            }
-        }
-        state.sha256 = Some(digest);
-        // Completion is recorded whoever owns the upload now: the object is made, and its
-        // bytes are exactly the recorded parts.
-        transact(self.meta(), async |tx| {
-            let current = tx.get_json::<UploadState>(state_key).await?;
-            if current.as_ref().map(|s| s.received) != expected {
-                return Err(RegistryError::Conflict(
-                    "another upload of this file is running; ask for its status and resume".into(),
-                ));
-            }
-            write_state(tx, state_key, current.as_ref(), &state, None);
-            Ok(())
-        })
-        .await?;
-        Ok(state)
+        record_digest(self, state_key, &handle, hasher, digest).await
     }
 }
 

@@ -128,6 +128,10 @@ pub(super) fn plan(session: &UploadSession, states: &BTreeMap<String, UploadStat
                         true => state.map(|s| s.received).unwrap_or(0),
                         false => f.size,
                     },
+                    durable: state
+                        .filter(|_| f.upload)
+                        .map(|s| s.durable_ranges(f.size, f.part_size))
+                        .unwrap_or_default(),
                     part_size: f.part_size,
                     sha256: match f.upload {
                         true => state.and_then(|s| s.sha256.clone()),

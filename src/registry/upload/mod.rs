@@ -1,6 +1,8 @@
 //! The upload machinery both front doors share: the state of one file's multipart upload,
 //! saved after every durable part, and the pump that sends its parts.
 
+mod frontier;
+mod parts;
 mod pump;
 mod stored;
 
@@ -11,6 +13,8 @@ use crate::digest::ResumableSha256;
 use crate::meta::{MetaStoreExt, MetaTxExt};
 use crate::store::{PartInfo, UploadHandle};
 
+pub(crate) use frontier::{Frontier, Frontiers};
+pub(crate) use parts::{part_at, part_count, Claim, PartPlace};
 pub(crate) use pump::PartPump;
 pub(crate) use stored::{delete_state, write_state, StrayParts};
 
@@ -33,13 +37,24 @@ pub struct UploadState {
     /// Durable parts, numbered from 1, contiguous, each in a record of its own.
     #[serde(default)]
     pub count: u32,
+    /// Durable parts past the contiguous ones (a file pushed as several ranges), as
+    /// inclusive runs of part numbers in order, never touching `count`; each part also in
+    /// a record of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<[u32; 2]>,
+    /// The requests writing ranges of the file, oldest first: a newer one takes over the
+    /// parts of its range from the older ones (see [`Claim`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<Claim>,
     /// The part list of a record of the older layout, which kept it inline; moved to
     /// records of their own by the first write of this code.
     #[serde(rename = "parts", default, skip_serializing)]
     pub(crate) legacy_parts: Vec<PartInfo>,
-    /// Bytes in the durable parts.
+    /// Bytes in the contiguous durable parts.
     pub received: u64,
-    /// SHA-256 state over the received bytes.
+    /// SHA-256 state over the first bytes of the file: all of `received` for a file sent
+    /// as one stream; for one sent as ranges, as far as a replica hashed in order, the
+    /// rest being hashed when the last part lands.
     pub hasher: ResumableSha256,
     /// The final digest, once complete.
     pub sha256: Option<String>,
@@ -87,13 +102,13 @@ impl Registry {
         .await
     }
 
-    /// Makes `writer` the owner of a file's upload, starting the multipart upload if
-    /// `stored` has none; returns the state it takes over.
+    /// Makes `claim`'s request the owner of its range of a file's upload, starting the
+    /// multipart upload if `stored` has none; returns the state it takes over.
     pub(crate) async fn claim_upload(
         &self,
         object: &str,
         state_key: &str,
-        writer: &str,
+        claim: Claim,
         stored: Option<&UploadState>,
     ) -> RegistryResult<UploadState> {
         let started = match stored.and_then(|s| s.handle.clone()) {
@@ -113,8 +128,11 @@ impl Registry {
                 };
                 current.handle = Some(handle);
             }
-            current.writer = Some(writer.to_string());
+            current.writer = Some(claim.writer.clone());
             current.count = current.recorded();
+            if !current.complete() {
+                current.add_claim(claim.clone());
+            }
             stored::write_state(tx, state_key, stored.as_ref(), &current, None);
             Ok(current)
         })

@@ -64,11 +64,6 @@ impl<'a> PartPump<'a> {
         }
     }
 
-    /// Bytes received into the part being filled, not sent yet.
-    pub(crate) fn buffered(&self) -> usize {
-        self.filling.as_ref().map_or(0, |b| b.buf.len())
-    }
-
     /// Adds body bytes to the part being filled and sends each part that fills. Each part
     /// is allocated once, at its final size, from the server's part memory; when that is
     /// spent this waits for a buffer instead of allocating past it.
@@ -112,11 +107,6 @@ impl<'a> PartPump<'a> {
             }
             None => Bytes::new(),
         }
-    }
-
-    /// The offset the next part starts at.
-    pub(crate) fn next_offset(&self) -> u64 {
-        self.next_offset
     }
 
     /// Hashes and sends a part; waits for older parts while too many are in flight.

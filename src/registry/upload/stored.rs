@@ -43,7 +43,7 @@ pub(crate) fn write_state(
 /// Buffers the deletion of the upload state under `key` and of all its parts.
 pub(crate) async fn delete_state(tx: &mut Box<dyn MetaTx>, key: &str) -> RegistryResult<()> {
     if let Some(state) = tx.get_json::<UploadState>(key).await? {
-        for number in 1..=state.count {
+        for number in (1..=state.count).chain(state.ahead_parts()) {
             tx.delete(&keys::upload_part(key, number));
         }
     }
@@ -80,7 +80,7 @@ impl Registry {
     }
 }
 
-/// Part records whose upload state is gone (or counts fewer parts): left by a replica of
+/// Part records whose upload state is gone (or does not hold them): left by a replica of
 /// an older version that deleted only the state, or by a crash between two writes of
 /// code that wrote them apart. By state key, the part numbers.
 pub(crate) struct StrayParts(pub BTreeMap<String, Vec<u32>>);
@@ -101,8 +101,8 @@ impl StrayParts {
             .into_iter()
             .zip(found)
             .filter_map(|((key, numbers), state)| {
-                let count = state.map_or(0, |s| s.count);
-                let numbers: Vec<u32> = numbers.into_iter().filter(|n| *n > count).collect();
+                let state = state.unwrap_or_default();
+                let numbers: Vec<u32> = numbers.into_iter().filter(|n| !state.holds(*n)).collect();
                 (!numbers.is_empty()).then_some((key, numbers))
             })
             .collect();
@@ -119,11 +119,8 @@ impl StrayParts {
     pub(crate) async fn remove(&self, meta: &dyn MetaStore) -> RegistryResult<()> {
         for (key, numbers) in &self.0 {
             transact(meta, async |tx| {
-                let count = tx
-                    .get_json::<UploadState>(key)
-                    .await?
-                    .map_or(0, |s| s.count);
-                for n in numbers.iter().filter(|n| **n > count) {
+                let state = tx.get_json::<UploadState>(key).await?.unwrap_or_default();
+                for n in numbers.iter().filter(|n| !state.holds(**n)) {
                     tx.delete(&keys::upload_part(key, *n));
                 }
                 Ok(())
@@ -264,7 +261,16 @@ mod tests {
         );
         // A newer request takes it over: the parts move, and deleting removes them all.
         let claimed = r
-            .claim_upload("blobs/c.ank/s", key, "new", Some(&state))
+            .claim_upload(
+                "blobs/c.ank/s",
+                key,
+                crate::registry::upload::Claim {
+                    writer: "new".into(),
+                    first: 4,
+                    last: 4,
+                },
+                Some(&state),
+            )
             .await
             .unwrap();
         assert_eq!(claimed.recorded(), 3);

@@ -1,0 +1,311 @@
+//! A pushed file's parts written in any order: a request sends the parts of its range,
+//! several in flight, and records each durable part in the file's part set (see
+//! [`UploadState::insert_part`]); requests on other ranges, on any replica, do the same
+//! under optimistic transactions. The file's hash frontier hashes the parts that land in
+//! order; the file is checked and made an object when its last part lands.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use super::session::SessionFile;
+use crate::digest::ResumableSha256;
+use crate::meta::{keys, MetaTxExt};
+use crate::registry::budget::PartBuffer;
+use crate::registry::upload::{delete_state, write_state, Frontier, PartPlace, UploadState};
+use crate::registry::{transact, Registry, RegistryError, RegistryResult};
+use crate::store::{PartInfo, StoreError, StoreResult, UploadHandle};
+
+/// Bytes of parts one request may have in flight; with larger parts, one at a time.
+const IN_FLIGHT_BUDGET: u64 = 64 << 20;
+
+fn restarted() -> RegistryError {
+    RegistryError::Conflict(
+        "the upload of this file was restarted; ask for its status and resume".into(),
+    )
+}
+
+/// A part being written, and what it holds until it lands.
+struct Landing {
+    number: u32,
+    write: JoinHandle<StoreResult<PartInfo>>,
+    _counted: crate::telemetry::metrics::PartBufferGuard,
+}
+
+/// Writes and records the parts of one request's range.
+pub(super) struct RangeWriter<'a> {
+    registry: &'a Registry,
+    file: &'a SessionFile,
+    state_key: &'a str,
+    writer: &'a str,
+    handle: UploadHandle,
+    frontier: Arc<Mutex<Frontier>>,
+    landing: VecDeque<Landing>,
+    max_landing: usize,
+}
+
+impl<'a> RangeWriter<'a> {
+    /// Writes parts of `file`'s upload `handle` as `writer`, on this replica's frontier.
+    pub(super) async fn new(
+        registry: &'a Registry,
+        file: &'a SessionFile,
+        state_key: &'a str,
+        writer: &'a str,
+        handle: UploadHandle,
+        state: &UploadState,
+    ) -> Self {
+        let frontier = registry.frontiers.get(state_key, &state.hasher);
+        frontier.lock().await.adopt(&state.hasher);
+        let fit = (IN_FLIGHT_BUDGET / file.part_size.max(1)).max(1) as usize;
+        Self {
+            registry,
+            file,
+            state_key,
+            writer,
+            handle,
+            frontier,
+            landing: VecDeque::new(),
+            max_landing: registry.upload_concurrency.min(fit),
+        }
+    }
+
+    /// Starts writing part `number`; lands the older parts that are done, and waits for
+    /// the oldest while too many are in flight.
+    pub(super) async fn write(
+        &mut self,
+        number: u32,
+        buffer: PartBuffer,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        let (part, reservation) = buffer.freeze();
+        let offset = u64::from(number - 1) * self.file.part_size;
+        let counted = crate::telemetry::metrics::part_buffer_held(part.len());
+        let (blobs, memory) = (
+            self.registry.blobs.clone(),
+            self.registry.part_memory.clone(),
+        );
+        let (frontiers, frontier) = (self.registry.frontiers.clone(), self.frontier.clone());
+        let handle = self.handle.clone();
+        let write = tokio::spawn(async move {
+            let written = blobs
+                .write_part(&handle, number, offset, part.clone())
+                .await;
+            // Only durable bytes are hashed: a write that failed is sent again, maybe
+            // by another request.
+            if written.is_ok() {
+                frontiers.offer(&frontier, offset, &part).await;
+            }
+            memory.give_back(part, reservation);
+            written
+        });
+        self.landing.push_back(Landing {
+            number,
+            write,
+            _counted: counted,
+        });
+        while self.landing.len() >= self.max_landing
+            || self.landing.front().is_some_and(|l| l.write.is_finished())
+        {
+            let Some(front) = self.oldest() else { break };
+            let written = front.await;
+            self.land(written, state).await?;
+        }
+        Ok(())
+    }
+
+    /// The oldest write in flight; polling it by reference loses nothing when the caller
+    /// stops waiting, so it can race the request body.
+    pub(super) fn oldest(&mut self) -> Option<&mut JoinHandle<StoreResult<PartInfo>>> {
+        self.landing.front_mut().map(|l| &mut l.write)
+    }
+
+    /// Records the oldest part in flight, whose write ended with `written`.
+    pub(super) async fn land(
+        &mut self,
+        written: Result<StoreResult<PartInfo>, tokio::task::JoinError>,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        let Some(landed) = self.landing.pop_front() else {
+            return Ok(());
+        };
+        let part =
+            written.map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
+        debug_assert_eq!(part.number, landed.number);
+        *state = self.record(&part).await?;
+        Ok(())
+    }
+
+    /// Waits for every part in flight and records it.
+    pub(super) async fn drain(&mut self, state: &mut UploadState) -> RegistryResult<()> {
+        while let Some(front) = self.oldest() {
+            let written = front.await;
+            self.land(written, state).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a durable part to the file's part set, with the furthest hash state this
+    /// replica has within the contiguous durable bytes; answers the state as recorded.
+    async fn record(&self, part: &PartInfo) -> RegistryResult<UploadState> {
+        let (key, file) = (self.state_key, self.file);
+        let recorded = transact(self.registry.meta(), async |tx| {
+            let Some(current) = tx.get_json::<UploadState>(key).await? else {
+                return Err(restarted());
+            };
+            if current.handle.as_ref() != Some(&self.handle) {
+                return Err(restarted());
+            }
+            if current.complete() {
+                return Ok(current);
+            }
+            match current.place(self.writer, part.number) {
+                PartPlace::Durable => return Ok(current),
+                PartPlace::TakenOver => {
+                    return Err(RegistryError::Conflict(format!(
+                        "a newer request sends part {} of this file; ask for its status and resume",
+                        part.number
+                    )))
+                }
+                PartPlace::Open => {}
+            }
+            let mut next = current.clone();
+            next.insert_part(part.number, file.size, file.part_size);
+            let frontier = self.frontier.lock().await;
+            if let Some(s) = frontier.snapshot_within(next.hasher.len(), next.received) {
+                next.hasher = s;
+            }
+            write_state(tx, key, Some(&current), &next, None);
+            tx.put_json(&keys::upload_part(key, part.number), part);
+            Ok(next)
+        })
+        .await?;
+        let mut frontier = self.frontier.lock().await;
+        frontier.adopt(&recorded.hasher);
+        frontier.recorded(recorded.hasher.len());
+        Ok(recorded)
+    }
+
+    /// Checks the file whose parts are all durable against its declared digest and makes
+    /// it an object. The bytes the frontier has not hashed are read back from the store,
+    /// which can read them only once the object is made: then a mismatch deletes it.
+    pub(super) async fn finish(&self, state: UploadState) -> RegistryResult<UploadState> {
+        let r = self.registry;
+        let mut hasher = {
+            let mut frontier = self.frontier.lock().await;
+            frontier.adopt(&state.hasher);
+            frontier.hasher().clone()
+        };
+        let parts = r.upload_parts(self.state_key, &state).await?;
+        let read_back = hasher.len() < self.file.size;
+        if read_back {
+            if let Some(done) = self.complete(&parts).await? {
+                return Ok(done);
+            }
+            self.read_back(&mut hasher).await?;
+        }
+        let digest = hasher.finalize_hex();
+        if let Some(declared) = self.file.sha256.as_ref().filter(|d| **d != digest) {
+            // Start the file over: the bytes are not the ones declared.
+            let _ = match read_back {
+                true => r.blobs.delete(&self.handle.key).await,
+                false => r.blobs.abort_upload(&self.handle).await,
+            };
+            transact(r.meta(), async |tx| delete_state(tx, self.state_key).await).await?;
+            r.frontiers.forget(self.state_key);
+            return Err(RegistryError::BadRequest(format!(
+                "SHA-256 mismatch for {}: declared {declared}, received {digest}; upload it again",
+                self.file.name
+            )));
+        }
+        if !read_back {
+            if let Some(done) = self.complete(&parts).await? {
+                return Ok(done);
+            }
+        }
+        let done = record_digest(r, self.state_key, &self.handle, hasher, digest).await?;
+        r.frontiers.forget(self.state_key);
+        Ok(done)
+    }
+
+    /// Completes the multipart upload; answers the state when another request completed
+    /// and recorded it first.
+    async fn complete(&self, parts: &[PartInfo]) -> RegistryResult<Option<UploadState>> {
+        let r = self.registry;
+        if let Err(e) = r.blobs.complete_upload(&self.handle, parts).await {
+            return match r.upload_state(self.state_key).await? {
+                Some(done) if done.complete() => Ok(Some(done)),
+                _ => Err(e.into()),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Hashes the object's bytes from where `hasher` stands to the end.
+    async fn read_back(&self, hasher: &mut ResumableSha256) -> RegistryResult<()> {
+        let (from, started) = (hasher.len(), Instant::now());
+        let range = Some((from, self.file.size));
+        let mut bytes = self.registry.blobs.get(&self.handle.key, range).await?;
+        while let Some(chunk) = bytes.next().await {
+            hasher.update(&chunk?);
+        }
+        tracing::info!(
+            key = self.file.key,
+            bytes = self.file.size - from,
+            ms = started.elapsed().as_millis() as u64,
+            "hashed the parts the frontier missed, read back from the store"
+        );
+        Ok(())
+    }
+}
+
+/// Records a file's digest: it is complete, whoever owns its upload now, as long as the
+/// upload was not restarted.
+pub(super) async fn record_digest(
+    r: &Registry,
+    key: &str,
+    handle: &UploadHandle,
+    hasher: ResumableSha256,
+    digest: String,
+) -> RegistryResult<UploadState> {
+    transact(r.meta(), async |tx| {
+        let current = tx.get_json::<UploadState>(key).await?;
+        if let Some(done) = current.as_ref().filter(|c| c.complete()) {
+            return Ok(done.clone());
+        }
+        let mut next = current.clone().unwrap_or_default();
+        if next.handle.is_some() && next.handle.as_ref() != Some(handle) {
+            return Err(restarted());
+        }
+        next.handle = Some(handle.clone());
+        next.received = hasher.len();
+        next.hasher = hasher.clone();
+        next.sha256 = Some(digest.clone());
+        next.claims.clear();
+        write_state(tx, key, current.as_ref(), &next, None);
+        Ok(next)
+    })
+    .await
+}
+
+/// Bytes of a part a body is sending: buffered for writing, or skipped when the part is
+/// durable already.
+pub(super) enum Filling {
+    /// Bytes to write, reserved from the part memory.
+    Write(PartBuffer),
+    /// A durable part: its bytes are read and dropped.
+    Skip,
+}
+
+impl Filling {
+    /// Adds bytes of the part.
+    pub(super) fn add(&mut self, bytes: Bytes) {
+        if let Self::Write(buffer) = self {
+            buffer.buf.extend_from_slice(&bytes);
+        }
+    }
+}
