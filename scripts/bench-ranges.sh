@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): one large layer pushed with `vmreg registry push --ranges 1`
+# (one stream) against `--ranges 4` (its parts striped over 4 connections), through a
+# vmreg server on Garage (S3) and Redis started by scripts/test-services.sh. Two cases:
+#   loopback   the client talks to the server directly (BENCH_MIB, default 4096 MiB)
+#   wan        each client connection goes through a proxy that caps it at
+#              WAN_RATE_MIB MiB/s (default 25), as one TCP stream is capped on a long
+#              link (WAN_MIB, default 1024 MiB; WAN_MIB=0 skips the case)
+# Each run pushes a fresh template and deletes it afterwards (so Garage does not fill up),
+# alternating the two settings; prints each run's seconds and the server's CPU seconds per
+# GiB, then the medians and the ratio (one stream's time / 4 ranges' time).
+#
+#   scripts/bench-ranges.sh [RUNS]     (default 3)
+#
+# Environment: VMREG_BIN (default target/release/vmreg, built if missing), BENCH_DIR.
+set -euo pipefail
+RUNS=${1:-3}
+MIB=${BENCH_MIB:-4096}
+WAN_MIB=${WAN_MIB:-1024}
+WAN_RATE_MIB=${WAN_RATE_MIB:-25}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
+if [[ ! -x $BIN ]]; then
+    (cd "$ROOT" && cargo build --release --bin vmreg)
+fi
+command -v python3 >/dev/null || { echo "bench-ranges: needs python3" >&2; exit 1; }
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-ranges.XXXXXX)}
+mkdir -p "$WORK"
+# shellcheck source=scripts/test-services.sh
+source "$ROOT/scripts/test-services.sh"
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+SERVER_PID=
+PROXY_PID=
+cleanup() {
+    [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    vmreg_services_stop
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+VMREG_SERVICES_QUIET=1 vmreg_services_start
+
+bench_start_server -- --data-dir "$WORK/data" \
+    --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix ranges: \
+    --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
+    --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix ranges
+
+# CPU seconds (user + system) the server used so far.
+server_cpu() {
+    python3 -c 'import os,sys; f=open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")",1)[1].split(); t=os.sysconf("SC_CLK_TCK"); print((int(f[11])+int(f[12]))/t)' "$SERVER_PID"
+}
+
+# A TCP proxy on a free port to $1 that caps each connection's upstream bytes at $2 MiB/s;
+# prints its port.
+start_proxy() {
+    python3 - "$1" "$2" >"$WORK/proxy.out" 2>"$WORK/proxy.log" <<'EOF' &
+import asyncio, sys, time
+host, port = sys.argv[1].split("//")[1].split(":")
+rate = float(sys.argv[2]) * (1 << 20)
+
+async def pipe(reader, writer, capped):
+    start, moved = time.monotonic(), 0
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+            if capped:
+                moved += len(data)
+                ahead = moved / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+async def serve(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection(host, int(port))
+    await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+EOF
+    PROXY_PID=$!
+    for _ in $(seq 50); do
+        [[ -s $WORK/proxy.out ]] && break
+        sleep 0.1
+    done
+    head -1 "$WORK/proxy.out"
+}
+
+# Pushes a fresh VM with one layer of $2 MiB to $1 with `--ranges $3`, then deletes it;
+# prints seconds and server CPU seconds per GiB.
+push_once() {
+    local url=$1 mib=$2 ranges=$3 lib=$WORK/lib t0 t1 c0 c1
+    rm -rf "$lib"
+    bench_write_vm "$lib" "$(python3 -c 'import uuid; print(uuid.uuid4())')" "$mib" >/dev/null
+    c0=$(server_cpu)
+    t0=$(now)
+    VMREG_CONFIG=$WORK/remotes.yaml "$BIN" registry -a "$url" --json --lib "$lib" \
+        push --ranges "$ranges" -t t bench >"$WORK/push.json"
+    t1=$(now)
+    c1=$(server_cpu)
+    VMREG_CONFIG=$WORK/remotes.yaml "$BIN" registry -a "$URL" --json delete-template bench >/dev/null
+    rm -rf "$lib"
+    python3 -c 'import sys; t0,t1,c0,c1,mib=map(float,sys.argv[1:]); print(f"{t1-t0:.2f} {(c1-c0)/(mib/1024):.2f}")' \
+        "$t0" "$t1" "$c0" "$c1" "$mib"
+}
+
+run_case() {
+    local name=$1 url=$2 mib=$3 run one four
+    declare -a ONE FOUR
+    echo "bench-ranges: $name, a $mib MiB layer, $RUNS runs" >&2
+    printf '%-9s %-4s %8s %12s %8s %12s\n' case run '1 s' '1 cpu s/GiB' '4 s' '4 cpu s/GiB'
+    for run in $(seq "$RUNS"); do
+        read -r one one_cpu < <(push_once "$url" "$mib" 1)
+        read -r four four_cpu < <(push_once "$url" "$mib" 4)
+        ONE[run]=$one
+        FOUR[run]=$four
+        printf '%-9s %-4s %8s %12s %8s %12s\n' "$name" "$run" "$one" "$one_cpu" "$four" "$four_cpu"
+    done
+    local m1 m4
+    m1=$(median "${ONE[@]}")
+    m4=$(median "${FOUR[@]}")
+    printf '%-9s %-4s %8s %12s %8s %12s   4 ranges are %sx faster (%s MB/s vs %s MB/s)\n' "$name" median "$m1" '' "$m4" '' \
+        "$(python3 -c 'import sys; print(f"{float(sys.argv[1])/float(sys.argv[2]):.2f}")' "$m1" "$m4")" \
+        "$(mbps $((mib << 20)) 0 "$m4")" "$(mbps $((mib << 20)) 0 "$m1")"
+}
+
+echo "bench-ranges: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+run_case loopback "$URL" "$MIB"
+if [[ $WAN_MIB != 0 ]]; then
+    proxy_port=$(start_proxy "$URL" "$WAN_RATE_MIB")
+    run_case "wan-${WAN_RATE_MIB}M" "http://127.0.0.1:$proxy_port" "$WAN_MIB"
+fi
