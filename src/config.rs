@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_size: Option<u64>,
-    /// Memory for upload part buffers, all uploads together: uploads wait for it rather than allocate past it [env: VMREG_PART_MEMORY] [default: 256MiB]
+    /// Memory for upload part buffers, all uploads together: uploads wait for it rather than allocate past it [env: VMREG_PART_MEMORY] [default: 128MiB]
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_memory: Option<u64>,
@@ -140,6 +140,9 @@ pub struct ServeArgs {
     /// MiB of recently read chunks shared by concurrent downloads of the same file; 0 turns sharing off [env: VMREG_S3_READ_CACHE_MIB] [default: 64]
     #[arg(long)]
     pub s3_read_cache_mib: Option<u64>,
+    /// MiB of download pieces read from S3 held at once, all downloads together (shared chunks included, counted once); a download waits for it rather than allocate past it; at least 4 [env: VMREG_S3_READ_MEMORY_MIB] [default: 96]
+    #[arg(long)]
+    pub s3_read_memory_mib: Option<u64>,
     /// Answer downloads with a 307 to a presigned S3 URL [env: VMREG_S3_REDIRECT]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub s3_redirect: Option<bool>,
@@ -205,6 +208,8 @@ pub struct S3Config {
     pub read_concurrency: usize,
     /// Bytes of recently read chunks shared by concurrent downloads (0: no sharing).
     pub read_cache: u64,
+    /// Bytes of download pieces held at once, all downloads together.
+    pub read_memory: u64,
     /// Answer downloads with presigned redirects.
     pub redirect: bool,
 }
@@ -399,6 +404,7 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ),
     ("s3_read_concurrency", &["VMREG_S3_READ_CONCURRENCY"]),
     ("s3_read_cache_mib", &["VMREG_S3_READ_CACHE_MIB"]),
+    ("s3_read_memory_mib", &["VMREG_S3_READ_MEMORY_MIB"]),
     ("s3_redirect", &["VMREG_S3_REDIRECT"]),
     ("redis_url", &["VMREG_REDIS_URL"]),
     ("redis_prefix", &["VMREG_REDIS_PREFIX"]),
@@ -508,6 +514,9 @@ impl ServeArgs {
                 "s3_read_cache_mib" => {
                     layer.s3_read_cache_mib = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
+                "s3_read_memory_mib" => {
+                    layer.s3_read_memory_mib = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
                 "s3_redirect" => layer.s3_redirect = Some(parse_bool(&value).map_err(bad)?),
                 "redis_url" => layer.redis_url = Some(value),
                 "redis_prefix" => layer.redis_prefix = Some(value),
@@ -583,6 +592,7 @@ impl ServeArgs {
             s3_upload_concurrency: self.s3_upload_concurrency.or(lower.s3_upload_concurrency),
             s3_read_concurrency: self.s3_read_concurrency.or(lower.s3_read_concurrency),
             s3_read_cache_mib: self.s3_read_cache_mib.or(lower.s3_read_cache_mib),
+            s3_read_memory_mib: self.s3_read_memory_mib.or(lower.s3_read_memory_mib),
             s3_redirect: self.s3_redirect.or(lower.s3_redirect),
             redis_url: self.redis_url.or(lower.redis_url),
             redis_prefix: self.redis_prefix.or(lower.redis_prefix),
@@ -672,6 +682,17 @@ impl Config {
                 return Err(ConfigError(format!("backend {other:?} is not disk or s3")))
             }
         };
+        let read_memory = l
+            .s3_read_memory_mib
+            .map(|mib| mib.saturating_mul(1 << 20))
+            .unwrap_or(crate::store::memory::DEFAULT_READ_MEMORY);
+        if read_memory < crate::store::s3::READ_CHUNK {
+            return Err(ConfigError(format!(
+                "S3 read memory of {} MiB is less than one piece of {} MiB",
+                read_memory >> 20,
+                crate::store::s3::READ_CHUNK >> 20
+            )));
+        }
         let s3 = match bucket {
             Some(bucket) => Some(S3Config {
                 bucket,
@@ -682,6 +703,7 @@ impl Config {
                 upload_concurrency: l.s3_upload_concurrency.unwrap_or(4).max(1),
                 read_concurrency: l.s3_read_concurrency.unwrap_or(4).max(1),
                 read_cache: l.s3_read_cache_mib.unwrap_or(64).saturating_mul(1 << 20),
+                read_memory,
                 redirect: l.s3_redirect.unwrap_or(false),
             }),
             None => None,
@@ -958,9 +980,10 @@ impl std::fmt::Display for Config {
                 writeln!(f, "  s3_concurrency    {}", s3.upload_concurrency)?;
                 writeln!(
                     f,
-                    "  s3_reads          {} at once, {} MiB shared",
+                    "  s3_reads          {} at once, {} MiB shared, {} MiB in all",
                     s3.read_concurrency,
-                    s3.read_cache >> 20
+                    s3.read_cache >> 20,
+                    s3.read_memory >> 20
                 )?;
                 writeln!(f, "  s3_redirect       {}", s3.redirect)?;
             }

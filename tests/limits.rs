@@ -505,3 +505,82 @@ async fn listing_a_hundred_thousand_templates_is_fast_and_bounded() {
 fn ns_file(server: &Server, name: &str) -> std::path::PathBuf {
     server.ns.dir.join(name)
 }
+
+/// The server's metrics as series → value.
+async fn metrics_of(server: &Server) -> std::collections::HashMap<String, f64> {
+    let text = reqwest::get(server.at("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn concurrent_pulls_of_different_files_stay_within_the_read_memory() {
+    require_s3_services();
+    // Two 4 MiB pieces for every download together. Unbounded, six downloads reading 4
+    // pieces ahead each would hold 6 x 4 x 4 MiB.
+    const READ_MEMORY: f64 = (8 * MIB) as f64;
+    let server = Server::start_with(&["--s3-read-memory-mib", "8", "--s3-read-concurrency", "4"]);
+    let files: Vec<TestFile> = (0..6)
+        .map(|i| unique_image(18 * MIB as usize + 1000 * i, 40 + i as u64))
+        .collect();
+    let id = new_id();
+    push(
+        &server,
+        &id,
+        "read-memory",
+        "t",
+        &files.iter().collect::<Vec<_>>(),
+    )
+    .await;
+
+    let pulls: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let (url, want) = (server.at(&format!("/api/v1/files/{}", f.name)), f.sha256());
+            tokio::spawn(async move {
+                let resp = reqwest::get(url).await.unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                sha256_hex(&resp.bytes().await.unwrap()) == want
+            })
+        })
+        .collect();
+    for pull in pulls {
+        let same = tokio::time::timeout(Duration::from_secs(120), pull)
+            .await
+            .expect("downloads waiting for read memory all finish")
+            .unwrap();
+        assert!(same, "a download's bytes differ from the pushed file");
+    }
+    let m = metrics_of(&server).await;
+    let series = |state: &str| m[&format!("vmreg_s3_read_memory_bytes{{state=\"{state}\"}}")];
+    assert_eq!(series("budget"), READ_MEMORY);
+    assert!(
+        series("peak") <= READ_MEMORY && series("peak") >= (4 * MIB) as f64,
+        "peak {} bytes of pieces held",
+        series("peak")
+    );
+    assert!(
+        m["vmreg_s3_read_memory_waits_total"] > 0.0,
+        "downloads never waited for read memory"
+    );
+    // Every piece's reservation goes back once it is sent (the last as its stream ends).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics_of(&server).await;
+        let in_use = m["vmreg_s3_read_memory_bytes{state=\"in_use\"}"];
+        if in_use == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{in_use} bytes still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,6 +9,7 @@
 mod contract;
 pub mod fs;
 pub mod instrumented;
+pub mod memory;
 pub mod ranged;
 pub mod s3;
 pub mod shared;

@@ -59,20 +59,46 @@ pub fn slice(parts: &[Bytes], from: u64, to: u64) -> Vec<Bytes> {
     out
 }
 
-/// Streams `start..end`, `fetch` returning the bytes of each piece; up to `in_flight`
-/// pieces are fetched at once and the bytes come out in order. A piece that comes back
-/// shorter or longer than asked ends the stream with an error, as does a failed fetch.
-pub fn ordered<F, Fut>(start: u64, end: u64, chunk: u64, in_flight: usize, fetch: F) -> ByteStream
+/// The bytes of a fetched piece, in the buffers they arrived in, and what must be held
+/// until they have all been sent (a reservation of read memory, a shared chunk).
+pub struct Fetched<G> {
+    /// The piece's bytes.
+    pub parts: Vec<Bytes>,
+    /// Dropped once the stream has yielded the piece's last buffer.
+    pub hold: G,
+}
+
+/// Streams `start..end`: each piece is first admitted by `admit`, one after the other in
+/// order (so a reader waiting for admission always holds its oldest pieces already), then
+/// fetched by `fetch` with what its admission gave; up to `in_flight` pieces are admitted
+/// or fetched at once and the bytes come out in order. A piece that comes back shorter or
+/// longer than asked ends the stream with an error, as does a failed fetch.
+pub fn ordered<A, AFut, T, F, Fut, G>(
+    start: u64,
+    end: u64,
+    chunk: u64,
+    in_flight: usize,
+    admit: A,
+    fetch: F,
+) -> ByteStream
 where
-    F: FnMut(Piece) -> Fut + Send + 'static,
-    Fut: Future<Output = StoreResult<Vec<Bytes>>> + Send + 'static,
+    A: FnMut(Piece) -> AFut + Send + 'static,
+    AFut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    F: FnMut(Piece, T) -> Fut + Send + 'static,
+    Fut: Future<Output = StoreResult<Fetched<G>>> + Send + 'static,
+    G: Send + 'static,
 {
-    let mut fetch = fetch;
+    let (mut admit, mut fetch) = (admit, fetch);
     stream::iter(pieces(start, end, chunk))
-        .map(move |piece| {
-            let fetched = fetch(piece);
+        .then(move |piece| {
+            let admitted = admit(piece);
+            async move { (piece, admitted.await) }
+        })
+        .map(move |(piece, ticket)| {
+            let fetched = fetch(piece, ticket);
             async move {
-                let parts = fetched.await?;
+                let Fetched { parts, hold } = fetched.await?;
                 let got: u64 = parts.iter().map(|b| b.len() as u64).sum();
                 if got != piece.end - piece.start {
                     return Err(StoreError::Unavailable(format!(
@@ -80,7 +106,11 @@ where
                         piece.start, piece.end
                     )));
                 }
-                Ok(stream::iter(parts.into_iter().map(Ok)))
+                // The hold lives in the stream's state, dropped when its last buffer is out.
+                Ok(stream::unfold(
+                    (parts.into_iter(), hold),
+                    |(mut parts, hold)| async move { parts.next().map(|b| (Ok(b), (parts, hold))) },
+                ))
             }
         })
         .buffered(in_flight.max(1))
@@ -116,12 +146,21 @@ mod tests {
         peak: AtomicU64,
     }
 
+    type Fetch = futures_util::future::BoxFuture<'static, StoreResult<Fetched<()>>>;
+
+    /// Admission without a budget.
+    fn free(_: Piece) -> futures_util::future::Ready<()> {
+        futures_util::future::ready(())
+    }
+
+    /// The pieces' bytes, holding nothing.
+    fn unheld(parts: Vec<Bytes>) -> StoreResult<Fetched<()>> {
+        Ok(Fetched { parts, hold: () })
+    }
+
     /// A fetch of the object whose pieces arrive in several buffers, later pieces first.
-    fn fake(
-        counts: Arc<Counts>,
-    ) -> impl FnMut(Piece) -> futures_util::future::BoxFuture<'static, StoreResult<Vec<Bytes>>>
-    {
-        move |p: Piece| {
+    fn fake(counts: Arc<Counts>) -> impl FnMut(Piece, ()) -> Fetch {
+        move |p: Piece, ()| {
             counts.started.fetch_add(1, Ordering::SeqCst);
             let counts = counts.clone();
             Box::pin(async move {
@@ -132,7 +171,7 @@ mod tests {
                 counts.running.fetch_sub(1, Ordering::SeqCst);
                 let bytes: Vec<u8> = (p.start..p.end).map(byte).collect();
                 let mid = bytes.len() / 3;
-                Ok(vec![
+                unheld(vec![
                     Bytes::copy_from_slice(&bytes[..mid]),
                     Bytes::copy_from_slice(&bytes[mid..]),
                 ])
@@ -201,7 +240,7 @@ mod tests {
     #[tokio::test]
     async fn yields_exactly_the_range_in_order() {
         for (start, end) in [(0, 1000), (3, 997), (100, 200), (999, 1000), (0, 64)] {
-            let got = collect(ordered(start, end, 64, 4, fake(Arc::default())))
+            let got = collect(ordered(start, end, 64, 4, free, fake(Arc::default())))
                 .await
                 .unwrap();
             let want: Vec<u8> = (start..end).map(byte).collect();
@@ -212,8 +251,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_piece_ends_the_stream_with_its_error_after_the_bytes_before_it() {
         let mut inner = fake(Arc::default());
-        let s = ordered(0, 640, 64, 3, move |p: Piece| {
-            let ok = inner(p);
+        let s = ordered(0, 640, 64, 3, free, move |p: Piece, ()| {
+            let ok = inner(p, ());
             async move {
                 if p.index == 4 {
                     Err(StoreError::Unavailable("connection reset".into()))
@@ -242,9 +281,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_piece_is_an_error_not_a_shorter_file() {
-        let s = ordered(0, 200, 64, 2, |p: Piece| async move {
+        let s = ordered(0, 200, 64, 2, free, |p: Piece, ()| async move {
             let n = if p.index == 1 { 10 } else { p.end - p.start };
-            Ok(vec![Bytes::from(vec![0u8; n as usize])])
+            unheld(vec![Bytes::from(vec![0u8; n as usize])])
         });
         let err = collect(s).await.unwrap_err();
         assert!(err.to_string().contains("got 10 bytes"), "{err}");
@@ -254,7 +293,7 @@ mod tests {
     async fn fetches_run_in_parallel_but_at_most_in_flight_ahead_of_the_reader() {
         let counts = Arc::new(Counts::default());
         let in_flight = 3;
-        let mut s = ordered(0, 64 * 40, 64, in_flight, fake(counts.clone()));
+        let mut s = ordered(0, 64 * 40, 64, in_flight, free, fake(counts.clone()));
         let mut consumed = 0u64;
         while let Some(b) = s.next().await {
             consumed += b.unwrap().len() as u64;
@@ -274,5 +313,51 @@ mod tests {
             in_flight as u64,
             "pieces were not fetched in parallel"
         );
+    }
+
+    #[tokio::test]
+    async fn pieces_are_admitted_in_order_and_held_until_their_bytes_are_sent() {
+        use crate::store::memory::ReadMemory;
+        // A budget of two pieces for a reader that would fetch four ahead: it gets two,
+        // admitted in order, and each piece's reservation goes back once it is sent.
+        let memory = ReadMemory::new(128);
+        let admitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = {
+            let (memory, admitted) = (memory.clone(), admitted.clone());
+            ordered(
+                0,
+                64 * 10,
+                64,
+                4,
+                move |p: Piece| {
+                    let (memory, admitted) = (memory.clone(), admitted.clone());
+                    async move {
+                        let reserved = memory.reserve(p.end - p.start, || {}).await;
+                        admitted.lock().unwrap().push(p.index);
+                        reserved
+                    }
+                },
+                |p: Piece, reserved| async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let bytes: Vec<u8> = (p.start..p.end).map(byte).collect();
+                    Ok(Fetched {
+                        parts: vec![Bytes::from(bytes)],
+                        hold: reserved,
+                    })
+                },
+            )
+        };
+        let got = tokio::time::timeout(Duration::from_secs(10), collect(s))
+            .await
+            .expect("a reader alone is never stuck on its own budget")
+            .unwrap();
+        assert_eq!(got, (0..64 * 10).map(byte).collect::<Vec<u8>>());
+        assert_eq!(*admitted.lock().unwrap(), (0..10).collect::<Vec<u64>>());
+        assert_eq!(memory.peak(), 128, "never more than the budget");
+        // Every reservation went back: the whole budget is free again.
+        let all = tokio::time::timeout(Duration::from_secs(5), memory.reserve(128, || {}))
+            .await
+            .expect("nothing is still held");
+        drop(all);
     }
 }

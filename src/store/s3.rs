@@ -24,8 +24,9 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
-use super::ranged::{ordered, slice};
-use super::shared::{Chunk, SharedReads};
+use super::memory::ReadMemory;
+use super::ranged::{ordered, slice, Fetched, Piece};
+use super::shared::{self, Held, SharedReads};
 use super::{
     BlobStore, ByteStream, ObjectInfo, PartInfo, PendingUpload, Redirect, StoreError, StoreResult,
     UploadHandle,
@@ -66,6 +67,8 @@ pub struct S3Store {
     endpoint: String,
     /// Ranges of one download fetched at once; 1 reads each download as one GET.
     read_concurrency: usize,
+    /// The budget every download's pieces are reserved from.
+    memory: Arc<ReadMemory>,
     /// Chunks shared by concurrent downloads of the same object, when enabled.
     shared: Option<Arc<SharedReads>>,
 }
@@ -154,6 +157,7 @@ impl S3Store {
         }
         let client = Client::from_conf(builder.build());
         let endpoint = config.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
+        let memory = ReadMemory::new(config.read_memory);
         Self {
             client,
             bucket: config.bucket.clone(),
@@ -162,7 +166,9 @@ impl S3Store {
             min_part_size,
             endpoint,
             read_concurrency: config.read_concurrency.max(1),
-            shared: (config.read_cache > 0).then(|| SharedReads::new(config.read_cache)),
+            shared: (config.read_cache > 0)
+                .then(|| SharedReads::new(config.read_cache, memory.clone())),
+            memory,
         }
     }
 
@@ -176,32 +182,71 @@ impl S3Store {
     }
 
     /// Bytes `start..end` of `key` read as [`READ_CHUNK`] pieces, `read_concurrency` at
-    /// once, in order; with shared reads, whole aligned chunks are fetched once for every
-    /// download that wants them and each takes its slice.
+    /// once, in order, each reserved from the read memory before it is fetched; with
+    /// shared reads, whole aligned chunks are fetched once for every download that wants
+    /// them and each takes its slice (a download joining a chunk kept or being fetched
+    /// reserves nothing: the chunk counts once, under its fetch's reservation).
     fn parallel_get(&self, key: &str, start: u64, end: u64) -> ByteStream {
         let reader = self.reader(key);
         let shared = self.shared.clone();
         // Held by the stream: this download counts as a reader of the object until it ends.
         let downloading = shared.as_ref().map(|s| s.reader(&reader.full));
+        let memory = self.memory.clone();
+        let (cache, key_in_cache) = (shared.clone(), reader.full.clone());
+        // In order, each piece either joins a chunk kept or being fetched (no memory of
+        // its own) or reserves what its fetch will hold.
+        let admit = move |piece: Piece| {
+            let (memory, cache, key) = (memory.clone(), cache.clone(), key_in_cache.clone());
+            async move {
+                let Some(cache) = cache else {
+                    let reserved = memory.reserve(piece.end - piece.start, || {}).await;
+                    return Ticket::Reserved(reserved);
+                };
+                if let Some(joined) = cache.join(&key, piece.index) {
+                    return Ticket::Joined(joined);
+                }
+                // A shared fetch reads the whole chunk, whatever slice this one needs.
+                Ticket::Reserved(memory.reserve(READ_CHUNK, || cache.give_way()).await)
+            }
+        };
         ordered(
             start,
             end,
             READ_CHUNK,
             self.read_concurrency,
-            move |piece| {
+            admit,
+            move |piece, ticket| {
                 let _ = &downloading;
                 let reader = reader.clone();
-                let Some(shared) = &shared else {
-                    return async move { reader.fetch(piece.start, piece.end).await }.boxed();
-                };
                 let from = piece.index * READ_CHUNK;
-                let full = reader.full.clone();
-                let whole = shared.chunk(&full, piece.index, move || async move {
-                    Ok(Chunk::from(reader.fetch(from, from + READ_CHUNK).await?))
-                });
+                let whole = match (ticket, &shared) {
+                    (Ticket::Joined(joined), _) => joined,
+                    (Ticket::Reserved(reserved), Some(shared)) => {
+                        let full = reader.full.clone();
+                        shared.chunk(&full, piece.index, move || async move {
+                            let parts = reader.fetch(from, from + READ_CHUNK).await?;
+                            Ok(Held::new(parts, Some(reserved)))
+                        })
+                    }
+                    (Ticket::Reserved(reserved), None) => {
+                        return async move {
+                            let parts = reader.fetch(piece.start, piece.end).await?;
+                            Ok(Fetched {
+                                parts,
+                                hold: (Some(reserved), None),
+                            })
+                        }
+                        .boxed();
+                    }
+                };
                 async move {
                     let chunk = whole.await?;
-                    Ok(slice(&chunk, piece.start - from, piece.end - from))
+                    let parts = slice(&chunk, piece.start - from, piece.end - from);
+                    // The chunk (and its reservation) stays until this slice is sent.
+                    Ok(Fetched {
+                        parts,
+                        hold: (None, Some(chunk)),
+                    })
                 }
                 .boxed()
             },
@@ -232,6 +277,14 @@ impl S3Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// How a piece of a download was admitted.
+enum Ticket {
+    /// It joins a chunk kept or being fetched for another download.
+    Joined(futures_util::future::BoxFuture<'static, StoreResult<shared::Chunk>>),
+    /// Its fetch holds this much of the read memory.
+    Reserved(super::memory::Reserved),
 }
 
 /// What a GET of one object needs, owned, so pieces can be fetched from spawned futures.
@@ -664,6 +717,7 @@ mod tests {
             upload_concurrency: 4,
             read_concurrency: 4,
             read_cache: 8 << 20,
+            read_memory: 64 << 20,
             redirect,
         };
         S3Store::connect(&config, 5 * 1024 * 1024)
@@ -820,6 +874,7 @@ mod tests {
             upload_concurrency: 1,
             read_concurrency: 1,
             read_cache: 0,
+            read_memory: 64 << 20,
             redirect: false,
         };
         let started = std::time::Instant::now();

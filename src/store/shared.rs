@@ -7,6 +7,11 @@
 //! first still find them (a lone download keeps nothing: its memory stays its own pieces).
 //! Objects are immutable under their keys (every upload writes a new key), so a cached
 //! chunk is never stale.
+//!
+//! A chunk carries the reservation of read memory its fetch made ([`super::memory`]): its
+//! bytes count once, however many downloads and the cache hold them. The cache gives way
+//! to downloads that wait for that memory: it is emptied when one must wait, and keeps
+//! nothing while any waits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -15,10 +20,35 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
 
+use super::memory::{ReadMemory, Reserved};
 use super::StoreResult;
 
-/// A chunk's bytes as the backend delivered them.
-pub type Chunk = Arc<[Bytes]>;
+/// A chunk's bytes as the backend delivered them, with their reservation of read memory.
+pub type Chunk = Arc<Held>;
+
+/// Bytes read from the backend, counted in the read memory until dropped.
+pub struct Held {
+    parts: Vec<Bytes>,
+    _reserved: Option<Reserved>,
+}
+
+impl Held {
+    /// `parts`, counted under `reserved` (nothing when unreserved, as in tests).
+    pub fn new(parts: Vec<Bytes>, reserved: Option<Reserved>) -> Chunk {
+        Arc::new(Self {
+            parts,
+            _reserved: reserved,
+        })
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = [Bytes];
+
+    fn deref(&self) -> &[Bytes] {
+        &self.parts
+    }
+}
 
 type Fetch = Shared<BoxFuture<'static, StoreResult<Chunk>>>;
 type Id = (Arc<str>, u64);
@@ -27,6 +57,8 @@ type Id = (Arc<str>, u64);
 pub struct SharedReads {
     /// Most bytes of finished chunks kept for later readers.
     budget: u64,
+    /// The read memory the chunks are counted in; nothing is kept while readers wait for it.
+    memory: Arc<ReadMemory>,
     state: Mutex<State>,
 }
 
@@ -84,12 +116,22 @@ impl State {
 }
 
 impl SharedReads {
-    /// Shared reads keeping at most `budget` bytes of finished chunks.
-    pub fn new(budget: u64) -> Arc<Self> {
+    /// Shared reads keeping at most `budget` bytes of finished chunks, within `memory`.
+    pub fn new(budget: u64, memory: Arc<ReadMemory>) -> Arc<Self> {
         Arc::new(Self {
             budget,
+            memory,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Drops every kept chunk, so that their memory goes to readers waiting for it (a
+    /// chunk a download still sends stays until it is sent).
+    pub fn give_way(&self) {
+        let mut state = self.lock();
+        state.done.clear();
+        state.by_use.clear();
+        state.held = 0;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -120,11 +162,8 @@ impl SharedReads {
     {
         let id: Id = (key.clone(), index);
         let mut state = self.lock();
-        if let Some(chunk) = state.touch(&id) {
-            return futures_util::future::ready(Ok(chunk)).boxed();
-        }
-        if let Some(running) = state.running.get(&id).and_then(WeakShared::upgrade) {
-            return running.boxed();
+        if let Some(joined) = Self::find(&mut state, &id) {
+            return joined;
         }
         // Forget fetches every reader dropped, so the map cannot grow without bound.
         state.running.retain(|_, w| w.upgrade().is_some());
@@ -135,8 +174,11 @@ impl SharedReads {
             let result = fetched.await;
             let mut state = this.lock();
             state.running.remove(&done_id);
-            if let Ok(chunk) = &result {
-                state.keep(done_id, chunk.clone(), this.budget);
+            match &result {
+                Ok(chunk) if !this.memory.contended() => {
+                    state.keep(done_id, chunk.clone(), this.budget)
+                }
+                _ => {}
             }
             result
         }
@@ -146,6 +188,24 @@ impl SharedReads {
             state.running.insert(id, weak);
         }
         shared.boxed()
+    }
+
+    /// Chunk `index` of object `key` when it is kept or being fetched: a download that
+    /// joins it needs no memory of its own for it.
+    pub fn join(
+        &self,
+        key: &Arc<str>,
+        index: u64,
+    ) -> Option<BoxFuture<'static, StoreResult<Chunk>>> {
+        Self::find(&mut self.lock(), &(key.clone(), index))
+    }
+
+    fn find(state: &mut State, id: &Id) -> Option<BoxFuture<'static, StoreResult<Chunk>>> {
+        if let Some(chunk) = state.touch(id) {
+            return Some(futures_util::future::ready(Ok(chunk)).boxed());
+        }
+        let running = state.running.get(id).and_then(WeakShared::upgrade)?;
+        Some(running.boxed())
     }
 
     /// Bytes of finished chunks held now.
@@ -181,7 +241,11 @@ mod tests {
     use crate::store::StoreError;
 
     fn chunk_of(n: usize, fill: u8) -> Chunk {
-        Arc::from(vec![Bytes::from(vec![fill; n])])
+        Held::new(vec![Bytes::from(vec![fill; n])], None)
+    }
+
+    fn shared_reads(budget: u64) -> Arc<SharedReads> {
+        SharedReads::new(budget, ReadMemory::new(1 << 30))
     }
 
     /// A fetch that counts itself and takes a while.
@@ -203,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_of_a_chunk_in_flight_share_one_fetch() {
-        let reads = SharedReads::new(1000);
+        let reads = shared_reads(1000);
         let key: Arc<str> = Arc::from("blobs/a/u");
         let _downloads = [reads.reader(&key), reads.reader(&key)];
         let calls = Arc::new(AtomicU64::new(0));
@@ -230,7 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_keeps_the_latest_chunks_within_its_budget() {
-        let reads = SharedReads::new(250);
+        let reads = shared_reads(250);
         let key: Arc<str> = Arc::from("k");
         let _downloads = [reads.reader(&key), reads.reader(&key)];
         let calls = Arc::new(AtomicU64::new(0));
@@ -253,14 +317,14 @@ mod tests {
         assert!(reads.held() <= 250);
 
         // No budget: in-flight fetches are still shared, nothing is kept.
-        let none = SharedReads::new(0);
+        let none = shared_reads(0);
         none.chunk(&key, 0, counted(&calls, 10, 1)).await.unwrap();
         assert_eq!(none.held(), 0);
     }
 
     #[tokio::test]
     async fn a_failed_fetch_is_shared_then_retried_by_the_next_reader() {
-        let reads = SharedReads::new(1000);
+        let reads = shared_reads(1000);
         let key: Arc<str> = Arc::from("k");
         let _downloads = [reads.reader(&key), reads.reader(&key)];
         let calls = Arc::new(AtomicU64::new(0));
@@ -287,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_every_reader_dropped_is_not_joined() {
-        let reads = SharedReads::new(1000);
+        let reads = shared_reads(1000);
         let key: Arc<str> = Arc::from("k");
         let calls = Arc::new(AtomicU64::new(0));
         drop(reads.chunk(&key, 0, counted(&calls, 10, 1)));
@@ -298,5 +362,64 @@ mod tests {
             0,
             "finished fetches are forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_chunk_counts_once_and_the_cache_gives_way_to_waiting_readers() {
+        let memory = ReadMemory::new(300);
+        let reads = SharedReads::new(1000, memory.clone());
+        let key: Arc<str> = Arc::from("k");
+        let _downloads = [reads.reader(&key), reads.reader(&key), reads.reader(&key)];
+        // Three readers reserve a piece each; one fetch runs, the joiners' reservations
+        // go back as they join, and the fetched chunk holds the one that fetched it.
+        let mut joined = Vec::new();
+        for _ in 0..3 {
+            let reserved = memory.reserve(100, || {}).await;
+            joined.push(reads.chunk(&key, 0, move || async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Held::new(vec![Bytes::from(vec![1u8; 100])], Some(reserved)))
+            }));
+        }
+        let chunks = futures_util::future::join_all(joined).await;
+        assert!(chunks
+            .iter()
+            .all(|c| c.as_ref().is_ok_and(|c| c[0].len() == 100)));
+        assert_eq!(reads.held(), 100, "kept for readers behind");
+        // Two more chunks, kept too, spend the budget.
+        for index in 1..3 {
+            let reserved = memory.reserve(100, || {}).await;
+            let c = reads.chunk(&key, index, move || async move {
+                Ok(Held::new(vec![Bytes::from(vec![2u8; 100])], Some(reserved)))
+            });
+            c.await.unwrap();
+        }
+        drop(chunks);
+        // The budget is spent by kept chunks: a reader that must wait empties the cache
+        // and gets its piece at once.
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            memory.reserve(100, || reads.give_way()),
+        )
+        .await
+        .expect("kept chunks give way");
+        assert_eq!(reads.held(), 0);
+        // While a reader waits, a chunk fetched meanwhile is not kept.
+        let all_but = memory.reserve(200, || {}).await;
+        let waiter = {
+            let memory = memory.clone();
+            tokio::spawn(async move { drop(memory.reserve(100, || {}).await) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(memory.contended());
+        let c = reads.chunk(&key, 5, || async {
+            Ok(Held::new(vec![Bytes::from(vec![3u8; 100])], None))
+        });
+        c.await.unwrap();
+        assert_eq!(reads.held(), 0, "nothing kept while a reader waits");
+        drop((got, all_but));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is served")
+            .unwrap();
     }
 }

@@ -239,6 +239,22 @@ family!(
     ["state"]
 );
 family!(
+    READ_MEMORY,
+    AtomicI64,
+    Gauge,
+    "vmreg_s3_read_memory_bytes",
+    "Bytes of download pieces read from S3 held now (in_use), the most held at once since the start (peak) and the most allowed (budget)",
+    ["state"]
+);
+family!(
+    READ_MEMORY_WAITS,
+    AtomicU64,
+    Counter,
+    "vmreg_s3_read_memory_waits_total",
+    "Download pieces that waited for the read memory budget before being read",
+    []
+);
+family!(
     STORE_DURATION,
     Histogram,
     Histogram,
@@ -395,6 +411,31 @@ pub fn part_buffer_budget(bytes: u64) {
     });
 }
 
+/// Adds `delta` (negative when released) to the bytes of download pieces held.
+pub fn read_memory_in_use(delta: i64) {
+    let mut now = 0;
+    READ_MEMORY.with(&["in_use"], |g| {
+        now = g.fetch_add(delta, Ordering::Relaxed) + delta;
+    });
+    READ_MEMORY.with(&["peak"], |g| {
+        g.fetch_max(now, Ordering::Relaxed);
+    });
+}
+
+/// Sets the most bytes of download pieces allowed at once.
+pub fn read_memory_budget(bytes: u64) {
+    READ_MEMORY.with(&["budget"], |g| {
+        g.store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    });
+}
+
+/// Counts a download piece that had to wait for the read memory budget.
+pub fn read_memory_wait() {
+    READ_MEMORY_WAITS.with(&[], |c| {
+        c.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
 /// Records one store operation: `store` is `s3`, `disk`, `redis` or `redb`, `op` the
 /// operation's name; `failed` counts it as an error too.
 pub fn store_operation(store: &'static str, op: &'static str, elapsed: Duration, failed: bool) {
@@ -502,7 +543,7 @@ static STARTED: LazyLock<()> = LazyLock::new(|| {
 /// Every metric in the Prometheus text format (version 0.0.4).
 pub fn render() -> String {
     LazyLock::force(&STARTED);
-    let families: [&dyn Encode; 14] = [
+    let families: [&dyn Encode; 16] = [
         &BUILD_INFO,
         &HTTP_REQUESTS,
         &HTTP_DURATION,
@@ -510,6 +551,8 @@ pub fn render() -> String {
         &S3_BYTES_READ,
         &IN_FLIGHT,
         &PART_BUFFERS,
+        &READ_MEMORY,
+        &READ_MEMORY_WAITS,
         &STORE_DURATION,
         &STORE_ERRORS,
         &GC_RUNS,
