@@ -174,11 +174,8 @@ impl SharedReads {
             let result = fetched.await;
             let mut state = this.lock();
             state.running.remove(&done_id);
-            match &result {
-                Ok(chunk) if !this.memory.contended() => {
-                    state.keep(done_id, chunk.clone(), this.budget)
-                }
-                _ => {}
+            if let (Ok(chunk), false) = (&result, this.memory.contended()) {
+                state.keep(done_id, chunk.clone(), this.budget);
             }
             result
         }
