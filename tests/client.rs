@@ -1275,6 +1275,11 @@ fn memory_stays_bounded_whatever_the_file_size() {
     let (status, pull_peak) = run_measuring_memory(dst.cmd(&server, &["pull", "vm1"]));
     assert!(status.success());
     assert_eq!(dst.read(&format!("img_lib/{}", layer(0))).len(), big.len());
+    println!(
+        "client peak RSS for a 320 MiB file: push {} MiB, pull {} MiB",
+        push_peak >> 20,
+        pull_peak >> 20
+    );
     for (what, peak) in [("push", push_peak), ("pull", pull_peak)] {
         assert!(
             peak < 72 << 20,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ClientError, ClientResult};
 use super::journal::Journal;
@@ -20,6 +20,16 @@ use crate::digest::ResumableSha256;
 
 /// A part with no answer for this long is cut and sent again.
 const STALL: Duration = Duration::from_secs(300);
+/// Bytes of parts read and not yet sent that a push holds per file: with parts larger
+/// than a quarter of it, fewer ranges are in flight, so memory stays bounded whatever
+/// part size the registry asks for.
+const PART_MEMORY: u64 = 32 << 20;
+
+/// How many parts of `part_size` may be in memory, and so in flight, at once.
+fn parts_in_memory(ranges: usize, part_size: u64) -> usize {
+    let fit = (PART_MEMORY / part_size.max(1)).max(1);
+    ranges.clamp(1, usize::try_from(fit).unwrap_or(usize::MAX))
+}
 
 /// The parts of `job` (numbered from 1) outside the `durable` byte ranges.
 fn missing_parts(job: &UploadJob, durable: &[[u64; 2]]) -> Vec<u32> {
@@ -129,17 +139,23 @@ async fn send_round(
     journal: &Arc<Journal>,
     meter: &Arc<Meter>,
 ) -> ClientResult<(Option<ResumableSha256>, bool)> {
-    let (tx, rx) = mpsc::channel::<std::io::Result<(u32, Bytes)>>(ranges.max(1));
+    let ranges = parts_in_memory(ranges, job.part_size);
+    // A part holds a permit from before it is read until it is sent: the parts in memory
+    // are those in flight, never a queue of them besides.
+    let permits = Arc::new(Semaphore::new(ranges));
+    let (tx, rx) = mpsc::channel::<std::io::Result<Part>>(ranges);
     let reader = {
         let (job, journal, meter) = (job.clone(), journal.clone(), meter.clone());
         let missing = missing.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            read_parts(&job, &missing, hasher, &journal, &meter, &tx)
+            let permit = || runtime.block_on(permits.clone().acquire_owned()).ok();
+            read_parts(&job, &missing, hasher, &journal, &meter, permit, &tx)
         })
     };
     let rx = Arc::new(Mutex::new(rx));
     let mut senders = Vec::new();
-    for _ in 0..ranges.max(1) {
+    for _ in 0..ranges {
         let (t, session, job, rx, meter) = (
             t.clone(),
             session.to_string(),
@@ -151,7 +167,7 @@ async fn send_round(
             let mut complete = false;
             loop {
                 let next = rx.lock().await.recv().await;
-                let (number, part) = match next {
+                let (number, part, _permit) = match next {
                     Some(Ok(p)) => p,
                     Some(Err(e)) => return Err(ClientError::io(&job.path, e)),
                     None => return Ok(complete),
@@ -193,15 +209,20 @@ async fn send_round(
     Ok((hashed, complete))
 }
 
+/// A part to send: its number, its bytes and the permit that counts it in memory.
+type Part = (u32, Bytes, OwnedSemaphorePermit);
+
 /// Reads the file in order from the first byte it needs: hashes it from `hasher` on (with
-/// a journal checkpoint at every part boundary) and queues the `missing` parts.
+/// a journal checkpoint at every part boundary) and queues the `missing` parts, each once
+/// `permit` grants it room in memory.
 fn read_parts(
     job: &UploadJob,
     missing: &[u32],
     mut hasher: Option<ResumableSha256>,
     journal: &Journal,
     meter: &Meter,
-    tx: &mpsc::Sender<std::io::Result<(u32, Bytes)>>,
+    permit: impl Fn() -> Option<OwnedSemaphorePermit>,
+    tx: &mpsc::Sender<std::io::Result<Part>>,
 ) -> ClientResult<Option<ResumableSha256>> {
     let part = job.part_size.max(1);
     let count = job.size.div_ceil(part) as u32;
@@ -215,6 +236,15 @@ fn read_parts(
         if !send && end <= hashed_to {
             continue;
         }
+        let room = if send {
+            // The semaphore is never closed: no permit would mean the round is over.
+            let Some(room) = permit() else {
+                return Ok(None);
+            };
+            Some(room)
+        } else {
+            None
+        };
         if pos != Some(start) {
             file.seek(SeekFrom::Start(start))
                 .map_err(|e| ClientError::io(&job.path, e))?;
@@ -231,9 +261,14 @@ fn read_parts(
             // A failed journal write only costs re-reading on resume.
             let _ = journal.checkpoint(&job.key, h);
         }
-        if send && tx.blocking_send(Ok((number, Bytes::from(buf)))).is_err() {
-            // The senders stopped (one failed): what is hashed so far is checkpointed.
-            return Ok(None);
+        if let Some(room) = room {
+            if tx
+                .blocking_send(Ok((number, Bytes::from(buf), room)))
+                .is_err()
+            {
+                // The senders stopped (one failed): what is hashed so far is checkpointed.
+                return Ok(None);
+            }
         }
     }
     Ok(hasher.filter(|h| h.len() == job.size))
@@ -281,6 +316,15 @@ async fn send_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_in_memory_stay_within_the_budget_whatever_the_part_size() {
+        assert_eq!(parts_in_memory(4, 8 << 20), 4);
+        assert_eq!(parts_in_memory(4, 16 << 20), 2);
+        assert_eq!(parts_in_memory(4, 1 << 30), 1, "one part at least");
+        assert_eq!(parts_in_memory(0, 8 << 20), 1);
+        assert_eq!(parts_in_memory(2, 1 << 20), 2, "never more than asked");
+    }
 
     #[test]
     fn only_the_parts_outside_the_durable_ranges_are_missing() {
