@@ -17,7 +17,9 @@ use super::session::SessionFile;
 use crate::digest::ResumableSha256;
 use crate::meta::{keys, MetaTxExt};
 use crate::registry::budget::PartBuffer;
-use crate::registry::upload::{delete_state, write_state, Frontier, PartPlace, UploadState};
+use crate::registry::upload::{
+    delete_state, spawn_part_write, write_state, Frontier, PartPlace, UploadState,
+};
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 use crate::store::{PartInfo, StoreError, StoreResult, UploadHandle};
 
@@ -91,7 +93,8 @@ impl<'a> RangeWriter<'a> {
         );
         let (frontiers, frontier) = (self.registry.frontiers.clone(), self.frontier.clone());
         let handle = self.handle.clone();
-        let write = tokio::spawn(async move {
+        let bytes = part.len();
+        let write = async move {
             let written = blobs
                 .write_part(&handle, number, offset, part.clone())
                 .await;
@@ -102,7 +105,8 @@ impl<'a> RangeWriter<'a> {
             }
             memory.give_back(part, reservation);
             written
-        });
+        };
+        let write = spawn_part_write(write, number, offset, bytes);
         self.landing.push_back(Landing {
             number,
             write,

@@ -15,7 +15,7 @@ use crate::store::{PartInfo, UploadHandle};
 
 pub(crate) use frontier::{Frontier, Frontiers};
 pub(crate) use parts::{part_at, part_count, Claim, PartPlace};
-pub(crate) use pump::PartPump;
+pub(crate) use pump::{spawn_part_write, PartPump};
 pub(crate) use stored::{delete_state, write_state, StrayParts};
 
 /// The layout of the upload state this code writes: the small record below, and each

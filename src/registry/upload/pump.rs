@@ -131,13 +131,7 @@ impl<'a> PartPump<'a> {
             memory.give_back(part, reservation);
             written
         };
-        let task = if crate::telemetry::trace::enabled() {
-            use tracing::Instrument;
-            let span = tracing::info_span!("part", number, offset, bytes);
-            tokio::spawn(write.instrument(span))
-        } else {
-            tokio::spawn(write)
-        };
+        let task = spawn_part_write(write, number, offset, bytes);
         self.in_flight.push_back(InFlight {
             task,
             hasher: self.hasher.clone(),
@@ -205,5 +199,26 @@ impl Drop for PartPump<'_> {
         if let Some(buffer) = self.filling.take() {
             self.registry.part_memory.put_back(buffer);
         }
+    }
+}
+
+/// Runs the write of part `number` as a task of its own, inside a `part` span when traces
+/// are exported, so that its store calls stay in the request's trace.
+pub(crate) fn spawn_part_write<F>(
+    write: F,
+    number: u32,
+    offset: u64,
+    bytes: usize,
+) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if crate::telemetry::trace::enabled() {
+        use tracing::Instrument;
+        let span = tracing::info_span!("part", number, offset, bytes);
+        tokio::spawn(write.instrument(span))
+    } else {
+        tokio::spawn(write)
     }
 }
