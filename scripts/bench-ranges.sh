@@ -47,11 +47,6 @@ bench_start_server -- --data-dir "$WORK/data" \
     --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
     --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix ranges
 
-# CPU seconds (user + system) the server used so far.
-server_cpu() {
-    python3 -c 'import os,sys; f=open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")",1)[1].split(); t=os.sysconf("SC_CLK_TCK"); print((int(f[11])+int(f[12]))/t)' "$SERVER_PID"
-}
-
 # A TCP proxy on a free port to $1 that caps each connection's upstream bytes at $2 MiB/s;
 # prints its port.
 start_proxy() {
@@ -101,12 +96,12 @@ push_once() {
     local url=$1 mib=$2 ranges=$3 lib=$WORK/lib t0 t1 c0 c1
     rm -rf "$lib"
     bench_write_vm "$lib" "$(python3 -c 'import uuid; print(uuid.uuid4())')" "$mib" >/dev/null
-    c0=$(server_cpu)
+    c0=$(cpu_secs "$SERVER_PID")
     t0=$(now)
     VMREG_CONFIG=$WORK/remotes.yaml "$BIN" registry -a "$url" --json --lib "$lib" \
         push --ranges "$ranges" -t t bench >"$WORK/push.json"
     t1=$(now)
-    c1=$(server_cpu)
+    c1=$(cpu_secs "$SERVER_PID")
     VMREG_CONFIG=$WORK/remotes.yaml "$BIN" registry -a "$URL" --json delete-template bench >/dev/null
     rm -rf "$lib"
     python3 -c 'import sys; t0,t1,c0,c1,mib=map(float,sys.argv[1:]); print(f"{t1-t0:.2f} {(c1-c0)/(mib/1024):.2f}")' \

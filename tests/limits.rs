@@ -514,11 +514,7 @@ async fn metrics_of(server: &Server) -> std::collections::HashMap<String, f64> {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
-        .collect()
+    parse_metrics(&text)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,17 +7,6 @@ use std::collections::HashMap;
 
 use common::*;
 
-/// The samples of a Prometheus text exposition, by series (name and labels as printed).
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("a sample line");
-            (series.to_string(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
 async fn scrape(url: &str) -> HashMap<String, f64> {
     let reply = reqwest::get(url).await.unwrap();
     assert_eq!(reply.status(), 200);

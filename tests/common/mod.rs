@@ -615,3 +615,14 @@ pub async fn flush_redis_prefix(prefix: &str) -> usize {
     }
     deleted
 }
+
+/// The samples of a Prometheus text exposition, by series (name and labels as printed).
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
