@@ -14,13 +14,9 @@ RUNS=${1:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 CONCURRENCY=${CONCURRENCY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release)
-fi
-for tool in curl python3; do
-    command -v "$tool" >/dev/null || { echo "bench-client: needs $tool" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-client curl python3
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench.XXXXXX)}
 mkdir -p "$WORK"
 SERVER_PID=
@@ -34,8 +30,6 @@ UUID=6a1f7c0e-2b4d-4e8a-9c3f-0d5e6f7a8b9c
 TOP_MIB=$((SIZE_MIB / 4))
 BASE_MIB=$((SIZE_MIB - TOP_MIB))
 
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 
 # One VM of two random (incompressible) layers, 1/4 and 3/4 of the size, and an nvram.
 SRC=$WORK/src

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Helpers of the benchmark scripts, sourced by them; not run on its own. The caller sets
-# WORK (scratch directory) and BIN (the vmreg binary) and owns the traps.
+# ROOT before sourcing it, then WORK (scratch directory), and owns the traps.
 #
+#   bench_prepare NAME TOOL…          sets BIN (VMREG_BIN, else a release build made when
+#                                    missing); fails unless every TOOL is installed
 #   bench_start_server NAME=VALUE… -- SERVE-ARGS…   starts `vmreg serve` on a free loopback
 #                                    port with that environment; sets SERVER_PID and URL
 #   bench_stop_server                stops it
@@ -84,3 +86,17 @@ fresh_prefix() { echo "b$(python3 -c 'import uuid; print(uuid.uuid4().hex[:12])'
 mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/(t1-t0)/1e6:.1f}')" "$1" "$2" "$3"; }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Sets BIN to the vmreg binary to measure (VMREG_BIN, else a release build, made when
+# missing) and fails unless every tool named after the script's NAME is installed.
+bench_prepare() {
+    local name=$1 tool
+    shift
+    BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
+    if [[ ! -x $BIN ]]; then
+        (cd "$ROOT" && cargo build --release --bin vmreg)
+    fi
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$name: needs $tool" >&2; exit 1; }
+    done
+}

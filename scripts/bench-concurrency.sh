@@ -32,20 +32,14 @@ MIB=${BENCH_MIB:-1024}
 COPIES=${COPIES:-8}
 STREAMS=${STREAMS:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin vmreg)
-fi
-for tool in curl python3; do
-    command -v "$tool" >/dev/null || { echo "bench-concurrency: needs $tool" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-concurrency curl python3
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-concurrency.XXXXXX)}
 mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 SERVER_PID=
 cleanup() {
     bench_stop_server

@@ -15,11 +15,9 @@ RUNS=${1:-3}
 LAYER_MIB=${BENCH_LAYER_MIB:-1024}
 CONCURRENCY=${CONCURRENCY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release)
-fi
-command -v python3 >/dev/null || { echo "bench-first-push: needs python3" >&2; exit 1; }
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-first-push python3
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench.XXXXXX)}
 mkdir -p "$WORK"
 SERVER_PID=
@@ -29,8 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 
 SRC=$WORK/src
 echo "bench-first-push: writing 2 x ${LAYER_MIB} MiB layers under $WORK" >&2

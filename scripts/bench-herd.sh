@@ -22,20 +22,14 @@ RUNS=${1:-3}
 MIB=${BENCH_MIB:-2048}
 CLIENTS=${CLIENTS:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin vmreg)
-fi
-for tool in curl python3 sha256sum; do
-    command -v "$tool" >/dev/null || { echo "bench-herd: needs $tool" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-herd curl python3 sha256sum
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-herd.XXXXXX)}
 mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 SERVER_PID=
 REPLICAS=()
 cleanup() {

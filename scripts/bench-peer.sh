@@ -33,13 +33,9 @@ CONCURRENCY=${CONCURRENCY:-4}
 PARALLEL=${PARALLEL:-1}
 PART=8388608
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release)
-fi
-for tool in curl python3 sha256sum; do
-    command -v "$tool" >/dev/null || { echo "bench-peer: needs $tool" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-peer curl python3 sha256sum
 if ! command -v docker-registry >/dev/null; then
     echo "bench-peer: installing docker-registry (apt)" >&2
     sudo=""
@@ -52,8 +48,6 @@ mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 SERVER_PID=
 PEER_PID=
 stop_peer() {

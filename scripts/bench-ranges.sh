@@ -19,17 +19,13 @@ MIB=${BENCH_MIB:-4096}
 WAN_MIB=${WAN_MIB:-1024}
 WAN_RATE_MIB=${WAN_RATE_MIB:-25}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin vmreg)
-fi
-command -v python3 >/dev/null || { echo "bench-ranges: needs python3" >&2; exit 1; }
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-ranges python3
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-ranges.XXXXXX)}
 mkdir -p "$WORK"
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 SERVER_PID=
 PROXY_PID=
 cleanup() {

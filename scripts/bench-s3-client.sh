@@ -24,10 +24,9 @@ SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 CONCURRENCY=${CONCURRENCY:-4}
 PART=8388608
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin vmreg)
-fi
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-s3-client
 PY=python3
 if ! "$PY" -c 'import boto3' 2>/dev/null; then
     PY=$ROOT/target/boto3-venv/bin/python
@@ -47,8 +46,6 @@ fi
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 SERVER_PID=
 cleanup() {
     [[ -n $SERVER_PID ]] && bench_stop_server

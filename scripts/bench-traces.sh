@@ -16,11 +16,9 @@ RUNS=${1:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 CONCURRENCY=${CONCURRENCY:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${VMREG_BIN:-$ROOT/target/release/vmreg}
-if [[ ! -x $BIN ]]; then
-    (cd "$ROOT" && cargo build --release)
-fi
-command -v python3 >/dev/null || { echo "bench-traces: needs python3" >&2; exit 1; }
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+bench_prepare bench-traces python3
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-traces.XXXXXX)}
 mkdir -p "$WORK"
 
@@ -69,8 +67,6 @@ for _ in $(seq 50); do
 done
 [[ -n ${RECEIVER_PORT:-} ]] || { echo "bench-traces: the receiver did not start" >&2; exit 1; }
 
-# shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
 
 UUID=7b2e8d1f-3c5e-4f9b-8d4a-1e6f7a8b9c0d
 SRC=$WORK/src
