@@ -1128,3 +1128,105 @@ async fn oci_repositories_are_listed_as_templates_and_deleted_through_either_api
     .await;
     assert!(vendor_row(&s, "tart/ventura").await.is_none());
 }
+
+/// A client that shows redirects instead of following them.
+fn not_following() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "S3 + Redis only: VMREG_TEST_BACKEND=s3, --include-ignored (scripts/test.sh)"]
+async fn blob_gets_redirect_to_presigned_s3_urls_with_s3_redirect() {
+    require_s3_services();
+    let ns = Namespace::new();
+    let plain = Server::start_in(ns.clone(), &[]);
+    let redirecting = Server::start_in(ns.clone(), &["--s3-redirect"]);
+    let c = not_following();
+    let data = payload((3 << 20) + 17, 41);
+    let digest = push_blob(&c, &plain, "ci/app", &data).await;
+    let url = |s: &Server| s.at(&format!("/v2/ci/app/blobs/{digest}"));
+
+    // Without the switch the registry streams the bytes itself.
+    let reply = c.get(url(&plain)).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert_eq!(reply.bytes().await.unwrap(), data);
+
+    // With it, a GET is a 307 to a presigned URL that a plain client fetches unsigned.
+    let reply = c.get(url(&redirecting)).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(reply.headers()["docker-content-digest"], digest.as_str());
+    let target = location(&reply);
+    assert!(target.contains("X-Amz-Signature"), "{target}");
+    assert!(!target.starts_with(&redirecting.url), "{target}");
+    let fetched = Client::new().get(&target).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(digest_of(&fetched.bytes().await.unwrap()), digest);
+
+    // A Range is redirected too; a client following the redirect gets exactly that range.
+    for (client, status) in [
+        (&c, StatusCode::TEMPORARY_REDIRECT),
+        (&Client::new(), StatusCode::PARTIAL_CONTENT),
+    ] {
+        let ranged = client
+            .get(url(&redirecting))
+            .header(header::RANGE, "bytes=1048570-2097160")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), status);
+        if status == StatusCode::PARTIAL_CONTENT {
+            let got = ranged.bytes().await.unwrap();
+            assert_eq!(
+                got,
+                data[1048570..=2097160],
+                "the range through the redirect"
+            );
+        }
+    }
+
+    // HEAD stays with the registry: size and digest, no hop.
+    let head = c.head(url(&redirecting)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH],
+        data.len().to_string().as_str()
+    );
+
+    // An unknown blob, or one another repository holds, is the OCI error, never a URL.
+    let unknown = digest_of(b"never pushed");
+    for path in [
+        format!("/v2/ci/app/blobs/{unknown}"),
+        format!("/v2/other/app/blobs/{digest}"),
+    ] {
+        let reply = c.get(redirecting.at(&path)).send().await.unwrap();
+        assert!(reply.headers().get(header::LOCATION).is_none(), "{path}");
+        assert_eq!(reply.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_code(reply).await, "BLOB_UNKNOWN", "{path}");
+    }
+
+    // With authentication on, no credentials is a 401 and no URL; the root gets the 307.
+    let guarded = Server::start_in(
+        ns.clone(),
+        &[
+            "--s3-redirect",
+            "--enable-auth",
+            "--root-token",
+            "redirect-root-token-0123",
+        ],
+    );
+    let reply = c.get(url(&guarded)).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+    assert!(reply.headers().get(header::LOCATION).is_none());
+    assert_eq!(error_code(reply).await, "UNAUTHORIZED");
+    let reply = c
+        .get(url(&guarded))
+        .basic_auth("root", Some("redirect-root-token-0123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::TEMPORARY_REDIRECT);
+}

@@ -149,6 +149,23 @@ pub fn headers_only(
     reply.body(actix_web::body::SizedStream::new(len, Box::pin(nothing)))
 }
 
+/// A download's body of `len` bytes from `stream`, counted as pulled bytes and as a pull
+/// in flight until the body ends, whichever API serves it.
+pub fn counted_pull(
+    reply: &mut actix_web::HttpResponseBuilder,
+    len: u64,
+    stream: crate::store::ByteStream,
+) -> actix_web::HttpResponse {
+    use crate::telemetry::metrics::{self, Direction};
+    use futures_util::TryStreamExt;
+    let in_flight = metrics::transfer_started(Direction::Pull);
+    let counted = stream.inspect_ok(move |b| {
+        let _until_the_body_ends = &in_flight;
+        metrics::transferred(Direction::Pull, b.len() as u64);
+    });
+    reply.body(actix_web::body::SizedStream::new(len, Box::pin(counted)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,12 @@
 //! The transfer protocol (`/api/v1`): negotiate, upload, commit, abort, manifest, download.
 
-use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use serde_json::Value;
 
 use super::params::{
-    byte_range, headers_only, json_body, number, query, ranged_reply, required_json,
+    byte_range, counted_pull, headers_only, json_body, number, query, ranged_reply, required_json,
 };
 use super::{ok, ApiError, AppState};
 use crate::protocol::{CommitRequest, PushRequest};
@@ -140,10 +139,5 @@ pub async fn download(
         return Ok(headers_only(reply, len));
     }
     let stream = state.registry.read_file(&record, range).await?;
-    let in_flight = metrics::transfer_started(Direction::Pull);
-    let counted = stream.inspect_ok(move |b| {
-        let _until_the_body_ends = &in_flight;
-        metrics::transferred(Direction::Pull, b.len() as u64);
-    });
-    Ok(reply.body(SizedStream::new(len, Box::pin(counted))))
+    Ok(counted_pull(&mut reply, len, stream))
 }
