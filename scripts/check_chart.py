@@ -19,7 +19,8 @@ IMAGE = {"repository": "registry.example.com/vmreg", "tag": "0.1.0"}
 MINIMAL = {"image": IMAGE, "s3": {"bucket": "templates"}, "redis": {"url": "redis://redis:6379"}}
 FULL = {
     "image": IMAGE,
-    "s3": {"bucket": "templates", "region": "eu-west-1", "redirect": True},
+    "s3": {"bucket": "templates", "region": "eu-west-1", "redirect": True, "readMemoryMib": 192, "readCacheMib": 0},
+    "partMemory": "256MiB",
     "existingSecret": "vmreg-aws",
     "redis": {"url": "rediss://:s3cret@redis.example:6379"},
     "shutdownTimeout": "2m",
@@ -107,6 +108,8 @@ with helm.Chart.load(CHART) as chart:
     refused(chart, {**MINIMAL, "s3": {"bucket": "b", "pathstyle": True}}, "pathstyle", "a typo (s3.pathstyle)")
     refused(chart, {**MINIMAL, "shutdownTimeout": "soon"}, "schema", "a shutdownTimeout that is no duration")
     refused(chart, {**MINIMAL, "logs": {"format": "xml"}}, "schema", "an unknown log format")
+    refused(chart, {**MINIMAL, "partMemory": "lots"}, "schema", "a partMemory that is no size")
+    refused(chart, {**MINIMAL, "s3": {"bucket": "b", "readMemoryMib": 2}}, "schema", "an s3.readMemoryMib under 4")
 
     minimal = render(chart, MINIMAL)
     full = render(chart, FULL)
@@ -154,6 +157,27 @@ with helm.Chart.load(CHART) as chart:
     check("replicas" not in spec_full and spec_min["replicas"] == 2, "the HPA owns replicas when enabled")
     secret_refs = [e["secretRef"]["name"] for e in pod_full["containers"][0]["envFrom"]]
     check(secret_refs == ["vmreg-aws", "vmreg-env"], "existingSecret, then the chart's Secret, as envFrom")
+
+    # The transfer memory settings reach the server as its env vars when set (0 included),
+    # and are left to its defaults when not.
+    memory_env = ["VMREG_PART_MEMORY", "VMREG_S3_READ_MEMORY_MIB", "VMREG_S3_READ_CACHE_MIB"]
+    env_min = {e["name"]: e.get("value") for e in pod_min["containers"][0]["env"]}
+    env_full = {e["name"]: e.get("value") for e in pod_full["containers"][0]["env"]}
+    check(not any(n in env_min for n in memory_env), "unset memory settings leave the server's defaults")
+    check(
+        [env_full.get(n) for n in memory_env] == ["256MiB", "192", "0"],
+        f"set memory settings become env vars: {[env_full.get(n) for n in memory_env]}",
+    )
+    check(
+        env_min.get("VMREG_S3_REDIRECT") == "false" and env_full.get("VMREG_S3_REDIRECT") == "true",
+        "s3.redirect becomes VMREG_S3_REDIRECT",
+    )
+    # The default memory request holds the default budgets: 1.25 × 128 MiB + 96 MiB.
+    requested = c_min["resources"]["requests"]["memory"]
+    check(
+        requested.endswith("Mi") and int(requested[:-2]) >= 128 * 5 // 4 + 96,
+        f"the memory request ({requested}) covers the default transfer budgets",
+    )
 
     other = render(chart, {**MINIMAL, "redis": {"url": "redis://other:6379"}})
     sum_a = pod_min and spec_min["template"]["metadata"]["annotations"]["checksum/secret"]
