@@ -1,5 +1,6 @@
 //! Real OCI clients against the real binary: oras-py (PyPI) pushes and pulls artifacts,
-//! chunked and monolithic, with authentication off and on; skopeo (Debian) copies an OCI
+//! chunked and monolithic, with authentication off and on, and (on S3) through blob GETs
+//! redirected to presigned URLs; skopeo (Debian) copies an OCI
 //! layout of a tart-shaped VM (one disk piece of 512 MiB) up and back, twice, and an index of
 //! `tar+gzip` layers; the `oci-client`
 //! crate pushes and pulls one, chunked and monolithic, anonymously and through the token
