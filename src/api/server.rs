@@ -125,6 +125,7 @@ async fn serve(config: Config) -> Result<(), String> {
         )),
     };
     actix_web::rt::spawn(flush_pulls(registry.clone(), config.pull_flush_interval));
+    actix_web::rt::spawn(release_idle_part_buffers(registry.clone()));
     let served = server.await.map_err(|e| e.to_string());
     // The pulls noted since the last flush, so a clean shutdown loses none.
     if let Err(e) = registry.flush_pulls().await {
@@ -143,6 +144,16 @@ async fn flush_pulls(registry: Registry, interval: Duration) {
         if let Err(e) = registry.flush_pulls().await {
             tracing::warn!(error = %e, "could not record pulls; kept for the next try");
         }
+    }
+}
+
+/// Frees pooled part buffers once uploads stop using them, so their memory is free for
+/// the downloads that follow a burst of pushes.
+async fn release_idle_part_buffers(registry: Registry) {
+    let every = crate::registry::budget::POOL_IDLE / 2;
+    loop {
+        tokio::time::sleep(every).await;
+        registry.release_idle_part_buffers(crate::registry::budget::POOL_IDLE);
     }
 }
 

@@ -11,6 +11,7 @@
 //! so uploads waiting on each other for budget always make progress.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -28,6 +29,11 @@ pub const MAX_PART_SIZE: u64 = crate::model::MAX_FILE_SIZE
 
 /// Buffers kept for reuse, at most (and never more bytes than the budget).
 const POOLED_BUFFERS: usize = 16;
+
+/// A pooled buffer unused for this long is freed: reuse pays off within a burst of
+/// uploads, while a pool kept after the burst would hold up to the whole budget resident
+/// beside the downloads that follow.
+pub const POOL_IDLE: Duration = Duration::from_secs(2);
 
 /// Makes the allocator return freed part buffers to the system. Past its first free of a
 /// large block glibc raises its mmap threshold and serves multi-MiB blocks from its arenas,
@@ -84,7 +90,8 @@ pub(crate) struct PartMemory {
 
 #[derive(Default)]
 struct Pool {
-    buffers: Vec<PartBuffer>,
+    /// Each buffer with the time it was pooled.
+    buffers: Vec<(PartBuffer, Instant)>,
     /// Uploads waiting for budget. While any wait, returned buffers are freed rather than
     /// pooled: a pooled buffer keeps its reservation, which a waiter could never get.
     waiting: usize,
@@ -135,9 +142,11 @@ impl PartMemory {
             let Ok(mut pool) = self.pool.lock() else {
                 return self.allocate(size, wanted).await;
             };
-            let fits = |b: &PartBuffer| b.buf.capacity() >= size && b.buf.capacity() <= 2 * size;
+            let fits = |(b, _): &(PartBuffer, Instant)| {
+                b.buf.capacity() >= size && b.buf.capacity() <= 2 * size
+            };
             if let Some(at) = pool.buffers.iter().position(fits) {
-                return pool.buffers.swap_remove(at);
+                return pool.buffers.swap_remove(at).0;
             }
             // Pooled buffers that do not fit give way to the new one.
             while self.permits.available_permits() < wanted as usize {
@@ -184,9 +193,19 @@ impl PartMemory {
         };
         if let Ok(mut pool) = self.pool.lock() {
             if pool.waiting == 0 && pool.buffers.len() < POOLED_BUFFERS {
-                pool.buffers.push(buffer);
+                pool.buffers.push((buffer, Instant::now()));
             }
         }
+    }
+
+    /// Frees the pooled buffers unused for `idle` or longer; returns how many.
+    pub(crate) fn release_idle(&self, idle: Duration) -> usize {
+        let Ok(mut pool) = self.pool.lock() else {
+            return 0;
+        };
+        let before = pool.buffers.len();
+        pool.buffers.retain(|(_, since)| since.elapsed() < idle);
+        before - pool.buffers.len()
     }
 
     /// Keeps an unsent buffer for reuse, or frees it.
@@ -198,7 +217,6 @@ impl PartMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn a_returned_buffer_is_reused_and_a_shared_one_is_not() {
@@ -300,5 +318,29 @@ mod tests {
             .expect("pooled buffers give way");
         assert!(big.buf.capacity() >= 3000);
         assert!(memory.available() <= 1000);
+    }
+
+    #[tokio::test]
+    async fn pooled_buffers_left_idle_are_freed_and_their_budget_returns() {
+        let memory = PartMemory::new(4000);
+        let a = memory.take(1000).await;
+        let b = memory.take(1000).await;
+        memory.put_back(a);
+        assert_eq!(
+            memory.release_idle(Duration::from_secs(60)),
+            0,
+            "still fresh"
+        );
+        assert_eq!(memory.available(), 2000, "the pooled one stays reserved");
+        std::thread::sleep(Duration::from_millis(20));
+        memory.put_back(b);
+        assert_eq!(
+            memory.release_idle(Duration::from_millis(10)),
+            1,
+            "only the one pooled longer ago"
+        );
+        assert_eq!(memory.available(), 3000, "its reservation went back");
+        assert_eq!(memory.release_idle(Duration::ZERO), 1);
+        assert_eq!(memory.available(), 4000, "an empty pool holds nothing");
     }
 }

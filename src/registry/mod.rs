@@ -126,6 +126,11 @@ impl Registry {
         self
     }
 
+    /// Frees the upload part buffers kept for reuse that went unused for `idle`.
+    pub fn release_idle_part_buffers(&self, idle: std::time::Duration) -> usize {
+        self.part_memory.release_idle(idle)
+    }
+
     /// The metadata store.
     pub fn meta(&self) -> &dyn MetaStore {
         self.meta.as_ref()
