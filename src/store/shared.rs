@@ -115,6 +115,25 @@ impl State {
     }
 }
 
+impl State {
+    /// Drops the kept chunks of `key`: with no download of it left, nobody will ask for
+    /// them soon, and they would hold their share of the read memory for nothing.
+    fn forget(&mut self, key: &Arc<str>) {
+        let gone: Vec<(Id, u64)> = self
+            .done
+            .iter()
+            .filter(|(id, _)| id.0 == *key)
+            .map(|(id, (_, used))| (id.clone(), *used))
+            .collect();
+        for (id, used) in gone {
+            self.by_use.remove(&used);
+            if let Some((chunk, _)) = self.done.remove(&id) {
+                self.held -= size(&chunk);
+            }
+        }
+    }
+}
+
 impl SharedReads {
     /// Shared reads keeping at most `budget` bytes of finished chunks, within `memory`.
     pub fn new(budget: u64, memory: Arc<ReadMemory>) -> Arc<Self> {
@@ -224,6 +243,7 @@ impl Drop for ReaderGuard {
             *n -= 1;
             if *n == 0 {
                 state.readers.remove(&self.key);
+                state.forget(&self.key);
             }
         }
     }
@@ -287,6 +307,36 @@ mod tests {
             .unwrap();
         assert_eq!(got[0][0], 9);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_last_download_of_an_object_ending_drops_its_kept_chunks() {
+        let reads = shared_reads(1000);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let downloads_of_a = [reads.reader(&a), reads.reader(&a)];
+        let downloads_of_b = [reads.reader(&b), reads.reader(&b)];
+        let calls = Arc::new(AtomicU64::new(0));
+        for index in 0..3 {
+            reads
+                .chunk(&a, index, counted(&calls, 100, 1))
+                .await
+                .unwrap();
+        }
+        reads.chunk(&b, 0, counted(&calls, 100, 2)).await.unwrap();
+        assert_eq!(reads.held(), 400);
+        let [first, second] = downloads_of_a;
+        drop(first);
+        assert_eq!(reads.held(), 400, "one download of a still runs");
+        drop(second);
+        assert_eq!(reads.held(), 100, "only b's chunk is left");
+        reads.chunk(&b, 0, counted(&calls, 100, 2)).await.unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "b's chunk is still served from the cache"
+        );
+        drop(downloads_of_b);
+        assert_eq!(reads.held(), 0);
     }
 
     #[tokio::test]
