@@ -125,7 +125,7 @@ async fn serve(config: Config) -> Result<(), String> {
         )),
     };
     actix_web::rt::spawn(flush_pulls(registry.clone(), config.pull_flush_interval));
-    actix_web::rt::spawn(release_idle_part_buffers(registry.clone()));
+    actix_web::rt::spawn(release_idle_memory(registry.clone()));
     let served = server.await.map_err(|e| e.to_string());
     // The pulls noted since the last flush, so a clean shutdown loses none.
     if let Err(e) = registry.flush_pulls().await {
@@ -148,12 +148,20 @@ async fn flush_pulls(registry: Registry, interval: Duration) {
 }
 
 /// Frees pooled part buffers once uploads stop using them, so their memory is free for
-/// the downloads that follow a burst of pushes.
-async fn release_idle_part_buffers(registry: Registry) {
-    let every = crate::registry::budget::POOL_IDLE / 2;
+/// the downloads that follow a burst of pushes; once no transfer runs any more, returns
+/// the heap the burst freed to the system, so an idle replica stays small.
+async fn release_idle_memory(registry: Registry) {
+    use crate::registry::budget::{return_free_heap, POOL_IDLE};
+    let mut busy_since_trim = false;
     loop {
-        tokio::time::sleep(every).await;
-        registry.release_idle_part_buffers(crate::registry::budget::POOL_IDLE);
+        tokio::time::sleep(POOL_IDLE / 2).await;
+        let freed = registry.release_idle_part_buffers(POOL_IDLE);
+        if freed > 0 || crate::telemetry::metrics::transfers_in_flight() > 0 {
+            busy_since_trim = true;
+        } else if busy_since_trim {
+            return_free_heap();
+            busy_since_trim = false;
+        }
     }
 }
 

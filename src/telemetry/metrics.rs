@@ -381,6 +381,15 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Uploads and downloads streaming now, in either direction.
+pub fn transfers_in_flight() -> i64 {
+    IN_FLIGHT
+        .series
+        .lock()
+        .map(|series| series.values().map(|g| g.load(Ordering::Relaxed)).sum())
+        .unwrap_or(0)
+}
+
 /// Adds `delta` (negative when released) to the bytes of part buffers in flight.
 pub fn part_buffers_in_use(delta: i64) {
     PART_BUFFERS.with(&["in_use"], |g| {
