@@ -7,7 +7,8 @@
 # and prints each phase's aggregate MB/s, its ratio to one transfer alone measured in the
 # same run (mixed: to the mean of one push and one pull), and the server's peak resident
 # memory during the phase (VmHWM, reset through /proc/PID/clear_refs before each phase, so
-# a phase's peak is its own, on top of what earlier phases left allocated). Medians over
+# a phase's peak is its own, on top of what earlier phases left allocated; "at start" is
+# what was resident when the phase began). Medians over
 # RUNS; the last line is the peak over all phases and runs.
 #
 # Transfers are what users run, moved with curl through /v2/ so that no file touches the
@@ -128,7 +129,11 @@ check() {
     [[ $got == "$1" ]] || { echo "bench-concurrency: pulled bytes of $1 differ" >&2; exit 1; }
 }
 
-reset_peak() { echo 5 >"/proc/$SERVER_PID/clear_refs"; }
+# Resets the peak to what is resident now, which it records in START (MiB).
+reset_peak() {
+    START=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")
+    echo 5 >"/proc/$SERVER_PID/clear_refs"
+}
 peak_rss_mib() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 mean() { python3 -c "import sys; print(f'{(float(sys.argv[1])+float(sys.argv[2]))/2:.1f}')" "$1" "$2"; }
@@ -145,10 +150,10 @@ wait_all() {
 echo "bench-concurrency: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
     "$(basename "$BIN") from $(dirname "$BIN" | xargs basename), $COPIES x $MIB MiB," \
     "$STREAMS ranges per pull, ${SERVE_ARGS:-default settings} ${SERVE_ENV:-}" >&2
-declare -a P1 PN PR L1 LN LR MX MR RP RL RM
+declare -a P1 PN PR L1 LN LR MX MR RP RL RM SP SL SM
 PEAK=0
-printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s\n' run "push 1" "push N" "(x)" \
-    "pull 1" "pull N" "(x)" mixed "(x)" "peak MiB push/pull/mixed"
+printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s %12s\n' run "push 1" "push N" "(x)" \
+    "pull 1" "pull N" "(x)" mixed "(x)" "peak MiB push/pull/mixed" "(at start)"
 for run in $(seq "$RUNS"); do
     names=()
     for i in $(seq 0 $((2 * COPIES))); do
@@ -173,6 +178,7 @@ for run in $(seq "$RUNS"); do
     RP[run]=$(peak_rss_mib)
     PN[run]=$(mbps $((BYTES * COPIES)) "$t0" "$t1")
     PR[run]=$(ratio "${PN[run]}" "${P1[run]}")
+    SP[run]=$START
     check "${sums[1]}"
 
     # One pull alone, then COPIES at once.
@@ -192,6 +198,7 @@ for run in $(seq "$RUNS"); do
     RL[run]=$(peak_rss_mib)
     LN[run]=$(mbps $((BYTES * COPIES)) "$t0" "$t1")
     LR[run]=$(ratio "${LN[run]}" "${L1[run]}")
+    SL[run]=$START
 
     # COPIES new pushes and COPIES pulls of the first ones, all at once.
     reset_peak
@@ -208,12 +215,13 @@ for run in $(seq "$RUNS"); do
     RM[run]=$(peak_rss_mib)
     MX[run]=$(mbps $((2 * BYTES * COPIES)) "$t0" "$t1")
     MR[run]=$(ratio "${MX[run]}" "$(mean "${P1[run]}" "${L1[run]}")")
+    SM[run]=$START
     for m in "${RP[run]}" "${RL[run]}" "${RM[run]}"; do
         ((m > PEAK)) && PEAK=$m
     done
-    printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s\n' "$run" "${P1[run]}" "${PN[run]}" \
+    printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s %12s\n' "$run" "${P1[run]}" "${PN[run]}" \
         "${PR[run]}" "${L1[run]}" "${LN[run]}" "${LR[run]}" "${MX[run]}" "${MR[run]}" \
-        "${RP[run]}/${RL[run]}/${RM[run]}"
+        "${RP[run]}/${RL[run]}/${RM[run]}" "${SP[run]}/${SL[run]}/${SM[run]}"
 done
 printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s\n' median "$(median "${P1[@]}")" \
     "$(median "${PN[@]}")" "$(median "${PR[@]}")" "$(median "${L1[@]}")" "$(median "${LN[@]}")" \
