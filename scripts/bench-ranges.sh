@@ -28,20 +28,34 @@ mkdir -p "$WORK"
 source "$ROOT/scripts/test-services.sh"
 SERVER_PID=
 PROXY_PID=
-cleanup() {
+stack_down() {
     [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
-    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    PROXY_PID=
+    [[ -n $SERVER_PID ]] && bench_stop_server
     vmreg_services_stop
+}
+cleanup() {
+    stack_down
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-VMREG_SERVICES_QUIET=1 vmreg_services_start
 
-bench_start_server -- --data-dir "$WORK/data" \
-    --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix ranges: \
-    --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
-    --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix ranges
+# Each run gets a fresh Garage, Redis and server: Garage frees a deleted layer's blocks
+# only after a delay, so runs sharing one Garage would pile up every pushed layer on disk.
+# With $1 (MiB/s), the pushes go through a proxy capping each connection at that rate.
+# Sets TARGET, the URL the client pushes to.
+stack_up() {
+    VMREG_SERVICES_QUIET=1 vmreg_services_start
+    bench_start_server -- --data-dir "$WORK/data" \
+        --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix ranges: \
+        --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
+        --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix ranges
+    TARGET=$URL
+    if [[ -n ${1:-} ]]; then
+        TARGET=http://127.0.0.1:$(start_proxy "$URL" "$1")
+    fi
+}
 
 # A TCP proxy on a free port to $1 that caps each connection's upstream bytes at $2 MiB/s;
 # prints its port.
@@ -104,14 +118,18 @@ push_once() {
         "$t0" "$t1" "$c0" "$c1" "$mib"
 }
 
+# Runs case $1: RUNS pairs of pushes of a $2 MiB layer, each pair on a fresh stack (with
+# $3, through a proxy capped at $3 MiB/s per connection).
 run_case() {
-    local name=$1 url=$2 mib=$3 run one four
+    local name=$1 mib=$2 rate=${3:-} run one four
     declare -a ONE FOUR
     echo "bench-ranges: $name, a $mib MiB layer, $RUNS runs" >&2
     printf '%-9s %-4s %8s %12s %8s %12s\n' case run '1 s' '1 cpu s/GiB' '4 s' '4 cpu s/GiB'
     for run in $(seq "$RUNS"); do
-        read -r one one_cpu < <(push_once "$url" "$mib" 1)
-        read -r four four_cpu < <(push_once "$url" "$mib" 4)
+        stack_up "$rate"
+        read -r one one_cpu < <(push_once "$TARGET" "$mib" 1)
+        read -r four four_cpu < <(push_once "$TARGET" "$mib" 4)
+        stack_down
         ONE[run]=$one
         FOUR[run]=$four
         printf '%-9s %-4s %8s %12s %8s %12s\n' "$name" "$run" "$one" "$one_cpu" "$four" "$four_cpu"
@@ -125,8 +143,7 @@ run_case() {
 }
 
 echo "bench-ranges: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
-run_case loopback "$URL" "$MIB"
+run_case loopback "$MIB"
 if [[ $WAN_MIB != 0 ]]; then
-    proxy_port=$(start_proxy "$URL" "$WAN_RATE_MIB")
-    run_case "wan-${WAN_RATE_MIB}M" "http://127.0.0.1:$proxy_port" "$WAN_MIB"
+    run_case "wan-${WAN_RATE_MIB}M" "$WAN_MIB" "$WAN_RATE_MIB"
 fi
