@@ -17,7 +17,7 @@
 #
 #   scripts/bench-peer.sh [RUNS]          (default 3)
 #
-# Environment: BENCH_SIZES_MIB (blob sizes, default "1024 2048"; e.g. "1024 4096", a size is
+# Environment: BENCH_SIZES_MIB (blob sizes, default "1024 4096"; e.g. "2048", a size is
 # skipped unless the disk has 3x it and 2 GiB more free), VMREG_BIN (default
 # target/release/vmreg, built if missing), CONCURRENCY (the client's parallel uploads and
 # downloads of ranges, default 4), PARALLEL (default 1: with N > 1 the two registries' columns
@@ -28,7 +28,7 @@
 set -euo pipefail
 
 RUNS=${1:-3}
-SIZES=${BENCH_SIZES_MIB:-1024 2048}
+SIZES=${BENCH_SIZES_MIB:-1024 4096}
 CONCURRENCY=${CONCURRENCY:-4}
 PARALLEL=${PARALLEL:-1}
 PART=8388608
