@@ -13,7 +13,7 @@
 //!   A link named by a `sha256:` digest holds `true`; one named by a `sha512:` digest
 //!   holds the content's SHA-256 hex, the name its one record is stored under;
 //! - an open upload is `oci:upl:<id>` (repository, start time, tail) plus
-//!   `oci:parts:<id>` (the multipart state the part pump keeps), its id in the set
+//!   `oci:parts:<id>` (the multipart state its part writer keeps), its id in the set
 //!   `oci:upls` so uploads are counted and expired; bytes past the last whole part wait in a
 //!   `uploads/oci/<id>/tail-<end>` object, so memory stays bounded and any replica goes on;
 //! - a manifest is `oci:man:<repo>@<digest>` (media type, size, subject, and the content's
@@ -28,6 +28,7 @@ mod caps;
 pub(crate) mod held;
 mod listing;
 mod manifests;
+mod parts;
 mod uploads;
 
 use crate::digest::is_sha256_hex;

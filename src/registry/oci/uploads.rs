@@ -1,5 +1,5 @@
-//! Blob uploads: a session per upload, chunks streamed into whole parts through the part
-//! pump, the bytes past the last whole part kept as the upload's tail, and the digest
+//! Blob uploads: a session per upload, chunks streamed into whole parts (see
+//! [`ChunkParts`]), the bytes past the last whole part kept as the upload's tail, and the digest
 //! checked when the upload closes.
 
 use std::fmt::Display;
@@ -8,12 +8,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::parts::ChunkParts;
 use super::{
     blob_key, hold, link_value, parse_digest, validate_repo, Algorithm, OciError, OciResult,
 };
 use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::{now, FileRecord};
-use crate::registry::upload::PartPump;
 use crate::registry::upload::{delete_state, UploadState};
 use crate::registry::{transact, Registry, RegistryError};
 use crate::store::keys as object_keys;
@@ -167,66 +167,40 @@ impl Registry {
         if let Some(tail) = Self::live_tail(upload, state) {
             first.extend_from_slice(&self.blobs().read(&tail.object).await?);
         }
-        let mut pump = None;
+        let mut parts: Option<ChunkParts> = None;
         loop {
-            let chunk = match body.next().await {
+            let next = match parts.as_mut() {
+                Some(p) => p.next_chunk(&mut body, state).await?,
+                None => body.next().await,
+            };
+            let chunk = match next {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    if let Some(p) = pump.as_mut() {
-                        let _ = PartPump::drain(p, state).await;
+                    if let Some(p) = parts.as_mut() {
+                        let _ = p.drain(state).await;
                     }
                     return Err(OciError::BlobUploadInvalid(format!("body cut short: {e}")));
                 }
                 None => break,
             };
-            match pump.as_mut() {
-                Some(p) => p.feed(chunk, state).await?,
+            match parts.as_mut() {
+                Some(p) => p.feed(chunk, u64::MAX, state).await?,
                 None if first.len() + chunk.len() < part_size => first.extend_from_slice(&chunk),
                 None => {
-                    let p = pump.insert(self.oci_pump(id, &state_key, state).await?);
-                    p.feed(std::mem::take(&mut first).freeze(), state).await?;
-                    p.feed(chunk, state).await?;
+                    let p = parts.insert(self.oci_parts(id, &state_key, state).await?);
+                    p.feed(std::mem::take(&mut first).freeze(), u64::MAX, state)
+                        .await?;
+                    p.feed(chunk, u64::MAX, state).await?;
                 }
             }
         }
-        match pump.as_mut() {
+        match parts.as_mut() {
             Some(p) => {
                 p.drain(state).await?;
                 Ok(p.take_filling())
             }
             None => Ok(first.freeze()),
         }
-    }
-
-    /// The part pump of an upload, starting its multipart upload on first use.
-    async fn oci_pump<'a>(
-        &'a self,
-        id: &str,
-        state_key: &'a str,
-        state: &mut UploadState,
-    ) -> OciResult<PartPump<'a>> {
-        let handle = match state.handle.clone() {
-            Some(h) => h,
-            None => {
-                let h = self
-                    .blobs()
-                    .begin_upload(&object_keys::blob("oci", id))
-                    .await?;
-                state.handle = Some(h.clone());
-                if let Err(e) = self.save_state(state_key, None, state, None).await {
-                    let _ = self.blobs().abort_upload(&h).await;
-                    return Err(e.into());
-                }
-                h
-            }
-        };
-        Ok(PartPump::new(
-            self,
-            handle,
-            state_key,
-            state,
-            self.part_size as usize,
-        ))
     }
 
     /// Closes an upload with its last bytes: checks the digest (SHA-256 or SHA-512) and
@@ -267,16 +241,9 @@ impl Registry {
             Some(handle) => {
                 let state_key = keys::oci_upload_parts(id);
                 if !rest.is_empty() {
-                    let mut pump = PartPump::new(
-                        self,
-                        handle.clone(),
-                        &state_key,
-                        &state.clone(),
-                        self.part_size as usize,
-                    );
-                    pump.feed(rest.clone(), &mut state).await?;
-                    pump.send_tail(&mut state).await?;
-                    pump.drain(&mut state).await?;
+                    let mut last = self.oci_parts(id, &state_key, &mut state).await?;
+                    last.feed(rest.clone(), size, &mut state).await?;
+                    last.drain(&mut state).await?;
                 }
                 let parts = self
                     .upload_parts(&keys::oci_upload_parts(id), &state)

@@ -4,27 +4,22 @@
 //! under optimistic transactions. The file's hash frontier hashes the parts that land in
 //! order; the file is checked and made an object when its last part lands.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 use super::session::SessionFile;
 use crate::digest::ResumableSha256;
 use crate::meta::{keys, MetaTxExt};
-use crate::registry::budget::PartBuffer;
 use crate::registry::upload::{
-    delete_state, spawn_part_write, write_state, Frontier, PartPlace, UploadState,
+    delete_state, write_state, Frontier, PartPlace, PartWriter, RecordPart, UploadState,
 };
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
-use crate::store::{PartInfo, StoreError, StoreResult, UploadHandle};
-
-/// Bytes of parts one request may have in flight; with larger parts, one at a time.
-const IN_FLIGHT_BUDGET: u64 = 64 << 20;
+use crate::store::{PartInfo, UploadHandle};
 
 fn restarted() -> RegistryError {
     RegistryError::Conflict(
@@ -32,29 +27,15 @@ fn restarted() -> RegistryError {
     )
 }
 
-/// A part being written, and what it holds until it lands.
-struct Landing {
-    number: u32,
-    write: JoinHandle<StoreResult<PartInfo>>,
-    _counted: crate::telemetry::metrics::PartBufferGuard,
-}
-
 /// Writes and records the parts of one request's range.
-pub(super) struct RangeWriter<'a> {
-    registry: &'a Registry,
-    file: &'a SessionFile,
-    state_key: &'a str,
-    writer: &'a str,
-    handle: UploadHandle,
-    frontier: Arc<Mutex<Frontier>>,
-    landing: VecDeque<Landing>,
-    max_landing: usize,
-}
+pub(super) type RangeWriter<'a> = PartWriter<'a, Ranges<'a>>;
 
 impl<'a> RangeWriter<'a> {
-    /// Writes parts of `file`'s upload `handle` as `writer`, on this replica's frontier.
-    pub(super) async fn new(
+    /// Writes parts of `file`'s upload `handle` as `writer`, from a body starting at byte
+    /// `at`, on this replica's frontier.
+    pub(super) async fn ranges(
         registry: &'a Registry,
+        at: u64,
         file: &'a SessionFile,
         state_key: &'a str,
         writer: &'a str,
@@ -63,101 +44,52 @@ impl<'a> RangeWriter<'a> {
     ) -> Self {
         let frontier = registry.frontiers.get(state_key, &state.hasher);
         frontier.lock().await.adopt(&state.hasher);
-        let fit = (IN_FLIGHT_BUDGET / file.part_size.max(1)).max(1) as usize;
-        Self {
+        let ranges = Ranges {
             registry,
             file,
             state_key,
             writer,
-            handle,
+            handle: handle.clone(),
             frontier,
-            landing: VecDeque::new(),
-            max_landing: registry.upload_concurrency.min(fit),
-        }
+        };
+        PartWriter::new(registry, handle, (at, file.part_size), ranges)
     }
+}
 
-    /// Starts writing part `number`; lands the older parts that are done, and waits for
-    /// the oldest while too many are in flight.
-    pub(super) async fn write(
-        &mut self,
-        number: u32,
-        buffer: PartBuffer,
-        state: &mut UploadState,
-    ) -> RegistryResult<()> {
-        let (part, reservation) = buffer.freeze();
-        let offset = u64::from(number - 1) * self.file.part_size;
-        let counted = crate::telemetry::metrics::part_buffer_held(part.len());
-        let (blobs, memory) = (
-            self.registry.blobs.clone(),
-            self.registry.part_memory.clone(),
-        );
+/// How the parts of a file pushed as ranges are recorded: in its part set, under the
+/// request's claim, with its hash frontier.
+pub(super) struct Ranges<'a> {
+    registry: &'a Registry,
+    file: &'a SessionFile,
+    state_key: &'a str,
+    writer: &'a str,
+    handle: UploadHandle,
+    frontier: Arc<Mutex<Frontier>>,
+}
+
+impl RecordPart for Ranges<'_> {
+    type With = ();
+
+    fn sending(&mut self, _: &[u8]) {}
+
+    /// Offers the part to the frontier.
+    fn durable(&self, offset: u64, part: Bytes) -> Option<BoxFuture<'static, ()>> {
         let (frontiers, frontier) = (self.registry.frontiers.clone(), self.frontier.clone());
-        let handle = self.handle.clone();
-        let bytes = part.len();
-        let write = async move {
-            let written = blobs
-                .write_part(&handle, number, offset, part.clone())
-                .await;
-            // Only durable bytes are hashed: a write that failed is sent again, maybe
-            // by another request.
-            if written.is_ok() {
-                frontiers.offer(&frontier, offset, &part).await;
-            }
-            memory.give_back(part, reservation);
-            written
-        };
-        let write = spawn_part_write(write, number, offset, bytes);
-        self.landing.push_back(Landing {
-            number,
-            write,
-            _counted: counted,
-        });
-        while self.landing.len() >= self.max_landing
-            || self.landing.front().is_some_and(|l| l.write.is_finished())
-        {
-            let Some(front) = self.oldest() else { break };
-            let written = front.await;
-            self.land(written, state).await?;
-        }
-        Ok(())
-    }
-
-    /// The oldest write in flight; polling it by reference loses nothing when the caller
-    /// stops waiting, so it can race the request body.
-    pub(super) fn oldest(&mut self) -> Option<&mut JoinHandle<StoreResult<PartInfo>>> {
-        self.landing.front_mut().map(|l| &mut l.write)
-    }
-
-    /// Records the oldest part in flight, whose write ended with `written`.
-    pub(super) async fn land(
-        &mut self,
-        written: Result<StoreResult<PartInfo>, tokio::task::JoinError>,
-        state: &mut UploadState,
-    ) -> RegistryResult<()> {
-        let Some(landed) = self.landing.pop_front() else {
-            return Ok(());
-        };
-        let part =
-            written.map_err(|e| RegistryError::Store(StoreError::Unavailable(e.to_string())))??;
-        debug_assert_eq!(part.number, landed.number);
-        *state = self.record(&part).await?;
-        Ok(())
-    }
-
-    /// Waits for every part in flight and records it.
-    pub(super) async fn drain(&mut self, state: &mut UploadState) -> RegistryResult<()> {
-        while let Some(front) = self.oldest() {
-            let written = front.await;
-            self.land(written, state).await?;
-        }
-        Ok(())
+        Some(Box::pin(async move {
+            frontiers.offer(&frontier, offset, &part).await
+        }))
     }
 
     /// Adds a durable part to the file's part set, with the furthest hash state this
-    /// replica has within the contiguous durable bytes; answers the state as recorded.
-    async fn record(&self, part: &PartInfo) -> RegistryResult<UploadState> {
-        let (key, file) = (self.state_key, self.file);
-        let recorded = transact(self.registry.meta(), async |tx| {
+    /// replica has within the contiguous durable bytes.
+    async fn record(
+        &mut self,
+        part: PartInfo,
+        (): (),
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        let (key, file, part) = (self.state_key, self.file, &part);
+        *state = transact(self.registry.meta(), async |tx| {
             let Some(current) = tx.get_json::<UploadState>(key).await? else {
                 return Err(restarted());
             };
@@ -189,11 +121,13 @@ impl<'a> RangeWriter<'a> {
         })
         .await?;
         let mut frontier = self.frontier.lock().await;
-        frontier.adopt(&recorded.hasher);
-        frontier.recorded(recorded.hasher.len());
-        Ok(recorded)
+        frontier.adopt(&state.hasher);
+        frontier.recorded(state.hasher.len());
+        Ok(())
     }
+}
 
+impl Ranges<'_> {
     /// Checks the file whose parts are all durable against its declared digest and makes
     /// it an object. The bytes the frontier has not hashed are read back from the store,
     /// which can read them only once the object is made: then a mismatch deletes it.
@@ -294,22 +228,4 @@ pub(super) async fn record_digest(
         Ok(next)
     })
     .await
-}
-
-/// Bytes of a part a body is sending: buffered for writing, or skipped when the part is
-/// durable already.
-pub(super) enum Filling {
-    /// Bytes to write, reserved from the part memory.
-    Write(PartBuffer),
-    /// A durable part: its bytes are read and dropped.
-    Skip,
-}
-
-impl Filling {
-    /// Adds bytes of the part.
-    pub(super) fn add(&mut self, bytes: Bytes) {
-        if let Self::Write(buffer) = self {
-            buffer.buf.extend_from_slice(&bytes);
-        }
-    }
 }

@@ -6,10 +6,10 @@
 use std::fmt::Display;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use uuid::Uuid;
 
-use super::ranges::{record_digest, Filling, RangeWriter};
+use super::ranges::{record_digest, RangeWriter};
 use super::session::SessionFile;
 use crate::digest::ResumableSha256;
 use crate::meta::keys;
@@ -123,73 +123,35 @@ impl Registry {
             )));
         };
 
-        let mut parts_out = RangeWriter::new(self, file, &state_key, &writer, handle, &state).await;
+        let mut parts_out =
+            RangeWriter::ranges(self, offset, file, &state_key, &writer, handle, &state).await;
         let mut at = offset;
-        let mut filling: Option<Filling> = None;
         loop {
-            // Parts that land while the client is slow are recorded at once, so that the
-            // status a resuming client reads is as far as the bytes durably are.
-            let next = {
-                let oldest = parts_out.oldest();
-                tokio::select! {
-                    biased;
-                    chunk = body.next() => Ok(chunk),
-                    Some(written) = async { match oldest { Some(w) => Some(w.await), None => None } } => Err(written),
-                }
-            };
-            let mut chunk = match next {
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(Some(Err(e))) => {
+            let chunk = match parts_out.next_chunk(&mut body, &mut state).await? {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
                     tracing::info!(session = session_id, key, error = %e, "upload body cut short");
                     break;
                 }
-                Ok(None) => break,
-                Err(written) => {
-                    parts_out.land(written, &mut state).await?;
-                    continue;
-                }
+                None => break,
             };
             if at + chunk.len() as u64 > file.size {
-                self.put_back(filling.take());
+                parts_out.discard_filling();
                 parts_out.drain(&mut state).await?;
                 return Err(RegistryError::BadRequest(format!(
                     "body runs past the {} bytes declared for {key}",
                     file.size
                 )));
             }
-            while !chunk.is_empty() {
-                let number = part_at(at, part_size);
-                let part_end = (u64::from(number) * part_size).min(file.size);
-                let mut part = match filling.take() {
-                    Some(part) => part,
-                    None if state.holds(number) => Filling::Skip,
-                    None => Filling::Write(self.part_memory.take(part_size as usize).await),
-                };
-                let take = (part_end - at).min(chunk.len() as u64) as usize;
-                part.add(chunk.split_to(take));
-                at += take as u64;
-                match part {
-                    Filling::Write(buffer) if at == part_end => {
-                        parts_out.write(number, buffer, &mut state).await?;
-                    }
-                    Filling::Skip if at == part_end => {}
-                    unfinished => filling = Some(unfinished),
-                }
-            }
+            at += chunk.len() as u64;
+            parts_out.feed(chunk, file.size, &mut state).await?;
         }
-        self.put_back(filling.take());
+        parts_out.discard_filling();
         parts_out.drain(&mut state).await?;
         if state.received == file.size && !state.complete() {
-            state = parts_out.finish(state).await?;
+            state = parts_out.recorder.finish(state).await?;
         }
         Ok(progress(&state))
-    }
-
-    /// A part a body stopped short of: its buffer goes back to the part memory.
-    fn put_back(&self, filling: Option<Filling>) {
-        if let Some(Filling::Write(buffer)) = filling {
-            self.part_memory.put_back(buffer);
-        }
     }
 
     /// Stores an empty file: one empty object, checked against its declared digest.

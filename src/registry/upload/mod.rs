@@ -1,10 +1,10 @@
 //! The upload machinery both front doors share: the state of one file's multipart upload,
-//! saved after every durable part, and the pump that sends its parts.
+//! saved after every durable part, and the writer that sends its parts.
 
 mod frontier;
 mod parts;
-mod pump;
 mod stored;
+mod writer;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +15,8 @@ use crate::store::{PartInfo, UploadHandle};
 
 pub(crate) use frontier::{Frontier, Frontiers};
 pub(crate) use parts::{part_at, part_count, Claim, PartPlace};
-pub(crate) use pump::{spawn_part_write, PartPump};
 pub(crate) use stored::{delete_state, write_state, StrayParts};
+pub(crate) use writer::{PartWriter, RecordPart};
 
 /// The layout of the upload state this code writes: the small record below, and each
 /// durable part in a record of its own ([`keys::upload_part`](crate::meta::keys::upload_part)).

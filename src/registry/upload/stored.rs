@@ -170,7 +170,7 @@ mod tests {
         (Registry::new(meta.clone(), blobs, 5 << 20, 1), meta)
     }
 
-    /// Records the next part of `state` as the part pump does; answers the bytes written.
+    /// Records the next part of `state` as a blob upload does; answers the bytes written.
     async fn record(
         r: &Registry,
         meta: &ByteCountingMeta,
