@@ -1230,3 +1230,51 @@ async fn blob_gets_redirect_to_presigned_s3_urls_with_s3_redirect() {
         .unwrap();
     assert_eq!(reply.status(), StatusCode::TEMPORARY_REDIRECT);
 }
+
+/// The transfer metrics of one server, by series.
+async fn metrics_of(c: &Client, s: &Server) -> std::collections::HashMap<String, f64> {
+    let text = c.get(s.at("/metrics")).send().await.unwrap().text().await;
+    parse_metrics(&text.unwrap())
+}
+
+#[tokio::test]
+async fn blob_uploads_and_downloads_count_in_the_transfer_metrics() {
+    let s = Server::start();
+    let c = Client::new();
+    let repo = "metrics/blobs";
+    let whole = payload(3 << 20, 41);
+    let chunked = payload((5 << 20) + 17, 42);
+    push_blob(&c, &s, repo, &whole).await;
+    let loc = open_upload(&c, &s, repo).await;
+    let loc = patch_chunks(&c, &s, loc, &chunked, 2 << 20).await;
+    let digest = digest_of(&chunked);
+    let reply = c.put(with_digest(&s, &loc, &digest)).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let pulled = c
+        .get(s.at(&format!("/v2/{repo}/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(pulled.len(), chunked.len());
+
+    let m = metrics_of(&c, &s).await;
+    let series = |name: &str, direction: &str| {
+        m.get(&format!("{name}{{direction=\"{direction}\"}}"))
+            .copied()
+            .unwrap_or_else(|| panic!("no {name} for {direction}"))
+    };
+    assert_eq!(
+        series("vmreg_transferred_bytes_total", "push"),
+        (whole.len() + chunked.len()) as f64,
+        "every body byte of both uploads counted once"
+    );
+    assert_eq!(
+        series("vmreg_transferred_bytes_total", "pull"),
+        chunked.len() as f64
+    );
+    assert_eq!(series("vmreg_transfers_in_flight", "push"), 0.0);
+    assert_eq!(series("vmreg_transfers_in_flight", "pull"), 0.0);
+}
