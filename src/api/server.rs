@@ -148,20 +148,22 @@ async fn flush_pulls(registry: Registry, interval: Duration) {
 }
 
 /// Frees pooled part buffers once uploads stop using them, so their memory is free for
-/// the downloads that follow a burst of pushes; once no transfer runs any more, returns
-/// the heap the burst freed to the system, so an idle replica stays small.
+/// the downloads that follow a burst of pushes; and while transfers run and once after,
+/// returns the free heap to the system every tick. The small network buffers transfers
+/// churn through are freed out of order across the allocator's arenas, whose trimming
+/// reaches only each heap's top: without this, what one burst freed stays resident and
+/// the next burst's peak comes on top of it.
 async fn release_idle_memory(registry: Registry) {
     use crate::registry::budget::{return_free_heap, POOL_IDLE};
-    let mut busy_since_trim = false;
+    let mut was_busy = false;
     loop {
         tokio::time::sleep(POOL_IDLE / 2).await;
         let freed = registry.release_idle_part_buffers(POOL_IDLE);
-        if freed > 0 || crate::telemetry::metrics::transfers_in_flight() > 0 {
-            busy_since_trim = true;
-        } else if busy_since_trim {
+        let busy = freed > 0 || crate::telemetry::metrics::transfers_in_flight() > 0;
+        if busy || was_busy {
             return_free_heap();
-            busy_since_trim = false;
         }
+        was_busy = busy;
     }
 }
 

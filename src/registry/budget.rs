@@ -59,10 +59,8 @@ pub fn return_freed_parts_to_the_system() {
     }
 }
 
-/// Hands the allocator's free memory back to the system, in every arena: called when the
-/// server falls idle, so that what a burst of transfers freed (small network and body
-/// buffers spread over the arenas, which trimming only at each heap's top cannot reach)
-/// is not kept resident until the next burst.
+/// Hands the allocator's free memory back to the system, in every arena (glibc's
+/// `malloc_trim`, which also releases free pages inside a heap, not only at its top).
 pub fn return_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free pages; it is safe to call at any time.
