@@ -95,7 +95,7 @@ load() {
     sent_read=$(curl -sSf "${URLS[$1]}/metrics" | awk '
         $1 == "vmreg_transferred_bytes_total{direction=\"pull\"}" {sent = $2}
         $1 == "vmreg_s3_bytes_read_total" {read = $2}
-        END {printf "%d %d", sent, read}')
+        END {printf "%.0f %.0f", sent, read}')
     echo "$(cpu_secs "${REPLICAS[$1]}") $sent_read"
 }
 # The load of each replica since the readings "$@" (from `load 0` and `load 1`): per
