@@ -12,6 +12,11 @@
 #                                    and an nvram; prints the layer files' names
 #   bench_start_vmreg_s3 PART        starts it on S3 + Redis (scripts/test-services.sh's
 #                                    variables) under fresh prefixes, with PART-byte parts
+#   bench_start_proxy URL RATE up|both
+#                                    starts a TCP proxy to URL that caps each connection
+#                                    at RATE MiB/s (towards URL only, or both ways), as
+#                                    one TCP stream is capped on a long link; sets
+#                                    PROXY_URL and PROXY_PID (bench_stop_proxy stops it)
 #   now, mbps BYTES T0 T1, median N…  timing and arithmetic
 #   cpu_secs PID, per_gib A B BYTES, ratio A B, fresh_prefix
 
@@ -71,6 +76,57 @@ bench_start_vmreg_s3() {
         --redis-url "$VMREG_TEST_REDIS_URL" --redis-prefix "$prefix:" \
         --s3-bucket "$VMREG_TEST_S3_BUCKET" --s3-endpoint "$VMREG_TEST_S3_ENDPOINT" \
         --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix "$prefix"
+}
+
+bench_start_proxy() {
+    python3 - "$1" "$2" "$3" >"$WORK/proxy.out" 2>"$WORK/proxy.log" <<'EOF' &
+import asyncio, sys, time
+host, port = sys.argv[1].split("//")[1].split(":")
+rate = float(sys.argv[2]) * (1 << 20)
+both = sys.argv[3] == "both"
+
+async def pipe(reader, writer, capped):
+    start, moved = time.monotonic(), 0
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+            if capped:
+                moved += len(data)
+                ahead = moved / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+async def serve(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection(host, int(port))
+    await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, both))
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+EOF
+    PROXY_PID=$!
+    for _ in $(seq 50); do
+        [[ -s $WORK/proxy.out ]] && break
+        sleep 0.1
+    done
+    # shellcheck disable=SC2034 # used by the scripts that source this file
+    PROXY_URL=http://127.0.0.1:$(head -1 "$WORK/proxy.out")
+}
+
+bench_stop_proxy() {
+    if [[ -n ${PROXY_PID:-} ]]; then
+        kill "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
+    PROXY_PID=
 }
 
 now() { date +%s.%N; }

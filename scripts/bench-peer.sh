@@ -22,7 +22,9 @@
 # target/release/vmreg, built if missing), CONCURRENCY (the client's parallel uploads and
 # downloads of ranges, default 4), PARALLEL (default 1: with N > 1 the two registries' columns
 # push the blob to N repositories at once and pull it N times at once, N uploads in flight as
-# with `PARALLEL=4 BENCH_SIZES_MIB=2048`; their rates count all N copies),
+# with `PARALLEL=4 BENCH_SIZES_MIB=2048`; their rates count all N copies), S3_RATE_MIB
+# (unset: S3 is Garage on loopback; with a rate every S3 connection goes through a proxy
+# capping it at that many MiB/s each way, as one stream to a remote S3 is capped),
 # BENCH_DIR (scratch). Installs docker-registry (apt) when absent; needs curl, python3,
 # and what scripts/test-services.sh installs (redis-server, garage).
 set -euo pipefail
@@ -31,6 +33,7 @@ RUNS=${1:-3}
 SIZES=${BENCH_SIZES_MIB:-1024 4096}
 CONCURRENCY=${CONCURRENCY:-4}
 PARALLEL=${PARALLEL:-1}
+S3_RATE_MIB=${S3_RATE_MIB:-}
 PART=8388608
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
@@ -61,12 +64,19 @@ cleanup() {
     # Under `set -e` a killed child's status would become the script's.
     [[ -n $SERVER_PID ]] && bench_stop_server
     stop_peer
+    bench_stop_proxy
     vmreg_services_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 VMREG_SERVICES_QUIET=1 vmreg_services_start
+# A remote S3, where one connection is capped (as a single stream is on a long link):
+# every S3 client here, both registries and the direct columns, goes through the proxy.
+if [[ -n $S3_RATE_MIB ]]; then
+    bench_start_proxy "$VMREG_TEST_S3_ENDPOINT" "$S3_RATE_MIB" both
+    VMREG_TEST_S3_ENDPOINT=$PROXY_URL
+fi
 
 UUID=8c3f9e2a-4d6f-4a0b-9e5b-2f7a8b9c0d1e
 REPO=bench/vm
@@ -198,7 +208,7 @@ row() { printf '%-6s %14s %14s %14s %14s %14s %14s %14s %14s\n' "$@"; }
 same() { cmp -s "$1" "$2" || { echo "bench-peer: pulled $2 differs" >&2; exit 1; }; }
 
 echo "bench-peer: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(basename "$BIN")" \
-    "from $(dirname "$BIN" | xargs basename)" >&2
+    "from $(dirname "$BIN" | xargs basename)${S3_RATE_MIB:+, each S3 connection capped at $S3_RATE_MIB MiB/s}" >&2
 s3_config
 for mib in $SIZES; do
     free_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')

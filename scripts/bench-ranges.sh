@@ -29,10 +29,8 @@ mkdir -p "$WORK"
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
 SERVER_PID=
-PROXY_PID=
 stack_down() {
-    [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null
-    PROXY_PID=
+    bench_stop_proxy
     [[ -n $SERVER_PID ]] && bench_stop_server
     vmreg_services_stop
 }
@@ -55,51 +53,9 @@ stack_up() {
         --s3-region "$VMREG_TEST_S3_REGION" --s3-path-style --s3-prefix ranges
     TARGET=$URL
     if [[ -n ${1:-} ]]; then
-        TARGET=http://127.0.0.1:$(start_proxy "$URL" "$1")
+        bench_start_proxy "$URL" "$1" up
+        TARGET=$PROXY_URL
     fi
-}
-
-# A TCP proxy on a free port to $1 that caps each connection's upstream bytes at $2 MiB/s;
-# prints its port.
-start_proxy() {
-    python3 - "$1" "$2" >"$WORK/proxy.out" 2>"$WORK/proxy.log" <<'EOF' &
-import asyncio, sys, time
-host, port = sys.argv[1].split("//")[1].split(":")
-rate = float(sys.argv[2]) * (1 << 20)
-
-async def pipe(reader, writer, capped):
-    start, moved = time.monotonic(), 0
-    try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-            if capped:
-                moved += len(data)
-                ahead = moved / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
-
-async def serve(reader, writer):
-    up_reader, up_writer = await asyncio.open_connection(host, int(port))
-    await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-
-async def main():
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await server.serve_forever()
-
-asyncio.run(main())
-EOF
-    PROXY_PID=$!
-    for _ in $(seq 50); do
-        [[ -s $WORK/proxy.out ]] && break
-        sleep 0.1
-    done
-    head -1 "$WORK/proxy.out"
 }
 
 # Pushes a fresh VM with one layer of $2 MiB to $1 with `--ranges $3`, then deletes it;
