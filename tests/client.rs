@@ -244,6 +244,15 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Starts `node`'s client with `args` against `server`, its output discarded.
+fn spawn_quiet(node: &Node, server: &Server, args: &[&str]) -> Child {
+    node.cmd(server, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Bytes the registry holds durably of the push journaled in `node`'s library.
 fn durable_at_registry(server: &Server, node: &Node) -> u64 {
     pushed_files(server, node)
@@ -515,23 +524,19 @@ fn a_pull_killed_mid_file_resumes_without_refetching_what_arrived() {
     src.json(&server, &["push", "-t", "v1", "vm1"]);
 
     let dst = Node::new();
-    let mut child = dst
-        .cmd(
-            &server,
-            &[
-                "--json",
-                "--limit-rate",
-                "8M",
-                "--concurrency",
-                "2",
-                "pull",
-                "vm1",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(
+        &dst,
+        &server,
+        &[
+            "--json",
+            "--limit-rate",
+            "8M",
+            "--concurrency",
+            "2",
+            "pull",
+            "vm1",
+        ],
+    );
     let pull_dir = dst.lib.join(".vmreg/pull");
     let sidecar_progress = || -> u64 {
         let Ok(entries) = std::fs::read_dir(&pull_dir) else {
@@ -585,15 +590,11 @@ fn a_push_killed_mid_file_resumes_without_resending_what_arrived() {
     let src = Node::new();
     let big = data(50, 48 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
-    let mut child = src
-        .cmd(
-            &server,
-            &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(
+        &src,
+        &server,
+        &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+    );
     wait_for("16 MiB at the registry", Duration::from_secs(60), || {
         durable_at_registry(&server, &src) >= 16 << 20
     });
@@ -632,25 +633,21 @@ fn a_push_of_4_ranges_killed_mid_file_resends_only_what_was_not_durable() {
     let src = Node::new();
     let big = data(51, 96 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
-    let mut child = src
-        .cmd(
-            &server,
-            &[
-                "--json",
-                "--limit-rate",
-                "8M",
-                "push",
-                "--ranges",
-                "4",
-                "-t",
-                "v1",
-                "vm1",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(
+        &src,
+        &server,
+        &[
+            "--json",
+            "--limit-rate",
+            "8M",
+            "push",
+            "--ranges",
+            "4",
+            "-t",
+            "v1",
+            "vm1",
+        ],
+    );
     wait_for("32 MiB at the registry", Duration::from_secs(60), || {
         durable_ranges_at_registry(&server, &src) >= 32 << 20
     });
@@ -1207,12 +1204,11 @@ fn a_push_whose_commit_is_refused_forgets_its_session() {
     let big = data(80, 24 << 20);
     a.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
     let journal = a.lib.join(format!(".vmreg/push/{VM1}.json"));
-    let mut child = a
-        .cmd(&server, &["--limit-rate", "4M", "push", "-t", "t", "vm1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(
+        &a,
+        &server,
+        &["--limit-rate", "4M", "push", "-t", "t", "vm1"],
+    );
     wait_for("the push to start", Duration::from_secs(30), || {
         journal.exists()
     });
@@ -1333,12 +1329,11 @@ fn a_push_of_a_vm_changed_since_the_interruption_starts_afresh() {
     let src = Node::new();
     let first = data(110, 48 << 20);
     src.make_vm(VM1, "vm1", &[(&layer(0), &first)], None, b"nv");
-    let mut child = src
-        .cmd(&server, &["--limit-rate", "8M", "push", "-t", "v1", "vm1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(
+        &src,
+        &server,
+        &["--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+    );
     wait_for("10 MiB at the registry", Duration::from_secs(60), || {
         durable_at_registry(&server, &src) >= 10 << 20
     });
