@@ -147,6 +147,44 @@ wait_all() {
     return "$failed"
 }
 
+# Runs phase $1, a function that starts its transfers in the background (adding their pids
+# to PIDS), and waits for them all; sets T0 and T1 around it, PHASE_PEAK (MiB resident at
+# most during it) and START (MiB resident as it began).
+at_once() {
+    reset_peak
+    PIDS=()
+    T0=$(now)
+    "$1"
+    wait_all "${PIDS[@]}"
+    T1=$(now)
+    PHASE_PEAK=$(peak_rss_mib)
+}
+# The phases: COPIES pushes of blobs 1..COPIES, COPIES pulls of them, and COPIES pushes of
+# new blobs with COPIES pulls of the first ones.
+pushes() {
+    local i
+    for i in $(seq 1 "$COPIES"); do
+        push "${names[i]}" "${sums[i]}" &
+        PIDS+=($!)
+    done
+}
+pulls() {
+    local i
+    for i in $(seq 1 "$COPIES"); do
+        pull "${sums[i]}" &
+        PIDS+=($!)
+    done
+}
+pushes_and_pulls() {
+    local i
+    for i in $(seq 1 "$COPIES"); do
+        push "${names[COPIES + i]}" "${sums[COPIES + i]}" &
+        PIDS+=($!)
+        pull "${sums[i]}" &
+        PIDS+=($!)
+    done
+}
+
 echo "bench-concurrency: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
     "$(basename "$BIN") from $(dirname "$BIN" | xargs basename), $COPIES x $MIB MiB," \
     "$STREAMS ranges per pull, ${SERVE_ARGS:-default settings} ${SERVE_ENV:-}" >&2
@@ -166,19 +204,10 @@ for run in $(seq "$RUNS"); do
     push "${names[0]}" "${sums[0]}"
     t1=$(now)
     P1[run]=$(mbps "$BYTES" "$t0" "$t1")
-    reset_peak
-    pids=()
-    t0=$(now)
-    for i in $(seq 1 "$COPIES"); do
-        push "${names[i]}" "${sums[i]}" &
-        pids+=($!)
-    done
-    wait_all "${pids[@]}"
-    t1=$(now)
-    RP[run]=$(peak_rss_mib)
-    PN[run]=$(mbps $((BYTES * COPIES)) "$t0" "$t1")
+    at_once pushes
+    RP[run]=$PHASE_PEAK SP[run]=$START
+    PN[run]=$(mbps $((BYTES * COPIES)) "$T0" "$T1")
     PR[run]=$(ratio "${PN[run]}" "${P1[run]}")
-    SP[run]=$START
     check "${sums[1]}"
 
     # One pull alone, then COPIES at once.
@@ -186,36 +215,16 @@ for run in $(seq "$RUNS"); do
     pull "${sums[1]}"
     t1=$(now)
     L1[run]=$(mbps "$BYTES" "$t0" "$t1")
-    reset_peak
-    pids=()
-    t0=$(now)
-    for i in $(seq 1 "$COPIES"); do
-        pull "${sums[i]}" &
-        pids+=($!)
-    done
-    wait_all "${pids[@]}"
-    t1=$(now)
-    RL[run]=$(peak_rss_mib)
-    LN[run]=$(mbps $((BYTES * COPIES)) "$t0" "$t1")
+    at_once pulls
+    RL[run]=$PHASE_PEAK SL[run]=$START
+    LN[run]=$(mbps $((BYTES * COPIES)) "$T0" "$T1")
     LR[run]=$(ratio "${LN[run]}" "${L1[run]}")
-    SL[run]=$START
 
     # COPIES new pushes and COPIES pulls of the first ones, all at once.
-    reset_peak
-    pids=()
-    t0=$(now)
-    for i in $(seq 1 "$COPIES"); do
-        push "${names[COPIES + i]}" "${sums[COPIES + i]}" &
-        pids+=($!)
-        pull "${sums[i]}" &
-        pids+=($!)
-    done
-    wait_all "${pids[@]}"
-    t1=$(now)
-    RM[run]=$(peak_rss_mib)
-    MX[run]=$(mbps $((2 * BYTES * COPIES)) "$t0" "$t1")
+    at_once pushes_and_pulls
+    RM[run]=$PHASE_PEAK SM[run]=$START
+    MX[run]=$(mbps $((2 * BYTES * COPIES)) "$T0" "$T1")
     MR[run]=$(ratio "${MX[run]}" "$(mean "${P1[run]}" "${L1[run]}")")
-    SM[run]=$START
     for m in "${RP[run]}" "${RL[run]}" "${RM[run]}"; do
         ((m > PEAK)) && PEAK=$m
     done
