@@ -166,6 +166,21 @@ pub fn counted_pull(
     reply.body(actix_web::body::SizedStream::new(len, Box::pin(counted)))
 }
 
+/// An upload's request body, counted as pushed bytes and as a push in flight for as long
+/// as the body is held, whichever API receives it.
+pub fn counted_push(
+    payload: web::Payload,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>> + Unpin
+{
+    use crate::telemetry::metrics::{self, Direction};
+    use futures_util::TryStreamExt;
+    let in_flight = metrics::transfer_started(Direction::Push);
+    payload.inspect_ok(move |b| {
+        let _until_the_body_is_dropped = &in_flight;
+        metrics::transferred(Direction::Push, b.len() as u64);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,16 +2,15 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::TryStreamExt;
 use serde_json::Value;
 
 use super::params::{
-    byte_range, counted_pull, headers_only, json_body, number, query, ranged_reply, required_json,
+    byte_range, counted_pull, counted_push, headers_only, json_body, number, query, ranged_reply,
+    required_json,
 };
 use super::{ok, ApiError, AppState};
 use crate::protocol::{CommitRequest, PushRequest};
 use crate::registry::RegistryError;
-use crate::telemetry::metrics::{self, Direction};
 
 /// `POST /api/v1/push`.
 pub async fn negotiate(
@@ -52,8 +51,7 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let _in_flight = metrics::transfer_started(Direction::Push);
-    let counted = payload.inspect_ok(|b| metrics::transferred(Direction::Push, b.len() as u64));
+    let counted = counted_push(payload);
     Ok(ok(state
         .registry
         .upload_range(&session, &key, offset, len, counted)

@@ -7,9 +7,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::{query, OciApiError};
+use crate::api::params::counted_push;
 use crate::api::AppState;
 use crate::registry::oci::OciError;
-use crate::telemetry::metrics::{self, Direction};
 
 /// The upload's `Range` header: the bytes received, as `0-<last byte>`.
 pub fn range_header(received: u64) -> String {
@@ -41,17 +41,11 @@ fn created(base: &str, name: &str, digest: &str) -> HttpResponse {
         .finish()
 }
 
-/// The request body, counted as an upload in flight while it streams and in the bytes
-/// received, as the vendor API's uploads are.
+/// The request body, counted in the transfer metrics as the vendor API's uploads are.
 fn body_stream(
     payload: web::Payload,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
-    let in_flight = metrics::transfer_started(Direction::Push);
-    payload.map(move |r| {
-        let _streaming = &in_flight;
-        r.inspect(|b| metrics::transferred(Direction::Push, b.len() as u64))
-            .map_err(|e| e.to_string())
-    })
+    counted_push(payload).map(|r| r.map_err(|e| e.to_string()))
 }
 
 /// `POST /v2/<name>/blobs/uploads/`: 202 with a relative `Location`, or with
