@@ -172,10 +172,10 @@ with helm.Chart.load(CHART) as chart:
         env_min.get("VMREG_S3_REDIRECT") == "false" and env_full.get("VMREG_S3_REDIRECT") == "true",
         "s3.redirect becomes VMREG_S3_REDIRECT",
     )
-    # The default memory request holds the default budgets: 1.25 × 128 MiB + 96 MiB.
+    # The default memory request holds the default budgets: 1.25 × 96 MiB + 96 MiB.
     requested = c_min["resources"]["requests"]["memory"]
     check(
-        requested.endswith("Mi") and int(requested[:-2]) >= 128 * 5 // 4 + 96,
+        requested.endswith("Mi") and int(requested[:-2]) >= 96 * 5 // 4 + 96,
         f"the memory request ({requested}) covers the default transfer budgets",
     )
 

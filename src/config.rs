@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_size: Option<u64>,
-    /// Memory for upload part buffers, all uploads together: uploads wait for it rather than allocate past it [env: VMREG_PART_MEMORY] [default: 128MiB]
+    /// Memory for upload part buffers, all uploads together: uploads wait for it rather than allocate past it [env: VMREG_PART_MEMORY] [default: 96MiB]
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub part_memory: Option<u64>,
