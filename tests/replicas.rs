@@ -366,13 +366,8 @@ async fn a_killed_replica_s_upload_is_finished_by_another_with_only_the_missing_
     );
     assert!(resent < BIG);
 
-    let committed = call(
-        Method::POST,
-        &b.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await;
-    assert_eq!(committed.ok_body()["number"], 0);
+    let committed = commit_push(&b.url, &session).await;
+    assert_eq!(committed["number"], 0);
     let (got, len) = download_digest(&b.url, &key).await;
     assert_eq!(len, BIG);
     assert_eq!(got, digest, "the pulled file is the pushed file");
@@ -478,13 +473,8 @@ async fn reindex_rebuilds_a_flushed_redis_from_the_bucket() {
         "the registry still knows its files: {files:?}"
     );
     let session = plan.json["body"]["session"].as_str().expect("session");
-    let committed = call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await;
-    assert_eq!(committed.ok_body()["number"], 3);
+    let committed = commit_push(&s.url, session).await;
+    assert_eq!(committed["number"], 3);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -676,12 +666,7 @@ async fn push_to(base: &str, id: &str, name: &str, tag: &str, files: &[&TestFile
             return reply;
         }
     }
-    call(
-        Method::POST,
-        &format!("{base}/api/v1/push/{session}/commit"),
-        None,
-    )
-    .await
+    try_commit_push(base, &session).await
 }
 
 /// Asserts a quick `FAIL` with 503.
@@ -1103,13 +1088,8 @@ async fn two_ranges_of_one_file_through_two_replicas_assemble() {
         second.ok_body()["complete"].clone(),
     ];
     assert!(done.contains(&json!(true)), "{done:?}");
-    let committed = call(
-        Method::POST,
-        &b.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await;
-    assert_eq!(committed.ok_body()["number"], 0);
+    let committed = commit_push(&b.url, &session).await;
+    assert_eq!(committed["number"], 0);
     assert!(download(&a, &file.name).await == file.data);
     assert!(download(&b, &file.name).await == file.data);
 }

@@ -843,13 +843,7 @@ async fn uploads_resume_and_commits_verify() {
     };
 
     // Commit with a file missing is rejected.
-    call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await
-    .assert_fail(409);
+    try_commit_push(&s.url, &session).await.assert_fail(409);
 
     // A body that stops after one and a half parts keeps exactly one part.
     let sent = call(
@@ -946,24 +940,14 @@ async fn uploads_resume_and_commits_verify() {
     .await
     .ok_body();
 
-    let committed = call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await;
-    assert_eq!(committed.ok_body()["number"], 0);
+    let committed = commit_push(&s.url, &session).await;
+    assert_eq!(committed["number"], 0);
     assert_eq!(download(&s, "big.ank").await, big.data);
     // A commit asked again (its reply was lost) answers with the same version and adds
     // none.
-    let again = call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await;
-    assert_eq!(again.ok_body()["number"], 0);
-    assert_eq!(again.ok_body()["id"], committed.ok_body()["id"]);
+    let again = commit_push(&s.url, &session).await;
+    assert_eq!(again["number"], 0);
+    assert_eq!(again["id"], committed["id"]);
     let template = get(&s.at(&format!("/registry/vm?id={id}"))).await;
     assert_eq!(template.ok_body()["versions"].as_array().unwrap().len(), 1);
     // An unknown session is still unknown.
@@ -1045,13 +1029,8 @@ async fn concurrent_pushes_get_dense_unique_numbers() {
             )
             .await
             .ok_body();
-            let done = call(
-                Method::POST,
-                &format!("{server_url}/api/v1/push/{session}/commit"),
-                None,
-            )
-            .await;
-            done.ok_body()["number"].as_u64().unwrap()
+            let done = commit_push(&server_url, &session).await;
+            done["number"].as_u64().unwrap()
         }));
     }
     let mut numbers = Vec::new();
@@ -1096,16 +1075,7 @@ async fn a_revert_racing_a_push_never_leaves_a_dangling_file() {
     .await
     .ok_body();
     // ...and the pinned file must still be there when the push commits.
-    call(
-        Method::POST,
-        &s.at(&format!(
-            "/api/v1/push/{}/commit",
-            plan["session"].as_str().unwrap()
-        )),
-        None,
-    )
-    .await
-    .ok_body();
+    commit_push(&s.url, plan["session"].as_str().unwrap()).await;
     let m = get(&s.at(&format!("/api/v1/templates/{other}/manifest"))).await;
     assert_eq!(
         download(&s, m.ok_body()["files"][0]["key"].as_str().unwrap()).await,
@@ -1225,13 +1195,7 @@ async fn memory_stays_bounded_while_2_gib_streams_in_and_out() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await
-    .ok_body();
+    commit_push(&s.url, &session).await;
 
     let mut download = reqwest::get(s.at("/api/v1/files/huge.ank"))
         .await
@@ -1315,13 +1279,7 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     assert_eq!(body["body"]["complete"], true);
     // The state is durable: a restarted server commits the push.
     s.restart();
-    call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await
-    .ok_body();
+    commit_push(&s.url, &session).await;
     assert_eq!(download(&s, "slow.ank").await, file.data);
 }
 
@@ -1573,13 +1531,7 @@ async fn a_file_sent_as_ranges_in_any_order_assembles_byte_identical() {
     );
     assert_eq!(status["sha256"], file.sha256().as_str());
 
-    call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await
-    .ok_body();
+    commit_push(&s.url, &session).await;
     assert!(
         download(&s, key).await == file.data,
         "the object differs from the file"
@@ -1607,11 +1559,5 @@ async fn ranges_whose_bytes_differ_from_the_declared_digest_are_refused() {
     let status = file_status(&s, &session).await;
     assert_eq!(status["received"], 0, "the file starts over: {status}");
     assert!(status.get("durable").is_none(), "{status}");
-    call(
-        Method::POST,
-        &s.at(&format!("/api/v1/push/{session}/commit")),
-        None,
-    )
-    .await
-    .assert_fail(409);
+    try_commit_push(&s.url, &session).await.assert_fail(409);
 }

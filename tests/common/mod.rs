@@ -555,6 +555,22 @@ pub async fn try_push_request_as(
     .await
 }
 
+/// Commits push `session` on the server at `base`; returns the commit body after
+/// asserting `OK`.
+pub async fn commit_push(base: &str, session: &str) -> Value {
+    try_commit_push(base, session).await.ok_body().clone()
+}
+
+/// Like [`commit_push`] but returns the reply, for a commit expected to fail.
+pub async fn try_commit_push(base: &str, session: &str) -> Reply {
+    call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/push/{session}/commit"),
+        None,
+    )
+    .await
+}
+
 /// Percent-encodes one path segment.
 pub fn encode_path(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
