@@ -10,21 +10,14 @@
 # 2048), VMREG_BIN (default target/release/vmreg, built if missing), CONCURRENCY (default 4).
 set -euo pipefail
 
-RUNS=${1:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 CONCURRENCY=${CONCURRENCY:-4}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-client curl python3
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench.XXXXXX)}
-mkdir -p "$WORK"
-SERVER_PID=
 cleanup() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
 
 UUID=6a1f7c0e-2b4d-4e8a-9c3f-0d5e6f7a8b9c
 TOP_MIB=$((SIZE_MIB / 4))

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Helpers of the benchmark scripts, sourced by them; not run on its own. The caller sets
-# ROOT before sourcing it, then WORK (scratch directory), and owns the traps.
+# Helpers of the benchmark scripts, sourced by them without arguments (so that $1 is the
+# script's own); not run on its own. Sourcing sets ROOT (the checkout) and RUNS (the
+# script's first argument, default 3).
 #
 #   bench_prepare NAME TOOL…          sets BIN (VMREG_BIN, else a release build made when
-#                                    missing); fails unless every TOOL is installed
+#                                    missing); fails unless every TOOL is installed; makes
+#                                    the scratch directory WORK (BENCH_DIR, else a fresh
+#                                    /tmp/vmreg-NAME.*) and owns the traps: on exit, the
+#                                    script's own `cleanup` runs when it defines one (its
+#                                    servers, services, proxies), then WORK is removed
 #   bench_start_server NAME=VALUE… -- SERVE-ARGS…   starts `vmreg serve` on a free loopback
 #                                    port with that environment; sets SERVER_PID and URL
 #   bench_stop_server                stops it
@@ -19,6 +24,10 @@
 #                                    PROXY_URL and PROXY_PID (bench_stop_proxy stops it)
 #   now, mbps BYTES T0 T1, median N…  timing and arithmetic
 #   cpu_secs PID, per_gib A B BYTES, ratio A B, fresh_prefix
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+RUNS=${1:-3}
 
 bench_write_vm() {
     local lib=$1 uuid=$2 i=0 file config
@@ -144,7 +153,8 @@ mbps() { python3 -c "import sys; b,t0,t1=map(float,sys.argv[1:]); print(f'{b/(t1
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 # Sets BIN to the vmreg binary to measure (VMREG_BIN, else a release build, made when
-# missing) and fails unless every tool named after the script's NAME is installed.
+# missing), fails unless every tool named after the script's NAME is installed, makes the
+# scratch directory WORK and traps the script's exit to clean up after it.
 bench_prepare() {
     local name=$1 tool
     shift
@@ -155,4 +165,19 @@ bench_prepare() {
     for tool in "$@"; do
         command -v "$tool" >/dev/null || { echo "$name: needs $tool" >&2; exit 1; }
     done
+    WORK=${BENCH_DIR:-$(mktemp -d "/tmp/vmreg-$name.XXXXXX")}
+    mkdir -p "$WORK"
+    SERVER_PID=
+    trap bench_exit EXIT
+    # An interrupted run cleans up too.
+    trap 'exit 130' INT TERM
+}
+
+# The EXIT trap: the script's own `cleanup` first, as it may still use WORK, then WORK.
+bench_exit() {
+    if declare -F cleanup >/dev/null; then
+        # A cleanup step that fails (a process already gone) must not keep WORK behind.
+        cleanup || true
+    fi
+    rm -rf "$WORK"
 }

@@ -28,27 +28,19 @@
 # BENCH_DIR.
 set -euo pipefail
 
-RUNS=${1:-3}
 MIB=${BENCH_MIB:-1024}
 COPIES=${COPIES:-8}
 STREAMS=${STREAMS:-4}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-concurrency curl python3
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-concurrency.XXXXXX)}
-mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 cleanup() {
     bench_stop_server
     vmreg_services_stop
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 VMREG_SERVICES_QUIET=1 vmreg_services_start
 
 BYTES=$((MIB << 20))

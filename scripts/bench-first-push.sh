@@ -11,21 +11,14 @@
 # CONCURRENCY (default 4). Run it with VMREG_BIN set to an older build to compare.
 set -euo pipefail
 
-RUNS=${1:-3}
 LAYER_MIB=${BENCH_LAYER_MIB:-1024}
 CONCURRENCY=${CONCURRENCY:-4}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-first-push python3
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench.XXXXXX)}
-mkdir -p "$WORK"
-SERVER_PID=
 cleanup() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
 
 
 SRC=$WORK/src

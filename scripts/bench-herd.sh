@@ -26,20 +26,15 @@
 # (1: --s3-redirect, curl -L), BENCH_DIR.
 set -euo pipefail
 
-RUNS=${1:-3}
 MIB=${BENCH_MIB:-2048}
 CLIENTS=${CLIENTS:-20}
 REDIRECT=${REDIRECT:-0}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-herd curl python3 sha256sum
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-herd.XXXXXX)}
-mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 REPLICAS=()
 cleanup() {
     for pid in "${REPLICAS[@]}"; do
@@ -47,10 +42,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     vmreg_services_stop
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 VMREG_SERVICES_QUIET=1 vmreg_services_start
 
 BYTES=$((MIB << 20))

@@ -29,15 +29,13 @@
 # and what scripts/test-services.sh installs (redis-server, garage).
 set -euo pipefail
 
-RUNS=${1:-3}
 SIZES=${BENCH_SIZES_MIB:-1024 4096}
 CONCURRENCY=${CONCURRENCY:-4}
 PARALLEL=${PARALLEL:-1}
 S3_RATE_MIB=${S3_RATE_MIB:-}
 PART=8388608
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-peer curl python3 sha256sum
 if ! command -v docker-registry >/dev/null; then
     echo "bench-peer: installing docker-registry (apt)" >&2
@@ -46,12 +44,9 @@ if ! command -v docker-registry >/dev/null; then
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-registry >&2
 fi
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-peer.XXXXXX)}
-mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 PEER_PID=
 stop_peer() {
     if [[ -n $PEER_PID ]]; then
@@ -66,10 +61,7 @@ cleanup() {
     stop_peer
     bench_stop_proxy
     vmreg_services_stop
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 VMREG_SERVICES_QUIET=1 vmreg_services_start
 # A remote S3, where one connection is capped (as a single stream is on a long link):
 # every S3 client here, both registries and the direct columns, goes through the proxy.

@@ -16,19 +16,14 @@
 #
 # Environment: VMREG_BIN (default target/release/vmreg, built if missing), BENCH_DIR.
 set -euo pipefail
-RUNS=${1:-3}
 MIB=${BENCH_MIB:-4096}
 WAN_MIB=${WAN_MIB:-4096}
 WAN_RATE_MIB=${WAN_RATE_MIB:-50}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-ranges python3
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-ranges.XXXXXX)}
-mkdir -p "$WORK"
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 stack_down() {
     bench_stop_proxy
     [[ -n $SERVER_PID ]] && bench_stop_server
@@ -36,10 +31,7 @@ stack_down() {
 }
 cleanup() {
     stack_down
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Each run gets a fresh Garage, Redis and server: Garage frees a deleted layer's blocks
 # only after a delay, so runs sharing one Garage would pile up every pushed layer on disk.

@@ -19,13 +19,11 @@
 # (PyPI) into a virtualenv under target/; needs what scripts/test-services.sh installs.
 set -euo pipefail
 
-RUNS=${1:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-2048}
 CONCURRENCY=${CONCURRENCY:-4}
 PART=8388608
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-s3-client
 PY=python3
 if ! "$PY" -c 'import boto3' 2>/dev/null; then
@@ -36,8 +34,6 @@ if ! "$PY" -c 'import boto3' 2>/dev/null; then
         "$PY" -m pip install -q boto3
     fi
 fi
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-s3.XXXXXX)}
-mkdir -p "$WORK"
 free_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
 if ((free_mib < 3 * SIZE_MIB + 2048)); then
     echo "bench-s3-client: $free_mib MiB free, needs $((3 * SIZE_MIB + 2048))" >&2
@@ -46,14 +42,10 @@ fi
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 cleanup() {
     [[ -n $SERVER_PID ]] && bench_stop_server
     vmreg_services_stop
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 VMREG_SERVICES_QUIET=1 vmreg_services_start
 
 UUID=3e9b1f4c-7a2d-4c6e-8f0a-5b1d2c3e4f60

@@ -12,19 +12,14 @@
 # Needs python3 and what scripts/test-services.sh installs (redis-server, garage).
 set -euo pipefail
 
-RUNS=${1:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 CONCURRENCY=${CONCURRENCY:-4}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/bench-common.sh
-source "$ROOT/scripts/bench-common.sh"
+source "$(dirname "$0")/bench-common.sh"
 bench_prepare bench-traces python3
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/vmreg-bench-traces.XXXXXX)}
-mkdir -p "$WORK"
 
 # shellcheck source=scripts/test-services.sh
 source "$ROOT/scripts/test-services.sh"
-SERVER_PID=
 RECEIVER_PID=
 cleanup() {
     # Under `set -e` a killed child's status would become the script's.
@@ -34,9 +29,7 @@ cleanup() {
         wait "$RECEIVER_PID" 2>/dev/null || true
     fi
     vmreg_services_stop
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
 VMREG_SERVICES_QUIET=1 vmreg_services_start
 
 # The live receiver: answers every OTLP/HTTP export with 200 and counts them.
