@@ -7,6 +7,7 @@ pub mod client_cert;
 mod error;
 mod groups;
 mod health;
+mod in_flight;
 mod keys;
 mod limits;
 mod listing;

@@ -158,7 +158,7 @@ pub fn counted_pull(
 ) -> actix_web::HttpResponse {
     use crate::telemetry::metrics::{self, Direction};
     use futures_util::TryStreamExt;
-    let in_flight = metrics::transfer_started(Direction::Pull);
+    let in_flight = super::in_flight::TRANSFERS.started(Direction::Pull);
     let counted = stream.inspect_ok(move |b| {
         let _until_the_body_ends = &in_flight;
         metrics::transferred(Direction::Pull, b.len() as u64);
@@ -174,7 +174,7 @@ pub fn counted_push(
 {
     use crate::telemetry::metrics::{self, Direction};
     use futures_util::TryStreamExt;
-    let in_flight = metrics::transfer_started(Direction::Push);
+    let in_flight = super::in_flight::TRANSFERS.started(Direction::Push);
     payload.inspect_ok(move |b| {
         let _until_the_body_is_dropped = &in_flight;
         metrics::transferred(Direction::Push, b.len() as u64);

@@ -148,18 +148,22 @@ async fn flush_pulls(registry: Registry, interval: Duration) {
 }
 
 /// Frees pooled part buffers once uploads stop using them, so their memory is free for
-/// the downloads that follow a burst of pushes; and while transfers run and once after,
-/// returns the free heap to the system every tick. The small network buffers transfers
-/// churn through are freed out of order across the allocator's arenas, whose trimming
-/// reaches only each heap's top: without this, what one burst freed stays resident and
-/// the next burst's peak comes on top of it.
+/// the downloads that follow a burst of pushes; and while transfers run, once the last of
+/// them ends and once after, returns the free heap to the system. The small network
+/// buffers transfers churn through are freed out of order across the allocator's arenas,
+/// whose trimming reaches only each heap's top: without this, what one burst freed stays
+/// resident and the next burst's peak comes on top of it.
 async fn release_idle_memory(registry: Registry) {
+    use super::in_flight::TRANSFERS;
     use crate::registry::budget::{return_free_heap, POOL_IDLE};
     let mut was_busy = false;
     loop {
-        tokio::time::sleep(POOL_IDLE / 2).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POOL_IDLE / 2) => {}
+            _ = TRANSFERS.all_ended() => was_busy = true,
+        }
         let freed = registry.release_idle_part_buffers(POOL_IDLE);
-        let busy = freed > 0 || crate::telemetry::metrics::transfers_in_flight() > 0;
+        let busy = freed > 0 || TRANSFERS.count() > 0;
         if busy || was_busy {
             return_free_heap();
         }

@@ -365,16 +365,11 @@ pub fn s3_bytes_read(bytes: u64) {
 /// Counts a transfer as in flight until dropped.
 pub struct InFlightGuard(Direction);
 
-/// Transfers in flight in both directions together, kept beside the labelled gauge so
-/// that the server's idle check reads one atomic instead of the gauge's series.
-static TRANSFERS: AtomicI64 = AtomicI64::new(0);
-
 /// Marks a transfer in flight; it stops counting when the guard drops.
 pub fn transfer_started(direction: Direction) -> InFlightGuard {
     IN_FLIGHT.with(&[direction.label()], |g| {
         g.fetch_add(1, Ordering::Relaxed);
     });
-    TRANSFERS.fetch_add(1, Ordering::Relaxed);
     InFlightGuard(direction)
 }
 
@@ -383,13 +378,7 @@ impl Drop for InFlightGuard {
         IN_FLIGHT.with(&[self.0.label()], |g| {
             g.fetch_sub(1, Ordering::Relaxed);
         });
-        TRANSFERS.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Uploads and downloads streaming now, in either direction.
-pub fn transfers_in_flight() -> i64 {
-    TRANSFERS.load(Ordering::Relaxed)
 }
 
 /// Adds `delta` (negative when released) to the bytes of part buffers in flight.
