@@ -5,7 +5,8 @@
 #   pull 1     one download alone                     pull N    COPIES downloads at once
 #   mixed      COPIES uploads (new blobs) and COPIES downloads at the same time
 # and prints each phase's aggregate MB/s, its ratio to one transfer alone measured in the
-# same run (mixed: to the mean of one push and one pull), and the server's peak resident
+# same run (mixed: to one push then one pull of the same size, one after the other, the
+# rate the same bytes would move at without concurrency), and the server's peak resident
 # memory during the phase (VmHWM, reset through /proc/PID/clear_refs before each phase, so
 # a phase's peak is its own, on top of what earlier phases left allocated; "at start" is
 # what was resident when the phase began). Medians over
@@ -128,7 +129,8 @@ reset_peak() {
 }
 peak_rss_mib() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
-mean() { python3 -c "import sys; print(f'{(float(sys.argv[1])+float(sys.argv[2]))/2:.1f}')" "$1" "$2"; }
+# The rate of a transfer at rate $1 followed by one of the same size at rate $2.
+one_after_other() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{2/(1/a+1/b):.1f}')" "$1" "$2"; }
 
 # Waits for every transfer started in the background; fails if any failed.
 wait_all() {
@@ -216,7 +218,7 @@ for run in $(seq "$RUNS"); do
     at_once pushes_and_pulls
     RM[run]=$PHASE_PEAK SM[run]=$START
     MX[run]=$(mbps $((2 * BYTES * COPIES)) "$T0" "$T1")
-    MR[run]=$(ratio "${MX[run]}" "$(mean "${P1[run]}" "${L1[run]}")")
+    MR[run]=$(ratio "${MX[run]}" "$(one_after_other "${P1[run]}" "${L1[run]}")")
     for m in "${RP[run]}" "${RL[run]}" "${RM[run]}"; do
         ((m > PEAK)) && PEAK=$m
     done
@@ -228,6 +230,6 @@ printf '%-6s %9s %9s %6s %9s %9s %6s %9s %6s %18s\n' median "$(median "${P1[@]}"
     "$(median "${PN[@]}")" "$(median "${PR[@]}")" "$(median "${L1[@]}")" "$(median "${LN[@]}")" \
     "$(median "${LR[@]}")" "$(median "${MX[@]}")" "$(median "${MR[@]}")" \
     "$(median "${RP[@]}")/$(median "${RL[@]}")/$(median "${RM[@]}")"
-echo "peak RSS over all phases and runs: $PEAK MiB (MB/s; x: aggregate over one transfer alone;" \
+echo "peak RSS over all phases and runs: $PEAK MiB (MB/s; x: aggregate over one transfer alone, mixed over one push then one pull;" \
     "$COPIES x $MIB MiB, one replica on Garage + Redis, $(nproc) cores," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg))"
