@@ -104,32 +104,33 @@ impl State {
             let Some((_, oldest)) = self.by_use.pop_first() else {
                 break;
             };
-            if let Some((gone, _)) = self.done.remove(&oldest) {
-                self.held -= size(&gone);
-            }
+            self.discard(&oldest);
         }
         self.clock += 1;
         self.by_use.insert(self.clock, id.clone());
         self.done.insert(id, (chunk, self.clock));
         self.held += bytes;
     }
-}
 
-impl State {
     /// Drops the kept chunks of `key`: with no download of it left, nobody will ask for
     /// them soon, and they would hold their share of the read memory for nothing.
     fn forget(&mut self, key: &Arc<str>) {
-        let gone: Vec<(Id, u64)> = self
+        let gone: Vec<Id> = self
             .done
-            .iter()
-            .filter(|(id, _)| id.0 == *key)
-            .map(|(id, (_, used))| (id.clone(), *used))
+            .keys()
+            .filter(|id| id.0 == *key)
+            .cloned()
             .collect();
-        for (id, used) in gone {
+        for id in gone {
+            self.discard(&id);
+        }
+    }
+
+    /// Drops a kept chunk and its bytes from what the cache holds.
+    fn discard(&mut self, id: &Id) {
+        if let Some((chunk, used)) = self.done.remove(id) {
             self.by_use.remove(&used);
-            if let Some((chunk, _)) = self.done.remove(&id) {
-                self.held -= size(&chunk);
-            }
+            self.held -= size(&chunk);
         }
     }
 }
