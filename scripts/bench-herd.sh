@@ -78,9 +78,6 @@ curl -sSf -T "$WORK/blob" -H 'Content-Type: application/octet-stream' -o /dev/nu
     "$location${sep}digest=$DIGEST"
 rm -f "$WORK/blob"
 
-s3_read() {
-    curl -sSf "$1/metrics" | awk '$1 == "vmreg_s3_bytes_read_total" {print $2}'
-}
 # The load of replica $1 so far: "CPU-seconds bytes-sent bytes-read-from-S3".
 load() {
     local sent_read
@@ -90,12 +87,10 @@ load() {
         END {printf "%.0f %.0f", sent, read}')
     echo "$(cpu_secs "${REPLICAS[$1]}") $sent_read"
 }
-# The load of each replica since the readings "$@" (from `load 0` and `load 1`): per
-# replica "CPU-seconds MiB-sent MiB-read" (a row of the load table).
-load_since() {
-    local a b
-    a=$(load 0) b=$(load 1)
-    awk -v a0="$1" -v b0="$2" -v a="$a" -v b="$b" 'BEGIN {
+# The load of each replica between the readings A0 B0 (from `load 0` and `load 1`) and
+# A1 B1: per replica "CPU-seconds MiB-sent MiB-read" (a row of the load table).
+load_between() {
+    awk -v a0="$1" -v b0="$2" -v a="$3" -v b="$4" 'BEGIN {
         split(a0, x); split(a, y); printf "%.2f %.0f %.0f ", y[1] - x[1], (y[2] - x[2]) / 1048576, (y[3] - x[3]) / 1048576
         split(b0, x); split(b, y); printf "%.2f %.0f %.0f", y[1] - x[1], (y[2] - x[2]) / 1048576, (y[3] - x[3]) / 1048576
     }'
@@ -127,9 +122,8 @@ for run in $(seq "$RUNS"); do
     pull "${URLS[0]}"
     t1=$(now)
     ONE[run]=$(mbps "$BYTES" "$t0" "$t1")
-    LOAD_ONE[run]=$(load_since "$la" "$lb")
+    LOAD_ONE[run]=$(load_between "$la" "$lb" "$(load 0)" "$(load 1)")
 
-    a0=$(s3_read "${URLS[0]}") b0=$(s3_read "${URLS[1]}")
     la=$(load 0) lb=$(load 1)
     pids=()
     t0=$(now)
@@ -142,12 +136,14 @@ for run in $(seq "$RUNS"); do
     done
     t1=$(now)
     HERD[run]=$(mbps $((BYTES * CLIENTS)) "$t0" "$t1")
-    LOAD_HERD[run]=$(load_since "$la" "$lb")
-    a1=$(s3_read "${URLS[0]}") b1=$(s3_read "${URLS[1]}")
-    READ_A[run]=$(ratio $((a1 - a0)) "$BYTES")
-    READ_B[run]=$(ratio $((b1 - b0)) "$BYTES")
+    na=$(load 0) nb=$(load 1)
+    LOAD_HERD[run]=$(load_between "$la" "$lb" "$na" "$nb")
+    # A reading's last field is the bytes read from S3 so far.
+    read_a=$((${na##* } - ${la##* })) read_b=$((${nb##* } - ${lb##* }))
+    READ_A[run]=$(ratio "$read_a" "$BYTES")
+    READ_B[run]=$(ratio "$read_b" "$BYTES")
     printf '%-6s %12s %12s %16s %16s\n' "$run" "${ONE[run]}" "${HERD[run]}" \
-        "$((a1 - a0)) (${READ_A[run]})" "$((b1 - b0)) (${READ_B[run]})"
+        "$read_a (${READ_A[run]})" "$read_b (${READ_B[run]})"
 done
 one=$(median "${ONE[@]}") herd=$(median "${HERD[@]}")
 printf '%-6s %12s %12s %16s %16s\n' median "$one" "$herd" "(x$(median "${READ_A[@]}"))" \
