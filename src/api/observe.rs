@@ -16,6 +16,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
+use actix_web::HttpMessage;
+
 use crate::telemetry::metrics;
 
 /// The header carrying the request id both ways.
@@ -53,18 +55,22 @@ where
     let started = Instant::now();
     let id = request_id(req.headers().get(REQUEST_ID));
     let method = req.method().clone();
-    let route = req.match_pattern().unwrap_or_else(|| UNMATCHED.to_string());
-    let span = request_span(&id, &method, &route, req.headers());
+    let span = request_span(&id, &method, req.headers());
     let peer = req.peer_addr();
     let path = req.path().to_string();
+    // The route is known once the router has matched one; its access check fills the slot.
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
     let fut = span.in_scope(|| srv.call(req));
     Box::pin(
         async move {
-            let mut res = match fut.await {
+            let result = fut.await;
+            let route = slot.0.get().unwrap_or(UNMATCHED);
+            let mut res = match result {
                 Ok(res) => res.map_into_boxed_body(),
                 Err(e) => {
                     let status = e.as_response_error().status_code().as_u16();
-                    metrics::http_request(method.as_str(), &route, status, started.elapsed());
+                    metrics::http_request(method.as_str(), route, status, started.elapsed());
                     return Err(e);
                 }
             };
@@ -81,7 +87,7 @@ where
                     span.record("otel.status_code", "ERROR");
                 }
             }
-            metrics::http_request(method.as_str(), &route, status, elapsed);
+            metrics::http_request(method.as_str(), route, status, elapsed);
             if access_logs {
                 let bytes = match res.response().body().size() {
                     actix_web::body::BodySize::Sized(n) => Some(n),
@@ -103,28 +109,47 @@ where
     )
 }
 
+/// Where a request's matched route is left for the metrics recorded once it is answered
+/// (the request itself cannot be held while the router still matches it).
+#[derive(Clone, Default)]
+pub struct RouteSlot(std::rc::Rc<std::cell::Cell<Option<&'static str>>>);
+
+/// Names the route of a request, whose span is current: its access check calls this once
+/// the router has matched the route. A request no route matched keeps its span's first
+/// name, `METHOD unmatched`, and is counted as `unmatched`.
+pub fn name_route(req: &ServiceRequest, route: &'static str) {
+    if let Some(slot) = req.extensions().get::<RouteSlot>() {
+        slot.0.set(Some(route));
+    }
+    let method = req.method();
+    let span = tracing::Span::current();
+    span.record("route", route);
+    if crate::telemetry::trace::enabled() {
+        span.record("otel.name", format!("{method} {route}"));
+    }
+}
+
 /// The span around one request; with traces on, an OpenTelemetry server span too, whose
-/// `status` and `template` are filled in as they become known.
+/// `route`, `status` and `template` are filled in as they become known.
 fn request_span(
     id: &str,
     method: &actix_web::http::Method,
-    route: &str,
     headers: &actix_web::http::header::HeaderMap,
 ) -> tracing::Span {
     use crate::telemetry::trace;
-    if !trace::enabled() {
-        return tracing::info_span!("request", id = %id, method = %method, route = %route);
-    }
     let empty = tracing::field::Empty;
+    if !trace::enabled() {
+        return tracing::info_span!("request", id = %id, method = %method, route = empty);
+    }
     let span = tracing::info_span!(
         "request",
         id = %id,
         method = %method,
-        route = %route,
+        route = empty,
         status = empty,
         template = empty,
         trace_id = empty,
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = %format_args!("{method} {UNMATCHED}"),
         otel.kind = "server",
         otel.status_code = empty,
     );

@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer, ResponseError};
 
 use super::client_cert::{CertPolicy, PeerCertificate};
 use super::observe::observe;
-use super::{access, configure, configure_metrics, limits, tls, ApiError, AppState};
+use super::{configure, configure_metrics, limits, tls, ApiError, AppState};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::registry::{backends, Registry};
@@ -97,7 +97,6 @@ async fn serve(config: Config) -> Result<(), String> {
             .app_data(state.clone())
             .app_data(auth.clone())
             .app_data(certificates.clone())
-            .wrap(actix_web::middleware::from_fn(access::guard))
             .wrap_fn(move |req, srv| limits::limit_requests(idle, req, srv))
             .wrap_fn(reject_huge_headers)
             .wrap_fn(move |req, srv| observe(req, srv, access_logs))

@@ -112,6 +112,23 @@ pub enum Access {
     Root,
 }
 
+impl Access {
+    /// What the access asks, in the words `openapi.json`'s `x-permission` uses.
+    pub fn describe(self) -> String {
+        let names = |ps: &[Permission], join: &str| {
+            ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(join)
+        };
+        match self {
+            Access::Public => "none".into(),
+            Access::Authenticated => "any valid credential".into(),
+            Access::All(ps) => names(ps, " and "),
+            Access::Any(ps) => names(ps, " or "),
+            Access::Admin(p) => p.name(),
+            Access::Root => "root".into(),
+        }
+    }
+}
+
 /// May `identity`, whose groups grant `granted`, do what `need` asks? `authorization` is
 /// the `ANKA_ENABLE_AUTHORIZATION` switch: without it groups are not consulted.
 pub fn authorize(

@@ -6,8 +6,9 @@
 //! caller's permissions, so a token's scope grants nothing by itself.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+use crate::api::access::MatchedRoute;
 use crate::api::ApiError;
 use crate::auth::{Auth, Identity};
 
@@ -17,18 +18,13 @@ pub const TOKEN_PATH: &str = "/v2/token";
 /// The service name the challenge gives and the token endpoint is asked for.
 pub const SERVICE: &str = "vmreg";
 
-/// The `scope` of a request as the spec's token flow names it:
-/// `repository:<name>:<actions>`, or `registry:catalog:*`.
-fn scope(method: &actix_web::http::Method, path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/v2/")?;
-    if rest == "_catalog" {
+/// The `scope` of a request as the spec's token flow names it, from the route the router
+/// matched: `repository:<name>:<actions>`, or `registry:catalog:*`.
+fn scope(method: &actix_web::http::Method, route: &str, name: Option<&str>) -> Option<String> {
+    if route == "/v2/_catalog" {
         return Some("registry:catalog:*".into());
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let end = segments
-        .iter()
-        .position(|s| matches!(*s, "blobs" | "manifests" | "tags" | "referrers"))?;
-    let name = segments[..end].join("/");
+    let name = name?;
     let actions = match method.as_str() {
         "GET" | "HEAD" => "pull",
         "DELETE" => "delete",
@@ -60,7 +56,8 @@ pub fn refusal(req: &HttpRequest, refused: ApiError) -> HttpResponse {
 /// `--public-url` or else the request's scheme and host; the token endpoint itself
 /// challenges for `Basic`, the credentials it takes.
 fn challenge(req: &HttpRequest) -> String {
-    if req.path() == TOKEN_PATH {
+    let route = req.extensions().get::<MatchedRoute>().map(|m| m.0);
+    if route == Some(TOKEN_PATH) {
         return format!("Basic realm=\"{SERVICE}\"");
     }
     let public = req
@@ -71,7 +68,12 @@ fn challenge(req: &HttpRequest) -> String {
         format!("{}://{}", info.scheme(), info.host())
     });
     let mut challenge = format!("Bearer realm=\"{base}{TOKEN_PATH}\",service=\"{SERVICE}\"");
-    if let Some(scope) = scope(req.method(), req.path()) {
+    let name = req.match_info().get("name").map(|n| {
+        percent_encoding::percent_decode_str(n)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    if let Some(scope) = route.and_then(|r| scope(req.method(), r, name.as_deref())) {
         challenge.push_str(&format!(",scope=\"{scope}\""));
     }
     challenge
@@ -106,23 +108,28 @@ mod tests {
 
     #[test]
     fn scopes_name_the_repository_and_the_actions() {
-        let s = |m: &Method, p: &str| scope(m, p);
+        let manifests = "/v2/{name:.+}/manifests/{reference}";
         assert_eq!(
-            s(&Method::GET, "/v2/a/b/manifests/latest").as_deref(),
+            scope(&Method::GET, manifests, Some("a/b")).as_deref(),
             Some("repository:a/b:pull")
         );
         assert_eq!(
-            s(&Method::PATCH, "/v2/a/blobs/uploads/x").as_deref(),
+            scope(
+                &Method::PATCH,
+                "/v2/{name:.+}/blobs/uploads/{id}",
+                Some("a")
+            )
+            .as_deref(),
             Some("repository:a:pull,push")
         );
         assert_eq!(
-            s(&Method::DELETE, "/v2/a/blobs/sha256:x").as_deref(),
+            scope(&Method::DELETE, "/v2/{name:.+}/blobs/{digest}", Some("a")).as_deref(),
             Some("repository:a:delete")
         );
         assert_eq!(
-            s(&Method::GET, "/v2/_catalog").as_deref(),
+            scope(&Method::GET, "/v2/_catalog", None).as_deref(),
             Some("registry:catalog:*")
         );
-        assert_eq!(s(&Method::GET, "/v2/"), None);
+        assert_eq!(scope(&Method::GET, "/v2/", None), None);
     }
 }
