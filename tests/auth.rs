@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine;
 use common::auth::*;
+use common::raw::{send_raw, RawReply};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -227,7 +228,7 @@ enum Need {
     Root,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ep {
     Livez,
     Readyz,
@@ -265,9 +266,26 @@ enum Ep {
     Hand,
     Shake,
     Unknown,
+    OciBase,
+    OciToken,
+    OciCatalog,
+    OciTags,
+    OciManifestGet,
+    OciManifestHead,
+    OciManifestPut,
+    OciManifestDelete,
+    OciReferrers,
+    OciBlobGet,
+    OciBlobHead,
+    OciBlobDelete,
+    OciUploadStart,
+    OciUploadStatus,
+    OciUploadPatch,
+    OciUploadFinish,
+    OciUploadCancel,
 }
 
-const ENDPOINTS: [Ep; 36] = [
+const ENDPOINTS: [Ep; 53] = [
     Ep::Livez,
     Ep::Readyz,
     Ep::Index,
@@ -304,25 +322,57 @@ const ENDPOINTS: [Ep; 36] = [
     Ep::Hand,
     Ep::Shake,
     Ep::Unknown,
+    Ep::OciBase,
+    Ep::OciToken,
+    Ep::OciCatalog,
+    Ep::OciTags,
+    Ep::OciManifestGet,
+    Ep::OciManifestHead,
+    Ep::OciManifestPut,
+    Ep::OciManifestDelete,
+    Ep::OciReferrers,
+    Ep::OciBlobGet,
+    Ep::OciBlobHead,
+    Ep::OciBlobDelete,
+    Ep::OciUploadStart,
+    Ep::OciUploadStatus,
+    Ep::OciUploadPatch,
+    Ep::OciUploadFinish,
+    Ep::OciUploadCancel,
 ];
 
 impl Ep {
     fn need(self) -> Need {
         match self {
             Ep::Livez | Ep::Readyz | Ep::Hand | Ep::Shake => Need::Public,
-            Ep::OpenApi | Ep::Status | Ep::Unknown => Need::Authenticated,
+            Ep::OpenApi | Ep::Status | Ep::Unknown | Ep::OciBase | Ep::OciToken => {
+                Need::Authenticated
+            }
             Ep::Index => Need::All(&["index"]),
             Ep::Disk => Need::All(&["get_disk_info"]),
-            Ep::ListV1 | Ep::ListV2 | Ep::Template | Ep::Info => Need::All(&["list_vms"]),
-            Ep::Arch => Need::All(&["push_vm"]),
+            Ep::ListV1 | Ep::ListV2 | Ep::Template | Ep::Info | Ep::OciCatalog => {
+                Need::All(&["list_vms"])
+            }
+            Ep::Arch | Ep::OciManifestPut => Need::All(&["push_vm"]),
             Ep::Revert => Need::All(&["revert"]),
-            Ep::DeleteVm => Need::All(&["delete_vm"]),
+            Ep::DeleteVm | Ep::OciManifestDelete | Ep::OciBlobDelete => Need::All(&["delete_vm"]),
             Ep::Negotiate => Need::All(&["head_push_vm", "push_vm"]),
             Ep::SessionStatus | Ep::Abort => Need::All(&["head_push_vm"]),
-            Ep::Upload => Need::All(&["upload_file"]),
+            Ep::Upload
+            | Ep::OciUploadStart
+            | Ep::OciUploadStatus
+            | Ep::OciUploadPatch
+            | Ep::OciUploadFinish
+            | Ep::OciUploadCancel => Need::All(&["upload_file"]),
             Ep::Commit => Need::All(&["push_vm"]),
-            Ep::Manifest => Need::All(&["pull_vm"]),
-            Ep::FileGet | Ep::FileHead => Need::Any(&["download_vm", "download_file"]),
+            Ep::Manifest
+            | Ep::OciTags
+            | Ep::OciManifestGet
+            | Ep::OciManifestHead
+            | Ep::OciReferrers => Need::All(&["pull_vm"]),
+            Ep::FileGet | Ep::FileHead | Ep::OciBlobGet | Ep::OciBlobHead => {
+                Need::Any(&["download_vm", "download_file"])
+            }
             Ep::KeyList
             | Ep::KeyListOld
             | Ep::KeyCreate
@@ -340,8 +390,18 @@ impl Ep {
     fn success(self) -> u16 {
         match self {
             Ep::Unknown => 404,
+            Ep::OciManifestPut | Ep::OciUploadFinish => 201,
+            Ep::OciManifestDelete | Ep::OciBlobDelete | Ep::OciUploadStart | Ep::OciUploadPatch => {
+                202
+            }
+            Ep::OciUploadStatus | Ep::OciUploadCancel => 204,
             _ => 200,
         }
+    }
+
+    /// True for the OCI Distribution API's rows, whose refusals have the spec's shape.
+    fn oci(self) -> bool {
+        format!("{self:?}").starts_with("Oci")
     }
 
     /// True for the routes that exist only with API keys on.
@@ -373,9 +433,18 @@ fn groups_for(need: Need) -> (Vec<&'static str>, Vec<&'static str>) {
     }
 }
 
+/// How the server under test decides: authentication on or off, and with it on, whether
+/// groups are consulted (`--enable-authorization`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Off,
+    KeysOnly,
+    Authorization,
+}
+
 /// The status a cell must answer.
-fn expected(ep: Ep, cred: Cred, auth_on: bool) -> u16 {
-    if !auth_on {
+fn expected(ep: Ep, cred: Cred, mode: Mode) -> u16 {
+    if mode == Mode::Off {
         // Credentials mean nothing: every column gets what anyone gets.
         return if ep.needs_api_keys() {
             404
@@ -387,9 +456,16 @@ fn expected(ep: Ep, cred: Cred, auth_on: bool) -> u16 {
     if matches!(need, Need::Public) {
         return ep.success();
     }
+    let groups_consulted = mode == Mode::Authorization;
     match cred {
         Cred::Root => ep.success(),
-        Cred::KeyWith if matches!(need, Need::Root) => 403,
+        Cred::KeyWith | Cred::KeyWithout if matches!(need, Need::Root) => 403,
+        // Without authorization groups are not consulted, so a key gets the permission
+        // rows and none of the administration rows (root only, then).
+        Cred::KeyWith | Cred::KeyWithout if !groups_consulted => match need {
+            Need::Admin(_) => 403,
+            _ => ep.success(),
+        },
         Cred::KeyWith => ep.success(),
         Cred::KeyWithout if matches!(need, Need::Authenticated) => ep.success(),
         Cred::KeyWithout => 403,
@@ -397,12 +473,66 @@ fn expected(ep: Ep, cred: Cred, auth_on: bool) -> u16 {
     }
 }
 
-/// What each request works on: a template pushed as root, spare keys and groups.
+/// One request of a row: method, target (path and query, as sent), headers and body.
+struct Req {
+    method: Method,
+    target: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn new(method: Method, target: impl Into<String>) -> Req {
+        Req {
+            method,
+            target: target.into(),
+            content_type: None,
+            body: Vec::new(),
+        }
+    }
+
+    fn json(method: Method, target: impl Into<String>, body: Value) -> Req {
+        Req {
+            body: serde_json::to_vec(&body).unwrap(),
+            content_type: Some("application/json"),
+            ..Req::new(method, target)
+        }
+    }
+
+    fn bytes(method: Method, target: impl Into<String>, ty: &'static str, body: Vec<u8>) -> Req {
+        Req {
+            body,
+            content_type: Some(ty),
+            ..Req::new(method, target)
+        }
+    }
+
+    /// Sends it as written to `base`, with this `Authorization` header.
+    async fn send(&self, base: &str, target: &str, authorization: Option<&str>) -> RawReply {
+        let mut headers = Vec::new();
+        if let Some(a) = authorization {
+            headers.push(("Authorization", a));
+        }
+        if let Some(ty) = self.content_type {
+            headers.push(("Content-Type", ty));
+        }
+        send_raw(base, self.method.as_str(), target, &headers, &self.body).await
+    }
+}
+
+/// The OCI repository every OCI row works on, with a blob and a manifest pushed as root.
+const OCI_REPO: &str = "matrix/oci";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// What each request works on: a template and an OCI repository pushed as root, spare
+/// keys and groups, and the replicas requests go to in turn.
 struct Cx {
-    base: String,
+    bases: Vec<String>,
     root: String,
     template: String,
     file_key: String,
+    blob: String,
+    manifest: String,
     /// A key for the shake row, with its private half (auth on only).
     shaker: Option<String>,
     public_key: String,
@@ -415,12 +545,22 @@ impl Cx {
         format!("{what}-{n}")
     }
 
+    /// The next replica, in turn: any replica must answer any request the same.
+    fn base(&self) -> &str {
+        let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        &self.bases[n % self.bases.len()]
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.base())
     }
 
     async fn as_root(&self, method: Method, path: &str, body: Value) -> Answer {
         send_json_as(method, &self.url(path), &body, Some(&self.root)).await
+    }
+
+    async fn raw_as_root(&self, req: &Req) -> RawReply {
+        req.send(self.base(), &req.target, Some(&self.root)).await
     }
 
     /// A fresh template with `versions` versions of one small file each.
@@ -435,7 +575,7 @@ impl Cx {
                 v as u64,
             );
             let r = try_push_as(
-                &self.base,
+                self.base(),
                 Some(&self.root),
                 &id,
                 &name,
@@ -472,86 +612,98 @@ impl Cx {
         )
     }
 
-    /// (method, path, body) of a fresh request for `ep`.
-    async fn request(&self, ep: Ep) -> (Method, String, Option<Vec<u8>>) {
-        let j = |v: Value| Some(serde_json::to_vec(&v).unwrap());
+    /// A manifest of the repository's blob, made unique by an annotation: (bytes, digest).
+    fn oci_manifest(&self) -> (Vec<u8>, String) {
+        let manifest = oci_manifest_of(&self.blob, &self.unique("m"));
+        let digest = format!("sha256:{}", sha256_hex(&manifest));
+        (manifest, digest)
+    }
+
+    /// An upload session opened as root; answers its location (path and query).
+    async fn oci_upload(&self) -> String {
+        let start = Req::new(Method::POST, format!("/v2/{OCI_REPO}/blobs/uploads/"));
+        let r = self.raw_as_root(&start).await;
+        assert_eq!(r.status, 202, "{r:?}");
+        let location = r.header("location").expect("a Location").to_string();
+        match location.find("/v2/") {
+            Some(at) => location[at..].to_string(),
+            None => location,
+        }
+    }
+
+    /// A fresh request for `ep`.
+    async fn request(&self, ep: Ep) -> Req {
         let t = &self.template;
+        let get = |path: String| Req::new(Method::GET, path);
         match ep {
-            Ep::Livez => (Method::GET, "/livez".into(), None),
-            Ep::Readyz => (Method::GET, "/readyz".into(), None),
-            Ep::Index => (Method::GET, "/".into(), None),
-            Ep::OpenApi => (Method::GET, "/openapi.json".into(), None),
-            Ep::Status => (Method::GET, "/registry/status".into(), None),
-            Ep::Disk => (Method::GET, "/registry/disk".into(), None),
-            Ep::ListV1 => (Method::GET, "/registry/vm".into(), None),
-            Ep::ListV2 => (Method::GET, "/registry/v2/vm".into(), None),
-            Ep::Template => (Method::GET, format!("/registry/vm?id={t}"), None),
-            Ep::Info => (Method::GET, format!("/registry/vm/info?id={t}"), None),
-            Ep::Arch => (
+            Ep::Livez => get("/livez".into()),
+            Ep::Readyz => get("/readyz".into()),
+            Ep::Index => get("/".into()),
+            Ep::OpenApi => get("/openapi.json".into()),
+            Ep::Status => get("/registry/status".into()),
+            Ep::Disk => get("/registry/disk".into()),
+            Ep::ListV1 => get("/registry/vm".into()),
+            Ep::ListV2 => get("/registry/v2/vm".into()),
+            Ep::Template => get(format!("/registry/vm?id={t}")),
+            Ep::Info => get(format!("/registry/vm/info?id={t}")),
+            Ep::Arch => Req::json(
                 Method::PUT,
-                "/registry/vm/arch".into(),
-                j(json!({"id": t, "arch": "arm64"})),
+                "/registry/vm/arch",
+                json!({"id": t, "arch": "arm64"}),
             ),
             Ep::Revert => {
                 let id = self.template(2).await;
-                (Method::DELETE, format!("/registry/revert?id={id}"), None)
+                Req::new(Method::DELETE, format!("/registry/revert?id={id}"))
             }
             Ep::DeleteVm => {
                 let id = self.template(1).await;
-                (Method::DELETE, format!("/registry/vm?id={id}"), None)
+                Req::new(Method::DELETE, format!("/registry/vm?id={id}"))
             }
             Ep::Negotiate => {
                 let file = TestFile::new("x.ank", "image", 10, 1);
-                (
+                Req::json(
                     Method::POST,
-                    "/api/v1/push".into(),
-                    j(push_request(&new_id(), &self.unique("neg"), "t", &[&file])),
+                    "/api/v1/push",
+                    push_request(&new_id(), &self.unique("neg"), "t", &[&file]),
                 )
             }
             Ep::SessionStatus => {
                 let (s, _, _) = self.negotiated().await;
-                (Method::GET, format!("/api/v1/push/{s}"), None)
+                get(format!("/api/v1/push/{s}"))
             }
             Ep::Abort => {
                 let (s, _, _) = self.negotiated().await;
-                (Method::DELETE, format!("/api/v1/push/{s}"), None)
+                Req::new(Method::DELETE, format!("/api/v1/push/{s}"))
             }
             Ep::Upload => {
                 let (s, key, data) = self.negotiated().await;
                 let path = format!("/api/v1/push/{s}/files/{}?offset=0", encode_path(&key));
-                (Method::PUT, path, Some(data))
+                Req::bytes(Method::PUT, path, "application/octet-stream", data)
             }
             Ep::Commit => {
                 let (s, key, data) = self.negotiated().await;
                 let path = format!("/api/v1/push/{s}/files/{}?offset=0", encode_path(&key));
                 let up = send(Method::PUT, &self.url(&path), Some(data), Some(&self.root)).await;
                 assert_eq!(up.status, 200, "{up:?}");
-                (Method::POST, format!("/api/v1/push/{s}/commit"), None)
+                Req::new(Method::POST, format!("/api/v1/push/{s}/commit"))
             }
-            Ep::Manifest => (Method::GET, format!("/api/v1/templates/{t}/manifest"), None),
-            Ep::FileGet => (
-                Method::GET,
-                format!("/api/v1/files/{}", encode_path(&self.file_key)),
-                None,
-            ),
-            Ep::FileHead => (
+            Ep::Manifest => get(format!("/api/v1/templates/{t}/manifest")),
+            Ep::FileGet => get(format!("/api/v1/files/{}", encode_path(&self.file_key))),
+            Ep::FileHead => Req::new(
                 Method::HEAD,
                 format!("/api/v1/files/{}", encode_path(&self.file_key)),
-                None,
             ),
-            Ep::KeyList => (Method::GET, "/v1/apikey".into(), None),
-            Ep::KeyListOld => (Method::GET, "/api/v1/apikey".into(), None),
-            Ep::KeyCreate => (
+            Ep::KeyList => get("/v1/apikey".into()),
+            Ep::KeyListOld => get("/api/v1/apikey".into()),
+            Ep::KeyCreate => Req::json(
                 Method::POST,
-                "/v1/apikey".into(),
-                j(
-                    json!({"id": self.unique("made"), "ttl": 600, "groups": ["g"], "publicKey": self.public_key}),
-                ),
+                "/v1/apikey",
+                json!({"id": self.unique("made"), "ttl": 600, "groups": ["g"], "publicKey": self.public_key}),
             ),
-            Ep::KeyUpdate => (
+            Ep::KeyUpdate => Req::json(
                 Method::PUT,
-                "/v1/apikey".into(),
-                j(json!({"id": "with", "groups": ["with"], "ttl": 3600})),
+                "/v1/apikey",
+                json!({"id": "with", "groups": ["with"], "ttl": 3600}),
             ),
             Ep::KeyDelete | Ep::KeyDeleteOld => {
                 let id = self.unique("doomed");
@@ -562,32 +714,23 @@ impl Cx {
                     json!({"id": id, "ttl": 600, "groups": [], "publicKey": self.public_key}),
                 )
                 .await;
-                let path = match ep {
-                    Ep::KeyDelete => "/v1/apikey".to_string(),
-                    _ => format!("/api/v1/apikey?id={id}"),
-                };
-                let body = match ep {
-                    Ep::KeyDelete => j(json!({"id": id})),
-                    _ => None,
-                };
-                (Method::DELETE, path, body)
+                match ep {
+                    Ep::KeyDelete => Req::json(Method::DELETE, "/v1/apikey", json!({"id": id})),
+                    _ => Req::new(Method::DELETE, format!("/api/v1/apikey?id={id}")),
+                }
             }
-            Ep::Permissions => (Method::GET, "/admin/api/v1/permission".into(), None),
-            Ep::Groups => (Method::GET, "/admin/api/v1/permission/group".into(), None),
-            Ep::GroupGet => (
-                Method::GET,
-                "/admin/api/v1/permission/group/with".into(),
-                None,
-            ),
-            Ep::GroupPut => (
+            Ep::Permissions => get("/admin/api/v1/permission".into()),
+            Ep::Groups => get("/admin/api/v1/permission/group".into()),
+            Ep::GroupGet => get("/admin/api/v1/permission/group/with".into()),
+            Ep::GroupPut => Req::json(
                 Method::PUT,
                 format!("/admin/api/v1/permission/group/{}", self.unique("put")),
-                j(json!({"permissions": ["list_vms"]})),
+                json!({"permissions": ["list_vms"]}),
             ),
-            Ep::GroupCreate => (
+            Ep::GroupCreate => Req::json(
                 Method::POST,
-                "/admin/api/v1/permission/group".into(),
-                j(json!({"name": self.unique("new"), "permissions": ["pull_vm"]})),
+                "/admin/api/v1/permission/group",
+                json!({"name": self.unique("new"), "permissions": ["pull_vm"]}),
             ),
             Ep::GroupDelete => {
                 let name = self.unique("gone");
@@ -599,35 +742,111 @@ impl Cx {
                     )
                     .await;
                 assert_eq!(made.status, 200, "{made:?}");
-                (
+                Req::new(
                     Method::DELETE,
                     format!("/admin/api/v1/permission/group/{name}"),
-                    None,
                 )
             }
-            Ep::Hand => (
-                Method::POST,
-                "/tap/v1/hand".into(),
-                j(json!({"id": "with"})),
-            ),
+            Ep::Hand => Req::json(Method::POST, "/tap/v1/hand", json!({"id": "with"})),
             Ep::Shake => match &self.shaker {
                 Some(private) => {
-                    let secret = hand(&self.base, "shaker", private).await;
-                    (
+                    let secret = hand(self.base(), "shaker", private).await;
+                    Req::json(
                         Method::POST,
-                        "/tap/v1/shake".into(),
-                        j(json!({"id": "shaker", "secret": secret})),
+                        "/tap/v1/shake",
+                        json!({"id": "shaker", "secret": secret}),
                     )
                 }
-                None => (
+                None => Req::json(
                     Method::POST,
-                    "/tap/v1/shake".into(),
-                    j(json!({"id": "shaker", "secret": "x"})),
+                    "/tap/v1/shake",
+                    json!({"id": "shaker", "secret": "x"}),
                 ),
             },
-            Ep::Unknown => (Method::GET, "/no/such/endpoint".into(), None),
+            Ep::Unknown => get("/no/such/endpoint".into()),
+            Ep::OciBase => get("/v2/".into()),
+            Ep::OciToken => get("/v2/token?service=vmreg".into()),
+            Ep::OciCatalog => get("/v2/_catalog".into()),
+            Ep::OciTags => get(format!("/v2/{OCI_REPO}/tags/list")),
+            Ep::OciManifestGet => get(format!("/v2/{OCI_REPO}/manifests/latest")),
+            Ep::OciManifestHead => {
+                Req::new(Method::HEAD, format!("/v2/{OCI_REPO}/manifests/latest"))
+            }
+            Ep::OciManifestPut => {
+                let (manifest, _) = self.oci_manifest();
+                let path = format!("/v2/{OCI_REPO}/manifests/{}", self.unique("t"));
+                Req::bytes(Method::PUT, path, MANIFEST_TYPE, manifest)
+            }
+            Ep::OciManifestDelete => {
+                let (manifest, digest) = self.oci_manifest();
+                let path = format!("/v2/{OCI_REPO}/manifests/{}", self.unique("t"));
+                let put = Req::bytes(Method::PUT, path, MANIFEST_TYPE, manifest);
+                let r = self.raw_as_root(&put).await;
+                assert_eq!(r.status, 201, "{r:?}");
+                Req::new(Method::DELETE, format!("/v2/{OCI_REPO}/manifests/{digest}"))
+            }
+            Ep::OciReferrers => get(format!("/v2/{OCI_REPO}/referrers/{}", self.manifest)),
+            Ep::OciBlobGet => get(format!("/v2/{OCI_REPO}/blobs/{}", self.blob)),
+            Ep::OciBlobHead => {
+                Req::new(Method::HEAD, format!("/v2/{OCI_REPO}/blobs/{}", self.blob))
+            }
+            Ep::OciBlobDelete => {
+                let data = self.unique("doomed blob").into_bytes();
+                let digest = oci_push_blob(self.base(), &self.root, &data).await;
+                Req::new(Method::DELETE, format!("/v2/{OCI_REPO}/blobs/{digest}"))
+            }
+            Ep::OciUploadStart => Req::new(Method::POST, format!("/v2/{OCI_REPO}/blobs/uploads/")),
+            Ep::OciUploadStatus => get(self.oci_upload().await),
+            Ep::OciUploadPatch => Req::bytes(
+                Method::PATCH,
+                self.oci_upload().await,
+                "application/octet-stream",
+                b"some bytes".to_vec(),
+            ),
+            Ep::OciUploadFinish => {
+                let location = self.oci_upload().await;
+                let data = self.unique("finished blob").into_bytes();
+                let digest = format!("sha256:{}", sha256_hex(&data));
+                let join = if location.contains('?') { '&' } else { '?' };
+                Req::bytes(
+                    Method::PUT,
+                    format!("{location}{join}digest={digest}"),
+                    "application/octet-stream",
+                    data,
+                )
+            }
+            Ep::OciUploadCancel => Req::new(Method::DELETE, self.oci_upload().await),
         }
     }
+}
+
+/// An OCI image manifest whose config and one layer are `blob`, annotated with `note`.
+fn oci_manifest_of(blob: &str, note: &str) -> Vec<u8> {
+    let size = BLOB.len();
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob, "size": size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob, "size": size}],
+        "annotations": {"note": note},
+    }))
+    .unwrap()
+}
+
+/// The bytes of the OCI repository's blob.
+const BLOB: &[u8] = b"{\"architecture\":\"arm64\",\"os\":\"darwin\"}";
+
+/// Uploads `data` to the OCI repository in one POST as root; answers its digest.
+async fn oci_push_blob(base: &str, root: &str, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let target = format!("/v2/{OCI_REPO}/blobs/uploads/?digest={digest}");
+    let headers = [
+        ("Authorization", root),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = send_raw(base, "POST", &target, &headers, data).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    digest
 }
 
 /// A PKIX DER public key, base64, made by the test.
@@ -642,61 +861,84 @@ fn test_public_key() -> String {
     )
 }
 
+/// Gives the `with` and `without` groups what `ep` needs and all the rest.
+async fn set_groups_for(cx: &Cx, ep: Ep) {
+    let (with, without) = groups_for(ep.need());
+    for (group, perms) in [("with", with), ("without", without)] {
+        let r = cx
+            .as_root(
+                Method::PUT,
+                &format!("/admin/api/v1/permission/group/{group}"),
+                json!({ "permissions": perms }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+/// What is wrong with a refusal's shape, if anything: a 401 challenges and says nothing
+/// more, a 403 names what is missing, each in the body its front door uses.
+fn refusal_problem(ep: Ep, status: u16, a: &RawReply, head: bool) -> Option<String> {
+    let json: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+    let (status_field, message) = match ep.oci() {
+        true => (&json["errors"][0]["code"], &json["errors"][0]["message"]),
+        false => (&json["status"], &json["message"]),
+    };
+    let message = message.as_str().unwrap_or("");
+    match status {
+        401 => {
+            let challenges = a.all("www-authenticate").join(", ");
+            let basic = challenges.contains("Basic realm=\"vmreg\"");
+            let bearer = challenges.contains("Bearer realm=");
+            let challenged = match ep {
+                // The token endpoint asks for the credentials it trades.
+                Ep::OciToken => basic,
+                _ if ep.oci() => bearer,
+                _ => basic && bearer,
+            };
+            let (want_status, want_message) = match ep.oci() {
+                true => ("UNAUTHORIZED", "Authentication Required"),
+                false => ("FAIL", "Authentication Required"),
+            };
+            if !challenged {
+                Some(format!("WWW-Authenticate {challenges:?}"))
+            } else if !head && (status_field != want_status || message != want_message) {
+                Some(format!("401 body {}", a.text()))
+            } else {
+                None
+            }
+        }
+        403 if !head => {
+            let named = match ep.need() {
+                Need::All(ps) | Need::Any(ps) => ps[0],
+                Need::Admin(p) => p,
+                _ => "root",
+            };
+            let want_status = if ep.oci() { "DENIED" } else { "FAIL" };
+            (status_field != want_status || !message.contains(named))
+                .then(|| format!("403 body {} does not name {named}", a.text()))
+        }
+        _ => None,
+    }
+}
+
 /// Walks every cell; answers the table of mismatches (empty when all match).
-async fn walk(cx: &Cx, headers: &Headers, auth_on: bool) -> Vec<String> {
+async fn walk(cx: &Cx, headers: &Headers, mode: Mode) -> Vec<String> {
     let mut wrong = Vec::new();
     for ep in ENDPOINTS {
         // With authentication off the groups are open to all and change nothing.
-        {
-            let (with, without) = groups_for(ep.need());
-            for (group, perms) in [("with", with), ("without", without)] {
-                let r = cx
-                    .as_root(
-                        Method::PUT,
-                        &format!("/admin/api/v1/permission/group/{group}"),
-                        json!({ "permissions": perms }),
-                    )
-                    .await;
-                assert_eq!(r.status, 200, "{r:?}");
-            }
-        }
+        set_groups_for(cx, ep).await;
         for cred in CREDS {
-            let (method, path, body) = cx.request(ep).await;
-            let head = method == Method::HEAD;
-            let a = send(
-                method.clone(),
-                &cx.url(&path),
-                body,
-                headers[&cred].as_deref(),
-            )
-            .await;
-            let want = expected(ep, cred, auth_on);
-            let mut problem = None;
-            if a.status != want {
-                problem = Some(format!("status {} ({})", a.status, a.text));
-            } else if want == 401 {
-                let challenges = a.challenges.join(", ");
-                if !(challenges.contains("Basic realm=\"vmreg\"")
-                    && challenges.contains("Bearer realm="))
-                {
-                    problem = Some(format!("WWW-Authenticate {challenges:?}"));
-                } else if !head
-                    && (a.json["status"] != "FAIL"
-                        || a.json["message"] != "Authentication Required")
-                {
-                    problem = Some(format!("401 body {}", a.text));
-                }
-            } else if want == 403 && !head {
-                let named = match ep.need() {
-                    Need::All(ps) | Need::Any(ps) => ps[0],
-                    Need::Admin(p) => p,
-                    _ => "root",
-                };
-                let message = a.json["message"].as_str().unwrap_or("");
-                if a.json["status"] != "FAIL" || !message.contains(named) {
-                    problem = Some(format!("403 body {} does not name {named}", a.text));
-                }
-            }
+            let req = cx.request(ep).await;
+            let head = req.method == Method::HEAD;
+            let a = req
+                .send(cx.base(), &req.target, headers[&cred].as_deref())
+                .await;
+            let want = expected(ep, cred, mode);
+            let problem = match a.status == want {
+                false => Some(format!("status {} ({})", a.status, a.text())),
+                true => refusal_problem(ep, want, &a, head),
+            };
             if let Some(p) = problem {
                 wrong.push(format!("{ep:?} × {cred:?}: want {want}, got {p}"));
             }
@@ -723,26 +965,63 @@ async fn fixture(base: &str, root: &str) -> (String, String) {
     (id, key)
 }
 
-#[tokio::test]
-async fn every_endpoint_by_every_credential() {
-    let s = Server::start_in_with_env(
-        Namespace::new(),
-        &auth_flags(&["--enable-authorization", "--jwt-secret", JWT_SECRET]),
-        &[("RUST_LOG", "debug")],
-    );
-    let headers = make_headers(&s).await;
-    let shaker = create_key(&s.url, &root(), "shaker", 3600, &[]).await;
-    let (template, file_key) = fixture(&s.url, &root()).await;
-    let cx = Cx {
-        base: s.url.clone(),
+/// The OCI repository's blob and a manifest tagged `latest`: (blob digest, manifest digest).
+async fn oci_fixture(base: &str, root: &str) -> (String, String) {
+    let blob = oci_push_blob(base, root, BLOB).await;
+    let manifest = oci_manifest_of(&blob, "latest");
+    let target = format!("/v2/{OCI_REPO}/manifests/latest");
+    let headers = [("Authorization", root), ("Content-Type", MANIFEST_TYPE)];
+    let r = send_raw(base, "PUT", &target, &headers, &manifest).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (blob, format!("sha256:{}", sha256_hex(&manifest)))
+}
+
+/// The flags of the matrix servers: caps high enough for the thousands of upload sessions
+/// the rows open (each refused cell must be refused for its credential, not a cap).
+const ROOMY: [&str; 2] = ["--max-upload-sessions", "100000"];
+
+/// The matrix context on the servers at `bases` (replicas of one registry).
+async fn context(bases: Vec<String>, shaker: Option<String>) -> Cx {
+    let (template, file_key) = fixture(&bases[0], &root()).await;
+    let (blob, manifest) = oci_fixture(&bases[0], &root()).await;
+    Cx {
+        bases,
         root: root(),
         template,
         file_key,
-        shaker: Some(shaker.clone()),
+        blob,
+        manifest,
+        shaker,
         public_key: test_public_key(),
         n: Default::default(),
-    };
-    let wrong = walk(&cx, &headers, true).await;
+    }
+}
+
+/// An auth-on server with API keys and these switches, its replica on S3 (any replica
+/// must answer alike), and the matrix credentials made on it.
+async fn matrix_servers(extra: &[&'static str]) -> (Vec<Server>, Headers, String) {
+    let mut flags = auth_flags(&["--jwt-secret", JWT_SECRET]);
+    flags.extend_from_slice(&ROOMY);
+    flags.extend_from_slice(extra);
+    let s = Server::start_in_with_env(Namespace::new(), &flags, &[("RUST_LOG", "debug")]);
+    let mut servers = vec![s];
+    if s3_backend() {
+        servers.push(servers[0].replica());
+    }
+    let headers = make_headers(&servers[0]).await;
+    let shaker = create_key(&servers[0].url, &root(), "shaker", 3600, &[]).await;
+    (servers, headers, shaker)
+}
+
+fn urls(servers: &[Server]) -> Vec<String> {
+    servers.iter().map(|s| s.url.clone()).collect()
+}
+
+#[tokio::test]
+async fn every_endpoint_by_every_credential() {
+    let (servers, headers, shaker) = matrix_servers(&["--enable-authorization"]).await;
+    let cx = context(urls(&servers), Some(shaker.clone())).await;
+    let wrong = walk(&cx, &headers, Mode::Authorization).await;
     assert!(
         wrong.is_empty(),
         "{} of {} cells differ:\n{}",
@@ -752,20 +1031,13 @@ async fn every_endpoint_by_every_credential() {
     );
 
     // The same credentials against a registry with authentication off: all open.
-    let open = Server::start();
-    let (template, file_key) = fixture(&open.url, &root()).await;
-    let cx = Cx {
-        base: open.url.clone(),
-        template,
-        file_key,
-        shaker: None,
-        ..cx
-    };
-    let wrong = walk(&cx, &headers, false).await;
+    let open = Server::start_with(&ROOMY);
+    let open_cx = context(vec![open.url.clone()], None).await;
+    let wrong = walk(&open_cx, &headers, Mode::Off).await;
     assert!(wrong.is_empty(), "auth off:\n{}", wrong.join("\n"));
 
     // Nothing secret reached the log, at debug level, through all of that.
-    let log = s.log();
+    let log: String = servers.iter().map(|s| s.log()).collect();
     assert!(log.contains("API key session opened"), "the log is read");
     for (what, secret) in [
         ("root token", ROOT_TOKEN.to_string()),
@@ -787,6 +1059,265 @@ async fn every_endpoint_by_every_credential() {
         !log.to_ascii_lowercase().contains("authorization:"),
         "a header was logged"
     );
+}
+
+#[tokio::test]
+async fn without_authorization_keys_get_the_permission_rows_but_no_administration() {
+    let (servers, headers, shaker) = matrix_servers(&[]).await;
+    let cx = context(urls(&servers), Some(shaker)).await;
+    let wrong = walk(&cx, &headers, Mode::KeysOnly).await;
+    assert!(wrong.is_empty(), "authorization off:\n{}", wrong.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Every spelling of every path: the router decodes what the raw path keeps, so a check
+// made on the raw path is a check of some other route. Each spelling must be answered as
+// its canonical path is, or as a path no route matches (404, or 401 to a stranger).
+
+/// A path, cut into units that a spelling may rewrite: one byte, or an escape kept whole.
+fn units(path: &str) -> Vec<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit();
+        let len = if escape { 3 } else { 1 };
+        out.push(path[i..i + len].to_string());
+        i += len;
+    }
+    out
+}
+
+fn escaped(unit: &str, upper: bool) -> String {
+    match (unit.len(), upper) {
+        (1, true) => format!("%{:02X}", unit.as_bytes()[0]),
+        (1, false) => format!("%{:02x}", unit.as_bytes()[0]),
+        _ => unit.to_string(),
+    }
+}
+
+/// Non-canonical spellings of `target`'s path (its query kept as it is), each labelled.
+fn spellings(target: &str) -> Vec<(String, String)> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (target, String::new()),
+    };
+    let units = units(path);
+    let join = |f: &dyn Fn(usize, &str) -> String| -> String {
+        units.iter().enumerate().map(|(i, u)| f(i, u)).collect()
+    };
+    let is_slash = |u: &str| u == "/";
+    let mut out: Vec<(String, String)> = Vec::new();
+    for upper in [false, true] {
+        let all = join(&|_, u| match is_slash(u) {
+            true => u.to_string(),
+            false => escaped(u, upper),
+        });
+        out.push((format!("every character escaped (upper {upper})"), all));
+        let slashes = join(&|i, u| match is_slash(u) && i > 0 {
+            true => escaped(u, upper),
+            false => u.to_string(),
+        });
+        out.push((format!("slashes escaped (upper {upper})"), slashes));
+    }
+    // One segment at a time: its first character escaped, the rest as it is.
+    let starts: Vec<usize> = (0..units.len())
+        .filter(|&i| i > 0 && is_slash(&units[i - 1]) && !is_slash(&units[i]))
+        .collect();
+    for &start in &starts {
+        let one = join(&|i, u| match i == start {
+            true => escaped(u, false),
+            false => u.to_string(),
+        });
+        out.push((format!("segment at {start} escaped"), one));
+    }
+    for (at, _) in units
+        .iter()
+        .enumerate()
+        .filter(|(i, u)| *i > 0 && is_slash(u))
+    {
+        let one = join(&|i, u| match i == at {
+            true => escaped(u, true),
+            false => u.to_string(),
+        });
+        out.push((format!("slash at {at} escaped"), one));
+    }
+    let rest = &path[1..];
+    out.push(("leading double slash".into(), format!("//{rest}")));
+    out.push(("every slash doubled".into(), path.replace('/', "//")));
+    out.push(match path.strip_suffix('/') {
+        Some(bare) if !bare.is_empty() => ("trailing slash dropped".into(), bare.to_string()),
+        _ => ("trailing slash added".into(), format!("{path}/")),
+    });
+    let first_end = rest.find('/').map_or(path.len(), |e| e + 1);
+    let (first, after) = path.split_at(first_end);
+    out.push(("dot segment".into(), format!("{first}/.{after}")));
+    out.push(("escaped dot segment".into(), format!("{first}/%2e{after}")));
+    out.push(("dot-dot segment".into(), format!("{first}/x/..{after}")));
+    out.push(("first segment upper case".into(), {
+        let upper = first.to_ascii_uppercase();
+        format!("{upper}{after}")
+    }));
+    if path.contains('+') {
+        out.push(("plus escaped".into(), path.replace('+', "%2B")));
+    }
+    out.into_iter()
+        .filter(|(_, p)| p != path)
+        .map(|(label, p)| (label, format!("{p}{query}")))
+        .collect()
+}
+
+/// May a spelling be answered `got` where its canonical path is answered `canonical`?
+/// It must never get more: a success only as the canonical path gets it, and a stranger
+/// refused there only the same 401. Otherwise it is refused, as a path no route matches
+/// (404; 401 to a stranger) or as the route it did match decides: that route's own
+/// permission (403), the input it refuses (400: `/v2/./repo` names no repository) or a
+/// method it does not serve (405).
+fn spelling_allowed(canonical: u16, got: u16) -> bool {
+    match got {
+        _ if got == canonical => true,
+        200..=399 | 500.. => false,
+        _ if canonical == 401 => false,
+        400 | 401 | 403 | 404 | 405 => true,
+        _ => false,
+    }
+}
+
+/// One spelling of one cell: `req`'s `index`th spelling sent with `cred`. `None` when
+/// the row has fewer spellings.
+async fn try_spelling(
+    cx: &Cx,
+    headers: &Headers,
+    mode: Mode,
+    (ep, cred): (Ep, Cred),
+    req: &Req,
+    index: usize,
+) -> Option<Option<String>> {
+    let (label, target) = spellings(&req.target).into_iter().nth(index)?;
+    let a = req
+        .send(cx.base(), &target, headers[&cred].as_deref())
+        .await;
+    let canonical = expected(ep, cred, mode);
+    Some((!spelling_allowed(canonical, a.status)).then(|| {
+        format!(
+            "{ep:?} × {cred:?} via {label}: {} {target}: canonical {canonical}, got {} ({})",
+            req.method,
+            a.status,
+            a.text().chars().take(160).collect::<String>()
+        )
+    }))
+}
+
+/// Walks every spelling of every cell, the credentials of a spelling at once; answers how
+/// many were sent and the mismatches. A credential the canonical path lets in gets a fresh
+/// request (rows that change state need their own); those it refuses share one, which a
+/// refusal leaves as it was (and a wrongful success is reported, whatever it changed).
+async fn walk_spellings(cx: &Cx, headers: &Headers, mode: Mode) -> (usize, Vec<String>) {
+    let mut wrong = Vec::new();
+    let mut sent = 0;
+    for ep in ENDPOINTS {
+        set_groups_for(cx, ep).await;
+        let spellings_of_row = spellings(&cx.request(ep).await.target).len();
+        for index in 0..spellings_of_row {
+            let shared = cx.request(ep).await;
+            let mut own = Vec::new();
+            for cred in CREDS {
+                let admitted = (200..300).contains(&expected(ep, cred, mode));
+                own.push(match admitted {
+                    true => Some(cx.request(ep).await),
+                    false => None,
+                });
+            }
+            let cells = CREDS.iter().zip(&own).map(|(&cred, req)| {
+                let req = req.as_ref().unwrap_or(&shared);
+                try_spelling(cx, headers, mode, (ep, cred), req, index)
+            });
+            let answers: Vec<_> = futures_util::future::join_all(cells)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            sent += answers.len();
+            wrong.extend(answers.into_iter().flatten());
+        }
+    }
+    (sent, wrong)
+}
+
+/// Walks the spellings on a fresh matrix server with these switches; panics on a mismatch.
+async fn spellings_hold(mode: Mode, extra: &[&'static str]) -> Headers {
+    let (servers, headers, shaker) = matrix_servers(extra).await;
+    let cx = context(urls(&servers), Some(shaker)).await;
+    let (sent, wrong) = walk_spellings(&cx, &headers, mode).await;
+    assert!(sent > 5000, "{mode:?}: only {sent} spellings were sent");
+    assert!(
+        wrong.is_empty(),
+        "{mode:?}: {} of {sent} spellings answered otherwise:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    headers
+}
+
+#[tokio::test]
+async fn every_spelling_of_every_endpoint_by_every_credential() {
+    let (headers, _) = tokio::join!(
+        spellings_hold(Mode::Authorization, &["--enable-authorization"]),
+        spellings_hold(Mode::KeysOnly, &[]),
+    );
+    // The same credentials against a registry with authentication off.
+    let open = Server::start_with(&ROOMY);
+    let cx = context(vec![open.url.clone()], None).await;
+    let (sent, wrong) = walk_spellings(&cx, &headers, Mode::Off).await;
+    assert!(
+        wrong.is_empty(),
+        "auth off: {} of {sent} spellings answered otherwise:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_spelling_never_gets_more_than_its_canonical_path() {
+    assert!(spelling_allowed(403, 403) && spelling_allowed(403, 404));
+    assert!(spelling_allowed(200, 404) && spelling_allowed(204, 403));
+    assert!(
+        spelling_allowed(200, 401),
+        "a stranger at a public route's spelling"
+    );
+    assert!(!spelling_allowed(403, 200), "a refused caller let in");
+    assert!(!spelling_allowed(401, 404), "a stranger told more than 401");
+    assert!(!spelling_allowed(401, 403));
+    assert!(!spelling_allowed(200, 201) && !spelling_allowed(200, 500));
+}
+
+#[test]
+fn spellings_cover_escapes_slashes_dots_and_case() {
+    let s: BTreeMap<String, String> = spellings("/v1/apikey?id=x").into_iter().collect();
+    assert_eq!(
+        s["every character escaped (upper false)"],
+        "/%76%31/%61%70%69%6b%65%79?id=x"
+    );
+    assert_eq!(
+        s["every character escaped (upper true)"],
+        "/%76%31/%61%70%69%6B%65%79?id=x"
+    );
+    assert_eq!(s["segment at 4 escaped"], "/v1/%61pikey?id=x");
+    assert_eq!(s["slash at 3 escaped"], "/v1%2Fapikey?id=x");
+    assert_eq!(s["slashes escaped (upper true)"], "/v1%2Fapikey?id=x");
+    assert_eq!(s["leading double slash"], "//v1/apikey?id=x");
+    assert_eq!(s["every slash doubled"], "//v1//apikey?id=x");
+    assert_eq!(s["trailing slash added"], "/v1/apikey/?id=x");
+    assert_eq!(s["dot segment"], "/v1/./apikey?id=x");
+    assert_eq!(s["dot-dot segment"], "/v1/x/../apikey?id=x");
+    assert_eq!(s["first segment upper case"], "/V1/apikey?id=x");
+    // An escape in the canonical path stays whole.
+    let s: BTreeMap<String, String> = spellings("/f/a%2Bb").into_iter().collect();
+    assert_eq!(s["every character escaped (upper false)"], "/%66/%61%2B%62");
+    assert_eq!(s["slash at 2 escaped"], "/f%2Fa%2Bb");
 }
 
 async fn get_as(url: &str, authorization: &str) -> Answer {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod pki;
+pub mod raw;
 pub mod stores;
 
 use std::io::{BufRead, BufReader};
