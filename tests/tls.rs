@@ -273,6 +273,25 @@ async fn a_client_certificate_is_the_user_and_its_o_or_ou_the_groups_of_the_perm
             200,
             "the certificate authenticates"
         );
+        // A spelling the router decodes to the same route gets the same decision.
+        assert_eq!(
+            code("/registry/v2/%76m").await,
+            allowed(may_list),
+            "groups from {groups_from}: list, spelled with an escape"
+        );
+        for (method, path) in [
+            (reqwest::Method::GET, "/v1/%61pikey"),
+            (reqwest::Method::POST, "/v1/%61pikey"),
+            (reqwest::Method::GET, "/admin/api/v1/permission/%67roup"),
+        ] {
+            let reply = alice
+                .request(method.clone(), server.at(path))
+                .json(&json!({ "id": "alice-key", "ttl": 60 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status().as_u16(), 403, "{method} {path}");
+        }
         // Without a certificate (or other credentials) nothing is let in.
         let nobody = admin
             .get(server.at("/registry/status"))

@@ -5,7 +5,8 @@
 //! `VMREG_TEST_REDIS_URL`, `VMREG_TEST_S3_ENDPOINT`, `VMREG_TEST_S3_BUCKET`,
 //! `VMREG_TEST_S3_REGION` and the `AWS_*` credentials (`scripts/test.sh` sets them);
 //! anything else runs on the embedded default. Each server gets its own Redis key prefix
-//! and S3 prefix unless it is started as a replica of another.
+//! and S3 prefix unless it is started as a replica of another. `VMREG_TEST_BIN` names
+//! another binary to test.
 #![allow(dead_code)]
 
 pub mod auth;
@@ -20,9 +21,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The binary under test.
+/// The binary under test: `VMREG_TEST_BIN` when set (a release build, or an older one to
+/// see a test fail on it), else the one cargo built with the tests.
 pub fn vmreg_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vmreg")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("VMREG_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmreg").into())
+    })
 }
 
 /// True when the tests run against S3 + Redis.
