@@ -93,30 +93,8 @@ assert not missing, f"the dashboard has no panel for: {sorted(missing)}"
 print(f"ok   {len(board['panels'])} panels over all {len(used)} metrics vmreg exports")
 EOF
 
-echo "== docker compose: healthchecks, pinned images, client command"
-python3 - <<'EOF'
-import re, yaml
-text = open("deploy/docker-compose.yml").read()
-compose = yaml.safe_load(text)
-for name, svc in compose["services"].items():
-    image = svc.get("image", "")
-    if "build" not in svc:
-        assert re.search(r":[^:/]+$", image) and not image.endswith(":latest"), f"{name}: image {image!r} is not pinned"
-    one_shot = any(
-        dep.get("condition") == "service_completed_successfully"
-        for other in compose["services"].values()
-        for dep_name, dep in (other.get("depends_on") or {}).items()
-        if dep_name == name and isinstance(dep, dict)
-    )
-    assert one_shot or "healthcheck" in svc, f"{name} has no healthcheck"
-header = [l for l in text.splitlines() if l.startswith("#")]
-assert any("vmreg registry -a http://localhost:8089" in l for l in header), "header lacks the -a client command"
-assert not any("--registry " in l for l in header), "header uses a flag the client lacks"
-nginx = open("deploy/nginx.conf").read()
-assert " resolve " in nginx and "resolver " in nginx, "nginx does not re-resolve the replicas"
-assert "http_503" not in nginx, "a 503 would mark replicas down"
-print("ok   compose and nginx")
-EOF
+echo "== docker compose: healthchecks, current images, loopback ports, credentials from .env"
+python3 scripts/check_compose.py
 
 echo "== Terraform: fmt, and validate where providers are mirrored"
 tfrc="$work/terraform.tfrc"
