@@ -13,7 +13,8 @@
 #   - the Dockerfile (hadolint) and every shell script (shellcheck);
 #   - the alert rules (promtool check rules, promtool test rules) and the dashboard;
 #   - docker compose: healthchecks, pinned images, the client command in its header;
-#   - Terraform: fmt everywhere, validate where the provider is mirrored on the machine.
+#   - Terraform: fmt everywhere, validate where the provider is mirrored on the machine,
+#     and `terraform test` of modules/vmreg (IAM names per region, variable validation);
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,9 +110,11 @@ EOF
 TF_CLI_CONFIG_FILE=$tfrc terraform fmt -check -recursive terraform
 if [ -d /opt/tf-plugins/registry.terraform.io/hashicorp/aws ]; then
     cp -r terraform/modules/vmreg "$work/tf-vmreg"
+    # terraform test: names per region and the variables' validation, on a mocked provider.
     (cd "$work/tf-vmreg" &&
         TF_CLI_CONFIG_FILE=$tfrc terraform init -backend=false -input=false -no-color >/dev/null &&
-        TF_CLI_CONFIG_FILE=$tfrc terraform validate -no-color)
+        TF_CLI_CONFIG_FILE=$tfrc terraform validate -no-color &&
+        TF_CLI_CONFIG_FILE=$tfrc terraform test -no-color)
 else
     echo "FAIL: the hashicorp/aws provider is not mirrored in /opt/tf-plugins" >&2
     exit 1
