@@ -10,9 +10,13 @@
 #     pod; that every value is in the schema and the README), the output validated against
 #     Kubernetes schemas, and the HTTPRoute against the Gateway API's
 #     (scripts/check_httproute.mjs);
-#   - the Dockerfile (hadolint) and every shell script (shellcheck);
+#   - the Dockerfile (hadolint; scripts/check_dockerfile.py: bases pinned by digest, one
+#     build profile, OCI labels) and every shell script (shellcheck);
+#   - the release files (scripts/check-release.sh: actionlint, the changelog entry, the
+#     Homebrew formula, the launchd plist);
 #   - the alert rules (promtool check rules, promtool test rules) and the dashboard;
-#   - docker compose: healthchecks, pinned images, the client command in its header;
+#   - docker compose (scripts/check_compose.py): healthchecks, current pinned images, ports
+#     on 127.0.0.1, credentials required from deploy/.env, the client command in its header;
 #   - Terraform: fmt everywhere, validate where the provider is mirrored on the machine,
 #     and `terraform test` of modules/vmreg (IAM names per region, variable validation);
 set -euo pipefail
@@ -68,7 +72,7 @@ test -f .dockerignore
 python3 scripts/check_dockerfile.py deploy/Dockerfile
 
 echo "== shell scripts: shellcheck"
-shellcheck scripts/*.sh
+shellcheck scripts/*.sh packaging/*.sh packaging/homebrew/*.sh
 
 echo "== alerts: promtool"
 promtool check rules helm/vmreg/files/alerts.yaml
@@ -96,6 +100,9 @@ EOF
 
 echo "== docker compose: healthchecks, current images, loopback ports, credentials from .env"
 python3 scripts/check_compose.py
+
+echo "== release: workflows (actionlint), changelog, Homebrew formula, launchd plist"
+bash scripts/check-release.sh "$tools/node_modules"
 
 echo "== Terraform: fmt, and validate where providers are mirrored"
 tfrc="$work/terraform.tfrc"
