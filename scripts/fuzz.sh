@@ -4,7 +4,10 @@
 # when the services of scripts/test-services.sh are configured; with authentication off,
 # and on when the binary has it: once as root (the root token), once as an API-key session
 # (a key made by root, then the TAP handshake a Mac node's client does, in
-# scripts/fuzz_session.py), each for half the time of the auth-off run. A 5xx (the fuzz runs with its backends up, so
+# scripts/fuzz_session.py), each for half the time of the auth-off run; then, with auth on,
+# random non-canonical spellings of every documented path (scripts/fuzz_paths.py) by no
+# credential, a bogus token and a key holding only `index`, none of which may get more
+# than the canonical path gives it. A 5xx (the fuzz runs with its backends up, so
 # not even the documented 503 may appear), a response outside the documented schema,
 # status codes, content types or headers, or a server that died, fails the run. Prints the
 # requests sent and the failures of each run. A run that schemathesis itself crashes in (its
@@ -84,7 +87,7 @@ else
 fi
 auth_modes=(off)
 if "$bin" serve --help | grep -q -- '--enable-auth'; then
-    auth_modes+=(root key)
+    auth_modes+=(root key paths)
 else
     echo "fuzz: auth-on runs skipped: this build has no --enable-auth" >&2
 fi
@@ -117,6 +120,21 @@ for backend in "${backends[@]}"; do
             budget=$(( seconds / 2 > 10 ? seconds / 2 : 10 ))
         fi
         start_server "${flags[@]}"
+        if [ "$auth" = paths ]; then
+            status=0
+            python3 scripts/fuzz_paths.py "$url" "$token" "$budget" >"$work/$run.log" 2>&1 || status=$?
+            alive=yes
+            kill -0 "$server_pid" 2>/dev/null || alive=no
+            stop_server
+            cat "$work/$run.log"
+            if [ "$status" -ne 0 ] || [ "$alive" != yes ]; then
+                failed=1
+                echo "== fuzz $run: FAILED (exit $status, server alive: $alive); server log:" >&2
+                tail -40 "$work/server.log" >&2
+            fi
+            summary+=("fuzz: backend=$backend auth=on paths: $(tail -n +1 "$work/$run.log" | grep -m1 '^fuzz_paths: seed' || echo 'no summary')")
+            continue
+        fi
         case "$auth" in
         root) st_auth=(--auth "root:$token") ;;
         key)

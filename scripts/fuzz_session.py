@@ -2,8 +2,8 @@
 """Opens an API-key session on a vmreg server, as a Mac node's client does, and prints its
 `Authorization` header value, for scripts/fuzz.sh.
 
-As root: a permission group granting every permission, and an API key in it (the server
-makes the key pair and returns the private key once). Then the TAP handshake: `hand`
+As root: a permission group granting every permission (or those `open_session` is given),
+and an API key in it (the server makes the key pair and returns the private key once). Then the TAP handshake: `hand`
 answers a secret encrypted to the key (RSA-OAEP, SHA-256), decrypted here with openssl;
 `shake` trades it for the session, whose `data` base64-encoded is the Bearer token.
 
@@ -44,12 +44,15 @@ def decrypt(private_der, sealed):
         ).stdout.decode()
 
 
-def main():
-    url, root, key = sys.argv[1:4]
-    names = json.loads(call(f"{url}/admin/api/v1/permission", "GET", None, root))["body"]
+def open_session(url, root, key, permissions=None):
+    """Makes key `key` in a group of `permissions` (every one when None) and answers the
+    Bearer token of its session."""
+    if permissions is None:
+        names = json.loads(call(f"{url}/admin/api/v1/permission", "GET", None, root))["body"]
+        permissions = [p["name"] for p in names]
     group = f"{key}-group"
     call(f"{url}/admin/api/v1/permission/group/{group}", "PUT",
-         {"permissions": [p["name"] for p in names]}, root)
+         {"permissions": permissions}, root)
     created = json.loads(call(f"{url}/v1/apikey", "POST",
                               {"id": key, "ttl": 3600, "groups": [group]}, root))
     private_der = base64.b64decode(created["body"])
@@ -58,7 +61,12 @@ def main():
     shaken = json.loads(call(f"{url}/tap/v1/shake", "POST", {"id": key, "secret": secret}))
     if shaken.get("status") != "OK" or shaken.get("id") != key:
         sys.exit(f"fuzz_session: the handshake failed: {shaken}")
-    token = base64.b64encode(json.dumps(shaken["data"]).encode()).decode()
+    return base64.b64encode(json.dumps(shaken["data"]).encode()).decode()
+
+
+def main():
+    url, root, key = sys.argv[1:4]
+    token = open_session(url, root, key)
     # The session must open what a key may: else the fuzz run would only meet 401s.
     req = urllib.request.Request(f"{url}/registry/v2/vm")
     req.add_header("Authorization", f"Bearer {token}")
