@@ -65,7 +65,14 @@ where
     Box::pin(
         async move {
             let result = fut.await;
-            let route = slot.0.get().unwrap_or(UNMATCHED);
+            let route = match slot.0.get() {
+                Some(route) => route,
+                None => {
+                    // No access check ran: the router matched no route (or none was reached).
+                    tracing::Span::current().record("route", tracing::field::display(UNMATCHED));
+                    UNMATCHED
+                }
+            };
             let mut res = match result {
                 Ok(res) => res.map_into_boxed_body(),
                 Err(e) => {
@@ -123,10 +130,8 @@ pub fn name_route(req: &ServiceRequest, route: &'static str) {
     }
     let method = req.method();
     let span = tracing::Span::current();
-    span.record("route", route);
-    if crate::telemetry::trace::enabled() {
-        span.record("otel.name", format!("{method} {route}"));
-    }
+    span.record("route", tracing::field::display(route));
+    crate::telemetry::trace::name_request(&span, method, route);
 }
 
 /// The span around one request; with traces on, an OpenTelemetry server span too, whose

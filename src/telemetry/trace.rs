@@ -216,6 +216,17 @@ pub fn continue_trace(
     ids.is_valid().then(|| ids.trace_id().to_string())
 }
 
+/// Names a request's span `METHOD route`. Its OpenTelemetry span already exists (its
+/// trace id was read when the request started), and recording `otel.name` no longer
+/// reaches one that exists.
+pub fn name_request(span: &tracing::Span, method: &actix_web::http::Method, route: &str) {
+    if enabled() {
+        span.context()
+            .span()
+            .update_name(format!("{method} {route}"));
+    }
+}
+
 /// Names the template the current request works on, on its span.
 pub fn record_template(template: &dyn std::fmt::Display) {
     if enabled() {
