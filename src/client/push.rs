@@ -74,6 +74,12 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
             "push needs a tag: -t TAG (as the vendor's push; a version is known by its tag)".into(),
         ));
     };
+    // Refused here as the registry would refuse them, before anything is sent or read.
+    let invalid = |e: crate::model::Invalid| ClientError::Invalid(e.to_string());
+    crate::model::validate_tag(tag).map_err(invalid)?;
+    if opts.existing.is_none() {
+        crate::model::validate_template_name(&vm.name).map_err(invalid)?;
+    }
     let files = t.library.files(&vm)?;
     let (id, name) = match &opts.existing {
         Some(existing) => {
