@@ -16,6 +16,7 @@ pub mod observe;
 pub(crate) mod params;
 mod retention;
 pub mod routes;
+pub mod security_headers;
 pub mod server;
 mod tls;
 mod transfer;
