@@ -1278,3 +1278,76 @@ async fn blob_uploads_and_downloads_count_in_the_transfer_metrics() {
     assert_eq!(series("vmreg_transfers_in_flight", "push"), 0.0);
     assert_eq!(series("vmreg_transfers_in_flight", "pull"), 0.0);
 }
+
+#[tokio::test]
+async fn manifests_are_stored_and_served_only_under_manifest_media_types() {
+    let s = Server::start();
+    let c = Client::new();
+    let url = |reference: &str| s.at(&format!("/v2/types/only/manifests/{reference}"));
+    let page = br#"{"schemaVersion":2,"layers":[],"x":"<script>alert(document.cookie)</script>"}"#;
+    for refused in [
+        "text/html",
+        "text/html; charset=utf-8",
+        "application/json",
+        "image/svg+xml",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ] {
+        let put = c
+            .put(url("v1"))
+            .header(header::CONTENT_TYPE, refused)
+            .body(page.to_vec());
+        expect_error(put, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    }
+    // Without a Content-Type, the body's own mediaType must be a manifest type too.
+    let claims_html = br#"{"schemaVersion":2,"mediaType":"text/html"}"#;
+    let put = c.put(url("v1")).body(claims_html.to_vec());
+    expect_error(put, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    for stored in ["v1".to_string(), digest_of(page), digest_of(claims_html)] {
+        let fetch = c.get(url(&stored));
+        expect_error(fetch, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+
+    // Every manifest type is stored, and served as itself.
+    for (tag, kind) in [
+        ("oci", "application/vnd.oci.image.manifest.v1+json"),
+        ("index", "application/vnd.oci.image.index.v1+json"),
+        (
+            "docker",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+        (
+            "list",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    ] {
+        let put = c
+            .put(url(tag))
+            .header(header::CONTENT_TYPE, kind)
+            .body(page.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::CREATED, "{kind}");
+        let got = c.get(url(tag)).send().await.unwrap();
+        assert_eq!(got.headers()[header::CONTENT_TYPE], kind);
+        assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    }
+    // The release candidates' artifact manifest, only with its artifactType.
+    let artifact = "application/vnd.oci.artifact.manifest.v1+json";
+    let untyped = c
+        .put(url("artifact"))
+        .header(header::CONTENT_TYPE, artifact)
+        .body(page.to_vec());
+    expect_error(untyped, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    let typed = br#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","artifactType":"application/x.sig"}"#;
+    let put = c
+        .put(url("artifact"))
+        .header(header::CONTENT_TYPE, artifact)
+        .body(typed.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let got = c.get(url("artifact")).send().await.unwrap();
+    assert_eq!(got.headers()[header::CONTENT_TYPE], artifact);
+}

@@ -20,6 +20,78 @@ use crate::store::keys as object_keys;
 /// Largest manifest accepted, as distribution does (4 MiB).
 pub const MAX_MANIFEST: usize = 4 << 20;
 
+/// An OCI image manifest: also what an artifact is pushed as since OCI 1.1 (with its
+/// `artifactType`), and the type a manifest sent without one is taken for.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The media types a manifest is stored and served with: OCI image manifests and
+/// indexes, Docker's schema 2 manifests and manifest lists (what docker and skopeo push
+/// by default), and the OCI 1.1 release candidates' artifact manifest, which oras pushed
+/// and which must name its `artifactType`. Anything else, `text/html` say, would be served
+/// back under that type from this origin, so it is refused; so is Docker's schema 1,
+/// unsupported by distribution since 2.8 and by every client the tests run.
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    OCI_MANIFEST,
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    OCI_ARTIFACT_MANIFEST,
+];
+
+/// The OCI 1.1 release candidates' artifact manifest.
+const OCI_ARTIFACT_MANIFEST: &str = "application/vnd.oci.artifact.manifest.v1+json";
+
+/// The media type a pushed manifest is kept under: the `Content-Type` sent (its type
+/// without parameters, lower case), or without one the body's own `mediaType`, or else
+/// an OCI image manifest; refused unless it is one of [`MANIFEST_MEDIA_TYPES`].
+fn media_type_of(
+    content_type: Option<&str>,
+    doc: &serde_json::Map<String, Value>,
+) -> OciResult<String> {
+    let essence = |t: &str| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let given = match content_type.map(essence).filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => match doc.get("mediaType") {
+            Some(Value::String(t)) => essence(t.as_str()),
+            Some(_) => {
+                return Err(OciError::ManifestInvalid(
+                    "mediaType must be a string".into(),
+                ))
+            }
+            None => OCI_MANIFEST.to_string(),
+        },
+    };
+    if !MANIFEST_MEDIA_TYPES.contains(&given.as_str()) {
+        let shown: String = given.chars().take(100).collect();
+        return Err(OciError::ManifestInvalid(format!(
+            "media type {shown:?} is not a manifest type; this registry stores {}",
+            MANIFEST_MEDIA_TYPES.join(", ")
+        )));
+    }
+    let artifact_type = doc.get("artifactType").and_then(Value::as_str);
+    if given == OCI_ARTIFACT_MANIFEST && artifact_type.map_or(true, str::is_empty) {
+        return Err(OciError::ManifestInvalid(format!(
+            "an {OCI_ARTIFACT_MANIFEST} needs its artifactType"
+        )));
+    }
+    Ok(given)
+}
+
+/// The type a stored manifest is served with: its own, or for a record stored before
+/// types were checked with one that is not a manifest type, an OCI image manifest's.
+fn served_media_type(stored: String) -> String {
+    match MANIFEST_MEDIA_TYPES.contains(&stored.as_str()) {
+        true => stored,
+        false => OCI_MANIFEST.to_string(),
+    }
+}
+
 /// A stored manifest's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct ManifestRecord {
@@ -75,6 +147,7 @@ pub struct Referrer {
 
 /// What a manifest says about itself that the registry keeps.
 struct Parsed {
+    media_type: String,
     listed_size: u64,
     subject: Option<String>,
     artifact_type: Option<String>,
@@ -93,11 +166,13 @@ pub(super) fn listed_size(doc: &serde_json::Map<String, Value>) -> u64 {
     })
 }
 
-/// Reads the fields the registry indexes; anything else in the manifest is the client's.
-fn parse(bytes: &[u8]) -> OciResult<Parsed> {
+/// Reads the fields the registry indexes, and the media type it is kept under (see
+/// [`media_type_of`]); anything else in the manifest is the client's.
+fn parse(bytes: &[u8], content_type: Option<&str>) -> OciResult<Parsed> {
     let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else {
         return Err(OciError::ManifestInvalid("not a JSON object".into()));
     };
+    let media_type = media_type_of(content_type, &doc)?;
     let subject = match doc.get("subject") {
         None | Some(Value::Null) => None,
         Some(s) => match s.get("digest").and_then(Value::as_str) {
@@ -114,6 +189,7 @@ fn parse(bytes: &[u8]) -> OciResult<Parsed> {
         .or_else(|| text(doc.get("config").and_then(|c| c.get("mediaType"))));
     let annotations = doc.get("annotations").filter(|a| a.is_object()).cloned();
     Ok(Parsed {
+        media_type,
         listed_size: listed_size(&doc),
         subject,
         artifact_type,
@@ -144,12 +220,14 @@ fn or_unknown(unknown: OciError) -> impl FnOnce(RegistryError) -> OciError {
 
 impl Registry {
     /// Stores a manifest byte for byte and points `reference` at it when it is a tag;
-    /// answers its digest and the digest its `subject` names.
+    /// answers its digest and the digest its `subject` names. `content_type` is the
+    /// `Content-Type` it was sent with, which must be a manifest type (see
+    /// [`MANIFEST_MEDIA_TYPES`]).
     pub async fn oci_put_manifest(
         &self,
         repo: &str,
         reference_: &str,
-        media_type: &str,
+        content_type: Option<&str>,
         bytes: Bytes,
     ) -> OciResult<(String, Option<String>)> {
         validate_repo(repo)?;
@@ -158,7 +236,7 @@ impl Registry {
                 "larger than {MAX_MANIFEST} bytes"
             )));
         }
-        let parsed = parse(&bytes)?;
+        let parsed = parse(&bytes, content_type)?;
         let hex = sha256_hex(&bytes);
         // Named by a digest, the manifest is known by that digest's algorithm; by a tag,
         // by its SHA-256. Its bytes are stored once, under their SHA-256, either way.
@@ -201,7 +279,7 @@ impl Registry {
                 None => hold(tx, &fresh).await?.object,
             };
             let record = ManifestRecord {
-                media_type: media_type.to_string(),
+                media_type: parsed.media_type.clone(),
                 size: fresh.size,
                 object: held.clone(),
                 subject: parsed.subject.clone(),
@@ -260,7 +338,7 @@ impl Registry {
         let bytes = self.blobs().read(&record.object).await?;
         Ok(OciManifest {
             digest,
-            media_type: record.media_type,
+            media_type: served_media_type(record.media_type),
             bytes,
         })
     }
@@ -349,7 +427,7 @@ impl Registry {
                 continue;
             }
             out.push(Referrer {
-                media_type: record.media_type,
+                media_type: served_media_type(record.media_type),
                 digest,
                 size: record.size,
                 artifact_type: record.artifact_type,
@@ -370,16 +448,74 @@ mod tests {
         let m = format!(
             r#"{{"config":{{"mediaType":"application/x.c"}},"subject":{{"digest":"{d}"}},"annotations":{{"a":"1"}}}}"#
         );
-        let p = parse(m.as_bytes()).unwrap();
+        let p = parse(m.as_bytes(), None).unwrap();
         assert_eq!(p.subject.as_deref(), Some(d.as_str()));
         assert_eq!(p.artifact_type.as_deref(), Some("application/x.c"));
         assert_eq!(p.annotations, Some(serde_json::json!({"a":"1"})));
         let typed = r#"{"artifactType":"application/x.sig","config":{"mediaType":"x"}}"#;
         assert_eq!(
-            parse(typed.as_bytes()).unwrap().artifact_type.as_deref(),
+            parse(typed.as_bytes(), None)
+                .unwrap()
+                .artifact_type
+                .as_deref(),
             Some("application/x.sig")
         );
-        assert!(parse(br#"{"subject":{"digest":"md5:1"}}"#).is_err());
-        assert!(parse(b"[1]").is_err());
+        assert!(parse(br#"{"subject":{"digest":"md5:1"}}"#, None).is_err());
+        assert!(parse(b"[1]", None).is_err());
+    }
+
+    #[test]
+    fn only_manifest_media_types_are_kept() {
+        let kept = |content_type: Option<&str>, body: &str| {
+            parse(body.as_bytes(), content_type).map(|p| p.media_type)
+        };
+        for t in MANIFEST_MEDIA_TYPES.iter().copied() {
+            if t != OCI_ARTIFACT_MANIFEST {
+                assert_eq!(kept(Some(t), "{}").unwrap(), t);
+            }
+        }
+        // Parameters and case are not part of the type.
+        assert_eq!(
+            kept(
+                Some("Application/VND.oci.image.index.v1+json; charset=utf-8"),
+                "{}"
+            )
+            .unwrap(),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        // Without a Content-Type: the body's own mediaType, else an image manifest.
+        let index = r#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#;
+        assert_eq!(
+            kept(None, index).unwrap(),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(kept(None, "{}").unwrap(), OCI_MANIFEST);
+        assert_eq!(kept(Some(""), "{}").unwrap(), OCI_MANIFEST);
+        for refused in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "application/json",
+            "image/svg+xml",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.oci.image.manifest.v1+json+html",
+        ] {
+            assert!(
+                matches!(kept(Some(refused), "{}"), Err(OciError::ManifestInvalid(_))),
+                "{refused}"
+            );
+        }
+        assert!(kept(None, r#"{"mediaType":"text/html"}"#).is_err());
+        assert!(kept(None, r#"{"mediaType":1}"#).is_err());
+        // An artifact manifest only with its artifactType.
+        let artifact = Some(OCI_ARTIFACT_MANIFEST);
+        assert!(kept(artifact, "{}").is_err());
+        assert!(kept(artifact, r#"{"artifactType":""}"#).is_err());
+        assert_eq!(
+            kept(artifact, r#"{"artifactType":"application/x.sig"}"#).unwrap(),
+            OCI_ARTIFACT_MANIFEST
+        );
+        // Records kept before the check are served as image manifests.
+        assert_eq!(served_media_type("text/html".into()), OCI_MANIFEST);
+        assert_eq!(served_media_type(OCI_MANIFEST.into()), OCI_MANIFEST);
     }
 }
