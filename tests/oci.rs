@@ -1351,3 +1351,44 @@ async fn manifests_are_stored_and_served_only_under_manifest_media_types() {
     let got = c.get(url("artifact")).send().await.unwrap();
     assert_eq!(got.headers()[header::CONTENT_TYPE], artifact);
 }
+
+#[tokio::test]
+async fn a_backend_failure_is_told_with_the_request_id_and_its_detail_only_logged() {
+    // The embedded store on every pass: the failure is made in its directory.
+    let s = Server::start_in(Namespace::embedded(), &[]);
+    let c = Client::new();
+    let objects = s.ns.dir.join("data").join("objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, b"no longer a directory").unwrap();
+    let reply = c
+        .put(s.at("/v2/broken/store/manifests/v1"))
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .header("x-request-id", "failing-put-1")
+        .body(EMPTY_MANIFEST.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers()["x-request-id"], "failing-put-1");
+    let body: Value = reply.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert_eq!(error["code"], "UNAVAILABLE");
+    assert_eq!(
+        error["message"],
+        "storage backend unavailable; retry later (request id failing-put-1)"
+    );
+    assert_eq!(
+        error["detail"],
+        serde_json::json!({"request_id": "failing-put-1"})
+    );
+    // What failed is in the log, on a line naming the request.
+    let log = s.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("failing-put-1") && l.contains("Not a directory")),
+        "{log}"
+    );
+}

@@ -25,6 +25,7 @@ mod vendor;
 use actix_web::HttpResponse;
 use serde::Serialize;
 
+pub(crate) use error::ours;
 pub use error::ApiError;
 pub use routes::{configure, configure_metrics};
 
