@@ -58,6 +58,8 @@ pub struct Claimed {
     generation: String,
     /// True for a token of the root user.
     pub root: bool,
+    /// When the session ends, in seconds since the epoch.
+    pub expires: u64,
 }
 
 impl Claimed {
@@ -115,31 +117,55 @@ impl Signer {
 
     /// A new session for `key`.
     pub fn issue(&self, key: &ApiKey) -> Result<SessionData, AuthError> {
-        self.sign(key.id.clone(), key.generation.clone(), false)
+        Ok(self.issue_until(key, None)?.0)
     }
 
-    /// A new session of the root user, valid while the root token is `token`.
-    pub fn issue_root(&self, token: &Secret) -> Result<SessionData, AuthError> {
-        self.sign(super::root::ROOT_USER.into(), root_generation(token), true)
+    /// A new session for `key` that ends no later than `not_after` (the end of the
+    /// session it is made from, so no session renews itself); with its end.
+    pub fn issue_until(
+        &self,
+        key: &ApiKey,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
+        self.sign(key.id.clone(), key.generation.clone(), false, not_after)
     }
 
-    fn sign(&self, sub: String, gen: String, root: bool) -> Result<SessionData, AuthError> {
+    /// A new session of the root user, valid while the root token is `token`, ending no
+    /// later than `not_after`; with its end.
+    pub fn issue_root(
+        &self,
+        token: &Secret,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
+        let gen = root_generation(token);
+        self.sign(super::root::ROOT_USER.into(), gen, true, not_after)
+    }
+
+    fn sign(
+        &self,
+        sub: String,
+        gen: String,
+        root: bool,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
         let now = now_secs();
+        let exp = (now + self.ttl_secs).min(not_after.unwrap_or(u64::MAX));
         let claims = Claims {
             sub,
             sid: random_token()?,
             gen,
             iat: now,
-            exp: now + self.ttl_secs,
+            exp,
             root,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Internal(format!("signing a session failed: {e}")))?;
-        Ok(SessionData {
+        let data = SessionData {
             user_name: claims.sub,
             token,
             session_id: claims.sid,
-        })
+        };
+        Ok((data, exp))
     }
 
     /// Checks a Bearer credential: its shape, signature and expiry.
@@ -165,6 +191,7 @@ impl Signer {
             session: claims.sid,
             generation: claims.gen,
             root: claims.root,
+            expires: claims.exp,
         })
     }
 }
@@ -254,6 +281,23 @@ mod tests {
             .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
             .collect();
         assert!(s.verify(&wrapped).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_session_made_from_another_ends_no_later_than_it() {
+        let s = signer("0123456789abcdef0123456789abcdef").await;
+        let (first, first_end) = s.issue_until(&key("g"), None).unwrap();
+        assert_eq!(s.verify(&bearer(&first)).unwrap().expires, first_end);
+        let soon = now_secs() + 5;
+        let (next, next_end) = s.issue_until(&key("g"), Some(soon)).unwrap();
+        assert_eq!(next_end, soon);
+        assert_eq!(s.verify(&bearer(&next)).unwrap().expires, soon);
+        let root: Secret = "root-token-root-token".to_string().into();
+        let (_, root_end) = s.issue_root(&root, Some(soon)).unwrap();
+        assert_eq!(root_end, soon);
+        // A later end than the signer's own lifetime gives the lifetime.
+        let (_, capped) = s.issue_until(&key("g"), Some(u64::MAX)).unwrap();
+        assert!(capped <= now_secs() + 60);
     }
 
     #[tokio::test]
