@@ -379,3 +379,39 @@ async fn a_token_made_from_a_session_never_outlives_that_session() {
         assert_eq!(a.status, 401, "a renewed token outlived its session");
     }
 }
+
+#[tokio::test]
+async fn a_root_session_holds_no_hash_of_the_root_token_and_ends_when_the_token_changes() {
+    let ns = Namespace::new();
+    let mut first = Server::start_in(ns.clone(), &["--enable-auth", "--root-token", ROOT_TOKEN]);
+    let session = token(&first, "root", ROOT_TOKEN).await;
+    let claims = claims_of(&session).to_string();
+    assert!(
+        !claims.contains(&sha256_hex(ROOT_TOKEN.as_bytes())) && !claims.contains(ROOT_TOKEN),
+        "the session's readable payload tells the root token: {claims}"
+    );
+    let a = send(
+        Method::GET,
+        &first.at("/v2/"),
+        None,
+        Some(&bearer(&session)),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // The same stores, another root token: the old root's sessions are over.
+    first.kill();
+    let rotated = "rotated-root-token-0123456789";
+    let second = Server::start_in(ns, &["--enable-auth", "--root-token", rotated]);
+    let a = send(
+        Method::GET,
+        &second.at("/v2/"),
+        None,
+        Some(&bearer(&session)),
+    )
+    .await;
+    assert_eq!(a.status, 401, "{a:?}");
+    let fresh = token(&second, "root", rotated).await;
+    let a = send(Method::GET, &second.at("/v2/"), None, Some(&bearer(&fresh))).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}

@@ -138,7 +138,7 @@ impl Auth {
             let claimed = signer.verify(credentials)?;
             if claimed.root {
                 return match self.config.root_token.as_ref() {
-                    Some(t) if claimed.made_by_root(t) => {
+                    Some(t) if signer.made_by_root(&claimed, t) => {
                         Ok(Identity::root_session(claimed.expires))
                     }
                     _ => Err(AuthError::Unauthenticated),
