@@ -1353,6 +1353,64 @@ async fn manifests_are_stored_and_served_only_under_manifest_media_types() {
 }
 
 #[tokio::test]
+async fn listing_sizes_are_what_the_store_holds_never_what_a_manifest_claims() {
+    let s = Server::start();
+    let c = Client::new();
+    let repo = "claims/huge";
+    let disk = payload(3000, 60);
+    let disk_digest = push_blob(&c, &s, repo, &disk).await;
+    let config = br#"{"architecture":"arm64","os":"darwin"}"#;
+    let config_digest = push_blob(&c, &s, repo, config).await;
+    // The stored layer claimed as 2^63 - 1 bytes, twice, and a layer never pushed.
+    let claimed = |digest: &str, size: u64| {
+        serde_json::json!({"mediaType": "application/vnd.cirruslabs.tart.disk.v2",
+                           "digest": digest, "size": size})
+    };
+    let image = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [
+            claimed(disk_digest.as_str(), i64::MAX as u64),
+            claimed(disk_digest.as_str(), i64::MAX as u64),
+            claimed(digest_of(b"never pushed").as_str(), 1 << 62),
+        ],
+    }))
+    .unwrap();
+    put_manifest(&c, &s, repo, "v1", &image).await;
+    // An index claiming 2^62 bytes for that image: its size is the image's stored bytes.
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": index_type,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": digest_of(&image), "size": 1u64 << 62}],
+    }))
+    .unwrap();
+    let put = c
+        .put(s.at(&format!("/v2/{repo}/manifests/v2")))
+        .header(header::CONTENT_TYPE, index_type)
+        .body(index)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    let row = vendor_row(&s, repo).await.expect("listed");
+    assert_eq!(
+        row["versions"],
+        serde_json::json!([
+            {"number": 0, "tag": "v1", "size": disk.len()},
+            {"number": 1, "tag": "v2", "size": image.len()},
+        ])
+    );
+    assert_eq!(row["size"], disk.len() + image.len());
+    let html = c.get(s.at("/")).send().await.unwrap().text().await.unwrap();
+    assert!(!html.contains("EiB") && !html.contains("PiB"), "{html}");
+}
+
+#[tokio::test]
 async fn a_backend_failure_is_told_with_the_request_id_and_its_detail_only_logged() {
     // The embedded store on every pass: the failure is made in its directory.
     let s = Server::start_in(Namespace::embedded(), &[]);

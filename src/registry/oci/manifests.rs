@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    blob_key, hold, parse_digest, sha256_of_digest, validate_oci_tag, validate_repo, Algorithm,
-    OciError, OciResult,
+    blob_key, hold, linked_content, parse_digest, sha256_of_digest, validate_oci_tag,
+    validate_repo, Algorithm, OciError, OciResult,
 };
 use crate::digest::sha256_hex;
 use crate::meta::{keys, MetaStoreExt, MetaTxExt};
 use crate::model::FileRecord;
 use crate::registry::gc::{delete_objects, release, Release};
-use crate::registry::{transact, Registry, RegistryError};
+use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 use crate::store::keys as object_keys;
 
 /// Largest manifest accepted, as distribution does (4 MiB).
@@ -111,9 +111,11 @@ pub(super) struct ManifestRecord {
     /// naming the manifest is in another algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) content: Option<String>,
-    /// Bytes of what it lists (see [`listed_size`]); `None` in records made before.
+    /// Bytes of what it lists as the store holds them (see [`Registry::oci_held_size`]);
+    /// `None` in records made before it was kept. (Records made before that kept a
+    /// `listed_size`, the sizes the manifest claimed, which nothing reads.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) listed_size: Option<u64>,
+    pub(super) held_size: Option<u64>,
 }
 
 /// A manifest as served.
@@ -148,22 +150,46 @@ pub struct Referrer {
 /// What a manifest says about itself that the registry keeps.
 struct Parsed {
     media_type: String,
-    listed_size: u64,
+    listed: Listed,
     subject: Option<String>,
     artifact_type: Option<String>,
     annotations: Option<Value>,
 }
 
-/// The bytes a manifest lists: the sizes of its `layers` (an image, as a VM's disk
-/// pieces), or of its `manifests` (an index), summed.
-pub(super) fn listed_size(doc: &serde_json::Map<String, Value>) -> u64 {
-    let list = doc.get("layers").or_else(|| doc.get("manifests"));
-    list.and_then(Value::as_array).map_or(0, |items| {
-        items
-            .iter()
-            .filter_map(|d| d.get("size").and_then(Value::as_u64))
-            .fold(0u64, u64::saturating_add)
-    })
+/// What a manifest lists, by digest, each once: the `layers` of an image (a VM's disk
+/// pieces), or the `manifests` of an index. The sizes its descriptors claim are not read:
+/// a listing shows what the store holds.
+#[derive(Debug, Default, PartialEq)]
+pub(super) enum Listed {
+    /// Blobs of the repository.
+    Blobs(Vec<String>),
+    /// Manifests of the repository.
+    Manifests(Vec<String>),
+    /// Nothing.
+    #[default]
+    Nothing,
+}
+
+/// What `doc` lists (see [`Listed`]); descriptors without a valid digest list nothing.
+pub(super) fn listed_in(doc: &serde_json::Map<String, Value>) -> Listed {
+    let digests = |items: &Value| {
+        let mut out: Vec<String> = items
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("digest").and_then(Value::as_str))
+            .filter(|d| parse_digest(d).is_ok())
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    match (doc.get("layers"), doc.get("manifests")) {
+        (Some(layers), _) => Listed::Blobs(digests(layers)),
+        (None, Some(manifests)) => Listed::Manifests(digests(manifests)),
+        (None, None) => Listed::Nothing,
+    }
 }
 
 /// Reads the fields the registry indexes, and the media type it is kept under (see
@@ -190,7 +216,7 @@ fn parse(bytes: &[u8], content_type: Option<&str>) -> OciResult<Parsed> {
     let annotations = doc.get("annotations").filter(|a| a.is_object()).cloned();
     Ok(Parsed {
         media_type,
-        listed_size: listed_size(&doc),
+        listed: listed_in(&doc),
         subject,
         artifact_type,
         annotations,
@@ -219,6 +245,40 @@ fn or_unknown(unknown: OciError) -> impl FnOnce(RegistryError) -> OciError {
 }
 
 impl Registry {
+    /// The bytes of what a manifest lists as the store holds them: each distinct blob of
+    /// an image, or manifest of an index, that `repo` holds, at the size of its stored
+    /// content. A digest the repository does not hold counts nothing, and no size a
+    /// manifest claims is believed, so a listing never shows more than is stored.
+    pub(super) async fn oci_held_size(&self, repo: &str, listed: &Listed) -> RegistryResult<u64> {
+        let sizes: Vec<u64> = match listed {
+            Listed::Nothing => Vec::new(),
+            Listed::Blobs(digests) => {
+                let links: Vec<String> = digests.iter().map(|d| keys::oci_blob(repo, d)).collect();
+                let values = self.meta().get_many_json::<Value>(&links).await?;
+                let contents: Vec<String> = digests
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(digest, value)| linked_content(digest, &value?))
+                    .map(|hex| keys::file(&blob_key(&hex)))
+                    .collect();
+                let records = self.meta().get_many_json::<FileRecord>(&contents).await?;
+                records.into_iter().flatten().map(|r| r.size).collect()
+            }
+            Listed::Manifests(digests) => {
+                let records: Vec<String> = digests
+                    .iter()
+                    .map(|d| keys::oci_manifest(repo, d))
+                    .collect();
+                let records = self
+                    .meta()
+                    .get_many_json::<ManifestRecord>(&records)
+                    .await?;
+                records.into_iter().flatten().map(|r| r.size).collect()
+            }
+        };
+        Ok(sizes.into_iter().fold(0u64, u64::saturating_add))
+    }
+
     /// Stores a manifest byte for byte and points `reference` at it when it is a tag;
     /// answers its digest and the digest its `subject` names. `content_type` is the
     /// `Content-Type` it was sent with, which must be a manifest type (see
@@ -261,6 +321,8 @@ impl Registry {
         self.oci_check_repo_room(repo).await?;
         self.oci_check_manifest_room(repo, &digest, tag.as_deref())
             .await?;
+        // Clients push what a manifest lists before the manifest, as the spec asks.
+        let held_size = self.oci_held_size(repo, &parsed.listed).await?;
         let object = object_keys::blob("oci", &uuid::Uuid::new_v4().simple().to_string());
         let fresh = FileRecord {
             key: blob_key(&hex),
@@ -286,7 +348,7 @@ impl Registry {
                 artifact_type: parsed.artifact_type.clone(),
                 annotations: parsed.annotations.clone(),
                 content: (algorithm != Algorithm::Sha256).then(|| hex.clone()),
-                listed_size: Some(parsed.listed_size),
+                held_size: Some(held_size),
             };
             tx.put_json(&record_key, &record);
             tx.set_add(&keys::oci_manifests(repo), &digest);
@@ -462,6 +524,31 @@ mod tests {
         );
         assert!(parse(br#"{"subject":{"digest":"md5:1"}}"#, None).is_err());
         assert!(parse(b"[1]", None).is_err());
+    }
+
+    #[test]
+    fn what_a_manifest_lists_is_its_digests_never_its_sizes() {
+        let (a, b) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        let doc = |json: String| match serde_json::from_str(&json).unwrap() {
+            Value::Object(doc) => doc,
+            _ => unreachable!(),
+        };
+        let image = doc(format!(
+            r#"{{"config":{{"digest":"{a}","size":2}},"layers":[
+                {{"digest":"{b}","size":9223372036854775807}},{{"digest":"{a}","size":1}},
+                {{"digest":"{b}","size":5}},{{"digest":"md5:x","size":7}},{{"size":3}}]}}"#
+        ));
+        assert_eq!(listed_in(&image), Listed::Blobs(vec![a.clone(), b.clone()]));
+        let index = doc(format!(r#"{{"manifests":[{{"digest":"{b}","size":1}}]}}"#));
+        assert_eq!(listed_in(&index), Listed::Manifests(vec![b]));
+        assert_eq!(listed_in(&doc("{}".into())), Listed::Nothing);
+        assert_eq!(
+            listed_in(&doc(r#"{"layers":7}"#.into())),
+            Listed::Blobs(vec![])
+        );
     }
 
     #[test]
