@@ -853,6 +853,64 @@ async fn push_dedupes_layers_and_rejects_conflicts() {
 }
 
 #[tokio::test]
+async fn negotiation_never_tells_a_pusher_the_stored_digest_of_a_layer() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let stored = f.base.sha256();
+    let url = s.at("/api/v1/push");
+    let naming = |size: usize, sha256: Value, confirm_held: bool| {
+        let mut req = push_request(&new_id(), "prober", "t", &[]);
+        req["files"] =
+            json!([{"name": f.base.name, "kind": "image", "size": size, "sha256": sha256}]);
+        req["confirm_held"] = json!(confirm_held);
+        req
+    };
+    // A wrong digest or a wrong size for a stored layer's name: 409, the stored digest untold.
+    for (size, sha256) in [
+        (f.base.data.len(), json!(sha256_hex(b"a guess"))),
+        (f.base.data.len() + 1, json!(null)),
+        (f.base.data.len() + 1, json!(sha256_hex(b"a guess"))),
+    ] {
+        let reply = send_json(Method::POST, &url, &naming(size, sha256, false)).await;
+        reply.assert_fail(409);
+        let message = reply.json["message"].as_str().unwrap();
+        assert!(message.contains("changed since it was pushed"), "{message}");
+        assert!(!message.contains(&stored), "{message}");
+    }
+    // No digest, as a client that has not hashed its file yet: the plan shows a hint that
+    // only the bytes' owner can check, not the digest.
+    let reply = send_json(
+        Method::POST,
+        &url,
+        &naming(f.base.data.len(), json!(null), true),
+    )
+    .await;
+    let plan = reply.ok_body();
+    let shown = plan.to_string();
+    assert!(!shown.contains(&stored), "{shown}");
+    let file = &plan["files"][0];
+    assert_eq!(file["confirm"], true);
+    let session = plan["session"].as_str().unwrap();
+    assert_eq!(
+        file["confirm_hint"].as_str(),
+        Some(sha256_hex(format!("{session}:{stored}").as_bytes()).as_str())
+    );
+    // The status of the session shows no more than its plan.
+    let status = get(&s.at(&format!("/api/v1/push/{session}"))).await;
+    assert!(!status.ok_body().to_string().contains(&stored));
+    // Committing with a guess is refused, again without the digest.
+    let key = file["key"].as_str().unwrap();
+    let commit = send_json(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        &json!({"digests": {key: sha256_hex(b"another guess")}}),
+    )
+    .await;
+    commit.assert_fail(409);
+    assert!(!commit.json["message"].as_str().unwrap().contains(&stored));
+}
+
+#[tokio::test]
 async fn bad_negotiations_get_400_and_change_nothing() {
     let s = Server::start();
     let url = s.at("/api/v1/push");
