@@ -250,12 +250,40 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.len() > max {
         return Err(Invalid(format!("{what} is longer than {max} bytes")));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Invalid(format!(
-            "{what} must not contain control characters"
+            "{what} must not contain control characters (found U+{:04X})",
+            c as u32
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| is_deceptive(*c)) {
+        return Err(Invalid(format!(
+            "{what} must not contain invisible or direction-changing characters \
+             (found U+{:04X}): they make a name display as another",
+            c as u32
         )));
     }
     Ok(())
+}
+
+/// Characters that change how a name displays without showing themselves: the Unicode
+/// bidirectional marks, embeddings, overrides and isolates (U+202E turns `gpj.exe` into
+/// what looks like `exe.jpg`), the line and paragraph separators that break a log line
+/// as a newline does, and the zero-width space, word joiner and byte-order mark, which
+/// make two different names look alike. Zero-width (non-)joiners stay allowed: scripts
+/// such as Devanagari and Persian need them.
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// A template name: printable, no path separators.
@@ -429,6 +457,37 @@ mod tests {
         sneaky.name = "ok.ank".into();
         sneaky.sha256 = "XYZ".into();
         assert!(validate_file(&sneaky).is_err());
+    }
+
+    #[test]
+    fn names_tags_and_file_names_refuse_direction_overrides_and_invisible_characters() {
+        // U+202E shows "vm-gpj.exe" as "vm-exe.jpg"; the others hide or reorder text.
+        for c in [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{2028}', '\u{2029}',
+            '\u{200B}', '\u{2060}', '\u{FEFF}', '\u{0085}', '\u{009B}', '\u{007F}', '\u{0000}',
+        ] {
+            let name = format!("vm-{c}gpj.exe");
+            let template = validate_template_name(&name).unwrap_err();
+            assert!(template.0.contains("template name"), "{c:?}: {template}");
+            assert!(
+                template.0.contains(&format!("U+{:04X}", c as u32)),
+                "{template}"
+            );
+            assert!(validate_tag(&name).is_err(), "{c:?} in a tag");
+            assert!(validate_file_name(&name).is_err(), "{c:?} in a file name");
+        }
+        // Other scripts, emoji and the joiners their spelling needs are names like any.
+        for fine in [
+            "Sonoma 14.5",
+            "macOS-ソノマ",
+            "क्\u{200D}ष",
+            "نام\u{200C}ها",
+            "🍎-vm",
+        ] {
+            assert!(validate_template_name(fine).is_ok(), "{fine:?}");
+            assert!(validate_tag(fine).is_ok(), "{fine:?}");
+        }
     }
 
     #[test]

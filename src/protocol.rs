@@ -115,9 +115,9 @@ pub struct PlannedFile {
     /// Send the body in multiples of this many bytes (except the end of the file), or
     /// bytes past the last whole part are discarded and must be sent again.
     pub part_size: u64,
-    /// The stored file's digest, for files the registry already has. For a `confirm` file
-    /// it is only a hint: the version takes the file only when the client's own digest,
-    /// given at commit, equals it.
+    /// The file's digest when the client gave it (a pinned file) or uploaded the file in
+    /// this session. Never the digest of bytes the client did not show it has: a `confirm`
+    /// file has none (earlier servers sent the stored digest there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// True for a file the registry holds under this name and size but whose digest the
@@ -125,6 +125,18 @@ pub struct PlannedFile {
     /// digest of it (a different one is refused with 409, never taken as the old bytes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confirm: bool,
+    /// For a `confirm` file: [`held_hint`] of the session and the stored digest, so the
+    /// client can tell at once whether its file is the stored one without the registry
+    /// telling the stored digest to anyone who names a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_hint: Option<String>,
+}
+
+/// The lowercase hex SHA-256 of `<session>:<sha256>`: what a push plan shows of a held
+/// file's digest. Whoever has the file's bytes can compare it with their own; no one
+/// learns the digest from it.
+pub fn held_hint(session: &str, sha256: &str) -> String {
+    crate::digest::sha256_hex(format!("{session}:{sha256}").as_bytes())
 }
 
 /// Progress of one file's upload.

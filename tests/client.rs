@@ -677,6 +677,49 @@ fn a_push_of_4_ranges_killed_mid_file_resends_only_what_was_not_durable() {
 }
 
 #[test]
+fn names_that_display_as_others_are_refused_before_anything_is_sent() {
+    // Nothing listens at this address: a request sent would fail to connect instead.
+    let nowhere = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let src = Node::new();
+    // U+202E shows "vm-\u{202E}gpj.exe" as "vm-exe.jpg".
+    src.make_vm(
+        VM1,
+        "vm-\u{202E}gpj.exe",
+        &[(&layer(0), b"layer")],
+        None,
+        b"nv",
+    );
+    src.make_vm(VM2, "plain", &[(&layer(1), b"layer")], None, b"nv");
+    let vm3 = "2f2e2d2c-2b2a-4929-8827-262524232221";
+    src.make_vm(
+        vm3,
+        "sneaky",
+        &[("x\u{202E}kna.ank", b"layer")],
+        None,
+        b"nv",
+    );
+    let refused = |args: &[&str], what: &str, found: &str| {
+        let out = src
+            .cmd_at(&nowhere, args)
+            .output()
+            .expect("run vmreg registry");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(what) && err.contains(found) && !err.to_lowercase().contains("connect"),
+            "{args:?}: {err}"
+        );
+    };
+    refused(&["push", "-t", "v1", VM1], "template name", "U+202E");
+    refused(&["push", "-t", "v1\u{2066}", "plain"], "tag", "U+2066");
+    refused(&["push", "-t", "v1\u{1b}[2J", "plain"], "tag", "U+001B");
+    refused(&["push", "-t", "v1", "sneaky"], "file name", "U+202E");
+}
+
+#[test]
 fn a_layer_changed_in_place_is_refused_and_never_replaced_by_the_old_bytes() {
     let server = Registry::start();
     let src = Node::new();

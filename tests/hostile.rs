@@ -255,3 +255,50 @@ async fn hostile_input_is_refused_cleanly_and_the_server_survives() {
         "no panic in the server log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_display_as_others_are_refused_on_both_apis() {
+    let server = Server::start();
+    // U+202E shows "vm-\u{202E}gpj.exe" as "vm-exe.jpg"; the others reorder or hide text.
+    let file = TestFile::new("disk.ank", "image", 10, 1);
+    let cases = [
+        ("name", "vm-\u{202E}gpj.exe", "U+202E"),
+        ("name", "vm\u{200F}", "U+200F"),
+        ("tag", "v1\u{2066}", "U+2066"),
+        ("tag", "v\u{1b}[31m1", "U+001B"),
+        ("file", "x\u{2067}.ank", "U+2067"),
+        ("file", "x\u{200B}.ank", "U+200B"),
+    ];
+    for (field, value, found) in cases {
+        let id = new_id();
+        let mut request = push_request(&id, "plain", "v1", &[&file]);
+        match field {
+            "file" => request["files"][0]["name"] = json!(value),
+            other => request[other] = json!(value),
+        }
+        let reply = send_json(Method::POST, &server.at("/api/v1/push"), &request).await;
+        reply.assert_fail(400);
+        let message = reply.json["message"].as_str().unwrap_or_default();
+        assert!(message.contains(found), "{field} {value:?}: {message}");
+    }
+    let listed = get(&server.at("/registry/v2/vm")).await;
+    assert_eq!(listed.ok_body(), &json!([]), "nothing was created");
+
+    // OCI names and tags are ASCII by the spec's grammar: the same names are refused there.
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let kind = [("content-type", "application/vnd.oci.image.manifest.v1+json")];
+    for (path, code) in [
+        (
+            format!("/v2/{}/manifests/v1", encode_path("vm-\u{202E}gpj")),
+            "NAME_INVALID",
+        ),
+        (
+            format!("/v2/vm/manifests/{}", encode_path("v1\u{2066}")),
+            "TAG_INVALID",
+        ),
+    ] {
+        let (status, body) = raw(&server, "PUT", &path, &kind, manifest.to_vec()).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["errors"][0]["code"], code, "{path}: {body}");
+    }
+}

@@ -1278,3 +1278,175 @@ async fn blob_uploads_and_downloads_count_in_the_transfer_metrics() {
     assert_eq!(series("vmreg_transfers_in_flight", "push"), 0.0);
     assert_eq!(series("vmreg_transfers_in_flight", "pull"), 0.0);
 }
+
+#[tokio::test]
+async fn manifests_are_stored_and_served_only_under_manifest_media_types() {
+    let s = Server::start();
+    let c = Client::new();
+    let url = |reference: &str| s.at(&format!("/v2/types/only/manifests/{reference}"));
+    let page = br#"{"schemaVersion":2,"layers":[],"x":"<script>alert(document.cookie)</script>"}"#;
+    for refused in [
+        "text/html",
+        "text/html; charset=utf-8",
+        "application/json",
+        "image/svg+xml",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ] {
+        let put = c
+            .put(url("v1"))
+            .header(header::CONTENT_TYPE, refused)
+            .body(page.to_vec());
+        expect_error(put, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    }
+    // Without a Content-Type, the body's own mediaType must be a manifest type too.
+    let claims_html = br#"{"schemaVersion":2,"mediaType":"text/html"}"#;
+    let put = c.put(url("v1")).body(claims_html.to_vec());
+    expect_error(put, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    for stored in ["v1".to_string(), digest_of(page), digest_of(claims_html)] {
+        let fetch = c.get(url(&stored));
+        expect_error(fetch, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+
+    // Every manifest type is stored, and served as itself.
+    for (tag, kind) in [
+        ("oci", "application/vnd.oci.image.manifest.v1+json"),
+        ("index", "application/vnd.oci.image.index.v1+json"),
+        (
+            "docker",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+        (
+            "list",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    ] {
+        let put = c
+            .put(url(tag))
+            .header(header::CONTENT_TYPE, kind)
+            .body(page.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::CREATED, "{kind}");
+        let got = c.get(url(tag)).send().await.unwrap();
+        assert_eq!(got.headers()[header::CONTENT_TYPE], kind);
+        assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    }
+    // The release candidates' artifact manifest, only with its artifactType.
+    let artifact = "application/vnd.oci.artifact.manifest.v1+json";
+    let untyped = c
+        .put(url("artifact"))
+        .header(header::CONTENT_TYPE, artifact)
+        .body(page.to_vec());
+    expect_error(untyped, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    let typed = br#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","artifactType":"application/x.sig"}"#;
+    let put = c
+        .put(url("artifact"))
+        .header(header::CONTENT_TYPE, artifact)
+        .body(typed.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let got = c.get(url("artifact")).send().await.unwrap();
+    assert_eq!(got.headers()[header::CONTENT_TYPE], artifact);
+}
+
+#[tokio::test]
+async fn listing_sizes_are_what_the_store_holds_never_what_a_manifest_claims() {
+    let s = Server::start();
+    let c = Client::new();
+    let repo = "claims/huge";
+    let disk = payload(3000, 60);
+    let disk_digest = push_blob(&c, &s, repo, &disk).await;
+    let config = br#"{"architecture":"arm64","os":"darwin"}"#;
+    let config_digest = push_blob(&c, &s, repo, config).await;
+    // The stored layer claimed as 2^63 - 1 bytes, twice, and a layer never pushed.
+    let claimed = |digest: &str, size: u64| {
+        serde_json::json!({"mediaType": "application/vnd.cirruslabs.tart.disk.v2",
+                           "digest": digest, "size": size})
+    };
+    let image = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [
+            claimed(disk_digest.as_str(), i64::MAX as u64),
+            claimed(disk_digest.as_str(), i64::MAX as u64),
+            claimed(digest_of(b"never pushed").as_str(), 1 << 62),
+        ],
+    }))
+    .unwrap();
+    put_manifest(&c, &s, repo, "v1", &image).await;
+    // An index claiming 2^62 bytes for that image: its size is the image's stored bytes.
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": index_type,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": digest_of(&image), "size": 1u64 << 62}],
+    }))
+    .unwrap();
+    let put = c
+        .put(s.at(&format!("/v2/{repo}/manifests/v2")))
+        .header(header::CONTENT_TYPE, index_type)
+        .body(index)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    let row = vendor_row(&s, repo).await.expect("listed");
+    assert_eq!(
+        row["versions"],
+        serde_json::json!([
+            {"number": 0, "tag": "v1", "size": disk.len()},
+            {"number": 1, "tag": "v2", "size": image.len()},
+        ])
+    );
+    assert_eq!(row["size"], disk.len() + image.len());
+    let html = c.get(s.at("/")).send().await.unwrap().text().await.unwrap();
+    assert!(!html.contains("EiB") && !html.contains("PiB"), "{html}");
+}
+
+#[tokio::test]
+async fn a_backend_failure_is_told_with_the_request_id_and_its_detail_only_logged() {
+    // The embedded store on every pass: the failure is made in its directory.
+    let s = Server::start_in(Namespace::embedded(), &[]);
+    let c = Client::new();
+    let objects = s.ns.dir.join("data").join("objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, b"no longer a directory").unwrap();
+    let reply = c
+        .put(s.at("/v2/broken/store/manifests/v1"))
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .header("x-request-id", "failing-put-1")
+        .body(EMPTY_MANIFEST.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers()["x-request-id"], "failing-put-1");
+    let body: Value = reply.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert_eq!(error["code"], "UNAVAILABLE");
+    assert_eq!(
+        error["message"],
+        "storage backend unavailable; retry later (request id failing-put-1)"
+    );
+    assert_eq!(
+        error["detail"],
+        serde_json::json!({"request_id": "failing-put-1"})
+    );
+    // What failed is in the log, on a line naming the request.
+    let log = s.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("failing-put-1") && l.contains("Not a directory")),
+        "{log}"
+    );
+}

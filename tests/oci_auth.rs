@@ -280,3 +280,138 @@ fn a_public_url_that_is_not_an_absolute_http_url_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("public_url"), "{stderr}");
 }
+
+/// The claims of the session a token (as the token endpoint gives it) carries, which
+/// anyone holding the token can read.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let data: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .unwrap(),
+    )
+    .unwrap();
+    let jwt = data["token"].as_str().unwrap();
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwt.split('.').nth(1).unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token from the token endpoint for `authorization`, with its `expires_in`.
+async fn token_for(s: &Server, authorization: &str) -> (String, u64) {
+    let a = send(Method::GET, &s.at("/v2/token"), None, Some(authorization)).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let expires_in = a.json["expires_in"].as_u64().unwrap();
+    (a.json["token"].as_str().unwrap().to_string(), expires_in)
+}
+
+#[tokio::test]
+async fn a_token_made_from_a_session_never_outlives_that_session() {
+    let s = Server::start_with(&[
+        "--enable-auth",
+        "--root-token",
+        ROOT_TOKEN,
+        "--enable-api-keys",
+        "--api-keys-session-ttl",
+        "5s",
+    ]);
+    let root = basic("root", ROOT_TOKEN);
+    let private = create_key(&s.url, &root, "renewer", 3600, &[]).await;
+    let key_session = session(&s.url, "renewer", &private).await;
+    let key_credential = key_session["Bearer ".len()..].to_string();
+    let (root_session, _) = token_for(&s, &root).await;
+    let first = [
+        bearer(&root_session),
+        key_session.clone(),
+        basic("renewer", &key_credential),
+    ];
+    let ends = |auth: &str| -> u64 {
+        let token = auth.split_once(' ').unwrap().1;
+        let token = match auth.starts_with("Basic") {
+            // `renewer:<credential>`
+            true => key_credential.as_str(),
+            false => token,
+        };
+        claims_of(token)["exp"].as_u64().unwrap()
+    };
+    let deadline: Vec<u64> = first.iter().map(|a| ends(a.as_str())).collect();
+
+    // Renewed a second later, and again from the renewal a second after that: each ends
+    // when the first does, not a lifetime after it was asked for.
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(1100));
+    pause().await;
+    let mut seconds = Vec::new();
+    for (auth, end) in first.iter().zip(&deadline) {
+        let (second, expires_in) = token_for(&s, auth).await;
+        assert!(
+            claims_of(&second)["exp"].as_u64().unwrap() <= *end,
+            "{auth}"
+        );
+        assert!(
+            now_secs() + expires_in <= *end,
+            "expires_in {expires_in} for {auth}"
+        );
+        seconds.push(second);
+    }
+    pause().await;
+    let mut latest = Vec::new();
+    for (second, end) in seconds.iter().zip(&deadline) {
+        let (third, _) = token_for(&s, &bearer(second)).await;
+        assert!(claims_of(&third)["exp"].as_u64().unwrap() <= *end);
+        latest.push(third);
+    }
+
+    // Once the sessions end, so does every token made from them.
+    let last = deadline.iter().copied().max().unwrap();
+    while now_secs() <= last {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for token in latest {
+        let a = send(Method::GET, &s.at("/v2/"), None, Some(&bearer(&token))).await;
+        assert_eq!(a.status, 401, "a renewed token outlived its session");
+    }
+}
+
+#[tokio::test]
+async fn a_root_session_holds_no_hash_of_the_root_token_and_ends_when_the_token_changes() {
+    let ns = Namespace::new();
+    let mut first = Server::start_in(ns.clone(), &["--enable-auth", "--root-token", ROOT_TOKEN]);
+    let session = token(&first, "root", ROOT_TOKEN).await;
+    let claims = claims_of(&session).to_string();
+    assert!(
+        !claims.contains(&sha256_hex(ROOT_TOKEN.as_bytes())) && !claims.contains(ROOT_TOKEN),
+        "the session's readable payload tells the root token: {claims}"
+    );
+    let a = send(
+        Method::GET,
+        &first.at("/v2/"),
+        None,
+        Some(&bearer(&session)),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // The same stores, another root token: the old root's sessions are over.
+    first.kill();
+    let rotated = "rotated-root-token-0123456789";
+    let second = Server::start_in(ns, &["--enable-auth", "--root-token", rotated]);
+    let a = send(
+        Method::GET,
+        &second.at("/v2/"),
+        None,
+        Some(&bearer(&session)),
+    )
+    .await;
+    assert_eq!(a.status, 401, "{a:?}");
+    let fresh = token(&second, "root", rotated).await;
+    let a = send(Method::GET, &second.at("/v2/"), None, Some(&bearer(&fresh))).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}

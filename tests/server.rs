@@ -599,6 +599,83 @@ async fn index_page_and_openapi_cover_everything() {
     assert_statuses_every_route_can_return(paths);
 }
 
+#[tokio::test]
+async fn every_response_carries_nosniff_and_a_content_security_policy() {
+    const TOKEN: &str = "headers-root-token-0123456789";
+    let s = Server::start_with(&["--enable-auth", "--root-token", TOKEN]);
+    let root_header = common::auth::basic("root", TOKEN);
+    let root = Some(root_header.as_str());
+    let to = |method: Method, path: &str, auth: Option<&str>| {
+        common::request(method, &s.at(path), None, auth)
+    };
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let put = common::request(
+        Method::PUT,
+        &s.at("/v2/a/manifests/v1"),
+        Some(manifest.to_vec()),
+        root,
+    )
+    .header("content-type", "application/vnd.oci.image.manifest.v1+json");
+    let long_query = format!("/registry/vm?x={}", "a".repeat(9000));
+    let huge_header = to(Method::GET, "/livez", None).header("x-big", "b".repeat(70_000));
+    let cases = [
+        ("the index page", to(Method::GET, "/", root), 200),
+        (
+            "a vendor listing",
+            to(Method::GET, "/registry/vm", root),
+            200,
+        ),
+        (
+            "a vendor refusal",
+            to(Method::GET, "/registry/vm", None),
+            401,
+        ),
+        (
+            "a vendor 404",
+            to(Method::GET, "/api/v1/files/no.ank", root),
+            404,
+        ),
+        ("no route", to(Method::GET, "/no/such/endpoint", root), 404),
+        ("a vendor 405", to(Method::PATCH, "/registry/vm", root), 405),
+        ("a long query", to(Method::GET, &long_query, root), 414),
+        ("huge headers", huge_header, 431),
+        ("the OCI base", to(Method::GET, "/v2/", root), 200),
+        ("an OCI refusal", to(Method::GET, "/v2/", None), 401),
+        (
+            "an OCI 404",
+            to(Method::GET, "/v2/a/manifests/none", root),
+            404,
+        ),
+        ("an OCI 405", to(Method::PATCH, "/v2/_catalog", root), 405),
+        (
+            "an OCI 400",
+            to(Method::GET, "/v2/a/manifests/sha256:abc", root),
+            400,
+        ),
+        ("a manifest push", put, 201),
+        // A stored manifest: bytes a client chose.
+        (
+            "a manifest",
+            to(Method::GET, "/v2/a/manifests/v1", root),
+            200,
+        ),
+    ];
+    for (what, req, status) in cases {
+        let reply = req.send().await.unwrap();
+        assert_eq!(reply.status().as_u16(), status, "{what}");
+        let h = reply.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        let policy = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.starts_with("default-src 'none'")
+                && policy.contains("frame-ancestors 'none'")
+                && policy.contains("sandbox")
+                && !policy.contains("unsafe"),
+            "{what}: {policy}"
+        );
+    }
+}
+
 /// The statuses the middleware gives any route, whatever its handler does: a query too
 /// long (414), headers too large (431), a stalled body cut (408, where a body is read),
 /// a backend down (503, everywhere but `/livez`), no credentials (401, but where public).
@@ -773,6 +850,64 @@ async fn push_dedupes_layers_and_rejects_conflicts() {
         3,
         "rejected pushes change nothing"
     );
+}
+
+#[tokio::test]
+async fn negotiation_never_tells_a_pusher_the_stored_digest_of_a_layer() {
+    let s = Server::start();
+    let f = Fixture::push(&s).await;
+    let stored = f.base.sha256();
+    let url = s.at("/api/v1/push");
+    let naming = |size: usize, sha256: Value, confirm_held: bool| {
+        let mut req = push_request(&new_id(), "prober", "t", &[]);
+        req["files"] =
+            json!([{"name": f.base.name, "kind": "image", "size": size, "sha256": sha256}]);
+        req["confirm_held"] = json!(confirm_held);
+        req
+    };
+    // A wrong digest or a wrong size for a stored layer's name: 409, the stored digest untold.
+    for (size, sha256) in [
+        (f.base.data.len(), json!(sha256_hex(b"a guess"))),
+        (f.base.data.len() + 1, json!(null)),
+        (f.base.data.len() + 1, json!(sha256_hex(b"a guess"))),
+    ] {
+        let reply = send_json(Method::POST, &url, &naming(size, sha256, false)).await;
+        reply.assert_fail(409);
+        let message = reply.json["message"].as_str().unwrap();
+        assert!(message.contains("changed since it was pushed"), "{message}");
+        assert!(!message.contains(&stored), "{message}");
+    }
+    // No digest, as a client that has not hashed its file yet: the plan shows a hint that
+    // only the bytes' owner can check, not the digest.
+    let reply = send_json(
+        Method::POST,
+        &url,
+        &naming(f.base.data.len(), json!(null), true),
+    )
+    .await;
+    let plan = reply.ok_body();
+    let shown = plan.to_string();
+    assert!(!shown.contains(&stored), "{shown}");
+    let file = &plan["files"][0];
+    assert_eq!(file["confirm"], true);
+    let session = plan["session"].as_str().unwrap();
+    assert_eq!(
+        file["confirm_hint"].as_str(),
+        Some(sha256_hex(format!("{session}:{stored}").as_bytes()).as_str())
+    );
+    // The status of the session shows no more than its plan.
+    let status = get(&s.at(&format!("/api/v1/push/{session}"))).await;
+    assert!(!status.ok_body().to_string().contains(&stored));
+    // Committing with a guess is refused, again without the digest.
+    let key = file["key"].as_str().unwrap();
+    let commit = send_json(
+        Method::POST,
+        &s.at(&format!("/api/v1/push/{session}/commit")),
+        &json!({"digests": {key: sha256_hex(b"another guess")}}),
+    )
+    .await;
+    commit.assert_fail(409);
+    assert!(!commit.json["message"].as_str().unwrap().contains(&stored));
 }
 
 #[tokio::test]

@@ -94,14 +94,9 @@ impl From<AuthError> for ApiError {
             }
         };
         let message = match status {
+            // Auth errors never carry secrets; the details still stay in the log.
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR => {
-                // Auth errors never carry secrets; the details still stay in the log.
-                tracing::error!(error = %e, "authentication failed on our side");
-                match status {
-                    StatusCode::SERVICE_UNAVAILABLE => "storage backend unavailable; retry later",
-                    _ => "internal error",
-                }
-                .to_string()
+                ours(status, &e, "authentication failed on our side")
             }
             _ => e.to_string(),
         };
@@ -110,6 +105,21 @@ impl From<AuthError> for ApiError {
             message,
             size: None,
         }
+    }
+}
+
+/// What a client is told of a failure on our side (a 5xx): a generic message naming the
+/// request id, which the log line carrying the detail names too. Backend details (paths,
+/// OS errors, addresses) go to the log only, whichever API answers.
+pub(crate) fn ours(status: StatusCode, detail: &dyn std::fmt::Display, what: &str) -> String {
+    tracing::error!(error = %detail, "{what}");
+    let text = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "storage backend unavailable; retry later",
+        _ => "internal error",
+    };
+    match super::observe::current_request_id() {
+        Some(id) => format!("{text} (request id {id})"),
+        None => text.to_string(),
     }
 }
 
@@ -133,18 +143,9 @@ impl From<RegistryError> for ApiError {
             | RegistryError::Store(StoreError::NotFound(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match status {
-            // Backend details go to the log, not to clients.
+            StatusCode::SERVICE_UNAVAILABLE if matches!(e, RegistryError::Busy) => e.to_string(),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INTERNAL_SERVER_ERROR => {
-                tracing::error!(error = %e, "request failed");
-                match status {
-                    StatusCode::SERVICE_UNAVAILABLE if matches!(e, RegistryError::Busy) => {
-                        e.to_string()
-                    }
-                    StatusCode::SERVICE_UNAVAILABLE => {
-                        "storage backend unavailable; retry later".to_string()
-                    }
-                    _ => "internal error".to_string(),
-                }
+                ours(status, &e, "request failed")
             }
             _ => e.to_string(),
         };

@@ -96,15 +96,23 @@ pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         ),
     };
     let rows: String = rows.into_iter().take(shown).map(|(_, row)| row).collect();
-    let page = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vmreg</title>\
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}}</style></head>\
-<body><h1>vmreg</h1><p>VM templates in this registry (API: <a href=\"/openapi.json\">/openapi.json</a>).</p>\
-<table><tr><th>Template</th><th>ID</th><th>Arch</th><th>Size</th><th>Tags</th></tr>\n{rows}</table>{more}</body></html>\n"
-    );
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(page))
+        .body(index_page(&rows, &more)))
+}
+
+/// The index page's one style sheet, inline; the Content-Security-Policy allows it by its
+/// hash (see [`super::security_headers`]) and nothing else.
+pub const INDEX_STYLE: &str = "body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}";
+
+/// The index page around its table rows and the note on templates not shown.
+pub(super) fn index_page(rows: &str, more: &str) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vmreg</title>\
+<style>{INDEX_STYLE}</style></head>\
+<body><h1>vmreg</h1><p>VM templates in this registry (API: <a href=\"/openapi.json\">/openapi.json</a>).</p>\
+<table><tr><th>Template</th><th>ID</th><th>Arch</th><th>Size</th><th>Tags</th></tr>\n{rows}</table>{more}</body></html>\n"
+    )
 }
 
 /// One template's row of the index page.

@@ -16,6 +16,7 @@ pub mod observe;
 pub(crate) mod params;
 mod retention;
 pub mod routes;
+pub mod security_headers;
 pub mod server;
 mod tls;
 mod transfer;
@@ -24,6 +25,7 @@ mod vendor;
 use actix_web::HttpResponse;
 use serde::Serialize;
 
+pub(crate) use error::ours;
 pub use error::ApiError;
 pub use routes::{configure, configure_metrics};
 

@@ -25,6 +25,17 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// The label of requests no route matched, so scanners cannot grow the series.
 const UNMATCHED: &str = "unmatched";
 
+tokio::task_local! {
+    /// The id of the request whose handling is being polled.
+    static REQUEST: String;
+}
+
+/// The id of the request being answered, when called while it is (error replies name it,
+/// so a client can point at the log lines of its failure).
+pub fn current_request_id() -> Option<String> {
+    REQUEST.try_with(String::clone).ok()
+}
+
 /// The caller's request id when it is short and plain, else a fresh one; anything else
 /// could forge or break log lines.
 pub fn request_id(given: Option<&HeaderValue>) -> String {
@@ -61,58 +72,63 @@ where
     // The route is known once the router has matched one; its access check fills the slot.
     let slot = RouteSlot::default();
     req.extensions_mut().insert(slot.clone());
-    let fut = span.in_scope(|| srv.call(req));
+    let fut = span.in_scope(|| REQUEST.sync_scope(id.clone(), || srv.call(req)));
+    let scoped = id.clone();
     Box::pin(
-        async move {
-            let result = fut.await;
-            let route = match slot.0.get() {
-                Some(route) => route,
-                None => {
-                    // No access check ran: the router matched no route (or none was reached).
-                    tracing::Span::current().record("route", tracing::field::display(UNMATCHED));
-                    UNMATCHED
-                }
-            };
-            let mut res = match result {
-                Ok(res) => res.map_into_boxed_body(),
-                Err(e) => {
-                    let status = e.as_response_error().status_code().as_u16();
-                    metrics::http_request(method.as_str(), route, status, started.elapsed());
-                    return Err(e);
-                }
-            };
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                res.headers_mut()
-                    .insert(HeaderName::from_static(REQUEST_ID), value);
-            }
-            let status = res.status().as_u16();
-            let elapsed = started.elapsed();
-            if crate::telemetry::trace::enabled() {
-                let span = tracing::Span::current();
-                span.record("status", status);
-                if res.status().is_server_error() {
-                    span.record("otel.status_code", "ERROR");
-                }
-            }
-            metrics::http_request(method.as_str(), route, status, elapsed);
-            if access_logs {
-                let bytes = match res.response().body().size() {
-                    actix_web::body::BodySize::Sized(n) => Some(n),
-                    _ => None,
+        REQUEST.scope(
+            scoped,
+            async move {
+                let result = fut.await;
+                let route = match slot.0.get() {
+                    Some(route) => route,
+                    None => {
+                        // No access check ran: the router matched no route.
+                        let unmatched = tracing::field::display(UNMATCHED);
+                        tracing::Span::current().record("route", unmatched);
+                        UNMATCHED
+                    }
                 };
-                tracing::info!(
-                    target: "vmreg::access",
-                    peer = %peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-                    path = %path,
-                    status,
-                    bytes,
-                    ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                    "access"
-                );
+                let mut res = match result {
+                    Ok(res) => res.map_into_boxed_body(),
+                    Err(e) => {
+                        let status = e.as_response_error().status_code().as_u16();
+                        metrics::http_request(method.as_str(), route, status, started.elapsed());
+                        return Err(e);
+                    }
+                };
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    res.headers_mut()
+                        .insert(HeaderName::from_static(REQUEST_ID), value);
+                }
+                let status = res.status().as_u16();
+                let elapsed = started.elapsed();
+                if crate::telemetry::trace::enabled() {
+                    let span = tracing::Span::current();
+                    span.record("status", status);
+                    if res.status().is_server_error() {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                metrics::http_request(method.as_str(), route, status, elapsed);
+                if access_logs {
+                    let bytes = match res.response().body().size() {
+                        actix_web::body::BodySize::Sized(n) => Some(n),
+                        _ => None,
+                    };
+                    tracing::info!(
+                        target: "vmreg::access",
+                        peer = %peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                        path = %path,
+                        status,
+                        bytes,
+                        ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                        "access"
+                    );
+                }
+                Ok(res)
             }
-            Ok(res)
-        }
-        .instrument(span),
+            .instrument(span),
+        ),
     )
 }
 

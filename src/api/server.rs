@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer, ResponseError};
 
 use super::client_cert::{CertPolicy, PeerCertificate};
 use super::observe::observe;
+use super::security_headers;
 use super::{configure, configure_metrics, limits, tls, ApiError, AppState};
 use crate::auth::Auth;
 use crate::config::Config;
@@ -100,6 +101,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .wrap_fn(move |req, srv| limits::limit_requests(idle, req, srv))
             .wrap_fn(reject_huge_headers)
             .wrap_fn(move |req, srv| observe(req, srv, access_logs))
+            .wrap_fn(security_headers::add)
             .configure(configure)
     })
     .on_connect(remember_client_certificate)
@@ -251,6 +253,7 @@ fn metrics_listener(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap_fn(security_headers::add)
             .configure(configure_metrics)
     })
     .workers(1)

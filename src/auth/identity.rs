@@ -10,10 +10,17 @@ pub enum AuthMethod {
     Open,
     /// `Authorization: Basic root:<token>`.
     RootToken,
-    /// A TAP session of an API key.
+    /// A session of the root user, from the OCI token endpoint.
+    RootSession {
+        /// When the session ends, in seconds since the epoch.
+        expires: u64,
+    },
+    /// A TAP session of an API key (or a token the OCI token endpoint made from one).
     ApiKey {
         /// The session's id.
         session: String,
+        /// When the session ends, in seconds since the epoch.
+        expires: u64,
     },
     /// A verified TLS client certificate (CN is the user, O or OU the groups).
     Certificate,
@@ -51,8 +58,19 @@ impl Identity {
         }
     }
 
-    /// True for the root token, which may do everything.
+    /// A session of the root user, ending at `expires`.
+    pub fn root_session(expires: u64) -> Self {
+        Identity {
+            method: AuthMethod::RootSession { expires },
+            ..Identity::root()
+        }
+    }
+
+    /// True for the root token (or a session of it), which may do everything.
     pub fn is_root(&self) -> bool {
-        self.method == AuthMethod::RootToken
+        matches!(
+            self.method,
+            AuthMethod::RootToken | AuthMethod::RootSession { .. }
+        )
     }
 }

@@ -138,7 +138,9 @@ impl Auth {
             let claimed = signer.verify(credentials)?;
             if claimed.root {
                 return match self.config.root_token.as_ref() {
-                    Some(t) if claimed.made_by_root(t) => Ok(Identity::root()),
+                    Some(t) if signer.made_by_root(&claimed, t) => {
+                        Ok(Identity::root_session(claimed.expires))
+                    }
                     _ => Err(AuthError::Unauthenticated),
                 };
             }
@@ -159,6 +161,7 @@ impl Auth {
                 groups: key.groups,
                 method: AuthMethod::ApiKey {
                     session: claimed.session,
+                    expires: claimed.expires,
                 },
             }),
             _ => Err(AuthError::Unauthenticated),
@@ -166,20 +169,28 @@ impl Auth {
     }
 
     /// A token for the OCI token endpoint: a new session of the caller, as the Bearer
-    /// credential carries it, and the seconds it lasts. With authentication off, `None`.
+    /// credential carries it, and the seconds it lasts. A caller that presented a session
+    /// gets one that ends when that one does, so a session cannot renew itself past its
+    /// lifetime. With authentication off, `None`.
     pub async fn oci_token(&self, identity: &Identity) -> Result<Option<(String, u64)>, AuthError> {
         let Some(signer) = self.signer.as_ref().filter(|_| self.config.enabled) else {
             return Ok(None);
         };
-        let data = match &identity.method {
-            AuthMethod::RootToken => match self.config.root_token.as_ref() {
-                Some(t) => signer.issue_root(t)?,
-                None => return Err(AuthError::Unauthenticated),
-            },
-            AuthMethod::ApiKey { .. } => match apikeys::get(self.meta(), &identity.user).await? {
-                Some(key) if key.is_live(now_secs()) => signer.issue(&key)?,
-                _ => return Err(AuthError::Unauthenticated),
-            },
+        let root = |not_after| match self.config.root_token.as_ref() {
+            Some(t) => signer.issue_root(t, not_after),
+            None => Err(AuthError::Unauthenticated),
+        };
+        let (data, expires) = match &identity.method {
+            AuthMethod::RootToken => root(None)?,
+            AuthMethod::RootSession { expires } => root(Some(*expires))?,
+            AuthMethod::ApiKey { expires, .. } => {
+                match apikeys::get(self.meta(), &identity.user).await? {
+                    Some(key) if key.is_live(now_secs()) => {
+                        signer.issue_until(&key, Some(*expires))?
+                    }
+                    _ => return Err(AuthError::Unauthenticated),
+                }
+            }
             _ => {
                 return Err(AuthError::Forbidden(
                     "a root token or API key login (a client certificate needs no token)".into(),
@@ -190,7 +201,7 @@ impl Auth {
             .map_err(|e| AuthError::Internal(format!("encoding a session failed: {e}")))?;
         Ok(Some((
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bearer),
-            signer.ttl_secs(),
+            expires.saturating_sub(now_secs()),
         )))
     }
 

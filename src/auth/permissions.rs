@@ -173,6 +173,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             method: AuthMethod::ApiKey {
                 session: "s".into(),
+                expires: u64::MAX,
             },
         }
     }

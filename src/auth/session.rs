@@ -30,8 +30,9 @@ struct Claims {
     gen: String,
     iat: u64,
     exp: u64,
-    /// A token of the root user, issued by the OCI token endpoint; `gen` is then the
-    /// SHA-256 of the root token, so a changed root token ends it.
+    /// A token of the root user, issued by the OCI token endpoint; `gen` is then an HMAC
+    /// of the root token under a key derived from the signing secret (see
+    /// [`Signer::root_generation`]), so a changed root token ends it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     root: bool,
 }
@@ -58,18 +59,11 @@ pub struct Claimed {
     generation: String,
     /// True for a token of the root user.
     pub root: bool,
+    /// When the session ends, in seconds since the epoch.
+    pub expires: u64,
 }
 
 impl Claimed {
-    /// True when a root token was issued under `token`, the root token now configured.
-    pub fn made_by_root(&self, token: &Secret) -> bool {
-        self.root
-            && super::same_secret(
-                root_generation(token).as_bytes(),
-                self.generation.as_bytes(),
-            )
-    }
-
     /// True when `key` is the very key (not a re-creation of its id) that made the session.
     pub fn made_by(&self, key: &ApiKey) -> bool {
         key.id == self.key_id
@@ -83,6 +77,9 @@ pub struct Signer {
     decoding: DecodingKey,
     validation: Validation,
     ttl_secs: u64,
+    /// The key root sessions' generations are MACed under, derived from the signing
+    /// secret: every replica has it, no client does.
+    root_key: ring::hmac::Key,
 }
 
 impl Signer {
@@ -100,12 +97,37 @@ impl Signer {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A key of its own, so that no MAC of a root token is ever a MAC under the key
+        // that signs the sessions.
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            ROOT_GENERATION_LABEL,
+        );
         Ok(Signer {
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
             validation,
             ttl_secs: ttl.as_secs().max(1),
+            root_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
         })
+    }
+
+    /// What a root session carries in place of a key generation: an HMAC-SHA256 of the
+    /// root token under a key derived from the signing secret. It changes when the root
+    /// token does, ending the sessions made under the old one; unlike a plain hash, it
+    /// lets no one who reads a session's payload test guesses of the root token offline.
+    fn root_generation(&self, token: &Secret) -> String {
+        hex::encode(ring::hmac::sign(&self.root_key, token.expose().as_bytes()))
+    }
+
+    /// True when `claimed` is a root session issued under `token`, the root token now
+    /// configured.
+    pub fn made_by_root(&self, claimed: &Claimed, token: &Secret) -> bool {
+        claimed.root
+            && super::same_secret(
+                self.root_generation(token).as_bytes(),
+                claimed.generation.as_bytes(),
+            )
     }
 
     /// Seconds a session lasts.
@@ -115,31 +137,55 @@ impl Signer {
 
     /// A new session for `key`.
     pub fn issue(&self, key: &ApiKey) -> Result<SessionData, AuthError> {
-        self.sign(key.id.clone(), key.generation.clone(), false)
+        Ok(self.issue_until(key, None)?.0)
     }
 
-    /// A new session of the root user, valid while the root token is `token`.
-    pub fn issue_root(&self, token: &Secret) -> Result<SessionData, AuthError> {
-        self.sign(super::root::ROOT_USER.into(), root_generation(token), true)
+    /// A new session for `key` that ends no later than `not_after` (the end of the
+    /// session it is made from, so no session renews itself); with its end.
+    pub fn issue_until(
+        &self,
+        key: &ApiKey,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
+        self.sign(key.id.clone(), key.generation.clone(), false, not_after)
     }
 
-    fn sign(&self, sub: String, gen: String, root: bool) -> Result<SessionData, AuthError> {
+    /// A new session of the root user, valid while the root token is `token`, ending no
+    /// later than `not_after`; with its end.
+    pub fn issue_root(
+        &self,
+        token: &Secret,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
+        let gen = self.root_generation(token);
+        self.sign(super::root::ROOT_USER.into(), gen, true, not_after)
+    }
+
+    fn sign(
+        &self,
+        sub: String,
+        gen: String,
+        root: bool,
+        not_after: Option<u64>,
+    ) -> Result<(SessionData, u64), AuthError> {
         let now = now_secs();
+        let exp = (now + self.ttl_secs).min(not_after.unwrap_or(u64::MAX));
         let claims = Claims {
             sub,
             sid: random_token()?,
             gen,
             iat: now,
-            exp: now + self.ttl_secs,
+            exp,
             root,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Internal(format!("signing a session failed: {e}")))?;
-        Ok(SessionData {
+        let data = SessionData {
             user_name: claims.sub,
             token,
             session_id: claims.sid,
-        })
+        };
+        Ok((data, exp))
     }
 
     /// Checks a Bearer credential: its shape, signature and expiry.
@@ -165,17 +211,13 @@ impl Signer {
             session: claims.sid,
             generation: claims.gen,
             root: claims.root,
+            expires: claims.exp,
         })
     }
 }
 
-/// What a root session carries in place of a key generation: the root token's SHA-256.
-fn root_generation(token: &Secret) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        token.expose().as_bytes(),
-    ))
-}
+/// What the key of root generations is derived with from the signing secret.
+const ROOT_GENERATION_LABEL: &[u8] = b"vmreg root session generation v1";
 
 /// The signing secret in the metadata store, made by whichever replica asks first.
 async fn shared_secret(meta: &dyn MetaStore) -> Result<Vec<u8>, AuthError> {
@@ -257,6 +299,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_made_from_another_ends_no_later_than_it() {
+        let s = signer("0123456789abcdef0123456789abcdef").await;
+        let (first, first_end) = s.issue_until(&key("g"), None).unwrap();
+        assert_eq!(s.verify(&bearer(&first)).unwrap().expires, first_end);
+        let soon = now_secs() + 5;
+        let (next, next_end) = s.issue_until(&key("g"), Some(soon)).unwrap();
+        assert_eq!(next_end, soon);
+        assert_eq!(s.verify(&bearer(&next)).unwrap().expires, soon);
+        let root: Secret = "root-token-root-token".to_string().into();
+        let (_, root_end) = s.issue_root(&root, Some(soon)).unwrap();
+        assert_eq!(root_end, soon);
+        // A later end than the signer's own lifetime gives the lifetime.
+        let (_, capped) = s.issue_until(&key("g"), Some(u64::MAX)).unwrap();
+        assert!(capped <= now_secs() + 60);
+    }
+
+    /// The JSON payload of the JWT inside a Bearer credential, as anyone holding it reads it.
+    fn payload(data: &SessionData) -> String {
+        let body = data.token.split('.').nth(1).unwrap();
+        String::from_utf8(B64URL.decode(body).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_root_session_carries_no_hash_of_the_root_token_and_ends_when_it_changes() {
+        let s = signer("0123456789abcdef0123456789abcdef").await;
+        let token: Secret = "the-root-token-0123".to_string().into();
+        let (data, _) = s.issue_root(&token, None).unwrap();
+        let readable = payload(&data);
+        let sha256 = |b: &[u8]| hex::encode(ring::digest::digest(&ring::digest::SHA256, b));
+        let plain = sha256(token.expose().as_bytes());
+        assert!(!readable.contains(&plain), "{readable}");
+        assert!(!readable.contains(token.expose()), "{readable}");
+        let claimed = s.verify(&bearer(&data)).unwrap();
+        assert!(claimed.root && s.made_by_root(&claimed, &token));
+        // A rotated root token ends the sessions made under the old one.
+        let rotated: Secret = "the-root-token-0124".to_string().into();
+        assert!(!s.made_by_root(&claimed, &rotated));
+        // Another deployment's secret gives another generation of the same token.
+        let other = signer("another-secret-another-secret-xx").await;
+        assert_ne!(other.root_generation(&token), s.root_generation(&token));
+        // A key session is no root session, whatever it carries.
+        let key_session = s.verify(&bearer(&s.issue(&key("g1")).unwrap())).unwrap();
+        assert!(!s.made_by_root(&key_session, &token));
+    }
+
+    #[tokio::test]
     async fn replicas_share_one_generated_secret() {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
@@ -265,5 +353,9 @@ mod tests {
         let b = Signer::open(&meta, None, ttl).await.unwrap();
         let data = a.issue(&key("g")).unwrap();
         assert!(b.verify(&bearer(&data)).is_ok());
+        // A root session made by one replica is the root's on the other.
+        let token: Secret = "the-root-token-0123".to_string().into();
+        let (root, _) = a.issue_root(&token, None).unwrap();
+        assert!(b.made_by_root(&b.verify(&bearer(&root)).unwrap(), &token));
     }
 }

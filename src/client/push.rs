@@ -74,6 +74,12 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
             "push needs a tag: -t TAG (as the vendor's push; a version is known by its tag)".into(),
         ));
     };
+    // Refused here as the registry would refuse them, before anything is sent or read.
+    let invalid = |e: crate::model::Invalid| ClientError::Invalid(e.to_string());
+    crate::model::validate_tag(tag).map_err(invalid)?;
+    if opts.existing.is_none() {
+        crate::model::validate_template_name(&vm.name).map_err(invalid)?;
+    }
     let files = t.library.files(&vm)?;
     let (id, name) = match &opts.existing {
         Some(existing) => {
@@ -129,8 +135,10 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
     let refused = AtomicBool::new(false);
     let confirming = async {
         let confirmed = confirm_held(t, &cache, &work.held, &meter).await?;
-        let changed =
-            |(key, digest): (&String, &String)| work.hints.get(key).is_some_and(|h| h != digest);
+        let changed = |(key, digest): (&String, &String)| {
+            let hint = work.hints.get(key);
+            hint.is_some_and(|h| *h != crate::protocol::held_hint(&plan.session, digest))
+        };
         if confirmed.iter().any(changed) {
             // The registry refuses such a push at commit: ask it now, not after the uploads.
             refused.store(true, Ordering::SeqCst);
@@ -199,7 +207,8 @@ struct Work {
     uploads: Vec<UploadJob>,
     /// Held files to hash, by key.
     held: Vec<(String, PathBuf)>,
-    /// The registry's digests of the held files, by key.
+    /// What the plan shows of the held files' digests ([`crate::protocol::held_hint`]), by
+    /// key: whether the local file is the stored one is known as soon as it is hashed.
     hints: BTreeMap<String, String>,
     /// Digests of the pinned files, by key.
     pinned: BTreeMap<String, String>,
@@ -242,8 +251,13 @@ fn plan_work(plan: &PushPlan, files: &[LocalFile]) -> ClientResult<Work> {
                 work.pinned.insert(planned.key.clone(), digest);
             }
             None => {
-                if let Some(hint) = &planned.sha256 {
-                    work.hints.insert(planned.key.clone(), hint.clone());
+                // Earlier servers showed the stored digest itself.
+                let hint = planned.confirm_hint.clone().or_else(|| {
+                    let stored = planned.sha256.as_ref()?;
+                    Some(crate::protocol::held_hint(&plan.session, stored))
+                });
+                if let Some(hint) = hint {
+                    work.hints.insert(planned.key.clone(), hint);
                 }
                 work.held.push((planned.key.clone(), local.path.clone()));
             }

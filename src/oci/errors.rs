@@ -1,5 +1,6 @@
 //! The spec's error codes in one table, and the JSON error body
-//! `{"errors":[{"code":…,"message":…,"detail":…}]}`.
+//! `{"errors":[{"code":…,"message":…,"detail":…}]}`; a failure on our side (5xx) says only
+//! that, with the request id, and logs what happened.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -65,11 +66,20 @@ impl ResponseError for OciApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = table(&self.0);
-        if status.is_server_error() {
-            tracing::warn!(error = %self.0, "OCI request failed");
-        }
+        // A failure on our side is told as the vendor API tells it, with the request id
+        // in `detail` too; what failed, and how, goes to the log.
+        let (message, detail) = match status.is_server_error() {
+            true => (
+                crate::api::ours(status, &self.0, "OCI request failed"),
+                crate::api::observe::current_request_id().map_or(
+                    serde_json::Value::Null,
+                    |id| serde_json::json!({ "request_id": id }),
+                ),
+            ),
+            false => (self.0.to_string(), serde_json::Value::Null),
+        };
         let body = serde_json::json!({
-            "errors": [{ "code": code, "message": self.0.to_string(), "detail": null }]
+            "errors": [{ "code": code, "message": message, "detail": detail }]
         });
         let mut reply = HttpResponse::build(status);
         reply.insert_header(super::base::API_VERSION);

@@ -1,5 +1,6 @@
-//! `PUT`/`GET`/`HEAD /v2/<name>/manifests/<reference>`: any media type, stored and served
-//! byte for byte (clients hash what they receive).
+//! `PUT`/`GET`/`HEAD /v2/<name>/manifests/<reference>`: stored and served byte for byte
+//! (clients hash what they receive), under a registered manifest media type only (see
+//! [`crate::registry::oci::MANIFEST_MEDIA_TYPES`]).
 
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -38,12 +39,11 @@ pub async fn put(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, OciApiError> {
     let (name, reference) = path.into_inner();
-    let media_type = req
+    // A header that is not text is a type no manifest has: the service refuses it.
+    let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-        .to_string();
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| OciError::ManifestInvalid(format!("body cut short: {e}")))?;
@@ -56,7 +56,7 @@ pub async fn put(
     }
     let (digest, subject) = state
         .registry
-        .oci_put_manifest(&name, &reference, &media_type, body.freeze())
+        .oci_put_manifest(&name, &reference, content_type.as_deref(), body.freeze())
         .await?;
     let mut reply = HttpResponse::Created();
     reply

@@ -1,7 +1,8 @@
 //! OCI repositories as the vendor API shows templates: a repository holding at least one
 //! tag is listed by `GET /registry/vm`, `/registry/v2/vm` and the HTML index, its tags as
-//! versions (numbered in tag order) and each version's size the bytes its manifest lists
-//! (the layers of an image, the manifests of an index); deleting it by its id through the
+//! versions (numbered in tag order) and each version's size the bytes the store holds of
+//! what its manifest lists (the layers of an image, the manifests of an index), never the
+//! sizes the manifest claims; deleting it by its id through the
 //! vendor API deletes its manifests, tags and blobs, as deleting them through `/v2/` does.
 //!
 //! A repository's template id is derived from its name, so it needs no record of its own
@@ -11,9 +12,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::manifests::{listed_size, ManifestRecord};
+use super::manifests::{listed_in, Listed, ManifestRecord};
 use super::OciError;
-use crate::meta::{keys, MetaStoreExt};
+use crate::meta::{keys, MetaStoreExt, MetaTxExt};
 use crate::model::{TemplateSummary, VersionSummary};
 use crate::registry::templates::ListedTemplate;
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
@@ -70,9 +71,10 @@ impl Registry {
             .meta()
             .get_many_json::<ManifestRecord>(&record_keys)
             .await?;
-        for (size, record) in sizes.values_mut().zip(records) {
+        for (((i, _), size), (key, record)) in sizes.iter_mut().zip(record_keys.iter().zip(records))
+        {
             if let Some(record) = record {
-                *size = self.oci_listed_size(&record).await?;
+                *size = self.oci_stored_size(&repos[*i], key, &record).await?;
             }
         }
         for (i, (repo, repo_pointed)) in repos.iter().zip(pointed).enumerate() {
@@ -87,17 +89,39 @@ impl Registry {
         Ok(())
     }
 
-    /// The bytes a stored manifest lists, read from its bytes for records made before
-    /// the record kept it.
-    async fn oci_listed_size(&self, record: &ManifestRecord) -> RegistryResult<u64> {
-        if let Some(size) = record.listed_size {
+    /// The bytes a stored manifest (its record under `key`) lists, as the store holds them.
+    /// A record made before it kept them has them counted from the manifest's bytes, and
+    /// kept, so that the listings after it need not read the manifest again.
+    async fn oci_stored_size(
+        &self,
+        repo: &str,
+        key: &str,
+        record: &ManifestRecord,
+    ) -> RegistryResult<u64> {
+        if let Some(size) = record.held_size {
             return Ok(size);
         }
         let bytes = self.blobs().read(&record.object).await?;
-        Ok(match serde_json::from_slice(&bytes) {
-            Ok(serde_json::Value::Object(doc)) => listed_size(&doc),
-            _ => 0,
+        let what = match serde_json::from_slice(&bytes) {
+            Ok(serde_json::Value::Object(doc)) => listed_in(&doc),
+            _ => Listed::Nothing,
+        };
+        let size = self.oci_held_size(repo, &what).await?;
+        let kept = transact(self.meta(), async |tx| {
+            if let Some(mut now) = tx.get_json::<ManifestRecord>(key).await? {
+                if now.held_size.is_none() {
+                    now.held_size = Some(size);
+                    tx.put_json(key, &now);
+                }
+            }
+            Ok(())
         })
+        .await;
+        if let Err(e) = kept {
+            // Counted again by the next listing; nothing is wrong meanwhile.
+            tracing::debug!(error = %e, "could not keep a manifest's stored size");
+        }
+        Ok(size)
     }
 
     /// The OCI repository whose template id is `id`, if any holds a tag.

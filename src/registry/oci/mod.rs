@@ -39,7 +39,7 @@ use super::RegistryError;
 
 pub use bridge::repository_id;
 pub use listing::{page_size, Page, MAX_PAGE};
-pub use manifests::{OciManifest, Referrer, MAX_MANIFEST};
+pub use manifests::{OciManifest, Referrer, MANIFEST_MEDIA_TYPES, MAX_MANIFEST};
 
 /// Why an OCI operation failed, by the spec's error codes.
 #[derive(Debug, thiserror::Error)]

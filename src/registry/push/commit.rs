@@ -109,7 +109,7 @@ impl Registry {
         for f in &session.files {
             if let (Some(held), Some(claimed)) = (&f.held, req.digests.get(&f.key)) {
                 if held != claimed {
-                    return Err(changed_in_place(&f.name, held, Some(claimed)));
+                    return Err(changed_in_place(&f.name, Some(claimed)));
                 }
             }
         }
@@ -342,11 +342,7 @@ async fn file_changes(
             (true, Some(mut record)) => {
                 // Someone committed the same file first; keep theirs, drop ours.
                 if record.size != file.size || record.sha256 != file.sha256 {
-                    return Err(changed_in_place(
-                        &f.name,
-                        &record.sha256,
-                        Some(&file.sha256),
-                    ));
+                    return Err(changed_in_place(&f.name, Some(&file.sha256)));
                 }
                 changes.garbage.push(object_keys::blob(&f.key, &session.id));
                 record.refs += 1;
@@ -364,11 +360,7 @@ async fn file_changes(
                 // The file was not sent: the version takes the registry's copy only when
                 // it holds the bytes the client has.
                 if record.size != file.size || record.sha256 != file.sha256 {
-                    return Err(changed_in_place(
-                        &f.name,
-                        &record.sha256,
-                        Some(&file.sha256),
-                    ));
+                    return Err(changed_in_place(&f.name, Some(&file.sha256)));
                 }
                 record.pins.retain(|p| p != &session.id);
                 record.refs += 1;

@@ -16,14 +16,15 @@ const MAX_FILES: usize = 1000;
 
 /// A file whose name the registry holds with other bytes. A layer's name stands for its
 /// content: every VM built on a layer shares it by name in its library, so a second
-/// content under one name would make a pull overwrite a layer other VMs rely on.
-pub(super) fn changed_in_place(name: &str, registry: &str, local: Option<&str>) -> RegistryError {
+/// content under one name would make a pull overwrite a layer other VMs rely on. The
+/// stored digest is not told: any pusher may name any layer.
+pub(super) fn changed_in_place(name: &str, local: Option<&str>) -> RegistryError {
     let local = local.map_or_else(|| "a different size".to_string(), |d| format!("sha256 {d}"));
     RegistryError::Conflict(format!(
-        "file {name} changed since it was pushed: the registry holds it with sha256 {registry}, \
-         the local file has {local}. A layer keeps its content once pushed, as every VM built on \
-         it shares it by name: make the change a new layer (clone the VM and push the clone) or \
-         restore the file's pushed content, then push again"
+        "file {name} changed since it was pushed: the registry holds other bytes under that \
+         name, the local file has {local}. A layer keeps its content once pushed, as every VM \
+         built on it shares it by name: make the change a new layer (clone the VM and push the \
+         clone) or restore the file's pushed content, then push again"
     ))
 }
 
@@ -133,10 +134,10 @@ impl Registry {
                 let mut held = None;
                 let present = match (tx.get_json::<FileRecord>(&record_key).await?, &f.sha256) {
                     (Some(record), _) if record.size != f.size => {
-                        return Err(changed_in_place(&f.name, &record.sha256, None));
+                        return Err(changed_in_place(&f.name, None));
                     }
                     (Some(record), Some(digest)) if *digest != record.sha256 => {
-                        return Err(changed_in_place(&f.name, &record.sha256, Some(digest)));
+                        return Err(changed_in_place(&f.name, Some(digest)));
                     }
                     (Some(mut record), Some(_)) => {
                         record.pins.push(session_id.clone());
@@ -215,14 +216,19 @@ mod tests {
         assert!(old.files[0].upload && !old.files[0].confirm);
         r.abort(&old.session).await.unwrap();
 
-        // Held under that name and size: not sent, the registry's digest only a hint.
+        // Held under that name and size: not sent; the plan tells the digest only to
+        // whoever has the bytes.
         let plan = r.negotiate(without_digest("v1", true)).await.unwrap();
         let held = &plan.files[0];
         assert!(!held.upload && held.confirm);
+        let stored = crate::digest::sha256_hex(b"layer");
+        assert_eq!(held.sha256, None);
         assert_eq!(
-            held.sha256.as_deref(),
-            Some(crate::digest::sha256_hex(b"layer").as_str())
+            held.confirm_hint.as_deref(),
+            Some(crate::protocol::held_hint(&plan.session, &stored).as_str())
         );
+        let shown = serde_json::to_string(&plan).unwrap();
+        assert!(!shown.contains(&stored), "{shown}");
         // Without the client's digest nothing is taken.
         assert!(matches!(
             r.commit(&plan.session, CommitRequest::default()).await,
@@ -234,7 +240,11 @@ mod tests {
         };
         match r.commit(&plan.session, other).await {
             Err(RegistryError::Conflict(m)) => {
-                assert!(m.contains("changed since it was pushed"), "{m}")
+                assert!(m.contains("changed since it was pushed"), "{m}");
+                assert!(
+                    !m.contains(&stored),
+                    "the refusal tells the stored digest: {m}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -135,9 +135,13 @@ pub(super) fn plan(session: &UploadSession, states: &BTreeMap<String, UploadStat
                     part_size: f.part_size,
                     sha256: match f.upload {
                         true => state.and_then(|s| s.sha256.clone()),
-                        false => f.sha256.clone().or_else(|| f.held.clone()),
+                        false => f.sha256.clone(),
                     },
                     confirm: f.held.is_some(),
+                    confirm_hint: f
+                        .held
+                        .as_ref()
+                        .map(|held| crate::protocol::held_hint(&session.id, held)),
                 }
             })
             .collect(),
