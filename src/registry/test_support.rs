@@ -155,6 +155,9 @@ impl MetaTx for ByteCountingTx {
     async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>> {
         self.inner.get(key).await
     }
+    async fn count(&mut self, set: &str) -> MetaResult<u64> {
+        self.inner.count(set).await
+    }
     fn put(&mut self, key: &str, value: Vec<u8>) {
         self.add(key, key.len() + value.len());
         self.inner.put(key, value)
