@@ -712,3 +712,195 @@ async fn stalled_oci_patches_stay_within_the_part_memory() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+const ROOT_TOKEN: &str = "limits-root-token-0123456789";
+
+/// Sends `method url` with a body and an `Authorization` header; the status and the JSON
+/// body.
+async fn send_as(method: Method, url: &str, body: Vec<u8>, authorization: &str) -> (u16, Value) {
+    let reply = reqwest::Client::new()
+        .request(method, url)
+        .header("Authorization", authorization)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    let bytes = reply.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Issue 21: `--max-upload-sessions` is registry-wide, so one API key could open every
+/// upload and lock root out. Each identity now holds at most
+/// `--max-upload-sessions-per-identity` open pushes, and as many OCI blob uploads, counted
+/// in the metadata store: racing requests to two replicas (S3 + Redis) get no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_identity_cannot_hold_more_open_uploads_than_its_cap() {
+    use common::auth::{basic, create_key, session};
+    const CAP: usize = 3;
+    let flags = [
+        "--enable-auth",
+        "--root-token",
+        ROOT_TOKEN,
+        "--enable-api-keys",
+        "--max-upload-sessions-per-identity",
+        "3",
+    ];
+    let first = Server::start_with(&flags);
+    let replica = s3_backend().then(|| first.replica());
+    let bases: Vec<String> = std::iter::once(&first)
+        .chain(replica.as_ref())
+        .map(|s| s.url.clone())
+        .collect();
+    // Request `i` goes to replica `i mod n`.
+    let base = |i: usize| bases[i % bases.len()].clone();
+    let root = basic("root", ROOT_TOKEN);
+    let ci_key = create_key(&first.url, &root, "ci", 3600, &[]).await;
+    let ci = session(&base(1), "ci", &ci_key).await;
+    let other_key = create_key(&first.url, &root, "other", 3600, &[]).await;
+    let other = session(&base(0), "other", &other_key).await;
+
+    let file = TestFile::new("cap.ank", "image", 1000, 31);
+    let negotiate = |i: usize, who: String| {
+        let request = push_request(&new_id(), &format!("cap-{}", new_id()), "t1", &[&file]);
+        let url = format!("{}/api/v1/push", base(i));
+        async move {
+            send_as(
+                Method::POST,
+                &url,
+                serde_json::to_vec(&request).unwrap(),
+                &who,
+            )
+            .await
+        }
+    };
+    let refused_push = |(status, body): &(u16, Value)| {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["status"], "FAIL", "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("--max-upload-sessions-per-identity") && message.contains("\"ci\""),
+            "{body}"
+        );
+    };
+
+    // Twelve negotiations at once, across the replicas: three open, the rest are refused.
+    let raced: Vec<(u16, Value)> =
+        futures_util::future::join_all((0..12).map(|i| negotiate(i, ci.clone()))).await;
+    let opened: Vec<String> = raced
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body["body"]["session"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(opened.len(), CAP, "{raced:?}");
+    raced
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .for_each(refused_push);
+    // Root and another key still open pushes.
+    for (i, who) in [root.clone(), other.clone()].into_iter().enumerate() {
+        let (status, body) = negotiate(i, who).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // An abort, on the other replica, frees a place; a commit frees one too.
+    let (status, body) = send_as(
+        Method::DELETE,
+        &format!("{}/api/v1/push/{}", base(1), opened[0]),
+        Vec::new(),
+        &ci,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = negotiate(0, ci.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let reopened = body["body"].clone();
+    refused_push(&negotiate(1, ci.clone()).await);
+    let session = reopened["session"].as_str().unwrap();
+    let key = reopened["files"][0]["key"].as_str().unwrap();
+    let upload = format!(
+        "{}/api/v1/push/{session}/files/{}?offset=0",
+        base(1),
+        encode_path(key)
+    );
+    let (status, body) = send_as(Method::PUT, &upload, file.data.clone(), &ci).await;
+    assert_eq!(status, 200, "{body}");
+    let commit = format!("{}/api/v1/push/{session}/commit", base(0));
+    let (status, body) = send_as(Method::POST, &commit, Vec::new(), &ci).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = negotiate(1, ci.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    refused_push(&negotiate(0, ci.clone()).await);
+
+    // OCI blob uploads are counted apart, the same way: the key at its cap of pushes
+    // still opens three.
+    let start = |i: usize, who: String| {
+        let url = format!("{}/v2/cap/vm/blobs/uploads/", base(i));
+        async move {
+            let reply = reqwest::Client::new()
+                .post(url)
+                .header("Authorization", who)
+                .send()
+                .await
+                .unwrap();
+            let status = reply.status().as_u16();
+            let location = reply
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            let body: Value = reply.json().await.unwrap_or(Value::Null);
+            (status, location, body)
+        }
+    };
+    let refused_upload = |(status, _, body): &(u16, Option<String>, Value)| {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("--max-upload-sessions-per-identity"),
+            "{body}"
+        );
+    };
+    let raced = futures_util::future::join_all((0..12).map(|i| start(i, ci.clone()))).await;
+    let uploads: Vec<String> = raced
+        .iter()
+        .filter(|(status, _, _)| *status == 202)
+        .map(|(_, location, _)| location.clone().unwrap())
+        .collect();
+    assert_eq!(uploads.len(), CAP, "{raced:?}");
+    raced
+        .iter()
+        .filter(|(status, _, _)| *status != 202)
+        .for_each(refused_upload);
+    for (i, who) in [root.clone(), other.clone()].into_iter().enumerate() {
+        let (status, _, body) = start(i, who).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // A whole blob in one POST needs a place as well.
+    let blob = TestFile::new("blob", "image", 100, 32);
+    let digest = format!("sha256:{}", blob.sha256());
+    let monolithic = format!("{}/v2/cap/vm/blobs/uploads/?digest={digest}", base(0));
+    let (status, body) = send_as(Method::POST, &monolithic, blob.data.clone(), &ci).await;
+    assert_eq!(status, 429, "{body}");
+    // A cancel frees a place, a finish too.
+    let (status, body) = send_as(
+        Method::DELETE,
+        &format!("{}{}", base(1), uploads[0]),
+        Vec::new(),
+        &ci,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = send_as(Method::POST, &monolithic, blob.data.clone(), &ci).await;
+    assert_eq!(status, 201, "{body}");
+    let finish = format!("{}{}?digest={digest}", base(0), uploads[1]);
+    let (status, body) = send_as(Method::PUT, &finish, blob.data.clone(), &ci).await;
+    assert_eq!(status, 201, "{body}");
+    for i in 0..2 {
+        let (status, _, body) = start(i, ci.clone()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    refused_upload(&start(1, ci.clone()).await);
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::limits::Uploader;
 use super::Registry;
 use crate::meta::embedded::EmbeddedMeta;
 use crate::meta::{MetaResult, MetaStore, MetaTx};
@@ -56,7 +57,10 @@ pub(crate) async fn push_one(
     data: &[u8],
 ) {
     let plan = r
-        .negotiate(one_layer(id, template, tag, file, data))
+        .negotiate(
+            one_layer(id, template, tag, file, data),
+            &Uploader::anonymous(),
+        )
         .await
         .unwrap();
     let body =

@@ -15,6 +15,7 @@ use super::{
 use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::{now, FileRecord};
 use crate::registry::budget::PartBuffer;
+use crate::registry::limits::{release_upload_place, Door, Uploader};
 use crate::registry::upload::{delete_state, UploadState};
 use crate::registry::{transact, Registry, RegistryError};
 use crate::store::{keys as object_keys, StoreResult};
@@ -25,6 +26,10 @@ struct OciUpload {
     repo: String,
     created: u64,
     tail: Option<Tail>,
+    /// The identity that opened it, as `--max-upload-sessions-per-identity` counts it;
+    /// none when it is not counted (authentication off, or an upload older than the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
 }
 
 /// Bytes received past the last whole part, kept in an object of their own.
@@ -38,8 +43,9 @@ struct Tail {
 }
 
 impl Registry {
-    /// Opens an upload session in `repo`; answers its id.
-    pub async fn oci_start_upload(&self, repo: &str) -> OciResult<String> {
+    /// Opens an upload session in `repo` for `by`, one of those it may hold open;
+    /// answers its id.
+    pub async fn oci_start_upload(&self, repo: &str, by: &Uploader) -> OciResult<String> {
         validate_repo(repo)?;
         self.oci_check_repo_room(repo).await?;
         self.oci_check_upload_room().await?;
@@ -48,13 +54,19 @@ impl Registry {
             repo: repo.to_string(),
             created: now(),
             tail: None,
+            holder: by.key().map(str::to_string),
         };
         transact(self.meta(), async |tx| {
+            self.hold_upload_place(tx, Door::Oci, by, &id).await?;
             tx.put_json(&keys::oci_upload(&id), &record);
             tx.set_add(keys::OCI_UPLOADS, &id);
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            RegistryError::TooManyUploads(m) => OciError::TooManyUploads(m),
+            e => OciError::Registry(e),
+        })?;
         Ok(id)
     }
 
@@ -320,6 +332,7 @@ impl Registry {
             tx.delete(&keys::oci_upload(id));
             delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
+            release_upload_place(tx, Door::Oci, upload.holder.as_deref(), id);
             tx.set_add(keys::OCI_REPOS, repo);
             // A repository that holds the blob already keeps its one reference.
             if let Some(record) = tx.get_json::<FileRecord>(&keys::file(&fresh.key)).await? {
@@ -367,6 +380,7 @@ impl Registry {
             tx.delete(&keys::oci_upload(id));
             delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
+            release_upload_place(tx, Door::Oci, upload.holder.as_deref(), id);
             Ok(())
         })
         .await?;
