@@ -736,7 +736,8 @@ async fn send_as(method: Method, url: &str, body: Vec<u8>, authorization: &str) 
 /// Issue 21: `--max-upload-sessions` is registry-wide, so one API key could open every
 /// upload and lock root out. Each identity now holds at most
 /// `--max-upload-sessions-per-identity` open pushes, and as many OCI blob uploads, counted
-/// in the metadata store: racing requests to two replicas (S3 + Redis) get no more.
+/// in the metadata store: forty racing requests to two replicas (S3 + Redis) get no more
+/// (with the count's watch taken out of the Redis commit, 7 to 11 got through).
 #[tokio::test(flavor = "multi_thread")]
 async fn one_identity_cannot_hold_more_open_uploads_than_its_cap() {
     use common::auth::{basic, create_key, session};
@@ -787,15 +788,16 @@ async fn one_identity_cannot_hold_more_open_uploads_than_its_cap() {
         );
     };
 
-    // Twelve negotiations at once, across the replicas: three open, the rest are refused.
+    // Forty negotiations at once, across the replicas: three open, the rest are refused.
     let raced: Vec<(u16, Value)> =
-        futures_util::future::join_all((0..12).map(|i| negotiate(i, ci.clone()))).await;
+        futures_util::future::join_all((0..40).map(|i| negotiate(i, ci.clone()))).await;
     let opened: Vec<String> = raced
         .iter()
         .filter(|(status, _)| *status == 200)
         .map(|(_, body)| body["body"]["session"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(opened.len(), CAP, "{raced:?}");
+    let statuses: Vec<u16> = raced.iter().map(|(status, _)| *status).collect();
+    assert_eq!(opened.len(), CAP, "{statuses:?}");
     raced
         .iter()
         .filter(|(status, _)| *status != 200)
@@ -863,13 +865,14 @@ async fn one_identity_cannot_hold_more_open_uploads_than_its_cap() {
             "{body}"
         );
     };
-    let raced = futures_util::future::join_all((0..12).map(|i| start(i, ci.clone()))).await;
+    let raced = futures_util::future::join_all((0..40).map(|i| start(i, ci.clone()))).await;
     let uploads: Vec<String> = raced
         .iter()
         .filter(|(status, _, _)| *status == 202)
         .map(|(_, location, _)| location.clone().unwrap())
         .collect();
-    assert_eq!(uploads.len(), CAP, "{raced:?}");
+    let statuses: Vec<u16> = raced.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(uploads.len(), CAP, "{statuses:?}");
     raced
         .iter()
         .filter(|(status, _, _)| *status != 202)
