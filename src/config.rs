@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Push sessions open at once, at most [env: VMREG_MAX_UPLOAD_SESSIONS] [default: 1000]
     #[arg(long)]
     pub max_upload_sessions: Option<u64>,
+    /// Push sessions one identity (root, an API key, a client certificate) holds open at once, at most, and as many OCI blob uploads; not applied with authentication off [env: VMREG_MAX_UPLOAD_SESSIONS_PER_IDENTITY] [default: 100]
+    #[arg(long)]
+    pub max_upload_sessions_per_identity: Option<u64>,
     /// Templates per page of a paged listing (`?limit=`), at most [env: VMREG_MAX_PAGE] [default: 1000]
     #[arg(long)]
     pub max_page: Option<usize>,
@@ -361,6 +364,10 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
     ("max_versions", &["VMREG_MAX_VERSIONS"]),
     ("max_config_size", &["VMREG_MAX_CONFIG_SIZE"]),
     ("max_upload_sessions", &["VMREG_MAX_UPLOAD_SESSIONS"]),
+    (
+        "max_upload_sessions_per_identity",
+        &["VMREG_MAX_UPLOAD_SESSIONS_PER_IDENTITY"],
+    ),
     ("max_page", &["VMREG_MAX_PAGE"]),
     ("use_https", &["VMREG_USE_HTTPS", "ANKA_USE_HTTPS"]),
     ("server_cert", &["VMREG_SERVER_CERT", "ANKA_SERVER_CERT"]),
@@ -486,6 +493,9 @@ impl ServeArgs {
                 "max_upload_sessions" => {
                     layer.max_upload_sessions = Some(parse_count(&value).map_err(bad)?)
                 }
+                "max_upload_sessions_per_identity" => {
+                    layer.max_upload_sessions_per_identity = Some(parse_count(&value).map_err(bad)?)
+                }
                 "max_page" => layer.max_page = Some(parse_count(&value).map_err(bad)?),
                 "use_https" => layer.use_https = Some(parse_bool(&value).map_err(bad)?),
                 "server_cert" => layer.server_cert = Some(value.into()),
@@ -572,6 +582,9 @@ impl ServeArgs {
             max_versions: self.max_versions.or(lower.max_versions),
             max_config_size: self.max_config_size.or(lower.max_config_size),
             max_upload_sessions: self.max_upload_sessions.or(lower.max_upload_sessions),
+            max_upload_sessions_per_identity: self
+                .max_upload_sessions_per_identity
+                .or(lower.max_upload_sessions_per_identity),
             max_page: self.max_page.or(lower.max_page),
             use_https: self.use_https.or(lower.use_https),
             server_cert: self.server_cert.or(lower.server_cert),
@@ -837,6 +850,9 @@ fn limits(l: &ServeArgs) -> Result<Limits, ConfigError> {
             usize::try_from(v).unwrap_or(usize::MAX)
         }),
         max_upload_sessions: l.max_upload_sessions.unwrap_or(d.max_upload_sessions),
+        max_upload_sessions_per_identity: l
+            .max_upload_sessions_per_identity
+            .unwrap_or(d.max_upload_sessions_per_identity),
         max_page: l.max_page.unwrap_or(d.max_page),
     };
     let zero = [
@@ -844,6 +860,10 @@ fn limits(l: &ServeArgs) -> Result<Limits, ConfigError> {
         ("max_versions", limits.max_versions == 0),
         ("max_config_size", limits.max_config_size == 0),
         ("max_upload_sessions", limits.max_upload_sessions == 0),
+        (
+            "max_upload_sessions_per_identity",
+            limits.max_upload_sessions_per_identity == 0,
+        ),
         ("max_page", limits.max_page == 0),
     ];
     match zero.iter().find(|(_, z)| *z) {
@@ -940,8 +960,13 @@ impl std::fmt::Display for Config {
         let l = &self.limits;
         writeln!(
             f,
-            "  limits            templates {} versions {} config {} sessions {} page {}",
-            l.max_templates, l.max_versions, l.max_config_size, l.max_upload_sessions, l.max_page
+            "  limits            templates {} versions {} config {} sessions {} ({} per identity) page {}",
+            l.max_templates,
+            l.max_versions,
+            l.max_config_size,
+            l.max_upload_sessions,
+            l.max_upload_sessions_per_identity,
+            l.max_page
         )?;
         match &self.tls {
             Some(t) => {
@@ -1174,6 +1199,30 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./vmreg-data"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert!(c.s3.is_none() && c.redis.is_none());
+    }
+
+    #[test]
+    fn the_per_identity_upload_cap_comes_from_its_flag_or_variable_and_is_at_least_one() {
+        let default = Config::resolve(ServeArgs::default(), env(&[])).unwrap();
+        assert_eq!(default.limits.max_upload_sessions_per_identity, 100);
+        let var = [("VMREG_MAX_UPLOAD_SESSIONS_PER_IDENTITY", "7")];
+        let c = Config::resolve(ServeArgs::default(), env(&var)).unwrap();
+        assert_eq!(c.limits.max_upload_sessions_per_identity, 7);
+        let flag = ServeArgs {
+            max_upload_sessions_per_identity: Some(9),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(flag, env(&var)).unwrap();
+        assert_eq!(
+            c.limits.max_upload_sessions_per_identity, 9,
+            "the flag wins"
+        );
+        let zero = [("VMREG_MAX_UPLOAD_SESSIONS_PER_IDENTITY", "0")];
+        let refused = Config::resolve(ServeArgs::default(), env(&zero)).unwrap_err();
+        assert!(
+            refused.0.contains("max_upload_sessions_per_identity"),
+            "{refused:?}"
+        );
     }
 
     #[test]

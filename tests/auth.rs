@@ -978,7 +978,12 @@ async fn oci_fixture(base: &str, root: &str) -> (String, String) {
 
 /// The flags of the matrix servers: caps high enough for the thousands of upload sessions
 /// the rows open (each refused cell must be refused for its credential, not a cap).
-const ROOMY: [&str; 2] = ["--max-upload-sessions", "100000"];
+const ROOMY: [&str; 4] = [
+    "--max-upload-sessions",
+    "100000",
+    "--max-upload-sessions-per-identity",
+    "100000",
+];
 
 /// The matrix context on the servers at `bases` (replicas of one registry).
 async fn context(bases: Vec<String>, shaker: Option<String>) -> Cx {

@@ -135,6 +135,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Conflict(_) => StatusCode::CONFLICT,
+            // Transient, as the OCI side's: clients back off and retry a 429.
+            RegistryError::TooManyUploads(_) => StatusCode::TOO_MANY_REQUESTS,
             RegistryError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             RegistryError::Meta(MetaError::Unavailable(_))
             | RegistryError::Store(StoreError::Unavailable(_))

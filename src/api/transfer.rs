@@ -9,16 +9,20 @@ use super::params::{
     required_json,
 };
 use super::{ok, ApiError, AppState};
+use crate::auth::Identity;
 use crate::protocol::{CommitRequest, PushRequest};
+use crate::registry::limits::Uploader;
 use crate::registry::RegistryError;
 
-/// `POST /api/v1/push`.
+/// `POST /api/v1/push`: the session is one of those the caller may hold open.
 pub async fn negotiate(
     state: web::Data<AppState>,
+    identity: Identity,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let req: PushRequest = required_json(payload).await?;
-    Ok(ok(state.registry.negotiate(req).await?))
+    let by = Uploader::of(&identity);
+    Ok(ok(state.registry.negotiate(req, &by).await?))
 }
 
 /// `GET /api/v1/push/{session}`.

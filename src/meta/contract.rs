@@ -104,3 +104,43 @@ pub(crate) async fn keys_are_found_by_prefix(meta: &dyn MetaStore) {
     assert_eq!(found, vec!["p:[c]"], "a glob character is taken as itself");
     assert!(meta.keys_with_prefix("none:").await.unwrap().is_empty());
 }
+
+/// Counts a set's committed members inside a transaction, and a cap checked with that
+/// count holds exactly however many transactions race for the last places.
+pub(crate) async fn a_cap_counted_in_a_transaction_holds_under_racing_writers(
+    meta: &dyn MetaStore,
+) {
+    let mut tx = meta.begin().await.unwrap();
+    tx.set_add("c:set", "a");
+    tx.set_add("c:set", "b");
+    assert!(tx.commit().await.unwrap());
+    let mut tx = meta.begin().await.unwrap();
+    assert_eq!(tx.count("c:set").await.unwrap(), 2);
+    assert_eq!(tx.count("c:none").await.unwrap(), 0);
+    tx.set_add("c:set", "c");
+    assert_eq!(
+        tx.count("c:set").await.unwrap(),
+        2,
+        "the committed count, without the transaction's own add"
+    );
+    assert!(tx.commit().await.unwrap());
+    assert_eq!(meta.count("c:set").await.unwrap(), 3);
+
+    // Twenty writers race for five places.
+    const CAP: u64 = 5;
+    let writer = |i: usize| async move {
+        loop {
+            let mut tx = meta.begin().await.unwrap();
+            if tx.count("c:capped").await.unwrap() >= CAP {
+                return false;
+            }
+            tx.set_add("c:capped", &format!("w{i}"));
+            if tx.commit().await.unwrap() {
+                return true;
+            }
+        }
+    };
+    let won = futures_util::future::join_all((0..20).map(writer)).await;
+    assert_eq!(won.iter().filter(|w| **w).count() as u64, CAP);
+    assert_eq!(meta.count("c:capped").await.unwrap(), CAP);
+}

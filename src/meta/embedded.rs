@@ -60,6 +60,22 @@ fn read_key(db: &Database, key: &str) -> MetaResult<Option<Vec<u8>>> {
         .map(|v| v.value().to_vec()))
 }
 
+/// How many members `set` has, as committed.
+fn count_members(db: &Database, set: &str) -> MetaResult<u64> {
+    let r = db.begin_read().map_err(unavailable)?;
+    let table = r.open_table(SETS).map_err(unavailable)?;
+    let (start, end) = (format!("{set}\0"), format!("{set}\u{1}"));
+    let mut n = 0;
+    for item in table
+        .range(start.as_str()..end.as_str())
+        .map_err(unavailable)?
+    {
+        item.map_err(unavailable)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn member_key(set: &str, member: &str) -> String {
     format!("{set}\0{member}")
 }
@@ -106,18 +122,7 @@ impl MetaStore for EmbeddedMeta {
     }
 
     async fn count(&self, set: &str) -> MetaResult<u64> {
-        let r = self.db.begin_read().map_err(unavailable)?;
-        let table = r.open_table(SETS).map_err(unavailable)?;
-        let (start, end) = (format!("{set}\0"), format!("{set}\u{1}"));
-        let mut n = 0;
-        for item in table
-            .range(start.as_str()..end.as_str())
-            .map_err(unavailable)?
-        {
-            item.map_err(unavailable)?;
-            n += 1;
-        }
-        Ok(n)
+        count_members(&self.db, set)
     }
 
     async fn keys_with_prefix(&self, prefix: &str) -> MetaResult<Vec<String>> {
@@ -164,6 +169,12 @@ impl MetaTx for EmbeddedTx {
             Some(v) => Ok(v.clone()),
             None => read_key(&self.db, key),
         }
+    }
+
+    async fn count(&mut self, set: &str) -> MetaResult<u64> {
+        // Transactions hold the writer lock from begin to commit: nothing changes the
+        // count meanwhile.
+        count_members(&self.db, set)
     }
 
     fn put(&mut self, key: &str, value: Vec<u8>) {
@@ -246,5 +257,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
         crate::meta::contract::keys_are_found_by_prefix(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn a_cap_counted_in_a_transaction_holds_under_racing_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        crate::meta::contract::a_cap_counted_in_a_transaction_holds_under_racing_writers(&meta)
+            .await;
     }
 }

@@ -67,6 +67,10 @@ impl MetaTx for InstrumentedTx {
         timed(self.name, "tx_get_many", failed, self.inner.get_many(keys)).await
     }
 
+    async fn count(&mut self, set: &str) -> MetaResult<u64> {
+        timed(self.name, "tx_count", failed, self.inner.count(set)).await
+    }
+
     fn put(&mut self, key: &str, value: Vec<u8>) {
         self.inner.put(key, value)
     }

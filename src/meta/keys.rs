@@ -91,6 +91,18 @@ pub fn parse_upload_part(key: &str) -> Option<(&str, u32)> {
     Some((state, number.parse().ok()?))
 }
 
+/// The push sessions an identity holds open (members: session ids), counted against
+/// `--max-upload-sessions-per-identity`; `holder` as `registry::limits::Uploader` names it.
+pub fn held_sessions(holder: &str) -> String {
+    format!("held:sess:{holder}")
+}
+
+/// The OCI blob uploads an identity holds open (members: upload ids), counted apart from
+/// its push sessions.
+pub fn held_oci_uploads(holder: &str) -> String {
+    format!("held:oci:{holder}")
+}
+
 /// The set of all API key ids.
 pub const API_KEYS: &str = "apikeys";
 /// The set of all permission group names.

@@ -79,6 +79,11 @@ pub trait MetaTx: Send {
         }
         Ok(out)
     }
+    /// How many members a set has, as committed: this transaction's own buffered adds and
+    /// removes are not counted. The transaction fails to commit if the count changes
+    /// before then, so a cap checked with it holds however many writers race for the
+    /// last place.
+    async fn count(&mut self, set: &str) -> MetaResult<u64>;
     /// Buffers a write.
     fn put(&mut self, key: &str, value: Vec<u8>);
     /// Buffers a deletion.

@@ -27,17 +27,21 @@ const MGET_CHUNK: usize = 512;
 /// Checks every read key, then applies the writes; answers 1, or 0 on a conflict.
 ///
 /// KEYS: the `n` read keys, then one key per operation. ARGV: `n`, the `n` expected SHA-1s
-/// (empty for "absent"), then the operations: `S value` (SET), `D` (DEL), `A member`
-/// (SADD), `R member` (SREM).
+/// (empty for "absent"; `#count` for a set whose members were counted), then the
+/// operations: `S value` (SET), `D` (DEL), `A member` (SADD), `R member` (SREM).
 const COMMIT_LUA: &str = r"
 local n = tonumber(ARGV[1])
 for i = 1, n do
-  local v = redis.call('GET', KEYS[i])
   local want = ARGV[1 + i]
-  if want == '' then
-    if v then return 0 end
-  elseif (not v) or redis.sha1hex(v) ~= want then
-    return 0
+  if string.sub(want, 1, 1) == '#' then
+    if redis.call('SCARD', KEYS[i]) ~= tonumber(string.sub(want, 2)) then return 0 end
+  else
+    local v = redis.call('GET', KEYS[i])
+    if want == '' then
+      if v then return 0 end
+    elseif (not v) or redis.sha1hex(v) ~= want then
+      return 0
+    end
   end
 end
 local a = n + 2
@@ -114,6 +118,7 @@ impl MetaStore for RedisMeta {
             commit: self.commit.clone(),
             reads: Vec::new(),
             seen: HashMap::new(),
+            counted: HashMap::new(),
             ops: Vec::new(),
         }))
     }
@@ -239,10 +244,13 @@ struct RedisTx {
     conn: ConnectionManager,
     prefix: String,
     commit: Script,
-    /// Read keys (prefixed) and the fingerprint seen, in read order.
+    /// Read keys (prefixed) and the fingerprint seen, in read order; a counted set's
+    /// fingerprint is `#` and the count.
     reads: Vec<(String, String)>,
     /// What the transaction sees for a key: its first read, then its own writes.
     seen: HashMap<String, Option<Vec<u8>>>,
+    /// The member count first read of each counted set (prefixed).
+    counted: HashMap<String, u64>,
     /// Buffered writes on prefixed keys, in order.
     ops: Vec<(String, Op)>,
 }
@@ -286,6 +294,17 @@ impl MetaTx for RedisTx {
             .iter()
             .map(|k| self.seen.get(k).cloned().flatten())
             .collect())
+    }
+
+    async fn count(&mut self, set: &str) -> MetaResult<u64> {
+        let full = format!("{}{set}", self.prefix);
+        if let Some(n) = self.counted.get(&full) {
+            return Ok(*n);
+        }
+        let n: u64 = self.conn.scard(&full).await.map_err(unavailable)?;
+        self.reads.push((full.clone(), format!("#{n}")));
+        self.counted.insert(full, n);
+        Ok(n)
     }
 
     fn put(&mut self, key: &str, value: Vec<u8>) {
@@ -388,6 +407,47 @@ mod tests {
     async fn keys_are_found_by_prefix() {
         let meta = store().await;
         crate::meta::contract::keys_are_found_by_prefix(&meta).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis at VMREG_TEST_REDIS_URL (scripts/test.sh)"]
+    async fn a_cap_counted_in_a_transaction_holds_under_racing_writers() {
+        let meta = store().await;
+        crate::meta::contract::a_cap_counted_in_a_transaction_holds_under_racing_writers(&meta)
+            .await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs Redis at VMREG_TEST_REDIS_URL (scripts/test.sh)"]
+    async fn a_changed_count_fails_the_commit() {
+        let meta = store().await;
+        let mut seed = meta.begin().await.unwrap();
+        seed.set_add("held", "a");
+        assert!(seed.commit().await.unwrap());
+
+        // A member added after the count was read fails the commit; a removal too.
+        for change in ["add", "remove"] {
+            let mut a = meta.begin().await.unwrap();
+            let n = a.count("held").await.unwrap();
+            a.set_add("held", &format!("mine-{change}"));
+            let mut b = meta.begin().await.unwrap();
+            match change {
+                "add" => b.set_add("held", "b"),
+                _ => b.set_remove("held", "b"),
+            }
+            assert!(b.commit().await.unwrap());
+            assert_ne!(meta.count("held").await.unwrap(), n);
+            assert!(!a.commit().await.unwrap(), "a counted before b's {change}");
+        }
+        // Read again, the count commits; re-adding a member leaves it as it was.
+        let mut c = meta.begin().await.unwrap();
+        assert_eq!(c.count("held").await.unwrap(), 1);
+        c.set_add("held", "c");
+        let mut d = meta.begin().await.unwrap();
+        d.set_add("held", "a");
+        assert!(d.commit().await.unwrap());
+        assert!(c.commit().await.unwrap(), "the count did not change");
+        assert_eq!(meta.count("held").await.unwrap(), 2);
     }
 
     #[tokio::test]

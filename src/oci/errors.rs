@@ -52,6 +52,7 @@ fn table(e: &OciError) -> (StatusCode, &'static str) {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID")
             }
             RegistryError::Busy => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            RegistryError::TooManyUploads(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             RegistryError::Meta(_) | RegistryError::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
             }

@@ -9,6 +9,8 @@ use futures_util::StreamExt;
 use super::{query, OciApiError};
 use crate::api::params::counted_push;
 use crate::api::AppState;
+use crate::auth::Identity;
+use crate::registry::limits::Uploader;
 use crate::registry::oci::OciError;
 
 /// The upload's `Range` header: the bytes received, as `0-<last byte>`.
@@ -54,6 +56,7 @@ fn body_stream(
 pub async fn start(
     state: web::Data<AppState>,
     req: HttpRequest,
+    identity: Identity,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, OciApiError> {
@@ -66,7 +69,10 @@ pub async fn start(
             return Ok(created(base, &name, digest));
         }
     }
-    let id = registry.oci_start_upload(&name).await?;
+    // One of the uploads the caller may hold open, a whole blob's too while it streams.
+    let id = registry
+        .oci_start_upload(&name, &Uploader::of(&identity))
+        .await?;
     match q.get("digest") {
         Some(digest) => {
             registry

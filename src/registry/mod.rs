@@ -60,6 +60,9 @@ pub enum RegistryError {
     /// The blob store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller holds as many open uploads as it may; it may retry once some end.
+    #[error("{0}")]
+    TooManyUploads(String),
     /// Too many concurrent changes to the same records; the client may retry.
     #[error("the registry is busy with concurrent changes to the same template; retry")]
     Busy,

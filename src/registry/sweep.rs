@@ -444,6 +444,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::{GcOptions, GcReport};
+    use crate::registry::limits::Uploader;
     use crate::registry::test_support::{one_layer, push_one, registry};
     use crate::store::keys as object_keys;
 
@@ -455,7 +456,10 @@ mod tests {
         push_one(&r, id, "old", "v0", "a.ank", b"layer").await;
         let held = r.get(&id).await.unwrap().versions[0].push_id.clone();
         let open = r
-            .negotiate(one_layer(id, "old", "v1", "b.ank", b"other"))
+            .negotiate(
+                one_layer(id, "old", "v1", "b.ank", b"other"),
+                &Uploader::anonymous(),
+            )
             .await
             .unwrap()
             .session;

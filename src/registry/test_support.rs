@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::limits::Uploader;
 use super::Registry;
 use crate::meta::embedded::EmbeddedMeta;
 use crate::meta::{MetaResult, MetaStore, MetaTx};
@@ -56,7 +57,10 @@ pub(crate) async fn push_one(
     data: &[u8],
 ) {
     let plan = r
-        .negotiate(one_layer(id, template, tag, file, data))
+        .negotiate(
+            one_layer(id, template, tag, file, data),
+            &Uploader::anonymous(),
+        )
         .await
         .unwrap();
     let body =
@@ -154,6 +158,9 @@ impl ByteCountingTx {
 impl MetaTx for ByteCountingTx {
     async fn get(&mut self, key: &str) -> MetaResult<Option<Vec<u8>>> {
         self.inner.get(key).await
+    }
+    async fn count(&mut self, set: &str) -> MetaResult<u64> {
+        self.inner.count(set).await
     }
     fn put(&mut self, key: &str, value: Vec<u8>) {
         self.add(key, key.len() + value.len());

@@ -80,6 +80,7 @@ impl Registry {
 mod tests {
     use bytes::Bytes;
 
+    use crate::registry::limits::Uploader;
     use crate::registry::oci::OciError;
     use crate::registry::test_support::registry;
 
@@ -100,7 +101,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = registry(dir.path());
         let data: Vec<u8> = (0..3 * PART + 1000).map(|i| (i * 11 % 253) as u8).collect();
-        let id = r.oci_start_upload("acme/vm").await.unwrap();
+        let id = r
+            .oci_start_upload("acme/vm", &Uploader::anonymous())
+            .await
+            .unwrap();
 
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
         let body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {

@@ -4,7 +4,7 @@
 
 use std::fmt::Display;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -14,9 +14,11 @@ use super::{
 };
 use crate::meta::{decode, keys, MetaStoreExt, MetaTxExt};
 use crate::model::{now, FileRecord};
+use crate::registry::budget::PartBuffer;
+use crate::registry::limits::{release_upload_place, Door, Uploader};
 use crate::registry::upload::{delete_state, UploadState};
 use crate::registry::{transact, Registry, RegistryError};
-use crate::store::keys as object_keys;
+use crate::store::{keys as object_keys, StoreResult};
 
 /// An open upload, beside its multipart state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +26,10 @@ struct OciUpload {
     repo: String,
     created: u64,
     tail: Option<Tail>,
+    /// The identity that opened it, as `--max-upload-sessions-per-identity` counts it;
+    /// none when it is not counted (authentication off, or an upload older than the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
 }
 
 /// Bytes received past the last whole part, kept in an object of their own.
@@ -37,8 +43,9 @@ struct Tail {
 }
 
 impl Registry {
-    /// Opens an upload session in `repo`; answers its id.
-    pub async fn oci_start_upload(&self, repo: &str) -> OciResult<String> {
+    /// Opens an upload session in `repo` for `by`, one of those it may hold open;
+    /// answers its id.
+    pub async fn oci_start_upload(&self, repo: &str, by: &Uploader) -> OciResult<String> {
         validate_repo(repo)?;
         self.oci_check_repo_room(repo).await?;
         self.oci_check_upload_room().await?;
@@ -47,13 +54,19 @@ impl Registry {
             repo: repo.to_string(),
             created: now(),
             tail: None,
+            holder: by.key().map(str::to_string),
         };
         transact(self.meta(), async |tx| {
+            self.hold_upload_place(tx, Door::Oci, by, &id).await?;
             tx.put_json(&keys::oci_upload(&id), &record);
             tx.set_add(keys::OCI_UPLOADS, &id);
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            RegistryError::TooManyUploads(m) => OciError::TooManyUploads(m),
+            e => OciError::Registry(e),
+        })?;
         Ok(id)
     }
 
@@ -106,13 +119,18 @@ impl Registry {
         if start.is_some_and(|s| s != received) {
             return Err(OciError::RangeInvalid { received });
         }
-        let buffer = self.oci_stream(id, &upload, &mut state, body).await?;
-        let end = state.received + buffer.len() as u64;
-        let tail = match buffer.is_empty() {
-            true => None,
-            false => {
+        let rest = self.oci_stream(id, &upload, &mut state, body).await?;
+        let rest = rest.filter(|r| !r.buf.is_empty());
+        let end = state.received + rest.as_ref().map_or(0, |r| r.buf.len() as u64);
+        let tail = match rest {
+            None => None,
+            Some(rest) => {
                 let object = object_keys::oci_tail(id, end);
-                self.blobs().put(&object, buffer).await?;
+                // The buffer stays reserved until the store is done with its bytes.
+                let (bytes, reservation) = rest.freeze();
+                let stored = self.blobs().put(&object, bytes.clone()).await;
+                self.part_memory.give_back(bytes, reservation);
+                stored?;
                 Some(Tail {
                     object,
                     len: end - state.received,
@@ -147,15 +165,18 @@ impl Registry {
     }
 
     /// Streams the live tail and then `body` into whole parts; answers the bytes past the
-    /// last whole part (fewer than a part). The multipart upload starts only once a whole
-    /// part has come, so a small blob never opens one.
+    /// last whole part (fewer than a part), in their buffer from the part memory. The
+    /// multipart upload starts only once a whole part has come, so a small blob never
+    /// opens one; the bytes before it are collected in a part buffer too, so that every
+    /// byte an upload holds counts in `--part-memory` and an upload past the budget waits
+    /// for it before it reads its body.
     async fn oci_stream<S, E>(
         &self,
         id: &str,
         upload: &OciUpload,
         state: &mut UploadState,
-        mut body: S,
-    ) -> OciResult<Bytes>
+        body: S,
+    ) -> OciResult<Option<PartBuffer>>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
@@ -163,43 +184,62 @@ impl Registry {
         let part_size = self.part_size as usize;
         let state_key = keys::oci_upload_parts(id);
         // Bytes before the first whole part, fewer than a part.
-        let mut first = BytesMut::new();
-        if let Some(tail) = Self::live_tail(upload, state) {
-            first.extend_from_slice(&self.blobs().read(&tail.object).await?);
-        }
+        let mut first: Option<PartBuffer> = None;
+        let tail = match Self::live_tail(upload, state) {
+            Some(tail) => {
+                // Reserved before the read starts, so no store connection waits on it.
+                first = Some(self.part_memory.take(part_size).await);
+                self.blobs().get(&tail.object, None).await?
+            }
+            None => futures_util::stream::empty::<StoreResult<Bytes>>().boxed(),
+        };
+        // The tail's bytes come first, read as a stream into the same buffer as the body's.
+        let mut bytes = tail
+            .map(|r| r.map_err(|e| Cut::Store(e.into())))
+            .chain(body.map(|r| r.map_err(|e| Cut::Body(e.to_string()))));
         let mut parts: Option<ChunkParts> = None;
         loop {
             let next = match parts.as_mut() {
-                Some(p) => p.next_chunk(&mut body, state).await?,
-                None => body.next().await,
+                Some(p) => p.next_chunk(&mut bytes, state).await?,
+                None => bytes.next().await,
             };
             let chunk = match next {
                 Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => {
+                Some(Err(cut)) => {
                     if let Some(p) = parts.as_mut() {
                         let _ = p.drain(state).await;
                     }
-                    return Err(OciError::BlobUploadInvalid(format!("body cut short: {e}")));
+                    return Err(match cut {
+                        Cut::Store(e) => e,
+                        Cut::Body(e) => OciError::BlobUploadInvalid(format!("body cut short: {e}")),
+                    });
                 }
                 None => break,
             };
-            match parts.as_mut() {
-                Some(p) => p.feed(chunk, u64::MAX, state).await?,
-                None if first.len() + chunk.len() < part_size => first.extend_from_slice(&chunk),
-                None => {
-                    let p = parts.insert(self.oci_parts(id, &state_key, state).await?);
-                    p.feed(std::mem::take(&mut first).freeze(), u64::MAX, state)
-                        .await?;
-                    p.feed(chunk, u64::MAX, state).await?;
-                }
+            if let Some(p) = parts.as_mut() {
+                p.feed(chunk, u64::MAX, state).await?;
+                continue;
             }
+            let buffer = match first.as_mut() {
+                Some(buffer) => buffer,
+                None => first.insert(self.part_memory.take(part_size).await),
+            };
+            if buffer.buf.len() + chunk.len() < part_size {
+                buffer.buf.extend_from_slice(&chunk);
+                continue;
+            }
+            let p = parts.insert(self.oci_parts(id, &state_key, state).await?);
+            if let Some(buffer) = first.take() {
+                p.adopt(buffer, u64::MAX, state).await?;
+            }
+            p.feed(chunk, u64::MAX, state).await?;
         }
         match parts.as_mut() {
             Some(p) => {
                 p.drain(state).await?;
                 Ok(p.take_filling())
             }
-            None => Ok(first.freeze()),
+            None => Ok(first),
         }
     }
 
@@ -219,31 +259,46 @@ impl Registry {
         let (algorithm, declared) = parse_digest(digest)?;
         let (upload, mut state) = self.oci_load_upload(repo, id).await?;
         let rest = self.oci_stream(id, &upload, &mut state, body).await?;
+        let last: &[u8] = rest.as_ref().map_or(&[], |r| &r.buf);
         let object = object_keys::blob("oci", id);
-        let size = state.received + rest.len() as u64;
+        let size = state.received + last.len() as u64;
         let mut hasher = state.hasher.clone();
-        hasher.update(&rest);
+        hasher.update(last);
         let hex = hasher.finalize_hex();
         // The digest is checked before the blob is stored when the bytes at hand tell it:
         // a SHA-256 always (the parts keep its running state), a SHA-512 of a blob that
         // never filled a part.
         let early = match (algorithm, &state.handle) {
             (Algorithm::Sha256, _) => Some(hex.clone()),
-            (Algorithm::Sha512, None) => Some(algorithm.hex(&rest)),
+            (Algorithm::Sha512, None) => Some(algorithm.hex(last)),
             (Algorithm::Sha512, Some(_)) => None,
         };
         if let Some(actual) = early.filter(|a| a != declared) {
+            drop(rest);
             self.oci_discard(id, &upload, &state).await?;
             return Err(mismatch(digest, algorithm, &actual));
         }
-        match state.handle.clone() {
-            None => self.blobs().put(&object, rest.clone()).await?,
-            Some(handle) => {
+        match (state.handle.clone(), rest) {
+            (None, rest) => {
+                let (bytes, reservation) = match rest {
+                    Some(rest) => {
+                        let (bytes, reservation) = rest.freeze();
+                        (bytes, Some(reservation))
+                    }
+                    None => (Bytes::new(), None),
+                };
+                let stored = self.blobs().put(&object, bytes.clone()).await;
+                if let Some(reservation) = reservation {
+                    self.part_memory.give_back(bytes, reservation);
+                }
+                stored?;
+            }
+            (Some(handle), rest) => {
                 let state_key = keys::oci_upload_parts(id);
-                if !rest.is_empty() {
-                    let mut last = self.oci_parts(id, &state_key, &mut state).await?;
-                    last.feed(rest.clone(), size, &mut state).await?;
-                    last.drain(&mut state).await?;
+                if let Some(rest) = rest {
+                    let mut writer = self.oci_parts(id, &state_key, &mut state).await?;
+                    writer.adopt(rest, size, &mut state).await?;
+                    writer.drain(&mut state).await?;
                 }
                 let parts = self
                     .upload_parts(&keys::oci_upload_parts(id), &state)
@@ -277,6 +332,7 @@ impl Registry {
             tx.delete(&keys::oci_upload(id));
             delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
+            release_upload_place(tx, Door::Oci, upload.holder.as_deref(), id);
             tx.set_add(keys::OCI_REPOS, repo);
             // A repository that holds the blob already keeps its one reference.
             if let Some(record) = tx.get_json::<FileRecord>(&keys::file(&fresh.key)).await? {
@@ -324,6 +380,7 @@ impl Registry {
             tx.delete(&keys::oci_upload(id));
             delete_state(tx, &keys::oci_upload_parts(id)).await?;
             tx.set_remove(keys::OCI_UPLOADS, id);
+            release_upload_place(tx, Door::Oci, upload.holder.as_deref(), id);
             Ok(())
         })
         .await?;
@@ -430,6 +487,13 @@ impl Registry {
         }
         Ok(purged)
     }
+}
+
+/// Why the bytes of an append stopped: the stored tail could not be read, or the
+/// client's body broke off.
+enum Cut {
+    Store(OciError),
+    Body(String),
 }
 
 /// The error for content whose digest is not the one declared.

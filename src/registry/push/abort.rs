@@ -4,6 +4,7 @@ use super::session::session_not_found;
 use crate::meta::keys;
 use crate::model;
 use crate::registry::gc::{delete_objects, release, Release};
+use crate::registry::limits::{release_upload_place, Door};
 use crate::registry::upload::delete_state;
 use crate::registry::{transact, Registry, RegistryError, RegistryResult};
 
@@ -25,6 +26,7 @@ impl Registry {
             }
             tx.delete(&keys::session(session_id));
             tx.set_remove(keys::SESSIONS, session_id);
+            release_upload_place(tx, Door::Push, session.holder.as_deref(), session_id);
             Ok(objects)
         })
         .await?;

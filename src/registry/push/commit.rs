@@ -13,6 +13,7 @@ use crate::meta::{encode, keys, MetaStoreExt, MetaTx, MetaTxExt};
 use crate::model::{self, FileRecord, FileRef, StoredManifest, StoredTemplate, Template, Version};
 use crate::protocol::{CommitRequest, Committed};
 use crate::registry::gc::delete_objects;
+use crate::registry::limits::{release_upload_place, Door};
 use crate::registry::template_record;
 use crate::registry::templates::write_template;
 use crate::registry::upload::delete_state;
@@ -239,6 +240,7 @@ impl Registry {
         write_template(tx, before.as_ref(), &template);
         tx.delete(&keys::session(session_id));
         tx.set_remove(keys::SESSIONS, session_id);
+        release_upload_place(tx, Door::Push, session.holder.as_deref(), session_id);
         tx.put_json(&keys::pushed(session_id), &template.id);
         tx.set_add(keys::PUSHED, &keys::pushed_member(created, session_id));
         let committed = Committed {
@@ -392,6 +394,7 @@ mod tests {
     use crate::meta::embedded::EmbeddedMeta;
     use crate::meta::{keys, MetaStore};
     use crate::protocol::CommitRequest;
+    use crate::registry::limits::Uploader;
     use crate::registry::{transact, Registry, RegistryError};
     use crate::store::fs::FsStore;
     use crate::store::testing::Watched;
@@ -573,7 +576,10 @@ mod tests {
         assert_eq!(r.file("c.ank").await.unwrap().refs, 1, "committed once");
 
         let other = r
-            .negotiate(request(Uuid::new_v4(), "v0", &[("d.ank", b"x")]))
+            .negotiate(
+                request(Uuid::new_v4(), "v0", &[("d.ank", b"x")]),
+                &Uploader::anonymous(),
+            )
             .await
             .unwrap();
         r.abort(&other.session).await.unwrap();

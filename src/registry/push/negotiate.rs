@@ -9,6 +9,7 @@ use super::session::{plan, SessionFile, UploadSession};
 use crate::meta::{keys, MetaTxExt};
 use crate::model::{self, FileKind, FileRecord, FileRef};
 use crate::protocol::{PushPlan, PushRequest};
+use crate::registry::limits::{Door, Uploader};
 use crate::registry::{template_record, transact, Registry, RegistryError, RegistryResult};
 
 const MAX_DESCRIPTION: usize = 4096;
@@ -99,9 +100,9 @@ pub(super) async fn check_name_free(
 }
 
 impl Registry {
-    /// Negotiates a push: pins the files the registry has and opens an upload session for
-    /// the rest.
-    pub async fn negotiate(&self, req: PushRequest) -> RegistryResult<PushPlan> {
+    /// Negotiates a push for `by`: pins the files the registry has and opens an upload
+    /// session for the rest, one of those `by` may hold open.
+    pub async fn negotiate(&self, req: PushRequest, by: &Uploader) -> RegistryResult<PushPlan> {
         validate_request(&req)?;
         crate::telemetry::trace::record_template(&req.id);
         self.check_config_size(&req.config)?;
@@ -176,7 +177,10 @@ impl Registry {
                 config: req.config.clone(),
                 files,
                 created: model::now(),
+                holder: by.key().map(str::to_string),
             };
+            self.hold_upload_place(tx, Door::Push, by, &session_id)
+                .await?;
             tx.put_json(&keys::session(&session_id), &session);
             tx.set_add(keys::SESSIONS, &session_id);
             Ok(session)
@@ -192,6 +196,7 @@ mod tests {
 
     use super::super::testing::{push, registry, request};
     use crate::protocol::CommitRequest;
+    use crate::registry::limits::Uploader;
     use crate::registry::RegistryError;
 
     #[tokio::test]
@@ -200,6 +205,7 @@ mod tests {
         let r = registry(dir.path());
         let id = Uuid::new_v4();
         let files: &[(&str, &[u8])] = &[("held.ank", b"layer")];
+        let anonymous = Uploader::anonymous();
         let plan = push(&r, request(id, "v0", files), files).await;
         r.commit(&plan.session, CommitRequest::default())
             .await
@@ -212,13 +218,19 @@ mod tests {
         };
 
         // An older client, which does not confirm, sends the file again.
-        let old = r.negotiate(without_digest("old", false)).await.unwrap();
+        let old = r
+            .negotiate(without_digest("old", false), &anonymous)
+            .await
+            .unwrap();
         assert!(old.files[0].upload && !old.files[0].confirm);
         r.abort(&old.session).await.unwrap();
 
         // Held under that name and size: not sent; the plan tells the digest only to
         // whoever has the bytes.
-        let plan = r.negotiate(without_digest("v1", true)).await.unwrap();
+        let plan = r
+            .negotiate(without_digest("v1", true), &anonymous)
+            .await
+            .unwrap();
         let held = &plan.files[0];
         assert!(!held.upload && held.confirm);
         let stored = crate::digest::sha256_hex(b"layer");

@@ -187,6 +187,7 @@ mod tests {
     use super::super::testing::{registry, request};
     use crate::meta::keys;
     use crate::protocol::CommitRequest;
+    use crate::registry::limits::Uploader;
     use crate::registry::{Registry, RegistryError};
 
     fn channel_body() -> (
@@ -226,7 +227,7 @@ mod tests {
         let r = registry(dir.path());
         let data: Vec<u8> = (0..4 * PART + 1000).map(|i| (i * 7 % 251) as u8).collect();
         let req = request(Uuid::new_v4(), "v0", &[("a.ank", &data)]);
-        let plan = r.negotiate(req).await.unwrap();
+        let plan = r.negotiate(req, &Uploader::anonymous()).await.unwrap();
         let session = plan.session.clone();
 
         // The killed client's request: one part recorded, one more still to land.
@@ -291,7 +292,10 @@ mod tests {
         let r = registry(dir.path());
         let data: Vec<u8> = (0..3 * PART + 17).map(|i| (i * 13 % 241) as u8).collect();
         let plan = r
-            .negotiate(request(Uuid::new_v4(), "v0", &[("b.ank", &data)]))
+            .negotiate(
+                request(Uuid::new_v4(), "v0", &[("b.ank", &data)]),
+                &Uploader::anonymous(),
+            )
             .await
             .unwrap();
         let cut = futures_util::stream::iter([

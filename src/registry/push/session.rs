@@ -33,6 +33,11 @@ pub struct UploadSession {
     pub files: Vec<SessionFile>,
     /// Epoch seconds of the negotiation.
     pub created: u64,
+    /// The identity that opened the session, as `--max-upload-sessions-per-identity`
+    /// counts it (see [`Uploader`](crate::registry::limits::Uploader)); none when it is
+    /// not counted (authentication off, or a session older than the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// One file of an open push.

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use crate::model::FileKind;
 use crate::protocol::{PushFile, PushPlan, PushRequest};
+use crate::registry::limits::Uploader;
 use crate::registry::Registry;
 
 pub(super) use crate::registry::test_support::registry;
@@ -31,7 +32,7 @@ pub(super) fn request(id: Uuid, tag: &str, files: &[(&str, &[u8])]) -> PushReque
 }
 
 pub(super) async fn push(r: &Registry, req: PushRequest, files: &[(&str, &[u8])]) -> PushPlan {
-    let plan = r.negotiate(req).await.unwrap();
+    let plan = r.negotiate(req, &Uploader::anonymous()).await.unwrap();
     for (name, data) in files {
         if plan.files.iter().any(|f| f.name == *name && f.upload) {
             let body =

@@ -142,16 +142,47 @@ impl<'a, R: RecordPart> PartWriter<'a, R> {
         Ok(())
     }
 
-    /// Takes the bytes of the part being filled, for a caller that keeps them elsewhere
-    /// until more come; their buffer goes back to the part memory.
-    pub(crate) fn take_filling(&mut self) -> Bytes {
-        match self.filling.take() {
-            Some(Filling::Write(buffer)) => {
-                let bytes = Bytes::copy_from_slice(&buffer.buf);
-                self.registry.part_memory.put_back(buffer);
-                bytes
+    /// Takes `buffer`, filled elsewhere with the body's next bytes, as the part being
+    /// filled, and writes it when those bytes end the part (the last part of a file of
+    /// `size` bytes, `u64::MAX` while unknown). The bytes keep the reservation they were
+    /// read into: a caller that collected them before it could start the upload never
+    /// holds a second buffer for them.
+    pub(crate) async fn adopt(
+        &mut self,
+        buffer: PartBuffer,
+        size: u64,
+        state: &mut UploadState,
+    ) -> RegistryResult<()> {
+        if buffer.buf.is_empty() {
+            self.registry.part_memory.put_back(buffer);
+            return Ok(());
+        }
+        let number = part_at(self.at, self.part_size);
+        let end = (u64::from(number) * self.part_size).min(size);
+        let len = buffer.buf.len() as u64;
+        if self.filling.is_some() || state.holds(number) || self.at + len > end {
+            // Not the start of a part to write (the part size changed under an upload
+            // that was cut): cut the bytes as any body's, the buffer going back first.
+            let bytes = Bytes::copy_from_slice(&buffer.buf);
+            self.registry.part_memory.put_back(buffer);
+            return self.feed(bytes, size, state).await;
+        }
+        self.at += len;
+        match self.at == end {
+            true => self.write(number, buffer, state).await,
+            false => {
+                self.filling = Some(Filling::Write(buffer));
+                Ok(())
             }
-            _ => Bytes::new(),
+        }
+    }
+
+    /// Takes the part being filled, with its reservation, for a caller that keeps its
+    /// bytes elsewhere until more come.
+    pub(crate) fn take_filling(&mut self) -> Option<PartBuffer> {
+        match self.filling.take() {
+            Some(Filling::Write(buffer)) => Some(buffer),
+            _ => None,
         }
     }
 
