@@ -70,7 +70,9 @@ impl Uploader {
         );
         let (key, label) = match &identity.method {
             AuthMethod::Open => return Self::anonymous(),
-            AuthMethod::RootToken => ("root".to_string(), "root".to_string()),
+            AuthMethod::RootToken | AuthMethod::RootSession { .. } => {
+                ("root".to_string(), "root".to_string())
+            }
             AuthMethod::ApiKey { .. } => (
                 format!("key:{user}"),
                 format!("API key {:?}", identity.user),
@@ -287,6 +289,7 @@ mod tests {
             groups: Vec::new(),
             method: AuthMethod::ApiKey {
                 session: "s".into(),
+                expires: u64::MAX,
             },
         }
     }
@@ -318,6 +321,15 @@ mod tests {
         assert_eq!(keys.len(), named.len(), "{named:?}");
         assert!(keys.iter().all(|k| !k.contains('\0')));
         assert_eq!(Uploader::of(&Identity::open()).key(), None);
+        // A root session from the token endpoint is root, whichever way it logged in.
+        let session = Identity {
+            method: AuthMethod::RootSession { expires: u64::MAX },
+            ..Identity::root()
+        };
+        assert_eq!(
+            Uploader::of(&session).key(),
+            Uploader::of(&Identity::root()).key()
+        );
     }
 
     /// Pushes and OCI uploads are counted apart, per identity; every way a session ends
