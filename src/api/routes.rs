@@ -283,15 +283,15 @@ async fn not_allowed(front: Front) -> HttpResponse {
     }
 }
 
-/// The route a method and a path template name, if declared.
-pub fn find(verb: Verb, path: &str) -> Option<&'static Endpoint> {
-    ENDPOINTS.iter().find(|e| e.verb == verb && e.path == path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    /// The route a method and a path template name, if declared.
+    fn find(verb: Verb, path: &str) -> Option<&'static Endpoint> {
+        ENDPOINTS.iter().find(|e| e.verb == verb && e.path == path)
+    }
 
     #[test]
     fn each_method_and_path_is_declared_once() {
