@@ -265,14 +265,7 @@ impl Registry {
                 records.into_iter().flatten().map(|r| r.size).collect()
             }
             Listed::Manifests(digests) => {
-                let records: Vec<String> = digests
-                    .iter()
-                    .map(|d| keys::oci_manifest(repo, d))
-                    .collect();
-                let records = self
-                    .meta()
-                    .get_many_json::<ManifestRecord>(&records)
-                    .await?;
+                let records = self.oci_manifest_records(repo, digests).await?;
                 records.into_iter().flatten().map(|r| r.size).collect()
             }
         };
@@ -369,6 +362,20 @@ impl Registry {
         }
         held?;
         Ok((digest, parsed.subject))
+    }
+
+    /// The records of `digests`' manifests in `repo`, in their order; `None` for one the
+    /// repository does not hold.
+    async fn oci_manifest_records(
+        &self,
+        repo: &str,
+        digests: &[String],
+    ) -> RegistryResult<Vec<Option<ManifestRecord>>> {
+        let record_keys: Vec<String> = digests
+            .iter()
+            .map(|d| keys::oci_manifest(repo, d))
+            .collect();
+        Ok(self.meta().get_many_json(&record_keys).await?)
     }
 
     async fn oci_manifest_record(&self, key: &str) -> OciResult<ManifestRecord> {
@@ -473,14 +480,7 @@ impl Registry {
             .members(&keys::oci_referrers(repo, digest))
             .await?;
         digests.sort();
-        let record_keys: Vec<String> = digests
-            .iter()
-            .map(|d| keys::oci_manifest(repo, d))
-            .collect();
-        let found = self
-            .meta()
-            .get_many_json::<ManifestRecord>(&record_keys)
-            .await?;
+        let found = self.oci_manifest_records(repo, &digests).await?;
         let mut out = Vec::new();
         for (digest, record) in digests.into_iter().zip(found) {
             // A manifest deleted since the set was read is no referrer.
