@@ -360,6 +360,82 @@ async fn uploads_refuse_bad_digests_and_out_of_order_chunks() {
 }
 
 #[tokio::test]
+async fn a_closing_put_out_of_order_is_416_and_the_upload_goes_on() {
+    let s = Server::start();
+    let c = Client::new();
+    let data = payload(1000, 9);
+    for (repo, digest) in [("ooo/a", digest_of(&data)), ("ooo/b", sha512_of(&data))] {
+        let loc = open_upload(&c, &s, repo).await;
+        let loc = patch_chunks(&c, &s, loc, &data[..500], 500).await;
+        // The last chunk, said to start past where the upload stands.
+        let skip = c
+            .put(with_digest(&s, &loc, &digest))
+            .header(header::CONTENT_RANGE, "600-999")
+            .body(data[600..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(skip.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{repo}");
+        assert_eq!(skip.headers()[header::RANGE], "0-499", "{repo}");
+        assert_eq!(error_code(skip).await, "BLOB_UPLOAD_INVALID");
+        // Nothing was appended and the session is still there.
+        let status = c.get(resolve(&s, &loc)).send().await.unwrap();
+        assert_eq!(status.status(), StatusCode::NO_CONTENT, "{repo}");
+        assert_eq!(status.headers()[header::RANGE], "0-499", "{repo}");
+        expect_status(
+            c.head(s.at(&format!("/v2/{repo}/blobs/{digest}"))),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        // The same chunk from where it stands closes it.
+        let done = c
+            .put(with_digest(&s, &loc, &digest))
+            .header(header::CONTENT_RANGE, "500-999")
+            .body(data[500..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), StatusCode::CREATED, "{repo}");
+        let got = c
+            .get(s.at(&format!("/v2/{repo}/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(got.bytes().await.unwrap() == data, "{repo}");
+    }
+}
+
+#[tokio::test]
+async fn a_reference_no_manifest_can_have_is_unknown_on_get_and_head() {
+    let s = Server::start();
+    let c = Client::new();
+    put_manifest(&c, &s, "refs/x", "v1", EMPTY_MANIFEST).await;
+    let manifest = |r: &str| s.at(&format!("/v2/refs/x/manifests/{r}"));
+    for reference in [".INVALID_MANIFEST_NAME", "-v1", "sha256:0", "md5:abc"] {
+        expect_error(
+            c.get(manifest(reference)),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        )
+        .await;
+        expect_status(c.head(manifest(reference)), StatusCode::NOT_FOUND).await;
+    }
+    // A PUT still says what is wrong with it.
+    expect_error(
+        c.put(manifest(".INVALID_MANIFEST_NAME"))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .body(EMPTY_MANIFEST.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "TAG_INVALID",
+    )
+    .await;
+    expect_status(c.get(manifest("v1")), StatusCode::OK).await;
+}
+
+#[tokio::test]
 async fn openapi_documents_the_oci_routes() {
     let s = Server::start();
     let doc = get(&s.at("/openapi.json")).await.json;
@@ -909,8 +985,7 @@ async fn sha512_digests_name_blobs_and_manifests_and_content_is_stored_once() {
         "the refused upload left no object"
     );
 
-    // Mount by SHA-512 from a repository holding it; without `from` a session (content is
-    // discovered by SHA-256 only).
+    // Mount by SHA-512 from a repository holding it, or without `from` as by SHA-256.
     let mount = |repo: &str, q: String| c.post(s.at(&format!("/v2/{repo}/blobs/uploads/?{q}")));
     let mounted = mount("x/c", format!("mount={d512}&from=x/a"))
         .send()
@@ -919,7 +994,19 @@ async fn sha512_digests_name_blobs_and_manifests_and_content_is_stored_once() {
     assert_eq!(mounted.status(), StatusCode::CREATED);
     assert_eq!(mounted.headers()["docker-content-digest"], d512.as_str());
     expect_status(c.head(blob("x/c", &d512)), StatusCode::OK).await;
-    expect_status(mount("x/d", format!("mount={d512}")), StatusCode::ACCEPTED).await;
+    let discovered = mount("x/d", format!("mount={d512}")).send().await.unwrap();
+    assert_eq!(discovered.status(), StatusCode::CREATED);
+    assert_eq!(discovered.headers()["docker-content-digest"], d512.as_str());
+    let got = c.get(blob("x/d", &d512)).send().await.unwrap();
+    assert!(got.bytes().await.unwrap() == small);
+    // The chunked one too, and a SHA-512 no blob has opens a session.
+    expect_status(mount("x/e", format!("mount={big512}")), StatusCode::CREATED).await;
+    let got = c.get(blob("x/e", &big512)).send().await.unwrap();
+    assert!(got.bytes().await.unwrap() == big);
+    expect_status(mount("x/d", format!("mount={wrong}")), StatusCode::ACCEPTED).await;
+    expect_status(c.head(blob("x/d", &wrong)), StatusCode::NOT_FOUND).await;
+    expect_status(c.delete(blob("x/d", &d512)), StatusCode::ACCEPTED).await;
+    expect_status(c.delete(blob("x/e", &big512)), StatusCode::ACCEPTED).await;
     // Deleting by SHA-512 drops that hold only.
     expect_status(c.delete(blob("x/a", &d512)), StatusCode::ACCEPTED).await;
     expect_status(c.head(blob("x/a", &d512)), StatusCode::NOT_FOUND).await;

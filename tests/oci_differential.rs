@@ -352,6 +352,17 @@ async fn sequence(base: &str) -> BTreeMap<String, String> {
         accept(&r, Method::GET, &unknown),
     )
     .await;
+    // A reference no manifest can have names none: 404 MANIFEST_UNKNOWN, not TAG_INVALID.
+    r.send(
+        "manifest-get-invalid-tag",
+        accept(&r, Method::GET, ".INVALID_MANIFEST_NAME"),
+    )
+    .await;
+    r.send(
+        "manifest-head-invalid-tag",
+        accept(&r, Method::HEAD, ".INVALID_MANIFEST_NAME"),
+    )
+    .await;
     let dangling = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
@@ -517,6 +528,9 @@ fn known(key: &str) -> Option<(&'static str, &'static str)> {
         ("referrers", "status") => ("404", "200"),
         ("referrers", "error") => ("<not a JSON error body>", ""),
         ("referrers", "content-length") => ("", ANY),
+        // A reference no manifest can have: distribution's router matches no route (a
+        // plain-text 404); the conformance suite wants the spec's 404 MANIFEST_UNKNOWN body.
+        ("manifest-get-invalid-tag", "error") => ("<not a JSON error body>", "MANIFEST_UNKNOWN"),
         // The spec's answer to a cancel is a bare 204; distribution adds its upload id.
         ("cancel", "upload-uuid") => ("true", "false"),
         _ => return None,

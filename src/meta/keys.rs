@@ -185,6 +185,13 @@ pub fn oci_blob(repo: &str, digest: &str) -> String {
 /// The start of every [`oci_blob`] key, to walk them all.
 pub const OCI_BLOB_LINKS: &str = "oci:blob:";
 
+/// The SHA-256 hex of the content a digest of another algorithm (`sha512:…`) names, so
+/// a mount without `from` finds it as one by SHA-256 does. The pair is a fact about the
+/// bytes, true whether or not they are still stored.
+pub fn oci_content_alias(digest: &str) -> String {
+    format!("oci:alias:{digest}")
+}
+
 /// The set of the digests of an OCI repository's manifests.
 pub fn oci_manifests(repo: &str) -> String {
     format!("oci:mans:{repo}")

@@ -76,7 +76,7 @@ pub async fn start(
     match q.get("digest") {
         Some(digest) => {
             registry
-                .oci_finish(&name, &id, digest, body_stream(payload))
+                .oci_finish(&name, &id, None, digest, body_stream(payload))
                 .await?;
             Ok(created(base, &name, digest))
         }
@@ -111,17 +111,9 @@ pub fn content_range_start(value: &str) -> Option<u64> {
     start.trim().parse().ok()
 }
 
-/// `PATCH /v2/<name>/blobs/uploads/<id>`: appends the body (streamed; a `Content-Range`
-/// must start where the upload stands, or 416).
-pub async fn append(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    payload: web::Payload,
-) -> Result<HttpResponse, OciApiError> {
-    let (name, id) = path.into_inner();
-    let start = req
-        .headers()
+/// Where a request's `Content-Range` says its bytes start, when it has one.
+fn start_of(req: &HttpRequest) -> Result<Option<u64>, OciError> {
+    req.headers()
         .get(header::CONTENT_RANGE)
         .map(|v| {
             v.to_str()
@@ -131,7 +123,19 @@ pub async fn append(
                     OciError::BlobUploadInvalid("Content-Range must be <start>-<end>".into())
                 })
         })
-        .transpose()?;
+        .transpose()
+}
+
+/// `PATCH /v2/<name>/blobs/uploads/<id>`: appends the body (streamed; a `Content-Range`
+/// must start where the upload stands, or 416).
+pub async fn append(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OciApiError> {
+    let (name, id) = path.into_inner();
+    let start = start_of(&req)?;
     let received = state
         .registry
         .oci_append(&name, &id, start, body_stream(payload))
@@ -139,7 +143,9 @@ pub async fn append(
     Ok(in_progress(state.link_base(), &name, &id, received))
 }
 
-/// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last bytes, if any, then 201.
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last bytes, if any, then 201; a
+/// `Content-Range` that does not start where the upload stands is 416, as for a `PATCH`,
+/// and the upload stays open.
 pub async fn finish(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -153,9 +159,10 @@ pub async fn finish(
             OciError::DigestInvalid("the digest query parameter is required".into()).into(),
         );
     };
+    let start = start_of(&req)?;
     state
         .registry
-        .oci_finish(&name, &id, digest, body_stream(payload))
+        .oci_finish(&name, &id, start, digest, body_stream(payload))
         .await?;
     Ok(created(state.link_base(), &name, digest))
 }

@@ -392,7 +392,9 @@ mod tests {
         let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
             bytes::Bytes::from_static(b"blob"),
         )]);
-        r.oci_finish("acme/vm", &b, &digest, body).await.unwrap();
+        r.oci_finish("acme/vm", &b, None, &digest, body)
+            .await
+            .unwrap();
         start(&ci).await.unwrap();
         assert!(start(&ci).await.is_err());
 

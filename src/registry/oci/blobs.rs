@@ -56,9 +56,9 @@ impl Registry {
     }
 
     /// Makes `repo` hold a blob that `from` holds, or with no `from` any stored blob with
-    /// that digest (the spec's automatic content discovery; by SHA-256 only, the digest
-    /// content is stored under). `None` when there is no such blob, and the client must
-    /// upload it.
+    /// that digest (the spec's automatic content discovery: by SHA-256, the digest content
+    /// is stored under, or by the alias a blob closed or mounted under another digest
+    /// left). `None` when there is no such blob, and the client must upload it.
     pub async fn oci_mount(
         &self,
         repo: &str,
@@ -74,9 +74,13 @@ impl Registry {
         let link = keys::oci_blob(repo, digest);
         let source = from.map(|f| keys::oci_blob(f, digest));
         transact(self.meta(), async |tx| {
-            let content = match &source {
-                Some(source) => read_link(tx, source, digest).await?,
-                None => by_sha256.clone(),
+            let content = match (&source, &by_sha256) {
+                (Some(source), _) => read_link(tx, source, digest).await?,
+                (None, Some(hex)) => Some(hex.clone()),
+                (None, None) => {
+                    tx.get_json::<String>(&keys::oci_content_alias(digest))
+                        .await?
+                }
             };
             let Some(content) = content else {
                 return Ok(None);
@@ -90,6 +94,9 @@ impl Registry {
             }
             tx.put_json(&link, &link_value(digest, &content));
             tx.set_add(keys::OCI_REPOS, repo);
+            if by_sha256.is_none() {
+                tx.put_json(&keys::oci_content_alias(digest), &content);
+            }
             hold(tx, &record).await.map(Some)
         })
         .await

@@ -388,7 +388,11 @@ impl Registry {
     /// A manifest by tag or digest, with its bytes.
     pub async fn oci_manifest(&self, repo: &str, reference_: &str) -> OciResult<OciManifest> {
         validate_repo(repo)?;
-        let digest = match reference(reference_)? {
+        // A reference that cannot name a manifest names none: 404, as docker
+        // distribution's router and the clients written against it expect; only a PUT
+        // tells that a tag is malformed.
+        let named = reference(reference_).map_err(|_| OciError::ManifestUnknown)?;
+        let digest = match named {
             Reference::Digest(d, _) => d.to_string(),
             Reference::Tag(tag) => {
                 match self

@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(appended, data.len() as u64);
         let digest = format!("sha256:{}", crate::digest::sha256_hex(&data));
         let none = futures_util::stream::iter(Vec::<Result<Bytes, std::io::Error>>::new());
-        let blob = r.oci_finish("acme/vm", &id, &digest, none).await.unwrap();
+        let blob = r
+            .oci_finish("acme/vm", &id, None, &digest, none)
+            .await
+            .unwrap();
         assert_eq!(blob.size, data.len() as u64);
         let stored = std::fs::read(dir.path().join("objects").join(&blob.object)).unwrap();
         assert!(stored == data, "the blob holds exactly the pushed bytes");

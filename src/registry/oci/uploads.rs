@@ -244,11 +244,14 @@ impl Registry {
     }
 
     /// Closes an upload with its last bytes: checks the digest (SHA-256 or SHA-512) and
-    /// makes the blob, stored under its SHA-256 whatever algorithm named it.
+    /// makes the blob, stored under its SHA-256 whatever algorithm named it. `start`, when
+    /// the client names it, must be where the upload stands, as for an append: else 416
+    /// and the upload stays open.
     pub async fn oci_finish<S, E>(
         &self,
         repo: &str,
         id: &str,
+        start: Option<u64>,
         digest: &str,
         body: S,
     ) -> OciResult<FileRecord>
@@ -258,6 +261,10 @@ impl Registry {
     {
         let (algorithm, declared) = parse_digest(digest)?;
         let (upload, mut state) = self.oci_load_upload(repo, id).await?;
+        let received = state.received + Self::live_tail(&upload, &state).map_or(0, |t| t.len);
+        if start.is_some_and(|s| s != received) {
+            return Err(OciError::RangeInvalid { received });
+        }
         let rest = self.oci_stream(id, &upload, &mut state, body).await?;
         let last: &[u8] = rest.as_ref().map_or(&[], |r| &r.buf);
         let object = object_keys::blob("oci", id);
@@ -341,6 +348,9 @@ impl Registry {
                 }
             }
             tx.put_json(&link, &link_value(digest, &hex));
+            if algorithm != Algorithm::Sha256 {
+                tx.put_json(&keys::oci_content_alias(digest), &hex);
+            }
             hold(tx, &fresh).await
         })
         .await
