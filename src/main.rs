@@ -130,17 +130,17 @@ fn main() {
         Command::Healthcheck { url } => vmreg::cli::healthcheck::run(url),
         Command::Admin {
             command: AdminCommand::Reindex(args),
-        } => with_config(args.stores, |config| {
+        } => with_store(args.stores, "reindex", false, |config| {
             vmreg::registry::reindex::run_cli(config, args.force)
         }),
         Command::Admin {
             command: AdminCommand::Fsck(args),
-        } => with_config(args.stores, |config| {
+        } => with_store(args.stores, "fsck", true, |config| {
             vmreg::registry::admin::fsck(config, args.json, args.digests)
         }),
         Command::Admin {
             command: AdminCommand::Gc(args),
-        } => with_config(args.removal.stores, |config| {
+        } => with_store(args.removal.stores, "gc", true, |config| {
             let grace = args
                 .grace
                 .unwrap_or(vmreg::registry::admin::DEFAULT_GC_GRACE);
@@ -151,7 +151,7 @@ fn main() {
         } => {
             let run = args.run();
             let json = args.removal.json;
-            with_config(args.removal.stores, |config| {
+            with_store(args.removal.stores, "retention", true, |config| {
                 vmreg::registry::admin::retention(config, json, run)
             })
         }
@@ -169,4 +169,19 @@ fn with_config(args: ServeArgs, f: impl FnOnce(Config) -> i32) -> i32 {
             2
         }
     }
+}
+
+/// As [`with_config`], for the admin command `name`: the stores it names must exist (see
+/// [`vmreg::registry::admin::existing_store`]); `index`: it reads the metadata index.
+fn with_store(args: ServeArgs, name: &str, index: bool, f: impl FnOnce(Config) -> i32) -> i32 {
+    with_config(
+        args,
+        |config| match vmreg::registry::admin::existing_store(&config, index) {
+            Ok(()) => f(config),
+            Err(e) => {
+                eprintln!("vmreg admin {name}: {e}");
+                vmreg::registry::admin::EXIT_FAILED
+            }
+        },
+    )
 }

@@ -303,6 +303,68 @@ fn fsck_on_an_unreachable_store_fails_in_one_line() {
     assert!(stderr.starts_with("vmreg admin fsck: "), "{stderr}");
 }
 
+/// `vmreg admin <args>` on whatever `--data-dir` the args give: exit code and stderr.
+fn admin_raw(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(vmreg_bin())
+        .arg("admin")
+        .args(args)
+        .output()
+        .expect("run vmreg admin");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_commands_refuse_a_data_dir_that_holds_no_store_and_create_nothing() {
+    let ns = Namespace::embedded();
+    let absent = ns.dir.join("absent");
+    let empty = ns.dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let commands: [&[&str]; 4] = [
+        &["fsck"],
+        &["gc", "--dry-run"],
+        &["retention", "--keep-last", "1"],
+        &["reindex"],
+    ];
+    for dir in [&absent, &empty] {
+        let dir_arg = dir.display().to_string();
+        for command in commands {
+            let mut args = command.to_vec();
+            args.extend(["--data-dir", &dir_arg]);
+            let (code, stderr) = admin_raw(&args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(
+                stderr.starts_with(&format!("vmreg admin {}: no vmreg store at", command[0])),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.contains("--data-dir"), "{stderr}");
+        }
+    }
+    assert!(!absent.exists(), "nothing was created at the absent path");
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "the empty dir stays empty"
+    );
+}
+
+#[test]
+fn admin_commands_on_an_embedded_store_a_server_holds_say_so_and_what_to_do() {
+    let s = Server::start_in(Namespace::embedded(), &[]);
+    let data = s.ns.dir.join("data").display().to_string();
+    for command in ["fsck", "gc"] {
+        let (code, stderr) = admin_raw(&[command, "--data-dir", &data]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("is in use by another process"), "{stderr}");
+        assert!(stderr.contains("stop the server first"), "{stderr}");
+        assert!(!stderr.contains("Cannot acquire lock"), "{stderr}");
+    }
+}
+
 /// `vmreg admin gc --json`: exit code 0 and the report.
 fn gc(ns: &Namespace, extra: &[&str]) -> Value {
     let mut args = vec!["gc", "--json"];

@@ -34,7 +34,15 @@ impl EmbeddedMeta {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
-        let db = Database::create(path).map_err(unavailable)?;
+        let db = Database::create(path).map_err(|e| match e {
+            // Said plainly: redb's own words do not say who holds it or what to do.
+            redb::DatabaseError::DatabaseAlreadyOpen => MetaError::Unavailable(format!(
+                "{} is in use by another process (a running vmreg serve?): the embedded \
+                 store has one user at a time",
+                path.display()
+            )),
+            e => unavailable(e),
+        })?;
         let w = db.begin_write().map_err(unavailable)?;
         w.open_table(KV).map_err(unavailable)?;
         w.open_table(SETS).map_err(unavailable)?;

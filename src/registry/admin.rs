@@ -14,6 +14,40 @@ pub const EXIT_PROBLEMS: i32 = 1;
 /// Exit code when a command could not run (a store unreachable, a failed call).
 pub const EXIT_FAILED: i32 = 2;
 
+/// Refuses a configuration whose local stores hold no vmreg store, so that a mistyped
+/// `--data-dir` is an error rather than an empty store created there and reported clean.
+/// `index`: the command reads the metadata index (all but `reindex`, which rebuilds it).
+/// A store in Redis or S3 is checked by connecting to it.
+pub fn existing_store(config: &Config, index: bool) -> Result<(), String> {
+    let dir = &config.data_dir;
+    let missing = |what: &str| {
+        format!(
+            "no vmreg store at {}: {what} does not exist (give the server's --data-dir or \
+             VMREG_DATA_DIR; an admin command never creates a store)",
+            dir.display()
+        )
+    };
+    if index && config.redis.is_none() && !dir.join("meta.redb").is_file() {
+        return Err(missing("meta.redb"));
+    }
+    if config.s3.is_none() && !dir.join("objects").is_dir() {
+        return Err(missing("objects/"));
+    }
+    Ok(())
+}
+
+/// What to do when the embedded store is held by a running server.
+const IN_USE_HINT: &str = "stop the server first, or let it do the work: it collects \
+     garbage itself every --gc-interval and applies retention by POST /admin/api/v1/retention";
+
+/// One line for a store that would not open, with the next step when a server holds it.
+pub(crate) fn open_failure(e: &str) -> String {
+    match e.contains("is in use by another process") {
+        true => format!("{}; {IN_USE_HINT}", one_line(e)),
+        false => one_line(e),
+    }
+}
+
 /// Opens the stores of `config` and runs `op` on them; errors are one line on stderr.
 fn with_registry(
     command: &str,
@@ -34,7 +68,7 @@ fn with_registry(
         let (meta, blobs) = match backends::open(&config).await {
             Ok(stores) => stores,
             Err(e) => {
-                eprintln!("vmreg admin {command}: {}", one_line(&e));
+                eprintln!("vmreg admin {command}: {}", open_failure(&e));
                 return EXIT_FAILED;
             }
         };

@@ -67,7 +67,10 @@ pub fn run_cli(config: Config, force: bool) -> i32 {
         let (meta, blobs) = match crate::registry::backends::open(&config).await {
             Ok(stores) => stores,
             Err(e) => {
-                eprintln!("vmreg admin reindex: {e}");
+                eprintln!(
+                    "vmreg admin reindex: {}",
+                    crate::registry::admin::open_failure(&e)
+                );
                 return 1;
             }
         };
