@@ -1084,13 +1084,40 @@ fn revert_set_arch_and_delete_template_reach_the_api() {
     assert_eq!(listed[0]["arch"], "arm64");
     assert_eq!(node.json(&server, &["describe", VM1])["arch"], "arm64");
 
-    let reverted = node.json(&server, &["revert", "vm1"]);
+    // Without a terminal to ask on, nothing is removed unless --yes says so.
+    for args in [&["revert", "vm1"][..], &["delete-template", VM1]] {
+        let refused = node.run(&server, args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let line = stderr(&refused);
+        assert_eq!(line.trim().lines().count(), 1, "{line}");
+        assert!(line.contains("rerun with --yes"), "{line}");
+    }
+    let tags = |described: Value| -> Vec<String> {
+        described["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["tag"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        tags(node.json(&server, &["describe", "vm1"])),
+        ["a", "b", "c"],
+        "nothing was removed"
+    );
+    let reverted = node.json(&server, &["revert", "--yes", "vm1"]);
     assert_eq!(names(&reverted["tags"]), ["a", "b"]);
-    let reverted = node.json(&server, &["revert", "-t", "a", "vm1"]);
-    assert_eq!(names(&reverted["tags"]), ["a"]);
+    assert_eq!(names(&reverted["removed_tags"]), ["c"]);
+    let reverted = node.run(&server, &["revert", "-y", "-t", "a", "vm1"]);
+    assert!(reverted.status.success(), "{}", stderr(&reverted));
+    assert_eq!(
+        String::from_utf8_lossy(&reverted.stdout).trim(),
+        "reverted vm1: removed tag b; latest tag is now a"
+    );
 
-    let deleted = node.json(&server, &["delete-template", VM1]);
+    let deleted = node.json(&server, &["delete-template", "--yes", VM1]);
     assert_eq!(deleted["deleted"], true);
+    assert_eq!(names(&deleted["removed_tags"]), ["a"]);
     assert_eq!(node.json(&server, &["list"]), Value::Array(vec![]));
 }
 

@@ -48,10 +48,14 @@ pub async fn dispatch(args: RegistryArgs) -> ClientResult<()> {
             push_cmd(g, &vm, &opts).await
         }
         Command::Pull { tag, shrink, vm } => pull_cmd(g, &vm, tag, shrink).await,
-        Command::DeleteTemplate { vm } => delete_template(g, &vm).await,
-        Command::Revert { tag, number, vm } => {
-            revert(g, &vm, VersionSelector { tag, number }).await
-        }
+        Command::DeleteTemplate { yes, vm } => delete_template(g, &vm, yes).await,
+        Command::Revert {
+            yes,
+            tag,
+            number,
+            vm,
+        } => revert(g, &vm, VersionSelector { tag, number }, yes).await,
+        Command::SampleVm { size, layers, name } => sample_vm(g, &name, size, layers),
         Command::Info { tag, vm } => info(g, &vm, tag).await,
         Command::SetArch { vm, arch } => set_arch(g, &vm, &arch).await,
     }
@@ -317,38 +321,87 @@ async fn pull_cmd(g: &GlobalArgs, vm: &str, tag: Option<String>, shrink: bool) -
     Ok(())
 }
 
-async fn delete_template(g: &GlobalArgs, vm: &str) -> ClientResult<()> {
+async fn delete_template(g: &GlobalArgs, vm: &str, yes: bool) -> ClientResult<()> {
     let reg = registry(g)?;
     let entry = reg.resolve(vm).await?;
+    let tags: Vec<String> = reg
+        .template(entry.id)
+        .await?
+        .versions
+        .into_iter()
+        .map(|v| v.tag)
+        .collect();
+    let what = format!(
+        "delete template {} ({}) and its {}",
+        entry.name,
+        entry.id,
+        tag_list(&tags)
+    );
+    confirm(&what, yes)?;
     reg.delete_template(entry.id).await?;
     if g.json {
-        return output::json(&json!({ "id": entry.id, "name": entry.name, "deleted": true }));
+        return output::json(&json!({
+            "id": entry.id, "name": entry.name, "deleted": true, "removed_tags": tags,
+        }));
     }
     if !g.quiet {
-        println!("deleted template {} ({})", entry.name, entry.id);
+        println!(
+            "deleted template {} ({}) and its {}",
+            entry.name,
+            entry.id,
+            tag_list(&tags)
+        );
     }
     Ok(())
 }
 
-async fn revert(g: &GlobalArgs, vm: &str, sel: VersionSelector) -> ClientResult<()> {
+async fn revert(g: &GlobalArgs, vm: &str, sel: VersionSelector, yes: bool) -> ClientResult<()> {
     let reg = registry(g)?;
     let entry = reg.resolve(vm).await?;
     let before = reg.template(entry.id).await?;
-    let known = match (&sel.tag, sel.number) {
-        (Some(tag), _) => before.versions.iter().any(|v| &v.tag == tag),
-        (None, Some(n)) => before.versions.iter().any(|v| v.number == n),
-        (None, None) => true,
+    // The first version removed: the one after the version named, or the latest.
+    let first_removed = match (&sel.tag, sel.number) {
+        (Some(tag), _) => before
+            .versions
+            .iter()
+            .position(|v| &v.tag == tag)
+            .map(|i| i + 1),
+        (None, Some(n)) => before
+            .versions
+            .iter()
+            .position(|v| v.number == n)
+            .map(|i| i + 1),
+        (None, None) => Some(before.versions.len().saturating_sub(1)),
     };
-    if !known {
+    let Some(first_removed) = first_removed else {
         let which = sel
             .tag
             .clone()
             .map(|t| format!("tag {t:?}"))
             .unwrap_or_else(|| format!("version {:?}", sel.number));
+        let tags: Vec<String> = before.versions.iter().map(|v| v.tag.clone()).collect();
         return Err(ClientError::NotFound(format!(
-            "template {:?} has no {which}",
-            entry.name
+            "template {:?} has no {which}; it has {}",
+            entry.name,
+            tag_list(&tags)
         )));
+    };
+    let removed: Vec<String> = before.versions[first_removed..]
+        .iter()
+        .map(|v| v.tag.clone())
+        .collect();
+    let last = removed.len() == before.versions.len();
+    let what = match last {
+        // The vendor's revert of the only tag removes the template with it.
+        true => format!(
+            "remove the {} of {}: that is every tag, so the template goes too",
+            tag_list(&removed),
+            entry.name
+        ),
+        false => format!("remove the {} of {}", tag_list(&removed), entry.name),
+    };
+    if !removed.is_empty() {
+        confirm(&what, yes)?;
     }
     reg.revert(entry.id, &sel).await?;
     let after = reg.template(entry.id).await.ok();
@@ -356,13 +409,79 @@ async fn revert(g: &GlobalArgs, vm: &str, sel: VersionSelector) -> ClientResult<
         .map(|t| t.versions.into_iter().map(|v| v.tag).collect())
         .unwrap_or_default();
     if g.json {
-        return output::json(&json!({ "id": entry.id, "name": entry.name, "tags": remaining }));
+        return output::json(&json!({
+            "id": entry.id, "name": entry.name, "tags": remaining, "removed_tags": removed,
+        }));
     }
     if !g.quiet {
         match remaining.last() {
-            Some(latest) => println!("reverted {}: latest tag is now {latest}", entry.name),
-            None => println!("reverted {}: no tags left", entry.name),
+            Some(latest) => println!(
+                "reverted {}: removed {}; latest tag is now {latest}",
+                entry.name,
+                tag_list(&removed)
+            ),
+            None => println!(
+                "reverted {}: removed {}; no tags left, the template is gone",
+                entry.name,
+                tag_list(&removed)
+            ),
         }
+    }
+    Ok(())
+}
+
+/// "tag v1" or "2 tags: v1, v2" (or "no tags").
+fn tag_list(tags: &[String]) -> String {
+    match tags {
+        [] => "no tags".to_string(),
+        [one] => format!("tag {one}"),
+        many => format!("{} tags: {}", many.len(), many.join(", ")),
+    }
+}
+
+/// Asks on the terminal before `what` is done, unless `yes`; without a terminal to ask on
+/// refuses, so a script never removes what it did not say it would.
+fn confirm(what: &str, yes: bool) -> ClientResult<()> {
+    if yes {
+        return Ok(());
+    }
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !terminal {
+        return Err(ClientError::Invalid(format!(
+            "this would {what}: rerun with --yes to confirm (there is no terminal to ask on)"
+        )));
+    }
+    eprint!("This will {what}. Go on? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| ClientError::Invalid(format!("cannot read the answer: {e}")))?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(ClientError::Invalid("nothing was removed".into())),
+    }
+}
+
+fn sample_vm(g: &GlobalArgs, name: &str, size_bytes: u64, layers: u32) -> ClientResult<()> {
+    let lib = library(g)?;
+    let made = crate::client::sample::make_sample_vm(&lib, name, size_bytes, layers)?;
+    if g.json {
+        return output::json(&made);
+    }
+    if !g.quiet {
+        let lib_flag = match &g.lib {
+            Some(dir) => format!("--lib {} ", dir.display()),
+            None => String::new(),
+        };
+        println!(
+            "made sample VM {} ({}) in {}: {} layer(s), {}; push it with: vmreg registry {lib_flag}push -t v1 {}",
+            made.name,
+            made.uuid,
+            lib.root().display(),
+            made.layers.len(),
+            size(made.size),
+            made.name
+        );
     }
     Ok(())
 }

@@ -160,13 +160,19 @@ pub enum Command {
         /// Template name or id
         vm: String,
     },
-    /// Delete a template and all its tags from the registry
+    /// Delete a template and all its tags from the registry (asks first; --yes to skip)
     DeleteTemplate {
+        /// Do not ask: delete (needed where there is no terminal to ask on)
+        #[arg(short = 'y', long)]
+        yes: bool,
         /// Template name or id
         vm: String,
     },
-    /// Delete the template's tags after the given one (the latest tag when none is given)
+    /// Delete the template's tags after the given one (the latest tag when none is given; asks first, --yes to skip)
     Revert {
+        /// Do not ask: delete the tags (needed where there is no terminal to ask on)
+        #[arg(short = 'y', long)]
+        yes: bool,
         /// Keep up to this tag
         #[arg(short = 't', long, conflicts_with = "number")]
         tag: Option<String>,
@@ -183,6 +189,17 @@ pub enum Command {
         tag: Option<String>,
         /// Template name or id
         vm: String,
+    },
+    /// Make a sample VM in the library, of random bytes, to try push and pull without a Mac
+    SampleVm {
+        /// Its size in all (K/M/G/KiB/MiB/GiB suffixes)
+        #[arg(long, default_value = "1GiB", value_parser = crate::config::parse_size, value_name = "SIZE")]
+        size: u64,
+        /// How many image layers (the first is its hard drive, the others its parents)
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        layers: u32,
+        /// A name for the VM
+        name: String,
     },
     /// Set a template's architecture
     SetArch {

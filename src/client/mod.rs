@@ -17,6 +17,7 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod ranges;
+pub mod sample;
 pub mod secret;
 pub mod staging;
 pub mod tap;
