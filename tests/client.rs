@@ -1917,3 +1917,70 @@ fn the_root_token_works_from_flag_environment_and_remote_and_a_wrong_one_fails_i
     assert!(out.status.success(), "{}", stderr(&out));
     assert_no_secret(&out, &[ROOT_TOKEN]);
 }
+
+/// The "N s elapsed" of each progress line `verb` printed on stderr.
+fn progress_stamps(out: &Output, verb: &str) -> Vec<u64> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{verb}: ")) && l.ends_with(" s elapsed"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[words.len() - 3].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn piped_transfers_print_progress_lines_and_end_with_time_and_rate() {
+    let server = Registry::start();
+    let (src, dst) = (Node::new(), Node::new());
+    let made = src.run(
+        &server,
+        &["sample-vm", "big", "--size", "1GiB", "--layers", "1"],
+    );
+    assert!(made.status.success(), "{}", stderr(&made));
+    // Held to about 9 s each way, so several lines are due.
+    let rate = ["--limit-rate", "120M"];
+    let check = |out: &Output, verb: &str| {
+        assert!(out.status.success(), "{verb}: {}", stderr(out));
+        let stamps = progress_stamps(out, verb);
+        assert!(stamps.len() >= 2, "{verb}: {}", stderr(out));
+        assert!(
+            stamps[0] <= 5,
+            "{verb}: the first line within 5 s: {stamps:?}"
+        );
+        for pair in stamps.windows(2) {
+            assert!(
+                pair[1] - pair[0] <= 5,
+                "{verb}: a line every 5 s at most: {stamps:?}"
+            );
+        }
+        assert!(
+            stderr(out).contains("(1") || stderr(out).contains("%)"),
+            "{verb}: lines carry the share done: {}",
+            stderr(out)
+        );
+    };
+    let mut args = vec!["push", "-t", "v1", "big"];
+    args.extend(rate);
+    let pushed = src.run(&server, &args);
+    check(&pushed, "push");
+    let last = String::from_utf8_lossy(&pushed.stdout);
+    assert!(last.contains("1.0 GiB sent in "), "{last}");
+    assert!(last.trim_end().ends_with("/s)"), "{last}");
+    let mut args = vec!["pull", "big"];
+    args.extend(rate);
+    let pulled = dst.run(&server, &args);
+    check(&pulled, "pull");
+    let last = String::from_utf8_lossy(&pulled.stdout);
+    assert!(last.contains("1.0 GiB received in "), "{last}");
+
+    // --json: the same transfers' duration and whether they resumed.
+    let tagged = src.json(&server, &["push", "-t", "v2", "big"]);
+    assert!(tagged["elapsed_s"].as_f64().is_some(), "{tagged}");
+    assert_eq!(tagged["resumed"], false);
+    std::fs::remove_dir_all(dst.lib.join("img_lib")).unwrap();
+    let again = dst.json(&server, &["pull", "big"]);
+    assert!(again["elapsed_s"].as_f64().unwrap() > 0.0, "{again}");
+    assert_eq!(again["resumed"], false);
+}

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::credentials;
 use super::output::{self, size};
-use super::progress::Bars;
+use super::progress::{took, Bars, Lines, Observed};
 use super::remotes::{config_path, Remotes};
 use super::{Command, GlobalArgs, RegistryArgs};
 use crate::client::pull::{download_size, pull};
@@ -159,14 +159,24 @@ fn library(g: &GlobalArgs) -> ClientResult<Library> {
 }
 
 fn transfer(g: &GlobalArgs) -> ClientResult<Transfer> {
-    // Bars only for a person watching: results stay clean for scripts and pipes.
-    let bars =
-        !g.quiet && !g.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    let reporter: Arc<dyn Reporter> = if bars {
-        Arc::new(Bars::new())
-    } else {
-        Arc::new(Silent)
+    transfer_with(g, Arc::new(Silent))
+}
+
+/// A transfer that shows its progress: bars for a person at a terminal, else a line on
+/// stderr every few seconds (a pipe, a CI log), else nothing with `--quiet`; the
+/// [`Observed`] tells afterwards whether it resumed.
+fn shown_transfer(g: &GlobalArgs, verb: &'static str) -> ClientResult<(Transfer, Arc<Observed>)> {
+    let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let shown: Arc<dyn Reporter> = match (g.quiet, terminal && !g.json) {
+        (true, _) => Arc::new(Silent),
+        (false, true) => Arc::new(Bars::new()),
+        (false, false) => Arc::new(Lines::new(verb)),
     };
+    let observed = Arc::new(Observed::new(shown));
+    Ok((transfer_with(g, observed.clone())?, observed))
+}
+
+fn transfer_with(g: &GlobalArgs, reporter: Arc<dyn Reporter>) -> ClientResult<Transfer> {
     Ok(Transfer {
         registry: registry(g)?,
         library: library(g)?,
@@ -276,40 +286,80 @@ async fn check_download_size(g: &GlobalArgs, vm: &str, tag: Option<String>) -> C
     Ok(())
 }
 
+/// A report as JSON with the fields every transfer's has: `elapsed_s` and `resumed`.
+fn transfer_json<T: serde::Serialize>(report: &T, elapsed: f64, resumed: bool) -> ClientResult<()> {
+    let mut value = serde_json::to_value(report)
+        .map_err(|e| ClientError::Invalid(format!("cannot print JSON: {e}")))?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "elapsed_s".into(),
+            json!((elapsed * 1000.0).round() / 1000.0),
+        );
+        fields.insert("resumed".into(), json!(resumed));
+    }
+    output::json(&value)
+}
+
 async fn push_cmd(g: &GlobalArgs, vm: &str, opts: &PushOptions) -> ClientResult<()> {
-    let t = transfer(g)?;
-    let report = push(&t, vm, opts).await?;
+    let (t, observed) = shown_transfer(g, "push")?;
+    let started = std::time::Instant::now();
+    let report = push(&t, vm, opts).await.map_err(resume_hint)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    // The push's own record of its session says it; its ranges report bytes of this run.
+    let resumed = report.resumed;
+    drop(observed);
     if g.json {
-        return output::json(&report);
+        return transfer_json(&report, elapsed, resumed);
     }
     println!(
-        "pushed {} tag {} (version {}): {} of {} files uploaded, {} sent{}",
+        "pushed {} tag {} (version {}): {} of {} files uploaded, {} sent{}{}",
         report.name,
         report.tag,
         report.number,
         report.uploaded.len(),
         report.files,
         size(report.bytes_sent),
-        if report.resumed { " (resumed)" } else { "" }
+        took(report.bytes_sent, elapsed),
+        if resumed { ", resumed" } else { "" }
     );
     Ok(())
 }
 
+/// A transfer that failed on the way says that running it again goes on from there.
+fn resume_hint(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Network(m) => ClientError::Network(format!(
+            "{m}; run the same command again to resume where it stopped"
+        )),
+        ClientError::Registry { status, message } if status >= 500 => ClientError::Registry {
+            status,
+            message: format!("{message}; run the same command again to resume where it stopped"),
+        },
+        e => e,
+    }
+}
+
 async fn pull_cmd(g: &GlobalArgs, vm: &str, tag: Option<String>, shrink: bool) -> ClientResult<()> {
-    let t = transfer(g)?;
-    let report = pull(&t, vm, &VersionSelector { tag, number: None }, shrink).await?;
+    let (t, observed) = shown_transfer(g, "pull")?;
+    let started = std::time::Instant::now();
+    let report = pull(&t, vm, &VersionSelector { tag, number: None }, shrink)
+        .await
+        .map_err(resume_hint)?;
+    let elapsed = started.elapsed().as_secs_f64();
     if g.json {
-        return output::json(&report);
+        return transfer_json(&report, elapsed, observed.resumed());
     }
     println!(
-        "pulled {} tag {} (version {}) into {}: {} of {} files downloaded, {} received",
+        "pulled {} tag {} (version {}) into {}: {} of {} files downloaded, {} received{}{}",
         report.name,
         report.tag,
         report.number,
         t.library.root().display(),
         report.downloaded.len(),
         report.files,
-        size(report.bytes_received)
+        size(report.bytes_received),
+        took(report.bytes_received, elapsed),
+        if observed.resumed() { ", resumed" } else { "" }
     );
     if !report.removed.is_empty() {
         println!(
