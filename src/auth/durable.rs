@@ -143,7 +143,7 @@ pub async fn settle_key(
         }
     }
     if let Some(ours) = ours {
-        if held.is_none_or(|k| k.generation != ours.generation) {
+        if !held.is_some_and(|k| k.generation == ours.generation) {
             drop_key(blobs, ours).await;
         }
     }
