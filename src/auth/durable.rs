@@ -723,7 +723,12 @@ pub async fn write_missing(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> Result<usize, AuthError> {
-    let found = load(blobs).await?;
+    // Names tell what the bucket holds: one listing at start, not a read per identity.
+    let listed: HashSet<String> = blobs
+        .list(object_keys::IDENTITIES)
+        .await?
+        .into_iter()
+        .collect();
     let mut written = 0;
     let ids = meta.members(keys::API_KEYS).await?;
     let records: Vec<String> = ids.iter().map(|id| keys::api_key(id)).collect();
@@ -733,11 +738,9 @@ pub async fn write_missing(
         .into_iter()
         .flatten()
     {
-        let known = found
-            .keys
-            .get(&key.id)
-            .is_some_and(|gs| gs.iter().any(|g| g.generation == key.generation));
-        if !known && !found.is_revoked(&key) {
+        let known = listed.contains(&object_keys::identity_key(&key.id, &key.generation))
+            || listed.contains(&object_keys::identity_revoked(&key.id, &key.generation));
+        if !known {
             put_key(blobs, &key).await?;
             written += 1;
         }
@@ -750,12 +753,12 @@ pub async fn write_missing(
         .into_iter()
         .flatten()
     {
-        if found.groups.contains_key(&group.name) {
+        let object = object_keys::identity_group(&group.name);
+        if listed.contains(&object) {
             continue;
         }
         // Asked again just before the write: a delete that marked the group meanwhile
         // must not be overwritten by the group it deleted.
-        let object = object_keys::identity_group(&group.name);
         if matches!(blobs.read(&object).await, Err(StoreError::NotFound(_))) {
             put_group(blobs, &group).await?;
             written += 1;
