@@ -174,6 +174,9 @@ pub struct ServeArgs {
     /// Secret (at least 32 bytes) signing session tokens; unset, one is generated and shared through the metadata store [env: VMREG_JWT_SECRET]
     #[arg(long)]
     pub jwt_secret: Option<Secret>,
+    /// Secret (at least 32 bytes) sealing the generated session signing secret in the bucket, so that a lost Redis ends no session; unset, a lost one is replaced [env: VMREG_IDENTITY_SECRET]
+    #[arg(long)]
+    pub identity_secret: Option<Secret>,
     /// Permission groups created at start when missing, `{group: [permission, …]}` (config file only)
     #[arg(skip)]
     #[serde(default)]
@@ -430,6 +433,7 @@ pub(crate) const ENV_NAMES: &[(&str, &[&str])] = &[
         &["VMREG_API_KEYS_SESSION_TTL", "ANKA_API_KEYS_SESSION_TTL"],
     ),
     ("jwt_secret", &["VMREG_JWT_SECRET"]),
+    ("identity_secret", &["VMREG_IDENTITY_SECRET"]),
     ("log_format", &["VMREG_LOG_FORMAT"]),
     ("access_logs", &["VMREG_ACCESS_LOGS", "ANKA_ACCESS_LOGS"]),
     (
@@ -540,6 +544,7 @@ impl ServeArgs {
                     layer.api_keys_session_ttl = Some(parse_duration(&value).map_err(bad)?)
                 }
                 "jwt_secret" => layer.jwt_secret = Some(value.into()),
+                "identity_secret" => layer.identity_secret = Some(value.into()),
                 "log_format" => layer.log_format = Some(value.to_ascii_lowercase()),
                 "access_logs" => layer.access_logs = Some(parse_bool(&value).map_err(bad)?),
                 "enable_metrics" => layer.enable_metrics = Some(parse_bool(&value).map_err(bad)?),
@@ -615,6 +620,7 @@ impl ServeArgs {
             enable_authorization: self.enable_authorization.or(lower.enable_authorization),
             api_keys_session_ttl: self.api_keys_session_ttl.or(lower.api_keys_session_ttl),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
+            identity_secret: self.identity_secret.or(lower.identity_secret),
             permission_groups: self.permission_groups.or(lower.permission_groups),
             log_format: self.log_format.or(lower.log_format),
             access_logs: self.access_logs.or(lower.access_logs),
@@ -735,6 +741,7 @@ impl Config {
                 .unwrap_or(crate::auth::config::DEFAULT_SESSION_TTL),
             jwt_secret: l.jwt_secret,
             seed_groups: l.permission_groups.unwrap_or_default(),
+            identity_secret: l.identity_secret,
         };
         auth.validate().map_err(ConfigError)?;
         let json_logs = match l.log_format.as_deref() {

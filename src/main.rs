@@ -32,7 +32,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Rebuild the metadata index from the manifests in the blob store.
+    /// Rebuild the metadata index from the blob store: templates from their manifests, API
+    /// keys and permission groups (and, sealed, the session signing key) from `identities/`.
     Reindex(ReindexArgs),
     /// Check, without changing anything, that the index and the stores agree; exit code 1
     /// when problems are found, 2 when the check could not run.

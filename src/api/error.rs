@@ -86,7 +86,7 @@ impl From<AuthError> for ApiError {
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::NotFound(_) | AuthError::Disabled(_) => StatusCode::NOT_FOUND,
             AuthError::Conflict(_) => StatusCode::CONFLICT,
-            AuthError::Meta(MetaError::Unavailable(_)) | AuthError::Busy => {
+            AuthError::Meta(MetaError::Unavailable(_)) | AuthError::Store(_) | AuthError::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AuthError::Meta(MetaError::Corrupt { .. }) | AuthError::Internal(_) => {

@@ -56,7 +56,13 @@ impl GroupBody {
 
 async fn save(auth: &Auth, name: String, permissions: &[String]) -> Result<HttpResponse, ApiError> {
     let permissions: BTreeSet<Permission> = groups::parse_permissions(permissions)?;
-    groups::put(auth.meta(), &Group { name, permissions }, false).await?;
+    groups::put(
+        auth.meta(),
+        auth.blobs(),
+        &Group { name, permissions },
+        false,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({ "status": "OK", "message": "" })))
 }
 
@@ -90,6 +96,6 @@ pub async fn delete(
     auth: web::Data<Auth>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    groups::delete(auth.meta(), &name).await?;
+    groups::delete(auth.meta(), auth.blobs(), &name).await?;
     Ok(HttpResponse::Ok().json(json!({ "status": "OK", "message": "" })))
 }

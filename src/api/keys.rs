@@ -41,7 +41,7 @@ pub async fn create(
     auth.require_api_keys()?;
     let req: CreateKey = required_json(payload).await?;
     let id = req.id.clone();
-    let private = apikeys::create(auth.meta(), req).await?;
+    let private = apikeys::create(auth.meta(), auth.blobs(), req).await?;
     tracing::info!(key = %id, generated = private.is_some(), "API key created");
     Ok(ok(private.unwrap_or_default()))
 }
@@ -54,7 +54,7 @@ pub async fn update(
     auth.require_api_keys()?;
     let req: UpdateKey = required_json(payload).await?;
     let id = req.id.clone();
-    apikeys::update(auth.meta(), req).await?;
+    apikeys::update(auth.meta(), auth.blobs(), req).await?;
     tracing::info!(key = %id, "API key updated");
     Ok(done())
 }
@@ -77,7 +77,7 @@ pub async fn delete(
         (None, Some(id)) => id,
         (None, None) => return Err(ApiError::bad_request("the key id is required")),
     };
-    apikeys::delete(auth.meta(), &id).await?;
+    apikeys::delete(auth.meta(), auth.blobs(), &id).await?;
     tracing::info!(key = %id, "API key deleted");
     Ok(done())
 }

@@ -60,7 +60,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .as_ref()
         .map(|s| s.upload_concurrency)
         .unwrap_or(2);
-    let auth = Auth::open(config.auth.clone(), meta.clone())
+    let auth = Auth::open(config.auth.clone(), meta.clone(), blobs.clone())
         .await
         .map_err(|e| format!("authentication: {e}"))?;
     let auth = web::Data::new(auth);

@@ -1,5 +1,6 @@
 //! API keys in the metadata store: an id, groups, a lifetime and an RSA public key.
-//! The private key never stays on the server: a generated one is returned once.
+//! The private key never stays on the server: a generated one is returned once. Each
+//! change is written to the bucket before the metadata commit (see [`durable`]).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -7,12 +8,15 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use super::{
-    groups::valid_name, now_secs, random_token, read, read_set, retry, rfc3339, AuthError,
+    durable, groups::valid_name, now_secs, random_token, read, read_set, retry, rfc3339, AuthError,
 };
 use crate::meta::{keys, MetaStore, MetaTxExt};
+use crate::store::BlobStore;
 
 /// Size of generated keys.
 const GENERATED_BITS: usize = 2048;
@@ -182,7 +186,11 @@ pub async fn list(meta: &dyn MetaStore) -> Result<Vec<ApiKey>, AuthError> {
 }
 
 /// Creates a key; answers the base64 PKCS#1 DER private key when the server made the pair.
-pub async fn create(meta: &dyn MetaStore, req: CreateKey) -> Result<Option<String>, AuthError> {
+pub async fn create(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    req: CreateKey,
+) -> Result<Option<String>, AuthError> {
     valid_name(&req.id)?;
     let ttl = req
         .ttl
@@ -215,8 +223,9 @@ pub async fn create(meta: &dyn MetaStore, req: CreateKey) -> Result<Option<Strin
         generation: random_token()?,
     };
     let key = keys::api_key(&record.id);
-    let (key, record) = (key.as_str(), &record);
-    retry(move || async move {
+    let wrote = AtomicBool::new(false);
+    let (key, record, wrote_ref) = (key.as_str(), &record, &wrote);
+    let created = retry(move || async move {
         let mut tx = meta.begin().await?;
         if tx.get(key).await?.is_some() {
             return Err(AuthError::Conflict(format!(
@@ -224,21 +233,33 @@ pub async fn create(meta: &dyn MetaStore, req: CreateKey) -> Result<Option<Strin
                 record.id
             )));
         }
+        // The bucket first: a key the index holds is always one a reindex restores.
+        durable::put_key(blobs, record).await?;
+        wrote_ref.store(true, Ordering::Relaxed);
         tx.put_json(key, record);
         tx.set_add(keys::API_KEYS, &record.id);
         Ok(tx.commit().await?.then_some(()))
     })
-    .await?;
+    .await;
+    if created.is_err() && wrote.load(Ordering::Relaxed) {
+        durable::settle_key(meta, blobs, &record.id, Some(record)).await;
+    }
+    created?;
     Ok(private_key)
 }
 
 /// Changes a key's groups or lifetime (counted from now).
-pub async fn update(meta: &dyn MetaStore, req: UpdateKey) -> Result<(), AuthError> {
+pub async fn update(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    req: UpdateKey,
+) -> Result<(), AuthError> {
     let ttl = req.ttl.as_ref().map(Ttl::seconds).transpose()?;
     let groups = req.groups.as_ref().map(Groups::names).transpose()?;
     let key = keys::api_key(&req.id);
-    let (key, id, ttl, groups) = (key.as_str(), req.id.as_str(), ttl, &groups);
-    retry(move || async move {
+    let wrote = AtomicBool::new(false);
+    let (key, id, ttl, groups, wrote_ref) = (key.as_str(), req.id.as_str(), ttl, &groups, &wrote);
+    let updated = retry(move || async move {
         let mut tx = meta.begin().await?;
         let Some(mut record) = tx.get_json::<ApiKey>(key).await? else {
             return Err(AuthError::NotFound(format!("no API key {id:?}")));
@@ -249,27 +270,52 @@ pub async fn update(meta: &dyn MetaStore, req: UpdateKey) -> Result<(), AuthErro
         if let Some(groups) = groups {
             record.groups = groups.clone();
         }
+        durable::put_key(blobs, &record).await?;
+        wrote_ref.store(true, Ordering::Relaxed);
         tx.put_json(key, &record);
         Ok(tx.commit().await?.then_some(()))
     })
-    .await
+    .await;
+    if updated.is_err() && wrote.load(Ordering::Relaxed) {
+        durable::settle_key(meta, blobs, id, None).await;
+    }
+    updated
 }
 
-/// Deletes a key and its pending TAP secrets; its sessions stop working with it.
-pub async fn delete(meta: &dyn MetaStore, id: &str) -> Result<(), AuthError> {
+/// Deletes a key and its pending TAP secrets; its sessions stop working with it. The
+/// bucket marks its generation deleted first, so no later rebuild brings it back.
+pub async fn delete(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    id: &str,
+) -> Result<(), AuthError> {
     let key = keys::api_key(id);
     let key = key.as_str();
-    retry(move || async move {
+    let deleted = retry(move || async move {
         let mut tx = meta.begin().await?;
-        if tx.get(key).await?.is_none() {
+        let Some(record) = tx.get_json::<ApiKey>(key).await? else {
             return Err(AuthError::NotFound(format!("no API key {id:?}")));
-        }
+        };
+        durable::revoke_key(blobs, &record).await?;
         tx.delete(key);
         tx.delete(&keys::tap_secrets(id));
         tx.set_remove(keys::API_KEYS, id);
-        Ok(tx.commit().await?.then_some(()))
+        Ok(tx.commit().await?.then_some(record))
     })
-    .await
+    .await;
+    match deleted {
+        Ok(record) => {
+            durable::drop_key(blobs, &record).await;
+            Ok(())
+        }
+        Err(AuthError::NotFound(m)) => {
+            // A generation written ahead of a create that never committed must not come
+            // back with a rebuild either, once someone asked for the id to go.
+            durable::revoke_strays(blobs, id).await?;
+            Err(AuthError::NotFound(m))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses a base64 PKIX DER public key (PEM armour tolerated) of an accepted size.
@@ -318,6 +364,7 @@ mod tests {
     use super::*;
     use crate::auth::groups::{self, Group, MAX_GROUPS};
     use crate::meta::embedded::EmbeddedMeta;
+    use crate::store::fs::FsStore;
 
     fn request(id: &str, groups: Option<Groups>) -> CreateKey {
         CreateKey {
@@ -341,12 +388,13 @@ mod tests {
     async fn keys_groups_and_groups_per_key_are_capped() {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = FsStore::open(&dir.path().join("b"), 5 << 20).unwrap();
         let many: Vec<String> = (0..=MAX_KEY_GROUPS).map(|i| format!("g{i}")).collect();
-        let err = create(&meta, request("k", Some(Groups::List(many)))).await;
+        let err = create(&meta, &blobs, request("k", Some(Groups::List(many)))).await;
         assert!(matches!(err, Err(AuthError::BadRequest(_))), "{err:?}");
 
         fill(&meta, keys::API_KEYS, MAX_API_KEYS).await;
-        let err = create(&meta, request("k", None)).await;
+        let err = create(&meta, &blobs, request("k", None)).await;
         assert!(matches!(err, Err(AuthError::Conflict(_))), "{err:?}");
         assert!(
             get(&meta, "k").await.unwrap().is_none(),
@@ -357,12 +405,14 @@ mod tests {
             name: name.into(),
             permissions: Default::default(),
         };
-        groups::put(&meta, &group("kept"), false).await.unwrap();
+        groups::put(&meta, &blobs, &group("kept"), false)
+            .await
+            .unwrap();
         fill(&meta, keys::GROUPS, MAX_GROUPS).await;
-        let err = groups::put(&meta, &group("new"), false).await;
+        let err = groups::put(&meta, &blobs, &group("new"), false).await;
         assert!(matches!(err, Err(AuthError::Conflict(_))), "{err:?}");
         assert!(groups::get(&meta, "new").await.unwrap().is_none());
-        groups::put(&meta, &group("kept"), false)
+        groups::put(&meta, &blobs, &group("kept"), false)
             .await
             .expect("an existing group can still be replaced");
     }

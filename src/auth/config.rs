@@ -84,6 +84,10 @@ pub struct AuthConfig {
     pub jwt_secret: Option<Secret>,
     /// Permission groups to create at start when they do not exist yet.
     pub seed_groups: BTreeMap<String, Vec<String>>,
+    /// The secret the generated signing secret is sealed under (AES-256-GCM) in the
+    /// bucket, so that it survives a lost metadata store; unset, it is kept in the
+    /// metadata store only, and a lost one is replaced (sessions end, keys stay).
+    pub identity_secret: Option<Secret>,
 }
 
 impl AuthConfig {
@@ -116,6 +120,13 @@ impl AuthConfig {
                 ));
             }
         }
+        if let Some(s) = &self.identity_secret {
+            if s.expose().len() < MIN_JWT_SECRET {
+                return Err(format!(
+                    "the identity secret must be at least {MIN_JWT_SECRET} bytes"
+                ));
+            }
+        }
         if self.session_ttl.is_zero() {
             return Err("the API key session TTL must be more than zero".into());
         }
@@ -133,10 +144,10 @@ impl AuthConfig {
             onoff(self.api_keys),
             onoff(self.authorization),
             self.session_ttl.as_secs_f64(),
-            if self.jwt_secret.is_some() {
-                "*** (configured)"
-            } else {
-                "shared through the metadata store"
+            match (&self.jwt_secret, &self.identity_secret) {
+                (Some(_), _) => "*** (configured)",
+                (None, Some(_)) => "shared through the metadata store, sealed in the bucket",
+                (None, None) => "shared through the metadata store",
             }
         )
     }

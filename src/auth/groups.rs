@@ -1,12 +1,15 @@
-//! Permission groups in the metadata store: a name and the permissions it grants.
+//! Permission groups in the metadata store: a name and the permissions it grants. Each
+//! change is written to the bucket before the metadata commit (see [`super::durable`]).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::permissions::Permission;
-use super::{read, read_many, read_set, retry, AuthError};
+use super::{durable, read, read_many, read_set, retry, AuthError};
 use crate::meta::{keys, MetaStore, MetaTxExt};
+use crate::store::BlobStore;
 
 /// Permission groups a registry holds at most.
 pub const MAX_GROUPS: u64 = 1000;
@@ -68,11 +71,17 @@ pub async fn granted(
 }
 
 /// Creates or replaces a group; `only_if_new` leaves an existing one alone (seeding).
-pub async fn put(meta: &dyn MetaStore, group: &Group, only_if_new: bool) -> Result<(), AuthError> {
+pub async fn put(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    group: &Group,
+    only_if_new: bool,
+) -> Result<(), AuthError> {
     valid_name(&group.name)?;
     let key = keys::group(&group.name);
-    let key = key.as_str();
-    retry(move || async move {
+    let wrote = AtomicBool::new(false);
+    let (key, wrote_ref) = (key.as_str(), &wrote);
+    let put = retry(move || async move {
         let mut tx = meta.begin().await?;
         let exists = tx.get(key).await?.is_some();
         if only_if_new && exists {
@@ -84,25 +93,44 @@ pub async fn put(meta: &dyn MetaStore, group: &Group, only_if_new: bool) -> Resu
                  delete unused ones first"
             )));
         }
+        durable::put_group(blobs, group).await?;
+        wrote_ref.store(true, Ordering::Relaxed);
         tx.put_json(key, group);
         tx.set_add(keys::GROUPS, &group.name);
         Ok(tx.commit().await?.then_some(()))
     })
-    .await
+    .await;
+    if put.is_err() && wrote.load(Ordering::Relaxed) {
+        durable::rewrite_group(meta, blobs, &group.name).await;
+    }
+    put
 }
 
-/// Deletes a group; 404 when there is none.
-pub async fn delete(meta: &dyn MetaStore, name: &str) -> Result<(), AuthError> {
+/// Deletes a group; 404 when there is none. The bucket marks it deleted first.
+pub async fn delete(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    name: &str,
+) -> Result<(), AuthError> {
     let key = keys::group(name);
-    let key = key.as_str();
-    retry(move || async move {
+    let wrote = AtomicBool::new(false);
+    let (key, wrote_ref) = (key.as_str(), &wrote);
+    let deleted = retry(move || async move {
         let mut tx = meta.begin().await?;
         if tx.get(key).await?.is_none() {
             return Err(AuthError::NotFound(format!("no permission group {name:?}")));
         }
+        durable::delete_group(blobs, name).await?;
+        wrote_ref.store(true, Ordering::Relaxed);
         tx.delete(key);
         tx.set_remove(keys::GROUPS, name);
         Ok(tx.commit().await?.then_some(()))
     })
-    .await
+    .await;
+    match &deleted {
+        Err(AuthError::NotFound(_)) => durable::forget_stray_group(blobs, name).await?,
+        Err(_) if wrote.load(Ordering::Relaxed) => durable::rewrite_group(meta, blobs, name).await,
+        _ => {}
+    }
+    deleted
 }

@@ -3,10 +3,13 @@
 //! Every way in (the root token, API key sessions made by the TAP handshake, and later
 //! TLS client certificates and OCI credentials) ends in one [`Identity`]; one function,
 //! [`permissions::authorize`], decides. Keys, pending TAP secrets, groups and the session
-//! signing secret live in the metadata store, so every replica sees the same.
+//! signing secret live in the metadata store, so every replica sees the same; keys, groups
+//! and (sealed) the signing secret are also kept in the bucket, so that a lost metadata
+//! store loses none of them ([`durable`]).
 
 pub mod apikeys;
 pub mod config;
+pub mod durable;
 pub mod groups;
 mod identity;
 pub mod permissions;
@@ -24,6 +27,7 @@ pub use identity::{AuthMethod, Identity};
 pub use permissions::{Access, Permission};
 
 use crate::meta::{MetaError, MetaStore, MetaStoreExt};
+use crate::store::{BlobStore, StoreError};
 
 /// Why a request may not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,9 @@ pub enum AuthError {
     /// The metadata store failed: 503.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// The blob store, where identities are kept durably, failed: 503.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Too many concurrent changes to the same record: 503.
     #[error("too many concurrent changes; retry")]
     Busy,
@@ -61,13 +68,19 @@ pub enum AuthError {
 pub struct Auth {
     config: AuthConfig,
     meta: Arc<dyn MetaStore>,
+    blobs: Arc<dyn BlobStore>,
     signer: Option<session::Signer>,
 }
 
 impl Auth {
-    /// Prepares authentication: shares or reads the session signing secret and seeds the
-    /// configured permission groups.
-    pub async fn open(config: AuthConfig, meta: Arc<dyn MetaStore>) -> Result<Auth, AuthError> {
+    /// Prepares authentication: shares or reads the session signing secret, seeds the
+    /// configured permission groups, and writes to the bucket the keys and groups that
+    /// only the metadata store holds (an index from an earlier release).
+    pub async fn open(
+        config: AuthConfig,
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Result<Auth, AuthError> {
         config.validate().map_err(AuthError::BadRequest)?;
         // The signer makes API key sessions and the OCI token endpoint's tokens, so it is
         // there whenever authentication is on.
@@ -75,7 +88,9 @@ impl Auth {
             true => Some(
                 session::Signer::open(
                     meta.as_ref(),
+                    blobs.as_ref(),
                     config.jwt_secret.as_ref(),
+                    config.identity_secret.as_ref(),
                     config.session_ttl,
                 )
                 .await?,
@@ -87,11 +102,16 @@ impl Auth {
                 name: name.clone(),
                 permissions: groups::parse_permissions(names)?,
             };
-            groups::put(meta.as_ref(), &group, true).await?;
+            groups::put(meta.as_ref(), blobs.as_ref(), &group, true).await?;
+        }
+        let written = durable::write_missing(meta.as_ref(), blobs.as_ref()).await?;
+        if written > 0 {
+            tracing::info!(written, "API keys and groups written to the bucket");
         }
         Ok(Auth {
             config,
             meta,
+            blobs,
             signer,
         })
     }
@@ -104,6 +124,11 @@ impl Auth {
     /// The metadata store keys and groups live in.
     pub fn meta(&self) -> &dyn MetaStore {
         self.meta.as_ref()
+    }
+
+    /// The blob store keys and groups are kept in durably.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
     }
 
     /// Who sent this `Authorization` header. With authentication off everyone is

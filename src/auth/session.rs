@@ -2,7 +2,9 @@
 //! `base64(JSON({userName, token, sessionId}))`.
 //!
 //! The signing secret comes from the configuration or, when none is given, is generated
-//! by the first replica to start and shared through the metadata store. A token only
+//! by the first replica to start and shared through the metadata store; with an identity
+//! secret configured it is also kept sealed in the bucket, written there before the
+//! metadata store holds it, and taken back from there when the metadata store lost it. A token only
 //! proves that a session was made; every request also reads the key it names, so a
 //! deleted or expired key ends its sessions at once on every replica.
 
@@ -13,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::apikeys::ApiKey;
 use super::config::Secret;
+use super::durable::{self, Unsealed};
 use super::{now_secs, random_token, retry, AuthError};
-use crate::meta::{keys, MetaStore, MetaTxExt};
+use crate::meta::{keys, MetaStore, MetaStoreExt, MetaTxExt};
+use crate::store::BlobStore;
 
 /// Bytes of a generated signing secret.
 const GENERATED_SECRET: usize = 48;
@@ -84,15 +88,17 @@ pub struct Signer {
 
 impl Signer {
     /// A signer over the configured secret, or the one shared through `meta` (made now
-    /// if no replica made it yet).
+    /// if no replica made it yet; see [`shared_secret`] for the bucket's part).
     pub async fn open(
         meta: &dyn MetaStore,
+        blobs: &dyn BlobStore,
         configured: Option<&Secret>,
+        identity: Option<&Secret>,
         ttl: std::time::Duration,
     ) -> Result<Signer, AuthError> {
         let secret = match configured {
             Some(s) => s.expose().as_bytes().to_vec(),
-            None => shared_secret(meta).await?,
+            None => shared_secret(meta, blobs, identity).await?.0,
         };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
@@ -219,30 +225,93 @@ impl Signer {
 /// What the key of root generations is derived with from the signing secret.
 const ROOT_GENERATION_LABEL: &[u8] = b"vmreg root session generation v1";
 
-/// The signing secret in the metadata store, made by whichever replica asks first.
-async fn shared_secret(meta: &dyn MetaStore) -> Result<Vec<u8>, AuthError> {
-    let mut fresh = vec![0u8; GENERATED_SECRET];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
-        .map_err(|_| AuthError::Internal("no randomness".into()))?;
-    let fresh = B64.encode(fresh);
-    let fresh = fresh.as_str();
+/// Where the shared signing secret came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigningSource {
+    /// The metadata store held it.
+    Held,
+    /// The metadata store had lost it; it was opened from the bucket and put back.
+    Restored,
+    /// There was none to be had: a new one was made (sessions and tokens signed with an
+    /// earlier one no longer verify).
+    Generated,
+}
+
+/// The signing secret in the metadata store, made by whichever replica asks first. With
+/// an identity secret, the bucket keeps it sealed: a new one is sealed there before the
+/// metadata store holds it, and one the metadata store lost is opened from there, so that
+/// a lost Redis ends no session. A sealed secret that the identity secret does not open
+/// is a configuration error, not a reason to make a new one.
+pub async fn shared_secret(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    identity: Option<&Secret>,
+) -> Result<(Vec<u8>, SigningSource), AuthError> {
+    let decode = |stored: String| {
+        B64.decode(stored)
+            .map_err(|_| AuthError::Internal("the stored session signing key is corrupt".into()))
+    };
+    if let Some(held) = meta.get_json::<String>(keys::SIGNING_KEY).await? {
+        let secret = decode(held)?;
+        if let Some(identity) = identity {
+            durable::keep_signing_key(blobs, identity, &secret).await?;
+        }
+        return Ok((secret, SigningSource::Held));
+    }
+    let (candidate, source) = match identity {
+        Some(identity) => match durable::open_signing_key(blobs, identity).await? {
+            Ok(sealed) => (sealed, SigningSource::Restored),
+            Err(Unsealed::Absent) => {
+                let fresh = fresh_secret()?;
+                // The bucket first, as for every identity.
+                durable::keep_signing_key(blobs, identity, &fresh).await?;
+                (fresh, SigningSource::Generated)
+            }
+            Err(Unsealed::WrongSecret) => {
+                return Err(AuthError::BadRequest(format!(
+                    "the session signing key in the bucket ({}) does not open with the configured identity secret (VMREG_IDENTITY_SECRET): set the one it was sealed with, or delete that object to start over (sessions and tokens end)",
+                    crate::store::keys::IDENTITY_SIGNING_KEY
+                )))
+            }
+        },
+        None => (fresh_secret()?, SigningSource::Generated),
+    };
+    let encoded = B64.encode(&candidate);
+    let encoded = encoded.as_str();
     let stored = retry(move || async move {
         let mut tx = meta.begin().await?;
         if let Some(existing) = tx.get_json::<String>(keys::SIGNING_KEY).await? {
-            return Ok(Some(existing));
+            return Ok(Some((existing, false)));
         }
-        tx.put_json(keys::SIGNING_KEY, &fresh);
-        Ok(tx.commit().await?.then(|| fresh.to_string()))
+        tx.put_json(keys::SIGNING_KEY, &encoded);
+        Ok(tx.commit().await?.then(|| (encoded.to_string(), true)))
     })
     .await?;
-    B64.decode(stored)
-        .map_err(|_| AuthError::Internal("the stored session signing key is corrupt".into()))
+    match stored {
+        (_, true) => Ok((candidate, source)),
+        // Another replica was first: its secret is the one, sealed as such.
+        (theirs, false) => {
+            let secret = decode(theirs)?;
+            if let Some(identity) = identity {
+                durable::keep_signing_key(blobs, identity, &secret).await?;
+            }
+            Ok((secret, SigningSource::Held))
+        }
+    }
+}
+
+fn fresh_secret() -> Result<Vec<u8>, AuthError> {
+    let mut fresh = vec![0u8; GENERATED_SECRET];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    Ok(fresh)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::meta::embedded::EmbeddedMeta;
+    use crate::store::fs::FsStore;
 
     fn key(generation: &str) -> ApiKey {
         ApiKey {
@@ -258,8 +327,10 @@ mod tests {
     async fn signer(secret: &str) -> Signer {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = FsStore::open(&dir.path().join("b"), 5 << 20).unwrap();
         let secret: Secret = secret.to_string().into();
-        Signer::open(&meta, Some(&secret), std::time::Duration::from_secs(60))
+        let ttl = std::time::Duration::from_secs(60);
+        Signer::open(&meta, &blobs, Some(&secret), None, ttl)
             .await
             .unwrap()
     }
@@ -348,14 +419,60 @@ mod tests {
     async fn replicas_share_one_generated_secret() {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = FsStore::open(&dir.path().join("b"), 5 << 20).unwrap();
         let ttl = std::time::Duration::from_secs(60);
-        let a = Signer::open(&meta, None, ttl).await.unwrap();
-        let b = Signer::open(&meta, None, ttl).await.unwrap();
+        let a = Signer::open(&meta, &blobs, None, None, ttl).await.unwrap();
+        let b = Signer::open(&meta, &blobs, None, None, ttl).await.unwrap();
         let data = a.issue(&key("g")).unwrap();
         assert!(b.verify(&bearer(&data)).is_ok());
         // A root session made by one replica is the root's on the other.
         let token: Secret = "the-root-token-0123".to_string().into();
         let (root, _) = a.issue_root(&token, None).unwrap();
         assert!(b.made_by_root(&b.verify(&bearer(&root)).unwrap(), &token));
+    }
+
+    /// With an identity secret the signing secret survives a lost metadata store, sealed
+    /// in the bucket, where it never lies in the clear; without one, or with the wrong
+    /// one, it does not come back.
+    #[tokio::test]
+    async fn a_sealed_secret_survives_a_lost_index_and_opens_only_with_its_identity_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FsStore::open(&dir.path().join("b"), 5 << 20).unwrap();
+        let identity: Secret = "identity-secret-identity-secret-0123".to_string().into();
+        let first = EmbeddedMeta::open(&dir.path().join("first.redb")).unwrap();
+        let (secret, source) = shared_secret(&first, &blobs, Some(&identity))
+            .await
+            .unwrap();
+        assert_eq!(source, SigningSource::Generated);
+        let sealed = blobs
+            .read(crate::store::keys::IDENTITY_SIGNING_KEY)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&sealed);
+        assert!(!text.contains(&B64.encode(&secret)), "{text}");
+        assert!(
+            !sealed.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "the secret is not in the clear"
+        );
+
+        // The index is lost: the same secret comes back from the bucket.
+        let lost = EmbeddedMeta::open(&dir.path().join("lost.redb")).unwrap();
+        let (back, source) = shared_secret(&lost, &blobs, Some(&identity)).await.unwrap();
+        assert_eq!(
+            (back.as_slice(), source),
+            (secret.as_slice(), SigningSource::Restored)
+        );
+        let (again, source) = shared_secret(&lost, &blobs, Some(&identity)).await.unwrap();
+        assert_eq!((again, source), (secret.clone(), SigningSource::Held));
+
+        // Another identity secret opens nothing: a configuration error, not a new secret.
+        let other: Secret = "another-identity-secret-0123456789ab".to_string().into();
+        let empty = EmbeddedMeta::open(&dir.path().join("empty.redb")).unwrap();
+        let err = shared_secret(&empty, &blobs, Some(&other)).await;
+        assert!(matches!(err, Err(AuthError::BadRequest(_))), "{err:?}");
+        // Without an identity secret a lost index gets a new secret.
+        let (fresh, source) = shared_secret(&empty, &blobs, None).await.unwrap();
+        assert_eq!(source, SigningSource::Generated);
+        assert_ne!(fresh, secret);
     }
 }

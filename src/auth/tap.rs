@@ -127,13 +127,14 @@ mod tests {
     async fn keyed() -> (tempfile::TempDir, EmbeddedMeta, rsa::RsaPrivateKey) {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedMeta::open(&dir.path().join("m.redb")).unwrap();
+        let blobs = crate::store::fs::FsStore::open(&dir.path().join("b"), 5 << 20).unwrap();
         let req = CreateKey {
             id: "k".into(),
             ttl: Some(Ttl::Text("600".into())),
             groups: None,
             public_key: None,
         };
-        let private = create(&meta, req).await.unwrap().unwrap();
+        let private = create(&meta, &blobs, req).await.unwrap().unwrap();
         let der = B64.decode(private).unwrap();
         let key = rsa::RsaPrivateKey::from_pkcs1_der(&der).unwrap();
         (dir, meta, key)

@@ -54,6 +54,15 @@ pub enum ProblemKind {
     MissingManifest,
     /// A manifest in the bucket for a version the index does not hold.
     StrayManifest,
+    /// An API key or permission group the index holds and the bucket does not (or holds
+    /// otherwise): a lost index would lose it, or change it back.
+    IdentityNotInBucket,
+    /// An API key or permission group the bucket holds and the index does not: a reindex
+    /// would restore it (a create whose commit never came).
+    IdentityNotInIndex,
+    /// An API key or group the bucket marks deleted and the index still holds (a delete
+    /// cut off between its two steps): a reindex removes it.
+    DeletedIdentityLive,
 }
 
 /// One problem found.
@@ -195,6 +204,7 @@ impl Registry {
         }
         self.fsck_manifests(&mut report, &templates, &sessions)
             .await?;
+        self.fsck_identities(&mut report).await?;
         report
             .problems
             .sort_by(|a, b| (a.kind, &a.subject).cmp(&(b.kind, &b.subject)));
@@ -450,6 +460,36 @@ impl Registry {
                 _ => "a manifest of a template the index does not hold",
             };
             report.add(ProblemKind::StrayManifest, key, detail);
+        }
+        Ok(())
+    }
+}
+
+impl Registry {
+    /// Compares the API keys and groups of the index with those kept in the bucket.
+    async fn fsck_identities(&self, report: &mut FsckReport) -> RegistryResult<()> {
+        use crate::auth::durable::{compare, Disagreement};
+        let found =
+            compare(self.meta(), self.blobs())
+                .await
+                .map_err(|e| -> super::RegistryError {
+                    match e {
+                        crate::auth::AuthError::Meta(e) => e.into(),
+                        crate::auth::AuthError::Store(e) => e.into(),
+                        other => crate::meta::MetaError::Corrupt {
+                            key: crate::store::keys::IDENTITIES.into(),
+                            reason: other.to_string(),
+                        }
+                        .into(),
+                    }
+                })?;
+        for d in found {
+            let (kind, subject, detail) = match d {
+                Disagreement::NotInBucket(s, d) => (ProblemKind::IdentityNotInBucket, s, d),
+                Disagreement::NotInIndex(s, d) => (ProblemKind::IdentityNotInIndex, s, d),
+                Disagreement::DeletedButLive(s, d) => (ProblemKind::DeletedIdentityLive, s, d),
+            };
+            report.add(kind, subject, detail);
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! (`manifests/<id>/v<number>-<push>.json`) and every template a record beside them
 //! (`manifests/<id>/template.json`). From these alone the templates, their summaries, the
 //! name index and the file records with their reference counts are written again, so a
-//! lost or flushed Redis costs nothing but this command's run time.
+//! lost or flushed Redis costs nothing but this command's run time. API keys, permission
+//! groups and the sealed session signing secret come back from `identities/` (see
+//! [`crate::auth::durable`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -96,6 +98,19 @@ pub fn run_cli(config: Config, force: bool) -> i32 {
                     eprintln!("warning: {w}");
                 }
                 println!("{report}");
+            }
+            Err(e) => {
+                eprintln!("vmreg admin reindex: {e}");
+                return 1;
+            }
+        }
+        match identities(&config, meta.as_ref(), blobs.as_ref()).await {
+            Ok((report, signing)) => {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{report}");
+                println!("{signing}");
                 0
             }
             Err(e) => {
@@ -104,6 +119,34 @@ pub fn run_cli(config: Config, force: bool) -> i32 {
             }
         }
     })
+}
+
+/// Restores the API keys and permission groups from the bucket (see
+/// [`crate::auth::durable::restore`]) and the session signing secret; answers the report
+/// and a line saying what became of the signing secret.
+pub async fn identities(
+    config: &Config,
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+) -> Result<(crate::auth::durable::RestoreReport, String), String> {
+    use crate::auth::session::{shared_secret, SigningSource};
+    let report = crate::auth::durable::restore(meta, blobs)
+        .await
+        .map_err(|e| format!("restoring identities: {e}"))?;
+    let signing = match &config.auth.jwt_secret {
+        Some(_) => "signing key: configured (--jwt-secret), nothing to restore".to_string(),
+        None => {
+            let (_, source) = shared_secret(meta, blobs, config.auth.identity_secret.as_ref())
+                .await
+                .map_err(|e| format!("the session signing key: {e}"))?;
+            match source {
+                SigningSource::Held => "signing key: kept".to_string(),
+                SigningSource::Restored => "signing key: restored from the bucket".to_string(),
+                SigningSource::Generated => "signing key: generated anew (no identity secret, or none sealed): sessions and OCI tokens made before no longer verify once every replica restarted; API keys are unaffected and do a new handshake".to_string(),
+            }
+        }
+    };
+    Ok((report, signing))
 }
 
 /// One template as found in the bucket.

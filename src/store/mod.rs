@@ -200,6 +200,51 @@ pub mod keys {
         format!("manifests/{id}/template.json")
     }
 
+    /// Where identities are kept (API keys, permission groups, the sealed session signing
+    /// key), as the truth `vmreg admin reindex` restores them from. Nothing under it is a
+    /// file's bytes or a manifest: gc and fsck's object checks never list it.
+    pub const IDENTITIES: &str = "identities/";
+
+    /// One generation of an API key (its public key, groups, lifetime), rewritten by every
+    /// change of that generation. Named by id and generation, so that a re-created id (a new
+    /// generation) never overwrites, nor is overwritten by, a write for an older one.
+    pub fn identity_key(id: &str, generation: &str) -> String {
+        format!("{IDENTITIES}keys/{id}.{generation}.json")
+    }
+
+    /// The start of every [`identity_key`] object.
+    pub const IDENTITY_KEYS: &str = "identities/keys/";
+
+    /// The mark that a key's generation was deleted: written once, before the metadata
+    /// store forgets the key, and never rewritten, so no write racing the delete brings it
+    /// back.
+    pub fn identity_revoked(id: &str, generation: &str) -> String {
+        format!("{IDENTITIES}revoked/{id}.{generation}.json")
+    }
+
+    /// The start of every [`identity_revoked`] object.
+    pub const IDENTITY_REVOKED: &str = "identities/revoked/";
+
+    /// A permission group, or the mark that it was deleted. A short digest of the exact
+    /// name keeps `CI` and `ci` apart on a case-insensitive disk.
+    pub fn identity_group(name: &str) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+        format!(
+            "{IDENTITIES}groups/{name}.{}.json",
+            hex::encode(&digest.as_ref()[..8])
+        )
+    }
+
+    /// The start of every [`identity_group`] object.
+    pub const IDENTITY_GROUPS: &str = "identities/groups/";
+
+    /// The session signing secret, sealed with AES-256-GCM under `--identity-secret`.
+    pub const IDENTITY_SIGNING_KEY: &str = "identities/signing-key.json";
+
+    // Per-template grants (the vendor's `resource_type: "template"`) go beside the groups,
+    // one object per group and template, `identities/grants/<group>.<digest>/<template>.json`,
+    // written before the metadata commit like the groups (see `auth::durable`).
+
     /// The bytes of an OCI blob upload past its last whole part, ending at byte `end`;
     /// named by where they end, so a new tail never overwrites the one a record names.
     pub fn oci_tail(upload: &str, end: u64) -> String {
