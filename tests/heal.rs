@@ -42,6 +42,23 @@ struct Direct {
 /// `vmreg serve` on Redis at `redis_url`, and on S3 at `s3_endpoint` when given (else on
 /// the local disk).
 fn serve_command(redis_url: &str, s3_endpoint: Option<&str>, dir: &std::path::Path) -> Command {
+    serve_command_on(redis_url, s3_endpoint, &env_bucket(s3_endpoint), dir)
+}
+
+fn env_bucket(s3_endpoint: Option<&str>) -> String {
+    match s3_endpoint {
+        Some(_) => env("VMREG_TEST_S3_BUCKET"),
+        None => String::new(),
+    }
+}
+
+/// As [`serve_command`], on S3 in `bucket`.
+fn serve_command_on(
+    redis_url: &str,
+    s3_endpoint: Option<&str>,
+    bucket: &str,
+    dir: &std::path::Path,
+) -> Command {
     let prefix = format!("h{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut cmd = Command::new(vmreg_bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -57,7 +74,7 @@ fn serve_command(redis_url: &str, s3_endpoint: Option<&str>, dir: &std::path::Pa
     if let Some(endpoint) = s3_endpoint {
         cmd.args([
             "--s3-bucket",
-            &env("VMREG_TEST_S3_BUCKET"),
+            bucket,
             "--s3-endpoint",
             endpoint,
             "--s3-region",
@@ -441,9 +458,12 @@ fn a_bucket_that_does_not_exist_is_a_configuration_error() {
     require_s3_services();
     let dir = temp_dir();
     let endpoint = env("VMREG_TEST_S3_ENDPOINT");
-    let mut cmd = serve_command(&env("VMREG_TEST_REDIS_URL"), Some(&endpoint), &dir);
-    // The last --s3-bucket wins.
-    cmd.args(["--s3-bucket", "vmreg-no-such-bucket"]);
+    let cmd = serve_command_on(
+        &env("VMREG_TEST_REDIS_URL"),
+        Some(&endpoint),
+        "vmreg-no-such-bucket",
+        &dir,
+    );
     assert_config_error(cmd, "create the bucket first");
     let _ = std::fs::remove_dir_all(&dir);
 }
