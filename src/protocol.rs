@@ -24,6 +24,10 @@ use uuid::Uuid;
 
 use crate::model::FileKind;
 
+/// The response header carrying the registry's instance id (also `instance_id` in
+/// `GET /registry/status`): the same through every replica and address of one registry.
+pub const INSTANCE_HEADER: &str = "X-Vmreg-Instance";
+
 /// The vendor's reply envelope.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Envelope<T> {

@@ -1984,3 +1984,165 @@ fn piped_transfers_print_progress_lines_and_end_with_time_and_rate() {
     assert!(again["elapsed_s"].as_f64().unwrap() > 0.0, "{again}");
     assert_eq!(again["resumed"], false);
 }
+
+// ---- resume through another address of the same registry (issue 22, item 4) ----
+
+/// A TCP relay in front of a registry that counts the bytes clients send through it. Its
+/// target can change, as when another registry comes up behind the same address.
+struct Relay {
+    url: String,
+    target: std::sync::Arc<std::sync::Mutex<String>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Relay {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = Arc::new(Mutex::new(target.trim_start_matches("http://").to_string()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (to, counted) = (target.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let addr = to.lock().unwrap().clone();
+                let Ok(server) = TcpStream::connect(&addr) else {
+                    continue;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 || to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        counted.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Relay { url, target, sent }
+    }
+
+    /// Bytes sent through the relay so far, requests' headers included.
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn retarget(&self, target: &str) {
+        *self.target.lock().unwrap() = target.trim_start_matches("http://").to_string();
+    }
+}
+
+/// Runs the client with `--json` against `url`, asserts success and parses stdout.
+fn json_at(node: &Node, url: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = node.cmd_at(url, &all).output().expect("run vmreg registry");
+    assert!(
+        out.status.success(),
+        "vmreg registry {args:?} at {url} failed: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// The upload session `node`'s push journal names.
+fn journaled_session(node: &Node) -> String {
+    let journal = node.lib.join(format!(".vmreg/push/{VM1}.json"));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(&journal).expect("a journal")).expect("journal JSON");
+    state["session"].as_str().expect("a session").to_string()
+}
+
+#[test]
+fn a_push_killed_through_one_address_resumes_through_another() {
+    const PART: u64 = 5 << 20;
+    let server = Registry::start_with(&["--part-size", "5MiB"]);
+    // Another address of the same registry: on S3 + Redis another replica's own URL,
+    // behind a relay that counts what is sent; on the embedded store (one process owns
+    // it) the relay is the other address.
+    let replica = common::s3_backend().then(|| server.replica());
+    let b = Relay::start(replica.as_ref().map_or(&server.url, |r| &r.url));
+    let src = Node::new();
+    let big = data(60, 48 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let mut child = spawn_quiet(
+        &src,
+        &server,
+        &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+    );
+    wait_for("16 MiB at the registry", Duration::from_secs(60), || {
+        durable_ranges_at_registry(&server, &src) >= 16 << 20
+    });
+    kill9(&mut child);
+    // Parts the killed client's requests still had in flight land meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let durable = durable_ranges_at_registry(&server, &src);
+    let missing = big.len() as u64 + 2 - durable;
+
+    let pushed = json_at(&src, &b.url, &["push", "-t", "v1", "vm1"]);
+    assert_eq!(pushed["resumed"], true, "{pushed}");
+    let through_b = b.sent();
+    eprintln!("durable {durable}, missing {missing}, sent through the other address {through_b}");
+    assert!(
+        through_b >= missing,
+        "{through_b} bytes through the other address, {missing} were missing"
+    );
+    // Headers and JSON are a few KiB; a part's worth more would be bytes sent again.
+    assert!(
+        through_b <= missing + PART,
+        "the rerun through the other address sent {through_b} bytes; {missing} were missing"
+    );
+    let dst = Node::new();
+    dst.json(&server, &["pull", "vm1"]);
+    assert!(dst.read(&format!("img_lib/{}", layer(0))) == big);
+}
+
+#[test]
+fn a_rerun_against_another_registry_at_the_same_address_never_uses_the_old_session() {
+    let first = Registry::start_with(&["--part-size", "5MiB"]);
+    let relay = Relay::start(&first.url);
+    let src = Node::new();
+    let big = data(61, 32 << 20);
+    src.make_vm(VM1, "vm1", &[(&layer(0), &big)], None, b"nv");
+    let mut child = src
+        .cmd_at(
+            &relay.url,
+            &["--json", "--limit-rate", "8M", "push", "-t", "v1", "vm1"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("8 MiB at the registry", Duration::from_secs(60), || {
+        durable_ranges_at_registry(&first, &src) >= 8 << 20
+    });
+    kill9(&mut child);
+    let session = journaled_session(&src);
+
+    // The address now leads to another registry: the journal is not its.
+    let second = Registry::start_with(&["--part-size", "5MiB", "--access-logs"]);
+    relay.retarget(&second.url);
+    let pushed = json_at(&src, &relay.url, &["push", "-t", "v1", "vm1"]);
+    assert_eq!(pushed["resumed"], false, "{pushed}");
+    assert_eq!(u(&pushed["bytes_sent"]), big.len() as u64 + 2);
+    let log = second.log();
+    assert!(
+        log.contains("/registry/status"),
+        "the access log is on and saw the client: {log}"
+    );
+    assert!(
+        !log.contains(&session),
+        "the other registry was asked about the first one's session {session}"
+    );
+}

@@ -13,12 +13,13 @@ use crate::units::human_size;
 pub const VENDOR_API_VERSION: &str = "1.13.0";
 
 /// `GET /registry/status`.
-pub async fn status() -> HttpResponse {
+pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let vmreg = env!("CARGO_PKG_VERSION");
     ok(json!({
         "status": "Running",
         "version": format!("{VENDOR_API_VERSION}-vmreg.{vmreg}"),
         "vmreg_version": vmreg,
+        "instance_id": state.instance_id,
     }))
 }
 
@@ -29,15 +30,28 @@ pub async fn livez() -> HttpResponse {
 
 /// `GET /readyz`: ready only when both stores answer.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.registry.ready().await {
-        Ok(()) => Ok(ok("ready")),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            Err(ApiError::unavailable(
-                "not ready: a storage backend is unavailable",
-            ))
+    use crate::registry::RegistryError;
+    let registry = &state.registry;
+    let missing = match registry.ready().await {
+        Ok(()) => return Ok(ok("ready")),
+        Err(RegistryError::Meta(e)) => {
+            format!(
+                "metadata store {} unreachable ({e})",
+                registry.meta().describe()
+            )
         }
-    }
+        Err(RegistryError::Store(e)) => {
+            format!(
+                "blob store {} unreachable ({e})",
+                registry.blobs().describe()
+            )
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("not ready: {missing}");
+    Err(ApiError::unavailable(format!(
+        "not ready: {missing}; retrying"
+    )))
 }
 
 /// `GET /registry/disk`: free and total bytes of the storage.

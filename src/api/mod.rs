@@ -18,6 +18,7 @@ mod retention;
 pub mod routes;
 pub mod security_headers;
 pub mod server;
+mod starting;
 mod tls;
 mod transfer;
 mod vendor;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// The URL clients reach the server at (`--public-url`), when set.
     pub public_url: Option<String>,
+    /// The registry's instance id, the same on every replica.
+    pub instance_id: String,
 }
 
 impl AppState {

@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpServer, ResponseError};
 
 use super::client_cert::{CertPolicy, PeerCertificate};
 use super::observe::observe;
 use super::security_headers;
+use super::starting::{self, NotReady, Opener};
 use super::{configure, configure_metrics, limits, tls, ApiError, AppState};
-use crate::auth::Auth;
 use crate::config::Config;
-use crate::registry::{backends, Registry};
+use crate::protocol::INSTANCE_HEADER;
+use crate::registry::Registry;
 
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// A request's headers must arrive within this (slow-loris headers are cut).
@@ -54,34 +56,59 @@ pub fn init_tracing() {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    let (meta, blobs) = backends::open(&config).await?;
-    let concurrency = config
-        .s3
-        .as_ref()
-        .map(|s| s.upload_concurrency)
-        .unwrap_or(2);
-    let auth = Auth::open(config.auth.clone(), meta.clone(), blobs.clone())
-        .await
-        .map_err(|e| format!("authentication: {e}"))?;
-    let auth = web::Data::new(auth);
-    let registry = Registry::new(meta, blobs, config.part_size, concurrency)
-        .with_part_memory(config.part_memory)
-        .with_limits(config.limits)
-        .with_retention(config.retention.clone());
+    // What the configuration alone decides fails now, before any wait for the stores.
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    config
+        .auth
+        .validate()
+        .map_err(|e| format!("authentication: {e}"))?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!(
+    let listening = format!(
         "vmreg {} listening on {}://{addr}",
         env!("CARGO_PKG_VERSION"),
         if tls.is_some() { "https" } else { "http" }
     );
+    // One attempt before saying it listens: with its stores up, the server is ready the
+    // moment it says so.
+    let mut opener = Opener::new(config.clone());
+    let first = opener.attempt().await?;
+    println!("{listening}");
     print!("{config}");
+    let opened = match first {
+        Ok(opened) => opened,
+        Err(missing) => {
+            let status = NotReady::default();
+            let copy = listener.try_clone().map_err(|e| e.to_string())?;
+            let waiting = starting::not_ready_server(copy, tls.clone(), status.clone())?;
+            let handle = waiting.handle();
+            // The server's own task handles its stop and the signals: it must keep running.
+            let mut waiting = actix_web::rt::spawn(waiting);
+            let opened = tokio::select! {
+                opened = starting::wait_for_stores(&mut opener, missing, &status) => opened,
+                // Stopped by SIGTERM/SIGINT while waiting.
+                _ = &mut waiting => return Ok(()),
+            };
+            handle.stop(true).await;
+            let _ = waiting.await;
+            let opened = opened?;
+            tracing::info!("the stores answer; serving");
+            opened
+        }
+    };
+    drop(opener);
+    let starting::Opened {
+        registry,
+        auth,
+        instance_id,
+    } = opened;
+    let auth = web::Data::new(auth);
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
         public_url: config.public_url.clone(),
+        instance_id: instance_id.clone(),
     });
     let access_logs = config.telemetry.access_logs;
     let metrics_server = match &config.telemetry.metrics_listen {
@@ -102,6 +129,7 @@ async fn serve(config: Config) -> Result<(), String> {
             .wrap_fn(reject_huge_headers)
             .wrap_fn(move |req, srv| observe(req, srv, access_logs))
             .wrap_fn(security_headers::add)
+            .wrap(DefaultHeaders::new().add((INSTANCE_HEADER, instance_id.as_str())))
             .configure(configure)
     })
     .on_connect(remember_client_certificate)

@@ -264,6 +264,22 @@ impl RegistryClient {
         })
     }
 
+    /// The instance id the registry reports in its status (vmreg does, the vendor's
+    /// registry does not), the same through every address of one registry.
+    pub async fn instance_id(&self) -> ClientResult<Option<String>> {
+        #[derive(Deserialize)]
+        struct Status {
+            #[serde(default)]
+            instance_id: Option<String>,
+        }
+        let status: Option<Status> = self
+            .call(self.request(Method::GET, "/registry/status"))
+            .await?;
+        Ok(status
+            .and_then(|s| s.instance_id)
+            .filter(|id| !id.is_empty() && id.len() <= 64))
+    }
+
     /// Lists the templates.
     pub async fn list(&self) -> ClientResult<Vec<TemplateEntry>> {
         let list: Option<Vec<TemplateEntry>> = self

@@ -17,7 +17,7 @@ use crate::digest::ResumableSha256;
 /// What the journal of an interrupted push holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct JournalState {
-    /// The registry's URL.
+    /// The registry: `instance:<id>` when it reports an instance id, else its URL.
     pub registry: String,
     /// Template id.
     pub id: Uuid,

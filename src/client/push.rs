@@ -89,7 +89,8 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
         None => (vm.uuid, vm.name.clone()),
     };
     let journal = Arc::new(Journal::open(t, &vm)?);
-    if let Some(committed) = committed_earlier(t, &journal, id, tag).await? {
+    let registry = journal_key(t).await?;
+    if let Some(committed) = committed_earlier(t, &journal, &registry, id, tag).await? {
         journal.remove();
         return Ok(PushReport {
             id: committed.id,
@@ -106,7 +107,7 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
     }
     let cache = Arc::new(DigestCache::open(&t.library.state_dir()));
     let meter = Arc::new(Meter::default());
-    let (plan, resumed) = match resumable_plan(t, &journal, id, tag, &files).await? {
+    let (plan, resumed) = match resumable_plan(t, &journal, &registry, id, tag, &files).await? {
         Some(plan) => (plan, true),
         None => {
             // Only digests known without reading: the others are hashed while files upload.
@@ -114,7 +115,7 @@ pub async fn push(t: &Transfer, vm_name: &str, opts: &PushOptions) -> ClientResu
             let request = push_request(&vm, id, &name, tag, &opts.description, &files, &digests)?;
             let plan = t.registry.negotiate(&request).await?;
             journal.begin(JournalState {
-                registry: t.registry.url().to_string(),
+                registry,
                 id,
                 tag: plan.tag.clone(),
                 session: plan.session.clone(),
@@ -350,17 +351,33 @@ async fn commit(t: &Transfer, session: &str, request: &CommitRequest) -> ClientR
     }
 }
 
+/// Whose push a journal records: the registry's instance id when it reports one, so that
+/// a rerun through another address of the same registry (a replica's own URL, a second
+/// load-balancer name) continues the push, and one against another registry never takes
+/// up its session; else, as for the vendor's registry, the URL.
+async fn journal_key(t: &Transfer) -> ClientResult<String> {
+    match t.registry.instance_id().await {
+        Ok(Some(id)) => Ok(format!("instance:{id}")),
+        Ok(None) => Ok(t.registry.url().to_string()),
+        // Unreachable now: the push would fail on its first request anyway.
+        Err(e @ ClientError::Network(_)) => Err(e),
+        // A registry without a status of this shape is one that reports no id.
+        Err(_) => Ok(t.registry.url().to_string()),
+    }
+}
+
 /// The version the journaled push of this VM committed, when its commit reply was lost.
 async fn committed_earlier(
     t: &Transfer,
     journal: &Journal,
+    registry: &str,
     id: Uuid,
     tag: &str,
 ) -> ClientResult<Option<Committed>> {
     let Some(state) = journal.current() else {
         return Ok(None);
     };
-    if state.registry != t.registry.url() || state.id != id || state.tag != tag {
+    if state.registry != registry || state.id != id || state.tag != tag {
         return Ok(None);
     }
     if t.registry.push_status(&state.session).await?.is_some() {
@@ -382,6 +399,7 @@ async fn committed_earlier(
 async fn resumable_plan(
     t: &Transfer,
     journal: &Journal,
+    registry: &str,
     id: Uuid,
     tag: &str,
     files: &[LocalFile],
@@ -389,7 +407,7 @@ async fn resumable_plan(
     let Some(state) = journal.current() else {
         return Ok(None);
     };
-    let same_target = state.registry == t.registry.url() && state.id == id;
+    let same_target = state.registry == registry && state.id == id;
     let same_tag = tag == state.tag;
     if !same_target || !same_tag {
         return Ok(None);

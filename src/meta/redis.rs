@@ -76,12 +76,30 @@ fn unavailable(e: redis::RedisError) -> MetaError {
     MetaError::Unavailable(format!("redis: {e}"))
 }
 
+/// Ends the message of a [`RedisMeta::connect`] failure that retrying cannot cure.
+const REFUSED: &str = "check the Redis URL and credentials";
+
+/// Redis refused who we said we are (WRONGPASS, NOAUTH, an AUTH it has no password for).
+fn credentials_refused(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// True for a [`RedisMeta::connect`] failure that is the configuration's (a malformed URL,
+/// credentials the server rejects), not an unreachable server: starting again will not help.
+pub fn is_configuration_error(e: &MetaError) -> bool {
+    matches!(e, MetaError::Unavailable(m) if m.ends_with(&format!("({REFUSED})")))
+}
+
 impl RedisMeta {
     /// Connects to the server in `config`; fails when it cannot be reached now, so a wrong
     /// URL is reported at start-up rather than as 503s later.
     pub async fn connect(config: &RedisConfig) -> MetaResult<Self> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            MetaError::Unavailable(format!("redis URL {}: {e}", redact_url(&config.url)))
+            MetaError::Unavailable(format!(
+                "redis URL {}: {e} ({REFUSED})",
+                redact_url(&config.url)
+            ))
         })?;
         // One quick retry per reconnection: requests made while Redis is down wait for the
         // reconnection future, so long backoffs would turn a 503 into a hung request. The
@@ -100,8 +118,16 @@ impl RedisMeta {
             commit: Script::new(COMMIT_LUA),
             url: redact_url(&config.url),
         };
-        meta.ping().await?;
-        Ok(meta)
+        let mut conn = meta.conn.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        match pong {
+            Ok(_) => Ok(meta),
+            Err(e) if credentials_refused(&e) => Err(MetaError::Unavailable(format!(
+                "redis {}: {e} ({REFUSED})",
+                meta.url
+            ))),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     fn key(&self, key: &str) -> String {

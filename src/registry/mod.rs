@@ -12,6 +12,7 @@ pub mod budget;
 mod census;
 pub mod fsck;
 mod gc;
+pub mod instance;
 mod inventory;
 pub mod limits;
 pub mod oci;

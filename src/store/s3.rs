@@ -97,6 +97,52 @@ where
     }
 }
 
+/// Why [`S3Store::open`] has no bucket to work with.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// S3 answered, and refused what is configured: retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// S3 did not answer, or answered that it cannot serve now: worth retrying.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Sorts the first HeadBucket's failure. HEAD replies carry no body, so the status is all
+/// there is: 403 is every credential refusal (InvalidAccessKeyId, SignatureDoesNotMatch,
+/// AccessDenied), 404 a missing bucket (vmreg never creates one), other 4xx a request the
+/// server will refuse again (a wrong region, say); 5xx and transport failures may pass.
+fn classify_first_contact<E>(store: &S3Store, e: SdkError<E>) -> OpenError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let at = format!("bucket {} at {}", store.bucket, store.endpoint);
+    match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = e.code().map(|c| format!(" {c}")).unwrap_or_default();
+            match status {
+                403 => OpenError::Refused(format!(
+                    "s3 refused the credentials for {at} (403{code}): check the access key, \
+                     secret and the key's permissions on the bucket"
+                )),
+                404 => OpenError::Refused(format!(
+                    "s3 has no {at} (404{code}): create the bucket first"
+                )),
+                400..=499 if status != 408 && status != 429 => OpenError::Refused(format!(
+                    "s3 refused to serve {at} ({status}{code}): check the region and endpoint"
+                )),
+                _ => OpenError::Unreachable(format!("s3 {at} answered {status}{code}",)),
+            }
+        }
+        SdkError::ConstructionFailure(_) => OpenError::Refused(format!(
+            "s3 request for {at} could not be made: {}",
+            DisplayErrorContext(&e)
+        )),
+        _ => OpenError::Unreachable(format!("s3 {at}: {}", DisplayErrorContext(&e))),
+    }
+}
+
 /// Runs an SDK call under a deadline.
 async fn deadline<T>(
     what: &str,
@@ -118,9 +164,25 @@ impl S3Store {
     /// bucket cannot be reached now, so a wrong endpoint, bucket or credential is reported
     /// at start-up rather than as 503s later.
     pub async fn connect(config: &S3Config, min_part_size: u64) -> StoreResult<Self> {
+        Self::open(config, min_part_size)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// As [`S3Store::connect`], telling a refusal that retrying cannot cure (credentials
+    /// rejected, no such bucket) from an S3 not reachable yet.
+    pub async fn open(config: &S3Config, min_part_size: u64) -> Result<Self, OpenError> {
         let store = Self::build(config, min_part_size).await;
-        store.ping().await?;
-        Ok(store)
+        let call = store.client.head_bucket().bucket(&store.bucket).send();
+        match tokio::time::timeout(PING_TIMEOUT, call).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(classify_first_contact(&store, e)),
+            Err(_) => Err(OpenError::Unreachable(format!(
+                "s3 {}: no answer within {}s",
+                store.endpoint,
+                PING_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     async fn build(config: &S3Config, min_part_size: u64) -> Self {
