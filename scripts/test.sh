@@ -84,7 +84,7 @@ pass "embedded backend (local disk + redb): unit tests and black-box suites" \
     --skip blob_gets_redirect_to_presigned_s3_urls_with_s3_redirect
 
 pass "S3 (Garage) + Redis backend: black-box suites and multi-replica tests" \
-    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test crash --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test oci_clients --test oci_differential --test lifecycle --test retention -- --include-ignored
+    env VMREG_TEST_BACKEND=s3 cargo test --no-fail-fast --test server --test client --test golden --test auth --test replicas --test sentinel --test crash --test operations --test traces --test limits --test hostile --test oci --test oci_auth --test oci_clients --test oci_differential --test lifecycle --test retention -- --include-ignored
 
 pass "operations: a real Prometheus scrapes vmreg" \
     bash scripts/check-prometheus.sh target/debug/vmreg
