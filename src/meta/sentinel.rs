@@ -360,10 +360,7 @@ impl SentinelConn {
                 .and_then(|f| f.clone())
                 .filter(|(at, _)| *at >= since)
         };
-        if let Some((_, why)) = asked
-            .checked_sub(LOOKUP_BACKOFF)
-            .and_then(|since| recent_failure(since))
-        {
+        if let Some((_, why)) = asked.checked_sub(LOOKUP_BACKOFF).and_then(&recent_failure) {
             return Err(lookup_error(why));
         }
         let mut sentinel = self.0.lookup.lock().await;
