@@ -4,11 +4,13 @@
 #
 # Interface
 #   source scripts/test-services.sh     defines the functions below, starts nothing:
-#     vmreg_services_install            installs redis-server (apt) and garage (cargo) if missing
+#     vmreg_services_install            installs redis-server, redis-sentinel (apt) and garage (cargo) if missing
 #     vmreg_services_start              installs if needed, starts both, configures Garage
 #                                       (single-node layout, key, bucket) and exports:
 #                                         VMREG_TEST_REDIS_URL      redis://127.0.0.1:PORT
 #                                         VMREG_TEST_REDIS_SERVER   path of redis-server (tests start their own)
+#                                         VMREG_TEST_REDIS_SENTINEL path of redis-sentinel (tests/sentinel.rs
+#                                                                   starts a primary, a replica, 3 sentinels)
 #                                         VMREG_TEST_S3_ENDPOINT    http://127.0.0.1:PORT
 #                                         VMREG_TEST_S3_BUCKET      the bucket
 #                                         VMREG_TEST_S3_REGION      Garage's s3_region ("garage")
@@ -70,12 +72,15 @@ _vmreg_garage_bin() {
 }
 
 vmreg_services_install() {
-    if ! command -v redis-server >/dev/null 2>&1; then
-        _vmreg_say "installing redis-server (apt)"
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        _vmreg_say "installing ${missing[*]} (apt)"
         local sudo=""
         [ "$(id -u)" = 0 ] || sudo="sudo"
-        if ! { $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >&2; }; then
-            echo "test-services: cannot install redis-server" >&2
+        if ! { $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2; }; then
+            echo "test-services: cannot install ${missing[*]}" >&2
             return 1
         fi
     fi
@@ -211,6 +216,8 @@ EOF
     export VMREG_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
     export VMREG_TEST_REDIS_SERVER
     VMREG_TEST_REDIS_SERVER=$(command -v redis-server)
+    export VMREG_TEST_REDIS_SENTINEL
+    VMREG_TEST_REDIS_SENTINEL=$(command -v redis-sentinel)
     export VMREG_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
     export VMREG_TEST_S3_BUCKET="$bucket"
     export VMREG_TEST_S3_REGION="garage"
@@ -229,7 +236,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         "$@"
         exit $?
     fi
-    for v in VMREG_TEST_REDIS_URL VMREG_TEST_REDIS_SERVER VMREG_TEST_S3_ENDPOINT VMREG_TEST_S3_BUCKET \
+    for v in VMREG_TEST_REDIS_URL VMREG_TEST_REDIS_SERVER VMREG_TEST_REDIS_SENTINEL VMREG_TEST_S3_ENDPOINT VMREG_TEST_S3_BUCKET \
         VMREG_TEST_S3_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION; do
         printf 'export %s=%q\n' "$v" "${!v}"
     done

@@ -149,7 +149,7 @@ pub struct ServeArgs {
     /// Answer downloads with a 307 to a presigned S3 URL [env: VMREG_S3_REDIRECT]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub s3_redirect: Option<bool>,
-    /// Redis URL (`redis://`, `rediss://`); setting it keeps metadata in Redis [env: VMREG_REDIS_URL]
+    /// Redis URL (`redis://`, `rediss://`, or `redis+sentinel://[user:pass@]host:port[,host:port…]/<master>[/db][?sentinel_password=…]` and `rediss+sentinel://` to follow a Sentinel failover); setting it keeps metadata in Redis [env: VMREG_REDIS_URL]
     #[arg(long)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key, so registries can share a server [env: VMREG_REDIS_PREFIX] [default: vmreg:]
@@ -727,6 +727,13 @@ impl Config {
             }),
             None => None,
         };
+        if let Some(url) = l.redis_url.as_deref() {
+            // A Sentinel URL is checked here so that a typo stops the start with one line.
+            if crate::meta::sentinel::is_sentinel_url(url) {
+                crate::meta::sentinel::SentinelUrl::parse(url)
+                    .map_err(|e| ConfigError(format!("redis URL {}: {e}", redact_url(url))))?;
+            }
+        }
         let redis = l.redis_url.map(|url| RedisConfig {
             url,
             prefix: l.redis_prefix.unwrap_or_else(|| "vmreg:".into()),
@@ -1042,18 +1049,36 @@ impl std::fmt::Display for Config {
     }
 }
 
-/// Hides the password of a URL such as `redis://user:secret@host`.
+/// Hides the password of a URL such as `redis://user:secret@host`, and the value of a
+/// `sentinel_password=` option.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        return url.to_string();
+    let (rest, query) = match url[scheme_end..].split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (&url[scheme_end..], None),
     };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    format!("{}{}:***@{}", &url[..scheme_end], user, &rest[at + 1..])
+    // The last @ ends the user info: a password may hold an unencoded @.
+    let mut out = match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}{}:***@{}", &url[..scheme_end], user, &rest[at + 1..])
+        }
+        None => url[..scheme_end + rest.len()].to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.ends_with("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 fn normalize_listen(listen: &str) -> Result<String, ConfigError> {
@@ -1365,6 +1390,25 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
         assert_eq!(redact_url("redis://host"), "redis://host");
+        assert_eq!(
+            redact_url("redis+sentinel://app:p@ss@s1:26379,s2/m/1?sentinel_password=sp&x=1"),
+            "redis+sentinel://app:***@s1:26379,s2/m/1?sentinel_password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("rediss+sentinel://s1/m?sentinel_username=u"),
+            "rediss+sentinel://s1/m?sentinel_username=u"
+        );
+        // A bad Sentinel URL stops the start with a line that names it, password hidden.
+        let e = Config::resolve(
+            ServeArgs {
+                redis_url: Some("redis+sentinel://:hunter2@s1:26379".into()),
+                ..Default::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("no master name"), "{}", e.0);
+        assert!(!e.0.contains("hunter2"), "{}", e.0);
         let c = Config::resolve(
             ServeArgs {
                 redis_url: Some("redis://:hunter2@h".into()),

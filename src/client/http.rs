@@ -108,6 +108,23 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 /// How long an API call (or the headers of a download) may take.
 const API_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a request that may be repeated is asked again while the registry answers 503: a
+/// store it needs is away for a moment (a Redis failover takes a few seconds).
+const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
+/// The first pause before asking again after a 503; it doubles up to [`MAX_UNAVAILABLE_PAUSE`].
+const FIRST_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
+const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a request may be sent again after a 503 without doing twice what it asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Only GET and HEAD.
+    IfSafe,
+    /// This request is idempotent by the registry's contract (a negotiation opens another
+    /// session, the first one expires; a repeated commit answers the version it made).
+    Yes,
+}
+
 /// Which version a request is about: a tag, a number, or the latest.
 #[derive(Clone, Debug, Default)]
 pub struct VersionSelector {
@@ -189,10 +206,44 @@ impl RegistryClient {
         self.http.request(method, format!("{}{}", self.base, path))
     }
 
+    /// [`Self::send_once`], asked again with growing pauses while the registry answers 503
+    /// (for up to [`UNAVAILABLE_PATIENCE`]), when `repeat` allows it and the body can be
+    /// sent twice. Streamed uploads are never repeated here: they resume from the offset
+    /// the registry reports instead.
+    async fn send_with(&self, mut req: RequestBuilder, repeat: Repeat) -> ClientResult<Response> {
+        let repeatable = match repeat {
+            Repeat::Yes => true,
+            Repeat::IfSafe => req
+                .try_clone()
+                .and_then(|r| r.build().ok())
+                .is_some_and(|r| matches!(*r.method(), Method::GET | Method::HEAD)),
+        };
+        let started = std::time::Instant::now();
+        let mut pause = FIRST_UNAVAILABLE_PAUSE;
+        loop {
+            let again = if repeatable { req.try_clone() } else { None };
+            match (self.send_once(req).await, again) {
+                (Err(ClientError::Registry { status: 503, .. }), Some(again))
+                    if started.elapsed() + pause < UNAVAILABLE_PATIENCE =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_UNAVAILABLE_PAUSE);
+                    req = again;
+                }
+                (done, _) => return done,
+            }
+        }
+    }
+
+    /// [`Self::send_with`] for a request repeated only when its method is safe.
+    async fn send(&self, req: RequestBuilder) -> ClientResult<Response> {
+        self.send_with(req, Repeat::IfSafe).await
+    }
+
     /// Sends a request with the credentials and returns the response if its status is a
     /// success. The one place requests get their `Authorization`: a 401 to an API key's
     /// session renews the session and sends the request once more.
-    async fn send(&self, req: RequestBuilder) -> ClientResult<Response> {
+    async fn send_once(&self, req: RequestBuilder) -> ClientResult<Response> {
         // A streamed body cannot be sent twice; everything else can.
         let again = req.try_clone();
         let (resp, grant) = self.send_authorized(req).await?;
@@ -234,7 +285,16 @@ impl RegistryClient {
 
     /// Sends a request and unwraps the envelope's body.
     async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> ClientResult<Option<T>> {
-        let resp = self.send(req).await?;
+        self.call_with(req, Repeat::IfSafe).await
+    }
+
+    /// [`Self::call`] with its own rule for repeating after a 503.
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        repeat: Repeat,
+    ) -> ClientResult<Option<T>> {
+        let resp = self.send_with(req, repeat).await?;
         let status = resp.status();
         let text = resp
             .text()
@@ -258,10 +318,21 @@ impl RegistryClient {
         req: RequestBuilder,
         what: &str,
     ) -> ClientResult<T> {
-        self.call(req).await?.ok_or_else(|| ClientError::Registry {
-            status: 200,
-            message: format!("the reply to {what} has no body"),
-        })
+        self.call_body_with(req, what, Repeat::IfSafe).await
+    }
+
+    async fn call_body_with<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+        repeat: Repeat,
+    ) -> ClientResult<T> {
+        self.call_with(req, repeat)
+            .await?
+            .ok_or_else(|| ClientError::Registry {
+                status: 200,
+                message: format!("the reply to {what} has no body"),
+            })
     }
 
     /// The instance id the registry reports in its status (vmreg does, the vendor's
@@ -405,9 +476,10 @@ impl RegistryClient {
 
     /// Opens a push.
     pub async fn negotiate(&self, request: &PushRequest) -> ClientResult<PushPlan> {
-        self.call_body(
+        self.call_body_with(
             self.request(Method::POST, "/api/v1/push").json(request),
             "a push",
+            Repeat::Yes,
         )
         .await
     }
@@ -449,8 +521,12 @@ impl RegistryClient {
     /// Finishes a push.
     pub async fn commit(&self, session: &str, request: &CommitRequest) -> ClientResult<Committed> {
         let path = format!("/api/v1/push/{}/commit", encode(session));
-        self.call_body(self.request(Method::POST, &path).json(request), "a commit")
-            .await
+        self.call_body_with(
+            self.request(Method::POST, &path).json(request),
+            "a commit",
+            Repeat::Yes,
+        )
+        .await
     }
 
     /// Abandons a push.

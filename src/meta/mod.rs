@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod instrumented;
 pub mod keys;
 pub mod redis;
+pub mod sentinel;
 
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};

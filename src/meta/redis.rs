@@ -6,14 +6,20 @@
 //! if none changed. A script runs atomically, so two replicas racing to append a version
 //! cannot both win. WATCH is not used because it belongs to a connection, and the one
 //! multiplexed connection is shared by every request of the process.
+//!
+//! The connection is a `ConnectionManager` on a `redis://`/`rediss://` URL, or on a
+//! `redis+sentinel://`/`rediss+sentinel://` URL one that follows the master the sentinels
+//! name ([`super::sentinel`]). Either way a lost server turns into `Unavailable` (503) at
+//! once, and a command that may have reached a master that died is never sent twice.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 
+use super::sentinel::{is_sentinel_url, SentinelConn, SentinelUrl};
 use super::{MetaError, MetaResult, MetaStore, MetaTx};
 use crate::config::{redact_url, RedisConfig};
 
@@ -64,9 +70,70 @@ end
 return 1
 ";
 
+/// One Redis server, or the master Sentinel names.
+#[derive(Clone)]
+enum RedisConn {
+    Direct(ConnectionManager),
+    Sentinel(SentinelConn),
+}
+
+impl RedisConn {
+    fn open(url: &str) -> MetaResult<Self> {
+        let bad_url =
+            |e: String| MetaError::Unavailable(format!("redis URL {}: {e}", redact_url(url)));
+        // One quick retry per reconnection: requests made while Redis is down wait for the
+        // reconnection future, so long backoffs would turn a 503 into a hung request. The
+        // manager starts a new reconnection on the next I/O error, so it recovers by itself.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500));
+        if is_sentinel_url(url) {
+            let parsed = SentinelUrl::parse(url).map_err(bad_url)?;
+            let conn =
+                SentinelConn::new(&parsed, manager_config).map_err(|e| bad_url(e.to_string()))?;
+            return Ok(RedisConn::Sentinel(conn));
+        }
+        let client = redis::Client::open(url).map_err(|e| bad_url(e.to_string()))?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
+        Ok(RedisConn::Direct(conn))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Direct(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Direct(c) => c.req_packed_commands(pipe, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipe, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Direct(c) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
 /// Metadata kept in Redis under a key prefix.
 pub struct RedisMeta {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     commit: Script,
     url: String,
@@ -95,23 +162,13 @@ impl RedisMeta {
     /// Connects to the server in `config`; fails when it cannot be reached now, so a wrong
     /// URL is reported at start-up rather than as 503s later.
     pub async fn connect(config: &RedisConfig) -> MetaResult<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            MetaError::Unavailable(format!(
-                "redis URL {}: {e} ({REFUSED})",
-                redact_url(&config.url)
-            ))
+        // A URL that does not parse is the configuration's: starting again will not help.
+        let conn = RedisConn::open(&config.url).map_err(|e| match e {
+            MetaError::Unavailable(m) if m.starts_with("redis URL ") => {
+                MetaError::Unavailable(format!("{m} ({REFUSED})"))
+            }
+            e => e,
         })?;
-        // One quick retry per reconnection: requests made while Redis is down wait for the
-        // reconnection future, so long backoffs would turn a 503 into a hung request. The
-        // manager starts a new reconnection on the next I/O error, so it recovers by itself.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
         let meta = Self {
             conn,
             prefix: config.prefix.clone(),
@@ -267,7 +324,7 @@ fn fingerprint(value: Option<&[u8]>) -> String {
 }
 
 struct RedisTx {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     commit: Script,
     /// Read keys (prefixed) and the fingerprint seen, in read order; a counted set's

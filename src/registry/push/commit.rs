@@ -128,6 +128,14 @@ impl Registry {
                 let Some(state) = states.get(&f.key) else {
                     return Err(session_not_found(&session.id));
                 };
+                let finished;
+                let state = if !state.complete() && state.received == f.size && f.size > 0 {
+                    let key = keys::upload(&session.id, &f.key);
+                    finished = self.finish_received(f, &key, state.clone()).await?;
+                    &finished
+                } else {
+                    state
+                };
                 let Some(actual) = &state.sha256 else {
                     return Err(RegistryError::Conflict(format!(
                         "file {} is incomplete: {} of {} bytes received",

@@ -127,6 +127,33 @@ impl RecordPart for Ranges<'_> {
     }
 }
 
+impl Registry {
+    /// Finishes a file whose parts are all durable but that no request finished: the one
+    /// that landed the last part lost the metadata store before it could (a Redis
+    /// failover), and the client, told every byte is durable, sends nothing more. Its
+    /// commit finishes it instead, as that request would have.
+    pub(super) async fn finish_received(
+        &self,
+        file: &SessionFile,
+        state_key: &str,
+        state: UploadState,
+    ) -> RegistryResult<UploadState> {
+        let Some(handle) = state.handle.clone() else {
+            return Ok(state);
+        };
+        let frontier = self.frontiers.get(state_key, &state.hasher);
+        let ranges = Ranges {
+            registry: self,
+            file,
+            state_key,
+            writer: "",
+            handle,
+            frontier,
+        };
+        ranges.finish(state).await
+    }
+}
+
 impl Ranges<'_> {
     /// Checks the file whose parts are all durable against its declared digest and makes
     /// it an object. The bytes the frontier has not hashed are read back from the store,
