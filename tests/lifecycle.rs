@@ -365,6 +365,54 @@ fn admin_commands_on_an_embedded_store_a_server_holds_say_so_and_what_to_do() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_removes_nothing_from_a_bucket_whose_index_was_lost_until_reindex() {
+    let mut s = Server::start();
+    let (layer, nvram) = (
+        image(300_000, 41),
+        TestFile::new("nvram", "nvram", 4096, 42),
+    );
+    let id = new_id();
+    push(&s, &id, "kept", "v1", &[&layer, &nvram]).await;
+    s.terminate();
+    let (_, blobs) = stores(&s.ns).await;
+    let before = blobs.list("").await.unwrap();
+    // The index goes, as with a lost Redis (or meta.redb); the bucket stays.
+    match s3_backend() {
+        true => assert!(flush_redis_prefix(&format!("{}:", s.ns.prefix)).await > 0),
+        false => std::fs::remove_file(s.ns.dir.join("data").join("meta.redb")).unwrap(),
+    }
+    // A server started on the empty index does not vouch for it either.
+    s.restart();
+    s.terminate();
+    let (code, stderr) = admin_err(&s.ns, &["gc", "--grace", "0s"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("reindex"), "{stderr}");
+    assert_eq!(blobs.list("").await.unwrap(), before, "gc removed nothing");
+    let (code, _) = admin(&s.ns, &["reindex"]);
+    assert_eq!(code, 0);
+    let report = gc(&s.ns, &["--grace", "0s"]);
+    assert_eq!(report["objects"], serde_json::json!([]), "{report:#}");
+    let (code, report) = fsck(&s.ns, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    s.restart();
+    assert_eq!(download(&s, &layer.name).await, layer.data);
+}
+
+/// `vmreg admin <args>` on the namespace's stores, expected to fail: exit code and stderr.
+fn admin_err(ns: &Namespace, args: &[&str]) -> (i32, String) {
+    let out = Command::new(vmreg_bin())
+        .arg("admin")
+        .args(args)
+        .args(ns.store_args())
+        .output()
+        .expect("run vmreg admin");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `vmreg admin gc --json`: exit code 0 and the report.
 fn gc(ns: &Namespace, extra: &[&str]) -> Value {
     let mut args = vec!["gc", "--json"];

@@ -41,6 +41,46 @@ fn decode(key: &str, bytes: &[u8]) -> RegistryResult<String> {
     }
 }
 
+/// Whether the metadata index is the one this bucket's registry keeps: it holds the
+/// bucket's instance id, which only a first start (with the bucket) or `reindex` (from it)
+/// writes. After a lost Redis (or a lost `meta.redb`) it does not, and the index is empty
+/// while the bucket is full: everything in the bucket would look unreferenced to `gc`.
+/// A bucket with no id yet (a registry older than the id) cannot tell: it answers `true`.
+pub async fn index_matches_bucket(
+    meta: &dyn crate::meta::MetaStore,
+    blobs: &dyn crate::store::BlobStore,
+) -> RegistryResult<bool> {
+    let held = match blobs.read(INSTANCE_OBJECT).await {
+        Ok(bytes) => decode(INSTANCE_OBJECT, &bytes)?,
+        Err(StoreError::NotFound(_)) => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    let found = meta.get_many(&[INSTANCE_KEY.to_string()]).await?;
+    Ok(match found.into_iter().next().flatten() {
+        Some(bytes) => decode(INSTANCE_KEY, &bytes)? == held,
+        None => false,
+    })
+}
+
+/// Marks the metadata index as this bucket's again (see [`index_matches_bucket`]): the
+/// last step of `reindex`, which rebuilt it from the bucket.
+pub async fn mark_index_of_bucket(
+    meta: &dyn crate::meta::MetaStore,
+    blobs: &dyn crate::store::BlobStore,
+) -> RegistryResult<()> {
+    let held = match blobs.read(INSTANCE_OBJECT).await {
+        Ok(bytes) => decode(INSTANCE_OBJECT, &bytes)?,
+        Err(StoreError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut tx = meta.begin().await?;
+    tx.put(INSTANCE_KEY, held.into_bytes());
+    match tx.commit().await? {
+        true => Ok(()),
+        false => Err(RegistryError::Busy),
+    }
+}
+
 impl Registry {
     /// The instance id, made and stored on the first start of the registry.
     pub async fn instance_id(&self) -> RegistryResult<String> {
@@ -89,6 +129,23 @@ mod tests {
         assert_eq!(registry(dir.path()).instance_id().await.unwrap(), first);
         let other = tempfile::tempdir().unwrap();
         assert_ne!(registry(other.path()).instance_id().await.unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn a_lost_index_is_told_from_the_bucket_until_reindex_marks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        r.instance_id().await.unwrap();
+        assert!(index_matches_bucket(r.meta(), r.blobs()).await.unwrap());
+        drop(r);
+        std::fs::remove_file(dir.path().join("meta.redb")).unwrap();
+        let r = registry(dir.path());
+        // A start after the loss reads the id from the bucket and does not vouch for the
+        // empty index.
+        r.instance_id().await.unwrap();
+        assert!(!index_matches_bucket(r.meta(), r.blobs()).await.unwrap());
+        mark_index_of_bucket(r.meta(), r.blobs()).await.unwrap();
+        assert!(index_matches_bucket(r.meta(), r.blobs()).await.unwrap());
     }
 
     #[tokio::test]

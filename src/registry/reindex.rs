@@ -254,6 +254,10 @@ pub async fn reindex(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<Rein
     let owners = name_owners(&templates, &mut report);
     let files: Vec<FileRecord> = files.into_values().map(|(_, r)| r).collect();
     write(meta, &templates, &owners, &counters, files, &mut report).await?;
+    // The index is this bucket's again: gc may collect from now on.
+    super::instance::mark_index_of_bucket(meta, blobs)
+        .await
+        .map_err(|e| format!("marking the index: {e}"))?;
     Ok(report)
 }
 

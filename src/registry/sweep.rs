@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::census::{self, Holder, BLOBS};
 use super::upload::StrayParts;
-use super::{template_record, transact, Registry, RegistryResult};
+use super::{template_record, transact, Registry, RegistryError, RegistryResult};
 use crate::meta::{keys, MetaTxExt};
 use crate::model;
 use crate::store::UploadHandle;
@@ -130,6 +130,15 @@ fn now_ms() -> u64 {
 impl Registry {
     /// Runs one garbage collection.
     pub async fn collect(&self, options: GcOptions) -> RegistryResult<GcReport> {
+        // An index lost with Redis holds nothing, so everything in the bucket would look
+        // unreferenced: collect nothing until `reindex` has rebuilt it.
+        if !super::instance::index_matches_bucket(self.meta(), self.blobs()).await? {
+            return Err(RegistryError::Conflict(
+                "the metadata index is not this bucket's (lost Redis or meta.redb?): gc \
+                 removes nothing until `vmreg admin reindex` has rebuilt it"
+                    .into(),
+            ));
+        }
         let mut report = GcReport {
             dry_run: options.dry_run,
             ..GcReport::default()
