@@ -1013,6 +1013,34 @@ fn missing_templates_tags_and_vms_exit_with_code_3() {
             stderr(&out)
         );
     }
+    // Each says what there is instead, once.
+    for (args, said) in [
+        (
+            &["pull", "vm2"][..],
+            r#"template "vm2" not found in the registry; did you mean "vm1"?"#,
+        ),
+        (&["describe", "VM1x"], r#"did you mean "vm1"?"#),
+        (
+            &["pull", "-t", "v2", "vm1"],
+            r#"template "vm1" has no tag "v2"; did you mean "v1"?"#,
+        ),
+        (
+            &["info", "-t", "zzzzzz", "vm1"],
+            r#"has no tag "zzzzzz"; the tags: v1"#,
+        ),
+        (&["push", "-t", "v9", "vm"], r#"local VM "vm" not found in"#),
+        (&["push", "-t", "v9", "vm"], r#"; did you mean "vm1"?"#),
+    ] {
+        let out = node.run(&server, args);
+        let line = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {line}");
+        assert!(line.contains(said), "{args:?}: {line}");
+        assert_eq!(
+            line.matches("not found").count().max(1),
+            1,
+            "{args:?}: {line}"
+        );
+    }
     let dup = node.run(&server, &["push", "-t", "v1", "vm1"]);
     assert_eq!(
         dup.status.code(),

@@ -269,8 +269,14 @@ fn or_dash(s: &str) -> &str {
 
 async fn check_download_size(g: &GlobalArgs, vm: &str, tag: Option<String>) -> ClientResult<()> {
     let t = transfer(g)?;
-    let sel = VersionSelector { tag, number: None };
-    let report = download_size(&t, vm, &sel).await?;
+    let sel = VersionSelector {
+        tag: tag.clone(),
+        number: None,
+    };
+    let report = match download_size(&t, vm, &sel).await {
+        Ok(report) => report,
+        Err(e) => return Err(t.registry.explain_missing(vm, tag.as_deref(), e).await),
+    };
     if g.json {
         return output::json(&report);
     }
@@ -342,9 +348,17 @@ fn resume_hint(e: ClientError) -> ClientError {
 async fn pull_cmd(g: &GlobalArgs, vm: &str, tag: Option<String>, shrink: bool) -> ClientResult<()> {
     let (t, observed) = shown_transfer(g, "pull")?;
     let started = std::time::Instant::now();
-    let report = pull(&t, vm, &VersionSelector { tag, number: None }, shrink)
-        .await
-        .map_err(resume_hint)?;
+    let selector = VersionSelector {
+        tag: tag.clone(),
+        number: None,
+    };
+    let report = match pull(&t, vm, &selector, shrink).await {
+        Ok(report) => report,
+        Err(e) => {
+            let e = t.registry.explain_missing(vm, tag.as_deref(), e).await;
+            return Err(resume_hint(e));
+        }
+    };
     let elapsed = started.elapsed().as_secs_f64();
     if g.json {
         return transfer_json(&report, elapsed, observed.resumed());
@@ -552,9 +566,14 @@ async fn set_arch(g: &GlobalArgs, vm: &str, arch: &str) -> ClientResult<()> {
 async fn info(g: &GlobalArgs, vm: &str, tag: Option<String>) -> ClientResult<()> {
     let reg = registry(g)?;
     let entry = reg.resolve(vm).await?;
-    let config = reg
-        .vm_info(entry.id, &VersionSelector { tag, number: None })
-        .await?;
+    let selector = VersionSelector {
+        tag: tag.clone(),
+        number: None,
+    };
+    let config = match reg.vm_info(entry.id, &selector).await {
+        Ok(config) => config,
+        Err(e) => return Err(reg.explain_missing(vm, tag.as_deref(), e).await),
+    };
     if g.json {
         return output::json(&config);
     }

@@ -390,11 +390,42 @@ impl RegistryClient {
             }
         }
         let list = self.list().await?;
+        let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
         list.into_iter()
             .find(|t| Some(t.id) == by_id || t.name == id_or_name)
             .ok_or_else(|| {
-                ClientError::NotFound(format!("template {id_or_name:?} not found in the registry"))
+                ClientError::NotFound(format!(
+                    "template {id_or_name:?} not found in the registry{}",
+                    super::suggest::hint(id_or_name, &names, "templates")
+                ))
             })
+    }
+
+    /// A "not found" of a template or of one of its tags, told with what the registry
+    /// has instead: the close template names, or the template's tags.
+    pub async fn explain_missing(
+        &self,
+        id_or_name: &str,
+        tag: Option<&str>,
+        e: ClientError,
+    ) -> ClientError {
+        if !matches!(e, ClientError::NotFound(_)) {
+            return e;
+        }
+        let entry = match self.resolve(id_or_name).await {
+            Ok(entry) => entry,
+            Err(missing @ ClientError::NotFound(_)) => return missing,
+            Err(_) => return e,
+        };
+        let (Some(tag), Ok(detail)) = (tag, self.template(entry.id).await) else {
+            return e;
+        };
+        let tags: Vec<String> = detail.versions.into_iter().map(|v| v.tag).collect();
+        ClientError::NotFound(format!(
+            "template {:?} has no tag {tag:?}{}",
+            entry.name,
+            super::suggest::hint(tag, &tags, "tags")
+        ))
     }
 
     /// Deletes a template and all its versions.
@@ -571,6 +602,13 @@ fn not_found(e: ClientError, what: &str) -> ClientError {
             status: 404,
             message,
         } if message.is_empty() => ClientError::NotFound(what.to_string()),
+        // The registry's message often says the same: say it once.
+        ClientError::Registry {
+            status: 404,
+            message,
+        } if what.contains(&message) || message.contains(what) => {
+            ClientError::NotFound(what.to_string())
+        }
         ClientError::Registry {
             status: 404,
             message,

@@ -128,15 +128,17 @@ impl Library {
                 return Ok(vm);
             }
         }
-        let mut matches: Vec<LocalVm> = self
-            .vms()?
+        let all = self.vms()?;
+        let names: Vec<String> = all.iter().map(|vm| vm.name.clone()).collect();
+        let mut matches: Vec<LocalVm> = all
             .into_iter()
             .filter(|vm| vm.name == name_or_uuid)
             .collect();
         match matches.len() {
             0 => Err(ClientError::NotFound(format!(
-                "local VM {name_or_uuid:?} not found in {}",
-                self.root.display()
+                "local VM {name_or_uuid:?} not found in {}{}",
+                self.root.display(),
+                super::suggest::hint(name_or_uuid, &names, "local VMs")
             ))),
             1 => Ok(matches.remove(0)),
             _ => Err(ClientError::Invalid(format!(

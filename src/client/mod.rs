@@ -20,6 +20,7 @@ pub mod ranges;
 pub mod sample;
 pub mod secret;
 pub mod staging;
+pub mod suggest;
 pub mod tap;
 pub mod throttle;
 pub mod traceparent;
