@@ -1104,6 +1104,38 @@ fn revert_set_arch_and_delete_template_reach_the_api() {
     assert_eq!(config["hard_drives"][0]["file"], layer(0));
     let missing = node.run(&server, &["info", "-t", "nope", "vm1"]);
     assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+    // Shown to a person: the layer chain after the configuration, the dates in listings.
+    let text = |args: &[&str]| {
+        let out = node.run(&server, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let info = text(&["info", "-t", "b", "vm1"]);
+    assert!(
+        info.contains(&format!("# layer chain, top first: {}", layer(0))),
+        "{info}"
+    );
+    let today = vmreg::units::utc_minute(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let day = &today[..10];
+    let list = text(&["list"]);
+    let header = list.lines().next().unwrap();
+    assert!(
+        header.contains("LAST PUSH") && header.ends_with("LAST PULL"),
+        "{list}"
+    );
+    assert!(list.contains(day), "{list}");
+    let listed = node.json(&server, &["list"]);
+    assert!(listed[0]["last_push"].as_u64().unwrap() > 0, "{listed}");
+    let described = text(&["describe", "vm1"]);
+    assert!(
+        described.contains(&format!("created: {day}")),
+        "{described}"
+    );
 
     assert_eq!(node.json(&server, &["describe", "vm1"])["arch"], "amd64");
     let arch = node.json(&server, &["set-arch", "vm1", "arm64"]);

@@ -210,10 +210,23 @@ async fn list(g: &GlobalArgs) -> ClientResult<()> {
                 t.latest_tag.clone().unwrap_or_default(),
                 size(t.size),
                 t.arch.clone(),
+                date(t.last_push),
+                date(t.last_pull),
             ]
         })
         .collect();
-    output::table(&["NAME", "ID", "LATEST TAG", "SIZE", "ARCH"], &rows);
+    output::table(
+        &[
+            "NAME",
+            "ID",
+            "LATEST TAG",
+            "SIZE",
+            "ARCH",
+            "LAST PUSH",
+            "LAST PULL",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -240,6 +253,20 @@ async fn describe(g: &GlobalArgs, vm: &str) -> ClientResult<()> {
         or_dash(&detail.arch),
         size(detail.size)
     );
+    // The listing has the dates; the template's own record does not.
+    if let Some(listed) = reg
+        .list()
+        .await
+        .ok()
+        .and_then(|all| all.into_iter().find(|t| t.id == detail.id))
+    {
+        println!(
+            "created: {}  last push: {}  last pull: {}",
+            date(listed.creation_date),
+            date(listed.last_push),
+            date(listed.last_pull)
+        );
+    }
     if let Some(latest) = detail.versions.last().filter(|v| !v.description.is_empty()) {
         println!("{}", latest.description);
     }
@@ -257,6 +284,14 @@ async fn describe(g: &GlobalArgs, vm: &str) -> ClientResult<()> {
         .collect();
     output::table(&["NUMBER", "TAG", "SIZE", "DESCRIPTION"], &rows);
     Ok(())
+}
+
+/// A listing's date (UTC), or "-" when the registry gave none or it never happened.
+fn date(secs: Option<u64>) -> String {
+    match secs {
+        Some(secs) if secs > 0 => crate::units::utc_minute(secs),
+        _ => "-".to_string(),
+    }
 }
 
 fn or_dash(s: &str) -> &str {
@@ -580,5 +615,12 @@ async fn info(g: &GlobalArgs, vm: &str, tag: Option<String>) -> ClientResult<()>
     let text = serde_yaml::to_string(&config)
         .map_err(|e| ClientError::Invalid(format!("cannot print the configuration: {e}")))?;
     print!("{text}");
+    // The layers the VM stands on, as a comment so the output stays YAML.
+    if let Ok(mapping) = serde_yaml::from_str::<serde_yaml::Mapping>(&text) {
+        let layers = crate::client::library::referenced(&mapping, crate::model::FileKind::Image);
+        if !layers.is_empty() {
+            println!("# layer chain, top first: {}", layers.join(" <- "));
+        }
+    }
     Ok(())
 }

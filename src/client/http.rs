@@ -58,6 +58,15 @@ pub struct TemplateEntry {
     /// Tag of the newest version, when the registry reports it.
     #[serde(default)]
     pub latest_tag: Option<String>,
+    /// Epoch seconds of the first push, when the registry reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_date: Option<u64>,
+    /// Epoch seconds of the newest version's push, when the registry reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_push: Option<u64>,
+    /// Epoch seconds of the latest pull (0: never), when the registry reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pull: Option<u64>,
 }
 
 /// A template with its versions (`GET /registry/vm?id=`).
@@ -383,6 +392,9 @@ impl RegistryClient {
                         size: t.size,
                         arch: t.arch,
                         latest_tag: t.versions.last().map(|v| v.tag.clone()),
+                        creation_date: None,
+                        last_push: None,
+                        last_pull: None,
                     })
                 }
                 Err(ClientError::NotFound(_)) => {}
