@@ -35,7 +35,7 @@ pub fn utc_minute(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::human_size;
+    use super::{human_size, utc_minute};
 
     #[test]
     fn picks_the_largest_unit_below_1024() {
