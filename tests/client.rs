@@ -2206,3 +2206,56 @@ fn a_rerun_against_another_registry_at_the_same_address_never_uses_the_old_sessi
         "the other registry was asked about the first one's session {session}"
     );
 }
+
+#[test]
+fn errors_say_what_went_wrong_and_what_to_do_next_in_one_line() {
+    let server = Registry::start();
+    let node = Node::new();
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let bare = format!("127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = Command::new(common::vmreg_bin())
+            .arg("registry")
+            .args(args)
+            .env("VMREG_CONFIG", node.dir.join("remotes.yaml"))
+            .env("VMREG_LIB", &node.lib)
+            .output()
+            .unwrap();
+        (out.status.code(), stderr(&out))
+    };
+    let https = format!("https://{bare}");
+    let with_path = format!("{}/nope", server.url);
+    for (args, said) in [
+        (
+            vec!["add", "x", bare.as_str()],
+            format!("needs a scheme: write http://{bare}"),
+        ),
+        (
+            vec!["-a", bare.as_str(), "list"],
+            format!("needs a scheme: write http://{bare}"),
+        ),
+        (
+            vec!["-a", https.as_str(), "list"],
+            "does not speak TLS there: use http:// instead of https://".to_string(),
+        ),
+        (
+            vec!["-a", with_path.as_str(), "list"],
+            "is not a vmreg or Anka registry endpoint: check the registry URL".to_string(),
+        ),
+    ] {
+        let (code, line) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {line}");
+        assert_eq!(line.trim().lines().count(), 1, "{args:?}: {line}");
+        assert!(line.contains(&said), "{args:?}: {line}");
+    }
+    // An address that does not answer is kept, with a warning that says how to test it.
+    let (code, line) = run(&["add", "later", "http://127.0.0.1:1"]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.starts_with("warning: http://127.0.0.1:1 did not answer"),
+        "{line}"
+    );
+    assert!(line.contains("vmreg registry list"), "{line}");
+    let (code, line) = run(&["list-repos"]);
+    assert_eq!(code, Some(0), "{line}");
+}

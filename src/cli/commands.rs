@@ -24,7 +24,9 @@ pub async fn dispatch(args: RegistryArgs) -> ClientResult<()> {
     match args.command {
         Command::Add { name, url } => {
             let keep = credentials::to_keep(g)?;
-            remote_edit(g, &name, |r| r.add(&name, &url, keep))
+            remote_edit(g, &name, |r| r.add(&name, &url, keep))?;
+            warn_if_silent(g, &url).await;
+            Ok(())
         }
         Command::Set { name } => remote_edit(g, &name, |r| r.set(&name)),
         Command::Delete { name } => remote_delete(g, &name),
@@ -79,6 +81,23 @@ fn remote_edit(
             println!("current registry: {name} ({url}, credentials: {auth})");
         }
         Ok(())
+    }
+}
+
+/// After `add`: says on stderr when the registry does not answer now (kept all the same:
+/// it may not be up yet), and how to try it again.
+async fn warn_if_silent(g: &GlobalArgs, url: &str) {
+    let Ok(reg) = registry(g) else { return };
+    let asked = tokio::time::timeout(std::time::Duration::from_secs(5), reg.instance_id()).await;
+    let why = match asked {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 s".to_string(),
+    };
+    if !g.quiet {
+        eprintln!(
+            "warning: {url} did not answer ({why}); it is kept as the current registry: check the address, then try `vmreg registry list`"
+        );
     }
 }
 

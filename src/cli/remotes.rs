@@ -147,6 +147,7 @@ impl Remotes {
                 "invalid remote name {name:?}"
             )));
         }
+        crate::client::http::check_scheme(url)?;
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ClientError::Invalid(format!("invalid registry URL {url:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {

@@ -99,6 +99,12 @@ impl ClientError {
             }
             source = s.source();
         }
+        // TLS spoken to a plain HTTP server: rustls reads its reply as a corrupt record.
+        if text.contains("InvalidContentType") || text.contains("corrupt message") {
+            return ClientError::Network(format!(
+                "{context}: the server does not speak TLS there: use http:// instead of https://"
+            ));
+        }
         ClientError::Network(text)
     }
 }

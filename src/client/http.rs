@@ -147,6 +147,7 @@ impl RegistryClient {
     /// Builds the HTTP client with the endpoint's TLS options.
     pub fn connect(endpoint: &Endpoint) -> ClientResult<Self> {
         let base = endpoint.url.trim_end_matches('/').to_string();
+        check_scheme(&base)?;
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| ClientError::Invalid(format!("invalid registry URL {base:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -650,7 +651,13 @@ async fn failure_message(resp: Response) -> String {
 
 async fn failure(resp: Response) -> ClientError {
     let status = resp.status();
+    let url = resp.url().clone();
     let message = failure_message(resp).await;
+    // The app's own answer to a path it does not serve: the base URL is not a registry's
+    // (a path too many, another server), which no "not found" of a template should hide.
+    if status == StatusCode::NOT_FOUND && message == "no such endpoint" {
+        return not_a_registry(&url);
+    }
     match status {
         StatusCode::CONFLICT => ClientError::Conflict(message),
         StatusCode::FORBIDDEN => ClientError::Denied(message),
@@ -658,6 +665,24 @@ async fn failure(resp: Response) -> ClientError {
             status: status.as_u16(),
             message,
         },
+    }
+}
+
+/// The error for a base URL under which no registry answers.
+fn not_a_registry(url: &reqwest::Url) -> ClientError {
+    ClientError::Invalid(format!(
+        "{url} is not a vmreg or Anka registry endpoint: check the registry URL (the \
+         server's address with no path, e.g. http://registry:8089)"
+    ))
+}
+
+/// Refuses a registry URL without a scheme with how to write it.
+pub fn check_scheme(url: &str) -> ClientResult<()> {
+    match url.contains("://") {
+        true => Ok(()),
+        false => Err(ClientError::Invalid(format!(
+            "invalid registry URL {url:?}: it needs a scheme: write http://{url} (or https://{url} for TLS)"
+        ))),
     }
 }
 
