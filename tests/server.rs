@@ -649,7 +649,7 @@ async fn every_response_carries_nosniff_and_a_content_security_policy() {
         ("an OCI 405", to(Method::PATCH, "/v2/_catalog", root), 405),
         (
             "an OCI 400",
-            to(Method::GET, "/v2/a/manifests/sha256:abc", root),
+            to(Method::GET, "/v2/Upper/manifests/v1", root),
             400,
         ),
         ("a manifest push", put, 201),
